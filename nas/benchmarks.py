@@ -1,0 +1,133 @@
+"""NAS-Bench-201 table lookups: an architecture's benchmark accuracy, and the table's oracle."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import math
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from nas.spaces import nb201
+from nas.utils import NasError
+
+COLUMNS = {
+    "cifar10": "cifar10_test",
+    "cifar100": "cifar100_test",
+    "imagenet16-120": "imagenet16_120_test",
+}
+ENV_VAR = "NAS_NB201_TABLE"
+_REPO = Path(__file__).resolve().parent.parent
+CANDIDATES = (
+    _REPO / "data" / "benchmarks" / "nb201_test_acc.csv",
+    _REPO / "data" / "benchmarks" / "nb201_test_acc.csv.gz",
+    _REPO.parent / "shared" / "benchmarks" / "nb201_test_acc.csv",
+)
+
+
+def default_table_path() -> Path:
+    """``$NAS_NB201_TABLE``, else the copy under ``data/benchmarks/``, else ``../shared/benchmarks/``."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env)
+    for p in CANDIDATES:
+        if p.is_file():
+            return p
+    raise NasError(f"NAS-Bench-201 table not found: pass --table PATH or set {ENV_VAR} "
+                   f"(looked in {', '.join(str(p) for p in CANDIDATES)})")
+
+
+@dataclass(frozen=True)
+class NB201Table:
+    path: Path
+    rows: dict[str, dict[str, float]]  # canonical genotype string -> {dataset: accuracy}
+
+    def oracle(self, dataset: str) -> tuple[str, float]:
+        col = _column(dataset)
+        arch = max(self.rows, key=lambda a: self.rows[a][col])
+        return arch, self.rows[arch][col]
+
+    def accuracy(self, genotype: str, dataset: str = "cifar10") -> float:
+        return self._row(genotype)[_column(dataset)]
+
+    def _row(self, genotype: str) -> dict[str, float]:
+        key = nb201.format_genotype(nb201.parse_genotype(genotype))
+        if key not in self.rows:
+            raise NasError(f"genotype {genotype!r} is not in the NAS-Bench-201 table {self.path}")
+        return self.rows[key]
+
+    def lookup(self, genotype: str, dataset: str = "cifar10") -> dict[str, Any]:
+        """Accuracy on ``dataset`` beside the oracle, the rank among all architectures, and the
+        accuracies on every dataset of the table."""
+        col = _column(dataset)
+        row = self._row(genotype)
+        acc = row[col]
+        best_arch, best = self.oracle(dataset)
+        rank = 1 + sum(1 for r in self.rows.values() if r[col] > acc)
+        return {
+            "genotype": nb201.format_genotype(nb201.parse_genotype(genotype)),
+            "dataset": dataset,
+            "test_accuracy": acc,
+            "oracle_accuracy": best,
+            "oracle_genotype": best_arch,
+            "gap_to_oracle": best - acc,
+            "rank": rank,
+            "of": len(self.rows),
+            "all_datasets": {d: row[c] for d, c in COLUMNS.items()},
+            "table": str(self.path),
+        }
+
+
+def _column(dataset: str) -> str:
+    if dataset not in COLUMNS:
+        raise NasError(f"dataset {dataset!r} is not in the NAS-Bench-201 table (expected one of {', '.join(COLUMNS)})")
+    return COLUMNS[dataset]
+
+
+@lru_cache(maxsize=4)
+def _load(path: str, mtime_ns: int) -> NB201Table:
+    p = Path(path)
+    raw = p.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    reader = csv.reader(io.StringIO(raw.decode("utf-8")))
+    header = next(reader, None)
+    expected = ["arch", *COLUMNS.values()]
+    if header is None or [h.strip() for h in header[: len(expected)]] != expected:
+        raise NasError(f"{p}: header {header!r}, expected {','.join(expected)}")
+    rows: dict[str, dict[str, float]] = {}
+    for line_no, rec in enumerate(reader, start=2):
+        if not rec:
+            continue
+        if len(rec) < len(expected):
+            raise NasError(f"{p}: line {line_no} has {len(rec)} columns, expected {len(expected)}")
+        try:
+            key = nb201.format_genotype(nb201.parse_genotype(rec[0]))
+        except NasError as exc:
+            raise NasError(f"{p}: line {line_no}: {exc}") from None
+        vals = {}
+        for name, cell in zip(expected[1:], rec[1:]):
+            try:
+                v = float(cell)
+            except ValueError:
+                raise NasError(f"{p}: line {line_no} column {name!r}: {cell!r} is not a number") from None
+            if not (math.isfinite(v) and 0.0 <= v <= 100.0):
+                raise NasError(f"{p}: line {line_no} column {name!r}: {v} is not an accuracy in [0, 100]")
+            vals[name] = v
+        if key in rows:
+            raise NasError(f"{p}: line {line_no}: architecture {rec[0]!r} appears twice")
+        rows[key] = vals
+    if not rows:
+        raise NasError(f"{p}: no rows")
+    return NB201Table(p, rows)
+
+
+def load_table(path: str | Path | None = None) -> NB201Table:
+    p = Path(path) if path else default_table_path()
+    if not p.is_file():
+        raise NasError(f"{p}: NAS-Bench-201 table not found")
+    return _load(str(p.resolve()), p.stat().st_mtime_ns)

@@ -1,0 +1,179 @@
+"""``nas``: the command line over the stages.
+
+    nas prepare --dataset cifar10 --data PATH
+    nas search  --space nb201 --method darts --dataset cifar10 --data PATH --epochs 50 --seed 0 --out DIR
+    nas select  --method magnitude --run DIR --out DIR
+    nas info    --space nb201 --genotype STR [--channels 16 --cells 5 --num-classes 10] --json
+    nas lookup  --genotype STR [--dataset cifar10] [--table PATH] --json
+    nas retrain --space nb201 --genotype STR --dataset ... --epochs ... --out DIR
+
+Every command takes ``--config FILE.yaml`` and ``--set key=value`` (validated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from nas import __version__
+from nas import config as config_mod
+from nas.utils import NasError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file of key: value (or a section per stage)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", help="digits (embedded default), cifar10, cifar100, imagefolder, prepared")
+    p.add_argument("--data", help="archive, image folder or prepared .pt file")
+    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--out", help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False,
+                   help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nas", description="Differentiable neural architecture search.")
+    parser.add_argument("--version", action="version", version=f"nas {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="decode a dataset once into a tensor file + manifest")
+    p.add_argument("--dataset")
+    p.add_argument("--data")
+    p.add_argument("--cache-dir", dest="cache_dir")
+    _common(p)
+
+    p = sub.add_parser("search", help="search a supernet and select an architecture by α magnitude")
+    p.add_argument("--space")
+    p.add_argument("--method")
+    p.add_argument("--order", type=int, choices=(1, 2), help="DARTS gradient order")
+    _data_args(p)
+    _common(p)
+
+    p = sub.add_parser("select", help="select the final architecture of a finished search")
+    p.add_argument("--method", default="magnitude")
+    p.add_argument("--run", required=True, help="search run directory")
+    p.add_argument("--out", help="directory for selection.json")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("info", help="parameters and FLOPs of a genotype's network")
+    p.add_argument("--space", default="nb201")
+    p.add_argument("--genotype", required=True)
+    p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--cells", type=int, default=5)
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("lookup", help="NAS-Bench-201 test accuracy of a genotype, beside the oracle")
+    p.add_argument("--genotype", required=True)
+    p.add_argument("--dataset", default="cifar10", help="cifar10, cifar100 or imagenet16-120")
+    p.add_argument("--table", help="NAS-Bench-201 table CSV (default: data/benchmarks or $NAS_NB201_TABLE)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("retrain", help="train a genotype's network from scratch and evaluate it")
+    p.add_argument("--space")
+    p.add_argument("--genotype")
+    _data_args(p)
+    _common(p)
+    return parser
+
+
+def _print(obj: dict[str, Any], as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        print(json.dumps(obj, indent=2))
+    else:
+        print("\n".join(lines))
+
+
+def _overrides(args: argparse.Namespace, keys: Sequence[str]) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def _maybe_lookup(space: str, genotype: str) -> dict[str, Any] | None:
+    if space != "nb201":
+        return None
+    from nas.benchmarks import load_table
+
+    try:
+        return load_table().lookup(genotype, "cifar10")
+    except NasError:
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except NasError as exc:
+        print(f"nas {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nas {args.command}: interrupted (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from nas import stages
+
+    data_keys = ("dataset", "data", "device", "seed", "epochs", "out", "progress")
+    if args.command == "prepare":
+        cfg = config_mod.build_config("prepare", args.config, _overrides(args, ("dataset", "data", "cache_dir")), args.sets)
+        m = stages.prepare_stage(cfg)
+        _print(m, args.json, [f"{m['path']}: {m['dataset']} {m['counts']['train']} train / "
+                              f"{m['counts']['test']} test, {m['num_classes']} classes, "
+                              f"{m['channels']}x{m['height']}x{m['width']}"])
+    elif args.command == "search":
+        cfg = config_mod.build_config("search", args.config,
+                                      _overrides(args, ("space", "method", "order", *data_keys)), args.sets)
+        res = stages.search_stage(cfg, resume=args.resume)
+        look = _maybe_lookup(res["space"], res["genotype"])
+        lines = [f"genotype: {res['genotype']}", f"result:   {cfg.out}/result.json",
+                 f"seconds:  {res['seconds']:.1f}"]
+        if look:
+            lines.append(f"NAS-Bench-201 cifar10 test accuracy: {look['test_accuracy']:.2f} "
+                         f"(oracle {look['oracle_accuracy']:.2f}, rank {look['rank']}/{look['of']})")
+        summary = {k: res[k] for k in ("space", "method", "order", "genotype", "seconds")}
+        summary["result"] = f"{cfg.out}/result.json"
+        summary["nb201"] = look
+        _print(summary, args.json, lines)
+    elif args.command == "select":
+        sel = stages.select_stage(args.run, args.method, args.out)
+        _print(sel, args.json, [sel["genotype"]])
+    elif args.command == "info":
+        info = stages.info_stage(args.space, args.genotype, args.channels, args.cells, args.num_classes,
+                                 args.in_channels, args.resolution)
+        _print(info, args.json, [f"genotype: {info['genotype']}", f"params:   {info['params']:,}",
+                                 f"FLOPs:    {info['flops'] / 1e6:.2f} M ({info['macs'] / 1e6:.2f} M MACs) "
+                                 f"at {info['resolution']}x{info['resolution']}"])
+    elif args.command == "lookup":
+        r = stages.lookup_stage(args.genotype, args.dataset, args.table)
+        _print(r, args.json, [f"genotype: {r['genotype']}",
+                              f"{r['dataset']} test accuracy: {r['test_accuracy']:.2f}  "
+                              f"(oracle {r['oracle_accuracy']:.2f}, gap {r['gap_to_oracle']:.2f}, "
+                              f"rank {r['rank']}/{r['of']})",
+                              "all: " + ", ".join(f"{d} {v:.2f}" for d, v in r["all_datasets"].items())])
+    elif args.command == "retrain":
+        cfg = config_mod.build_config("retrain", args.config,
+                                      _overrides(args, ("space", "genotype", *data_keys)), args.sets)
+        res = stages.retrain_stage(cfg, resume=args.resume)
+        out = {k: res[k] for k in ("space", "genotype", "params", "test_acc", "test_loss", "epochs", "seconds")}
+        out["result"] = f"{cfg.out}/result.json"
+        _print(out, args.json, [f"genotype: {res['genotype']}", f"params:   {res['params']:,}",
+                                f"test accuracy: {res['test_acc'] * 100:.2f}% after {res['epochs']} epochs "
+                                f"({res['seconds']:.1f}s)", f"result:   {cfg.out}/result.json"])
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Typed, validated configuration for every stage.
+
+Each stage has a flat dataclass.  Values come, in increasing precedence, from the
+defaults, a YAML file (``--config``), explicit CLI flags and ``--set key=value``.
+Unknown keys and wrong types are rejected with a one-line error naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from nas.utils import NasError
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how batches are drawn."""
+
+    dataset: str = "digits"  # digits (embedded) | cifar10 | cifar100 | imagefolder | prepared
+    data: str | None = None  # archive, folder or prepared .pt file; None = embedded default
+    cache_dir: str = "data/prepared"  # where decoded datasets are kept
+    subset: int = 0  # images per class kept from the training set (0 = all), class-balanced
+    resolution: int = 0  # resize images to this side length (0 = native)
+    batch_size: int = 64
+    augment: bool = True  # random crop with padding (+ flip where it fits the data)
+    crop_padding: int = -1  # -1 = 4 pixels at 32x32, scaled with the resolution
+    flip: bool | None = None  # None = decided by the dataset (no flips for digits)
+    eval_batch_size: int = 512
+
+
+@dataclass
+class SearchConfig(DataConfig):
+    """Supernet search: a space, a method, the bi-level optimisation."""
+
+    space: str = "nb201"
+    method: str = "darts"
+    order: int = 1  # DARTS: 1 = first order, 2 = second order (unrolled)
+    epochs: int = 50
+    seed: int = 0
+    device: str = "auto"
+    out: str = "runs/search"
+    train_portion: float = 0.5  # share of the training set that trains w; the rest trains alpha
+    channels: int = 16
+    cells: int = 5  # cells per stage
+    # w optimiser (NB201 reference search settings)
+    w_lr: float = 0.025
+    w_lr_min: float = 0.001
+    w_momentum: float = 0.9
+    w_weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    # alpha optimiser
+    a_lr: float = 3e-4
+    a_beta1: float = 0.5
+    a_beta2: float = 0.999
+    a_weight_decay: float = 1e-3
+    unrolled_eps: float = 0.01  # finite-difference step (scaled by 1/||dL_val/dw'||), DARTS paper
+    steps_per_epoch: int = 0  # 0 = one pass over the w split; >0 caps it (CPU budgets)
+    checkpoint_every: int = 1  # epochs between checkpoints
+    progress: bool = True
+
+
+@dataclass
+class RetrainConfig(DataConfig):
+    """Train a discrete architecture from scratch and evaluate it on the test split."""
+
+    space: str = "nb201"
+    genotype: str = ""
+    epochs: int = 200
+    seed: int = 0
+    device: str = "auto"
+    out: str = "runs/retrain"
+    channels: int = 16
+    cells: int = 5
+    batch_size: int = 256
+    lr: float = 0.1
+    lr_min: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    grad_clip: float = 0.0  # 0 = no clipping (the benchmark recipe does not clip)
+    label_smoothing: float = 0.0
+    eval_every: int = 0  # evaluate on the test split every k epochs (0 = only at the end)
+    checkpoint_every: int = 1
+    progress: bool = True
+
+
+@dataclass
+class PrepareConfig:
+    dataset: str = "digits"
+    data: str | None = None
+    cache_dir: str = "data/prepared"
+
+
+CONFIGS: dict[str, type] = {
+    "search": SearchConfig,
+    "retrain": RetrainConfig,
+    "prepare": PrepareConfig,
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _coerce(key: str, value: Any, tp: Any, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg, source)
+            except NasError as exc:
+                errors.append(exc)
+        names = " or ".join(_type_name(a) for a in args)
+        raise NasError(f"{source}: key {key!r} expects {names}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:  # pragma: no cover - only the types above are used in configs
+        return value
+    raise NasError(f"{source}: key {key!r} expects {_type_name(tp)}, got {value!r}")
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as YAML (numbers, booleans, null, strings)."""
+    if "=" not in item:
+        raise NasError(f"--set: expected key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def build_config(
+    kind: str,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+) -> Any:
+    """Defaults < YAML file < explicit ``overrides`` < ``--set`` items, all validated."""
+    cls = CONFIGS[kind]
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+
+    def apply(items: dict[str, Any], source: str) -> None:
+        for key, value in items.items():
+            if key not in hints:
+                known = ", ".join(sorted(hints))
+                raise NasError(f"{source}: unknown key {key!r} for '{kind}' (known: {known})")
+            values[key] = _coerce(key, value, hints[key], source)
+
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise NasError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise NasError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise NasError(f"{path}: expected a mapping of key: value at the top level")
+        # A file may hold one section per stage (as params files do); take ours if present.
+        if kind in loaded and isinstance(loaded[kind], dict):
+            loaded = loaded[kind]
+        else:
+            loaded = {k: v for k, v in loaded.items() if not (k in CONFIGS and isinstance(v, dict))}
+        apply(loaded, str(path))
+    if overrides:
+        apply({k: v for k, v in overrides.items() if v is not None}, "command line")
+    for item in sets or []:
+        key, value = parse_set(item)
+        apply({key: value}, f"--set {item}")
+    cfg = cls(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Any) -> None:
+    """Range checks that a type check cannot express."""
+    def need(cond: bool, key: str, what: str) -> None:
+        if not cond:
+            raise NasError(f"config: key {key!r} {what}, got {getattr(cfg, key)!r}")
+
+    if isinstance(cfg, DataConfig):
+        need(cfg.subset >= 0, "subset", "must be >= 0")
+        need(cfg.resolution >= 0, "resolution", "must be >= 0")
+        need(cfg.batch_size > 0, "batch_size", "must be > 0")
+    if isinstance(cfg, SearchConfig):
+        need(cfg.order in (1, 2), "order", "must be 1 or 2")
+        need(cfg.epochs > 0, "epochs", "must be > 0")
+        need(0.0 < cfg.train_portion < 1.0, "train_portion", "must be in (0, 1)")
+        need(cfg.channels > 0 and cfg.cells > 0, "channels", "and cells must be > 0")
+    if isinstance(cfg, RetrainConfig):
+        need(cfg.epochs > 0, "epochs", "must be > 0")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def config_fields(kind: str) -> list[dataclasses.Field]:
+    return list(dataclasses.fields(CONFIGS[kind]))
+
+
+__all__ = ["DataConfig", "SearchConfig", "RetrainConfig", "PrepareConfig", "build_config",
+           "to_dict", "field"]

@@ -1,0 +1,184 @@
+"""Retrain a discrete architecture from scratch and evaluate it; count parameters and FLOPs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nas import config as config_mod
+from nas.data import BatchStream, balanced_subset, load_bundle
+from nas.spaces import get_space
+from nas.utils import NasError, generator_for, resolve_device, seed_everything, torch_load, torch_save, write_json
+
+CHECKPOINT = "checkpoint.pt"
+RESULT = "result.json"
+MODEL = "model.pt"
+RESUME_FREE_KEYS = {"out", "progress", "device", "cache_dir", "checkpoint_every", "data", "eval_every"}
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...], *args: Any) -> int:
+    """Multiply-accumulates of one forward pass (convolutions and linear layers)."""
+    total = 0
+
+    def conv_hook(mod: nn.Conv2d, inp, out) -> None:
+        nonlocal total
+        k = mod.kernel_size[0] * mod.kernel_size[1]
+        total += out.numel() // out.shape[0] * (mod.in_channels // mod.groups) * k
+
+    def lin_hook(mod: nn.Linear, inp, out) -> None:
+        nonlocal total
+        total += mod.in_features * mod.out_features
+
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            hooks.append(m.register_forward_hook(lin_hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape), *args)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return total
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, stream: BatchStream, *args: Any) -> tuple[float, float]:
+    """(mean loss, accuracy in [0, 1]) over a stream, without augmentation."""
+    model.eval()
+    loss_sum = torch.zeros((), device=stream.device)
+    correct = torch.zeros((), device=stream.device)
+    n = 0
+    for x, y in stream.epoch(None, shuffle=False):
+        logits = model(x, *args)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+        n += len(y)
+    model.train()
+    return float(loss_sum) / max(n, 1), float(correct) / max(n, 1)
+
+
+def retrain(cfg: config_mod.RetrainConfig, resume: bool = False,
+            callback: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+    """Train the discrete network of ``cfg.genotype`` and report its test accuracy.
+
+    Writes ``<out>/checkpoint.pt`` (every ``checkpoint_every`` epochs), ``<out>/model.pt`` and
+    ``<out>/result.json``.
+    """
+    if not cfg.genotype:
+        raise NasError("retrain: key 'genotype' is required (a genotype string)")
+    space = get_space(cfg.space)
+    geno = space.parse_genotype(cfg.genotype)
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    seed_everything(cfg.seed)
+    bundle = load_bundle(cfg, device)
+    labels = bundle.prepared.train_y
+    idx = balanced_subset(labels, cfg.subset, cfg.seed) if cfg.subset else torch.arange(len(labels))
+    train = bundle.stream(idx, cfg.batch_size, cfg.augment)
+    test = bundle.stream(torch.arange(len(bundle.prepared.test_y)), cfg.eval_batch_size, False, test=True)
+    net = space.build_network(geno, cfg.channels, cfg.cells, bundle.num_classes, bundle.channels).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                          weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr_min)
+    history: list[dict[str, Any]] = []
+    start = 0
+    ck_path = out / CHECKPOINT
+    if resume and ck_path.is_file():
+        ck = torch_load(ck_path, map_location=device)
+        saved, now = ck.get("config", {}), config_mod.to_dict(cfg)
+        diff = sorted(k for k in now if k not in RESUME_FREE_KEYS and saved.get(k) != now[k])
+        if diff:
+            raise NasError(f"{ck_path}: cannot resume, config key {diff[0]!r} was {saved.get(diff[0])!r}, now {now[diff[0]]!r}")
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        start, history = int(ck["epoch"]), list(ck["history"])
+    out.mkdir(parents=True, exist_ok=True)
+    steps = len(train)
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.epochs * steps, initial=start * steps, unit="step", disable=None, desc="retrain")
+    try:
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            net.train()
+            gen = generator_for(cfg.seed, epoch, 11, device=device)
+            sums = torch.zeros(2, device=device)
+            n = 0
+            lr = opt.param_groups[0]["lr"]
+            for x, y in train.epoch(gen):
+                logits = net(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+                opt.step()
+                with torch.no_grad():
+                    sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum().float()])
+                n += len(y)
+                if bar is not None:
+                    bar.update(1)
+            sched.step()
+            s = sums.tolist()
+            rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": s[0] / n, "train_acc": s[1] / n, "lr": lr}
+            if (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or epoch + 1 == cfg.epochs:
+                rec["test_loss"], rec["test_acc"] = evaluate(net, test)
+            rec["seconds"] = time.perf_counter() - t0
+            history.append(rec)
+            msg = f"epoch {epoch + 1}/{cfg.epochs}  train loss {rec['train_loss']:.3f} acc {rec['train_acc']:.3f}"
+            if "test_acc" in rec:
+                msg += f"  test acc {rec['test_acc']:.4f}"
+            if bar is not None and not bar.disable:
+                bar.write(msg, file=sys.stderr)
+            else:
+                print(msg, file=sys.stderr, flush=True)
+            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+                torch_save(ck_path, {"format": "nas-retrain-checkpoint-v1", "config": config_mod.to_dict(cfg),
+                                     "epoch": epoch + 1, "model": net.state_dict(), "opt": opt.state_dict(),
+                                     "sched": sched.state_dict(), "history": history})
+            if callback is not None:
+                callback(epoch + 1, rec)
+    finally:
+        if bar is not None:
+            bar.close()
+    final = history[-1] if history else {}
+    if "test_acc" not in final:
+        final = dict(final)
+        final["test_loss"], final["test_acc"] = evaluate(net, test)
+    torch_save(out / MODEL, net.state_dict())
+    result = {
+        "space": space.name,
+        "genotype": space.format_genotype(geno),
+        "params": count_params(net),
+        "test_acc": final["test_acc"],
+        "test_loss": final["test_loss"],
+        "epochs": cfg.epochs,
+        "dataset": {"name": cfg.dataset, "source": bundle.prepared.manifest["source"],
+                    "num_classes": bundle.num_classes, "resolution": bundle.size,
+                    "test_images": len(bundle.prepared.test_y)},
+        "device": str(device),
+        "seconds": sum(h["seconds"] for h in history),
+        "config": config_mod.to_dict(cfg),
+        "history": history,
+    }
+    write_json(out / RESULT, result)
+    return result
