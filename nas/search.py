@@ -16,9 +16,10 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -214,14 +215,14 @@ class Search:
         sums = torch.zeros(4, device=self.device)  # train loss, train correct, val loss, val correct
         counts = [0, 0]
         lr = st.w_opt.param_groups[0]["lr"]
+
+        def mix(a: torch.Tensor) -> torch.Tensor:
+            return method.mixing.sample(a, epoch, epochs, gen_m)
+
         for step, (xw, yw) in enumerate(w_stream.epoch(gen_w)):
             if step >= steps:
                 break
             xa, ya = next(a_iter)
-
-            def mix(a: torch.Tensor) -> torch.Tensor:
-                return method.mixing.sample(a, epoch, epochs, gen_m)
-
             # α step
             if cfg.order == 2:
                 grad, loss_v, logits_v = unrolled_alpha_grad(st.model, st.alpha, mix, (xw, yw), (xa, ya),
@@ -236,7 +237,7 @@ class Search:
             # w step on (possibly perturbed) detached mixing weights
             weights = mix(st.alpha).detach()
             weights = method.perturbation(
-                weights, lambda wts: F.cross_entropy(st.model(xw, wts), yw), epoch, epochs, gen_m)
+                weights, lambda wts, x=xw, y=yw: F.cross_entropy(st.model(x, wts), y), epoch, epochs, gen_m)
             st.w_opt.zero_grad(set_to_none=True)
             logits = st.model(xw, weights)
             loss = F.cross_entropy(logits, yw)

@@ -10,8 +10,8 @@ Selection (magnitude, PT) is a separate stage that reads a finished run.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 

@@ -6,7 +6,7 @@ keys them ``'{i}<-{j}'``): 1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3<-2.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -1,0 +1,96 @@
+"""Fixtures: tiny datasets in every supported format, generated on the fly."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def make_cifar_archive(path: Path, kind: str = "cifar10", per_batch: int = 20, seed: int = 0) -> dict:
+    """A CIFAR python archive in the official layout with ``per_batch`` images per batch."""
+    rng = np.random.default_rng(seed)
+    n_cls = 10 if kind == "cifar10" else 100
+    blobs: dict[str, bytes] = {}
+    labels_all = {}
+    if kind == "cifar10":
+        folder = "cifar-10-batches-py"
+        names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        for n in names:
+            labels = rng.integers(0, n_cls, per_batch).tolist()
+            data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+            labels_all[n] = labels
+            blobs[n] = pickle.dumps({b"batch_label": n.encode(), b"labels": labels, b"data": data,
+                                     b"filenames": [b"x.png"] * per_batch}, protocol=2)
+        blobs["batches.meta"] = pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(n_cls)],
+                                              b"num_vis": 3072}, protocol=2)
+    else:
+        folder = "cifar-100-python"
+        for n, count in (("train", per_batch * 5), ("test", per_batch)):
+            labels = rng.integers(0, n_cls, count).tolist()
+            labels_all[n] = labels
+            data = rng.integers(0, 256, (count, 3072), dtype=np.uint8)
+            blobs[n] = pickle.dumps({b"fine_labels": labels, b"coarse_labels": [0] * count, b"data": data},
+                                    protocol=2)
+        blobs["meta"] = pickle.dumps({b"fine_label_names": [f"f{i}".encode() for i in range(n_cls)],
+                                      b"coarse_label_names": [b"c"] * 20}, protocol=2)
+    with tarfile.open(path, "w:gz") as tar:
+        for n, b in blobs.items():
+            _add_bytes(tar, f"{folder}/{n}", b)
+    return labels_all
+
+
+def _png(arr: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_image_folder(root: Path, classes=("cat", "dog", "eel"), per_class=(6, 3), size=12, seed=0) -> Path:
+    """``root/{train,test}/<class>/*.png`` with class-dependent mean colour."""
+    rng = np.random.default_rng(seed)
+    for split, n in zip(("train", "test"), per_class):
+        for ci, cls in enumerate(classes):
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for k in range(n):
+                arr = np.clip(rng.normal(60 + 60 * ci, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+                (d / f"{k:03d}.png").write_bytes(_png(arr))
+    return root
+
+
+def tar_folder(src: Path, dst: Path, arcname: str = "imgs") -> Path:
+    with tarfile.open(dst, "w:gz") as tar:
+        tar.add(src, arcname=arcname)
+    return dst
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def tiny_search(tmp_path: Path):
+    """Overrides for a search that takes about a second on digits."""
+    def make(**kw):
+        base = dict(dataset="digits", cache_dir=str(tmp_path / "cache"), epochs=2, channels=4, cells=1,
+                    batch_size=32, steps_per_epoch=4, out=str(tmp_path / "run"), device="cpu", progress=False)
+        base.update(kw)
+        return base
+    return make

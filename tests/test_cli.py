@@ -1,0 +1,63 @@
+"""The ``nas`` command as a user runs it: subprocesses, exit codes, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import make_cifar_archive
+
+BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"
+
+
+def nas(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    return subprocess.run([sys.executable, "-m", "nas.cli", *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=300)
+
+
+def test_info_json():
+    r = nas("info", "--space", "nb201", "--genotype", BEST, "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["params"] == 1_073_466 and info["flops"] > 0
+
+
+def test_lookup_json_and_text():
+    r = nas("lookup", "--genotype", BEST, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert round(out["test_accuracy"], 2) == 94.37 and out["rank"] == 1
+    r = nas("lookup", "--genotype", BEST, "--dataset", "cifar100")
+    assert "cifar100 test accuracy: 73.22" in r.stdout and "oracle 73.51" in r.stdout
+
+
+def test_errors_are_one_line_with_exit_code_2(tmp_path):
+    r = nas("lookup", "--genotype", "|bogus~0|+|x|")
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "error:" in r.stderr
+    r = nas("search", "--set", "epoch=3", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "unknown key 'epoch'" in r.stderr and r.stderr.strip().count("\n") == 0
+    r = nas("search", "--dataset", "cifar10", "--data", str(tmp_path / "missing.tar.gz"), "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "missing.tar.gz: not found" in r.stderr
+
+
+def test_search_select_and_prepare_through_the_cli(tmp_path):
+    out = tmp_path / "run"
+    r = nas("search", "--epochs", "1", "--out", str(out), "--device", "cpu", "--no-progress", "--json",
+            "--set", "channels=4", "--set", "cells=1", "--set", "steps_per_epoch=3",
+            "--set", f"cache_dir={tmp_path / 'cache'}")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["nb201"]["genotype"] == summary["genotype"]
+    assert "epoch 1/1" in r.stderr
+    r = nas("select", "--run", str(out), "--method", "magnitude", "--out", str(tmp_path / "sel"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["genotype"] == summary["genotype"]
+    assert json.loads((tmp_path / "sel" / "selection.json").read_text())["genotype"] == summary["genotype"]
+
+    make_cifar_archive(tmp_path / "cifar-10-python.tar.gz", per_batch=4)
+    r = nas("prepare", "--dataset", "cifar10", "--data", str(tmp_path / "cifar-10-python.tar.gz"),
+            "--cache-dir", str(tmp_path / "cache"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["counts"] == {"train": 20, "test": 4}

@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+from nas.benchmarks import load_table
+from nas.spaces import get_space, nb201
+from nas.stages import info_stage
+from nas.train import count_params
+from nas.utils import NasError
+
+BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"
+
+
+def test_best_architecture_has_the_benchmark_parameter_count():
+    net = nb201.build_network(nb201.parse_genotype(BEST), channels=16, cells=5, num_classes=10)
+    assert count_params(net) == 1_073_466
+
+
+def test_parameter_counts_follow_the_ops():
+    # all-none and all-skip/pool cells carry no cell parameters: only stem, ResNet blocks and head remain
+    macro_only = count_params(nb201.build_network(("none",) * 6))
+    assert count_params(nb201.build_network(("skip_connect",) * 6)) == macro_only
+    assert count_params(nb201.build_network(("avg_pool_3x3",) * 6)) == macro_only
+    # one 3x3 conv edge: 15 cells over 3 stages at C, 2C, 4C: conv C*C*9 + BN 2C
+    one_conv = ("nor_conv_3x3",) + ("none",) * 5
+    extra = sum(5 * (c * c * 9 + 2 * c) for c in (16, 32, 64))
+    assert count_params(nb201.build_network(one_conv)) == macro_only + extra
+
+
+def test_info_reports_params_and_flops():
+    info = info_stage("nb201", BEST)
+    assert info["params"] == 1_073_466
+    # macs grow with resolution by the pixel ratio (the head is negligible)
+    small = info_stage("nb201", BEST, resolution=16)
+    assert 3.9 < info["macs"] / small["macs"] < 4.01
+    assert info["flops"] == 2 * info["macs"]
+
+
+def test_every_table_genotype_round_trips():
+    table = load_table()
+    assert len(table.rows) == 15625
+    for arch in table.rows:
+        assert nb201.format_genotype(nb201.parse_genotype(arch)) == arch
+
+
+@pytest.mark.parametrize("text,token", [
+    ("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|", "expected 3 '\\+'-separated"),
+    ("|conv_7x7~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|", "'conv_7x7'"),
+    ("|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|", "'nor_conv_3x3~1'"),
+    ("|nor_conv_3x3~0|+|nor_conv_3x3~0|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|", "needs 2 edges"),
+    ("|nor_conv_3x3-0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|", "'nor_conv_3x3-0'"),
+    ("nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|", "must start and end"),
+])
+def test_bad_genotypes_are_rejected_naming_the_token(text, token):
+    with pytest.raises(NasError, match=token):
+        nb201.parse_genotype(text)
+
+
+def test_discrete_network_forward_and_all_none_cell():
+    net = nb201.build_network(("none",) * 6, channels=4, cells=1, num_classes=3, in_channels=1)
+    out = net(torch.randn(2, 1, 8, 8))
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+
+
+def test_magnitude_selection_includes_none():
+    space = get_space("nb201")
+    w = torch.full((6, 5), 0.1)
+    w[:, 0] = 0.6  # none strongest everywhere
+    w[2, 3] = 0.9
+    geno = space.select_magnitude(w)
+    assert geno[0] == "none" and geno[2] == "nor_conv_3x3"
+
+
+def test_unknown_space_is_named():
+    with pytest.raises(NasError, match="'nb999'"):
+        get_space("nb999")
