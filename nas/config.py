@@ -59,8 +59,29 @@ class SearchConfig(DataConfig):
     a_lr: float = 3e-4
     a_beta1: float = 0.5
     a_beta2: float = 0.999
-    a_weight_decay: float = 1e-3
+    a_weight_decay: float | None = None  # None = method default: 1e-3, 0 for drnas (its regulariser)
     unrolled_eps: float = 0.01  # finite-difference step (scaled by 1/||dL_val/dw'||), DARTS paper
+    # method seams (see nas/methods): perturbation, partial channels, temperatures, regularisers
+    perturb: str = "auto"  # auto (method default) | none | rs | adv
+    partial_channels: int = 0  # K of PC-DARTS; 0 = method default (4 for pc-darts, else 1)
+    edge_norm: bool | None = None  # PC-DARTS edge normalisation; None = on for pc-darts only
+    tau_max: float | None = None  # Gumbel temperature start; None = 10 (snas, gdas)
+    tau_min: float | None = None  # Gumbel temperature end; None = 1 (snas), 0.1 (gdas)
+    drnas_reg: str = "l2"  # l2 | kl | none
+    drnas_lambda: float = 1e-3  # strength of the DrNAS regulariser
+    rs_sigma: float = 0.3  # SDARTS-RS noise amplitude at the end of the ramp
+    adv_epsilon: float = 0.3  # SDARTS-ADV attack radius at the end of the ramp
+    eps_start: float = 0.03  # both ramp linearly from this value
+    adv_steps: int = 7
+    progressive: bool = False  # DrNAS progressive: two stages, K k1 -> k2, ops pruned to `keep`
+    progressive_k1: int = 4
+    progressive_k2: int = 2
+    progressive_keep: int = 3
+    arch_warmup: int | None = None  # epochs of frozen α at the start of each stage; None = 0, or 20% of a stage when progressive
+    rsps_candidates: int = 100  # RSPS: sampled architectures ranked by supernet validation accuracy
+    rsps_eval_batches: int = 1  # α-split batches per candidate
+    random_samples: int = 10  # random baseline: architectures trained from scratch
+    random_epochs: int = 5  # epochs per random architecture
     steps_per_epoch: int = 0  # 0 = one pass over the w split; >0 caps it (CPU budgets)
     checkpoint_every: int = 1  # epochs between checkpoints
     progress: bool = True
@@ -216,6 +237,13 @@ def validate(cfg: Any) -> None:
         need(cfg.epochs > 0, "epochs", "must be > 0")
         need(0.0 < cfg.train_portion < 1.0, "train_portion", "must be in (0, 1)")
         need(cfg.channels > 0 and cfg.cells > 0, "channels", "and cells must be > 0")
+        need(cfg.partial_channels >= 0, "partial_channels", "must be >= 0")
+        need(cfg.adv_steps > 0, "adv_steps", "must be > 0")
+        need(cfg.rsps_candidates > 0, "rsps_candidates", "must be > 0")
+        need(cfg.random_samples > 0 and cfg.random_epochs > 0, "random_samples", "and random_epochs must be > 0")
+        need(1 <= cfg.progressive_keep <= 5, "progressive_keep", "must be in 1..5")
+        for key in ("rs_sigma", "adv_epsilon", "eps_start", "drnas_lambda"):
+            need(getattr(cfg, key) >= 0, key, "must be >= 0")
     if isinstance(cfg, RetrainConfig):
         need(cfg.epochs > 0, "epochs", "must be > 0")
 

@@ -1,5 +1,8 @@
 """The one bi-level search loop: alternate an α step on the α split and a w step on the w split.
 
+Methods plug in through ``nas.methods.Method``: how the mixing weights come from α, how the w
+step's weights are perturbed, partial channels, and whether α is trained at all.
+
 First order: ∇_α L_val(w, α).  Second order (DARTS, Liu et al. 2019, eq. 7-8): the gradient at
 the virtual step w' = w - ξ (μ·m + ∇_w L_train(w, α) + λ·w), i.e. the next SGD step of the w
 optimiser (ξ its current learning rate, m its momentum buffer), is
@@ -16,10 +19,9 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +29,9 @@ from torch import nn
 
 from nas import config as config_mod
 from nas.data import DataBundle, balanced_subset, load_bundle, search_split
-from nas.methods import Method, get_method
+from nas.methods import Method, build_method
 from nas.spaces import SearchSpace, get_space
+from nas.supernet import Mix
 from nas.utils import NasError, generator_for, resolve_device, seed_everything, torch_load, torch_save, write_json
 
 CHECKPOINT = "checkpoint.pt"
@@ -37,34 +40,70 @@ RESULT = "result.json"
 RESUME_FREE_KEYS = {"out", "progress", "device", "cache_dir", "checkpoint_every", "data"}
 
 
+class Architecture(nn.Module):
+    """The architecture parameters: α ``[edges, ops]``, optional edge-normalisation β ``[edges]``
+    (PC-DARTS), and the mask of ops still in the space (DrNAS progressive pruning)."""
+
+    def __init__(self, space: SearchSpace, edge_norm: bool, gen: torch.Generator):
+        super().__init__()
+        self.edges = space.edges
+        self.alpha = nn.Parameter(1e-3 * torch.randn(space.alpha_shape, generator=gen))
+        self.beta = nn.Parameter(1e-3 * torch.randn(len(space.edges), generator=gen)) if edge_norm else None
+        self.register_buffer("mask", torch.ones(space.alpha_shape, dtype=torch.bool))
+        groups: dict[int, list[int]] = {}
+        for e, (to, _src) in enumerate(space.edges):
+            groups.setdefault(to, []).append(e)
+        self.groups = list(groups.values())
+
+    def active_mask(self) -> torch.Tensor | None:
+        return None if bool(self.mask.all()) else self.mask
+
+    def edge_scale(self) -> torch.Tensor | None:
+        """Softmax of β over the incoming edges of each node."""
+        if self.beta is None:
+            return None
+        parts = torch.empty_like(self.beta)
+        for g in self.groups:
+            parts[g] = torch.softmax(self.beta[g], dim=0)
+        return parts
+
+
 @dataclass
 class SearchState:
     """Everything that changes during a search; a checkpoint is exactly this."""
 
     model: nn.Module
-    alpha: nn.Parameter
+    arch: Architecture
     w_opt: torch.optim.SGD
     a_opt: torch.optim.Adam
     sched: torch.optim.lr_scheduler.LRScheduler
     epoch: int  # epochs completed
     history: list[dict[str, Any]]
 
+    @property
+    def alpha(self) -> nn.Parameter:
+        return self.arch.alpha
 
-def unrolled_alpha_grad(model: nn.Module, alpha: torch.Tensor, mix: Callable[[torch.Tensor], torch.Tensor],
+
+def unrolled_alpha_grad(model: nn.Module, arch_params: list[torch.Tensor], mix: Callable[[], Mix | torch.Tensor],
                         batch_w: tuple[torch.Tensor, torch.Tensor], batch_a: tuple[torch.Tensor, torch.Tensor],
-                        w_opt: torch.optim.SGD, eps: float = 0.01) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Second-order DARTS hypergradient; returns (grad α, L_val(w'), logits on the α batch).
-
-    ``mix(alpha)`` gives the mixing weights.  Model parameters are restored exactly on return.
-    """
+                        w_opt: torch.optim.SGD, eps: float = 0.01
+                        ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Second-order DARTS hypergradient of ``arch_params``; returns (grads, L_val(w'), logits on
+    the α batch).  ``mix()`` builds the mixing weights from the current architecture parameters.
+    Model parameters are restored exactly on return."""
     params = [p for p in model.parameters() if p.requires_grad]
     group = w_opt.param_groups[0]
     lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
     xw, yw = batch_w
     xa, ya = batch_a
     backup = [p.detach().clone() for p in params]
+
+    def detached(m):
+        return m.detach()
+
     # virtual step w' = w - lr * (mu * m + g + wd * w)
-    loss_t = F.cross_entropy(model(xw, mix(alpha).detach()), yw)
+    loss_t = F.cross_entropy(model(xw, detached(mix())), yw)
     grads = torch.autograd.grad(loss_t, params)
     with torch.no_grad():
         for p, g in zip(params, grads):
@@ -74,9 +113,12 @@ def unrolled_alpha_grad(model: nn.Module, alpha: torch.Tensor, mix: Callable[[to
                 d = d + mu * buf
             p.sub_(lr * d)
     try:
-        logits = model(xa, mix(alpha))
+        logits = model(xa, mix())
         loss_v = F.cross_entropy(logits, ya)
-        g_alpha, *g_w = torch.autograd.grad(loss_v, [alpha, *params])
+        n_a = len(arch_params)
+        all_grads = torch.autograd.grad(loss_v, [*arch_params, *params], allow_unused=True)
+        g_arch = [g if g is not None else torch.zeros_like(a) for g, a in zip(all_grads[:n_a], arch_params)]
+        g_w = [g if g is not None else torch.zeros_like(p) for g, p in zip(all_grads[n_a:], params)]
         norm = torch.sqrt(sum((g * g).sum() for g in g_w))
         r = eps / (norm + 1e-12)
         hv = []
@@ -84,14 +126,15 @@ def unrolled_alpha_grad(model: nn.Module, alpha: torch.Tensor, mix: Callable[[to
             with torch.no_grad():
                 for p, b, g in zip(params, backup, g_w):
                     p.copy_(b + sign * r * g)
-            loss = F.cross_entropy(model(xw, mix(alpha)), yw)
-            hv.append(torch.autograd.grad(loss, [alpha])[0])
-        grad = g_alpha - lr * (hv[0] - hv[1]) / (2 * r)
+            loss = F.cross_entropy(model(xw, mix()), yw)
+            gs = torch.autograd.grad(loss, arch_params, allow_unused=True)
+            hv.append([g if g is not None else torch.zeros_like(a) for g, a in zip(gs, arch_params)])
+        out = [ga - lr * (hp - hn) / (2 * r) for ga, hp, hn in zip(g_arch, hv[0], hv[1])]
     finally:
         with torch.no_grad():
             for p, b in zip(params, backup):
                 p.copy_(b)
-    return grad, loss_v.detach(), logits.detach()
+    return out, loss_v.detach(), logits.detach()
 
 
 def _edge_stats(weights: torch.Tensor, ops: tuple[str, ...]) -> dict[str, Any]:
@@ -111,9 +154,19 @@ class Search:
     def __init__(self, cfg: config_mod.SearchConfig):
         self.cfg = cfg
         self.space: SearchSpace = get_space(cfg.space)
-        self.method: Method = get_method(cfg.method, cfg.order)
+        self.method: Method = build_method(cfg)
         self.device = resolve_device(cfg.device)
         self.out = Path(cfg.out)
+        if self.method.progressive:
+            self.stage_epochs = [cfg.epochs // 2, cfg.epochs - cfg.epochs // 2]
+            if min(self.stage_epochs) < 1:
+                raise NasError("progressive search needs epochs >= 2 (two stages)")
+        else:
+            self.stage_epochs = [cfg.epochs]
+        if cfg.arch_warmup is not None:
+            self.warmup = cfg.arch_warmup
+        else:
+            self.warmup = int(0.2 * self.stage_epochs[0]) if self.method.progressive else 0
 
     # ----------------------------------------------------------------- set-up
     def _data(self) -> tuple[DataBundle, Any, Any]:
@@ -129,15 +182,54 @@ class Search:
     def _state(self, bundle: DataBundle) -> SearchState:
         cfg = self.cfg
         seed_everything(cfg.seed)
-        model = self.space.build_supernet(cfg.channels, cfg.cells, bundle.num_classes, bundle.channels).to(self.device)
-        g = generator_for(cfg.seed, 303)
-        alpha = nn.Parameter((1e-3 * torch.randn(self.space.alpha_shape, generator=g)).to(self.device))
-        w_opt = torch.optim.SGD(model.parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum,
-                                weight_decay=cfg.w_weight_decay)
+        from nas.supernet import Supernet
+
+        if self.space.name != "nb201":  # pragma: no cover - one space so far
+            raise NasError(f"space {self.space.name!r} has no supernet")
+        model = Supernet(cfg.channels, cfg.cells, bundle.num_classes, bundle.channels,
+                         partial_channels=self.method.partial_channels).to(self.device)
+        arch = Architecture(self.space, self.method.edge_norm, generator_for(cfg.seed, 303)).to(self.device)
+        w_opt = self._w_optimizer(model)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=cfg.epochs, eta_min=cfg.w_lr_min)
-        a_opt = torch.optim.Adam([alpha], lr=cfg.a_lr, betas=(cfg.a_beta1, cfg.a_beta2),
-                                 weight_decay=cfg.a_weight_decay)
-        return SearchState(model, alpha, w_opt, a_opt, sched, 0, [])
+        a_opt = torch.optim.Adam(arch.parameters(), lr=cfg.a_lr, betas=(cfg.a_beta1, cfg.a_beta2),
+                                 weight_decay=self.method.a_weight_decay)
+        return SearchState(model, arch, w_opt, a_opt, sched, 0, [])
+
+    def _w_optimizer(self, model: nn.Module) -> torch.optim.SGD:
+        cfg = self.cfg
+        return torch.optim.SGD(model.parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum,
+                               weight_decay=cfg.w_weight_decay)
+
+    def _next_stage(self, st: SearchState, prune: bool = True) -> None:
+        """DrNAS progressive: prune each edge to the strongest ``keep`` ops and pass more channels
+        through the ops (K k1 -> k2); the w optimiser's momentum is widened the same way."""
+        opts = self.method.options
+        if prune:
+            with torch.no_grad():
+                alpha = st.arch.alpha.masked_fill(~st.arch.mask, float("-inf"))
+                keep = alpha.topk(opts["progressive_keep"], dim=-1).indices
+                st.arch.mask.copy_(torch.zeros_like(st.arch.mask).scatter_(-1, keep, True))
+        gen = generator_for(self.cfg.seed, 404)
+        changes: dict[int, tuple] = {}
+        for cell in st.model.search_cells():
+            changes.update(cell.widen(opts["progressive_k2"], gen))
+        old_opt, old_sched = st.w_opt, st.sched
+        old_state = {id(p): old_opt.state.get(p, {}) for g in old_opt.param_groups for p in g["params"]}
+        new_of = {id(v[0]): (k, v) for k, v in changes.items()}
+        st.w_opt = self._w_optimizer(st.model)
+        st.w_opt.param_groups[0]["lr"] = old_opt.param_groups[0]["lr"]
+        from nas.supernet import widen_tensor
+
+        for p in st.w_opt.param_groups[0]["params"]:
+            if id(p) in new_of:
+                old_id, (_, out_idx, in_idx, blocks) = new_of[id(p)]
+                buf = old_state.get(old_id, {}).get("momentum_buffer")
+                if buf is not None:
+                    st.w_opt.state[p]["momentum_buffer"] = widen_tensor(buf, blocks, out_idx, in_idx)
+            elif old_state.get(id(p)):
+                st.w_opt.state[p] = old_state[id(p)]
+        st.sched = torch.optim.lr_scheduler.CosineAnnealingLR(st.w_opt, T_max=self.cfg.epochs, eta_min=self.cfg.w_lr_min)
+        st.sched.load_state_dict(old_sched.state_dict())
 
     # ----------------------------------------------------------------- checkpoints
     def save_checkpoint(self, st: SearchState) -> None:
@@ -146,14 +238,14 @@ class Search:
             "config": config_mod.to_dict(self.cfg),
             "epoch": st.epoch,
             "model": st.model.state_dict(),
-            "alpha": st.alpha.detach().cpu(),
+            "arch": st.arch.state_dict(),
             "w_opt": st.w_opt.state_dict(),
             "a_opt": st.a_opt.state_dict(),
             "sched": st.sched.state_dict(),
             "history": st.history,
         })
 
-    def load_checkpoint(self, st: SearchState) -> None:
+    def read_checkpoint(self) -> dict:
         path = self.out / CHECKPOINT
         ck = torch_load(path, map_location=self.device)
         if not isinstance(ck, dict) or ck.get("format") != "nas-search-checkpoint-v1":
@@ -163,9 +255,13 @@ class Search:
         if diff:
             k = diff[0]
             raise NasError(f"{path}: cannot resume, config key {k!r} was {saved.get(k)!r}, now {now[k]!r}")
+        return ck
+
+    def load_checkpoint(self, st: SearchState, ck: dict) -> None:
+        if self.method.progressive and int(ck["epoch"]) >= self.stage_epochs[0]:
+            self._next_stage(st, prune=False)  # the stage-2 shapes; values come from the checkpoint
         st.model.load_state_dict(ck["model"])
-        with torch.no_grad():
-            st.alpha.copy_(ck["alpha"].to(self.device))
+        st.arch.load_state_dict(ck["arch"])
         st.w_opt.load_state_dict(ck["w_opt"])
         st.a_opt.load_state_dict(ck["a_opt"])
         st.sched.load_state_dict(ck["sched"])
@@ -174,11 +270,15 @@ class Search:
 
     # ----------------------------------------------------------------- the loop
     def run(self, resume: bool = False, callback: Callable[[SearchState], None] | None = None) -> dict[str, Any]:
+        if self.method.name == "random":
+            from nas.baselines import random_search
+
+            return random_search(self, resume=resume)
         cfg = self.cfg
         bundle, w_stream, a_stream = self._data()
         st = self._state(bundle)
         if resume and (self.out / CHECKPOINT).is_file():
-            self.load_checkpoint(st)
+            self.load_checkpoint(st, self.read_checkpoint())
         elif resume:
             print(f"no checkpoint in {self.out}; starting from scratch", file=sys.stderr)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -190,6 +290,8 @@ class Search:
                 st.history.append(record)
                 st.epoch += 1
                 st.sched.step()
+                if self.method.progressive and st.epoch == self.stage_epochs[0]:
+                    self._next_stage(st)  # before the checkpoint, so that it holds stage-2 shapes
                 msg = (f"epoch {st.epoch}/{cfg.epochs}  train loss {record['train_loss']:.3f} acc "
                        f"{record['train_acc']:.3f}  val loss {record['val_loss']:.3f} acc "
                        f"{record['val_acc']:.3f}  {record['genotype']}  {record['seconds']:.1f}s")
@@ -201,45 +303,74 @@ class Search:
         finally:
             if bar is not None:
                 bar.close()
-        return self.finish(st, bundle)
+        return self.finish(st, bundle, a_stream)
+
+    def mix(self, st: SearchState, epoch: int, gen: torch.Generator | None) -> Mix:
+        """The training-time mixing weights of the current architecture."""
+        m = self.method.mixing.sample(st.arch.alpha, st.arch.active_mask(), epoch, self.cfg.epochs, gen)
+        scale = st.arch.edge_scale()
+        if scale is not None:
+            m.edge_scale = scale
+        return m
+
+    def expected(self, st: SearchState) -> torch.Tensor:
+        with torch.no_grad():
+            return self.method.mixing.expected(st.arch.alpha, st.arch.active_mask()).cpu()
 
     def _epoch(self, st: SearchState, w_stream, a_stream, steps: int, bar) -> dict[str, Any]:
         cfg, method, ops = self.cfg, self.method, self.space.ops
         t0 = time.perf_counter()
-        gen_w = generator_for(cfg.seed, st.epoch, 1, device=self.device)
-        gen_a = generator_for(cfg.seed, st.epoch, 2, device=self.device)
-        gen_m = generator_for(cfg.seed, st.epoch, 3, device=self.device)
-        a_iter = _cycle(a_stream, gen_a)
         epoch, epochs = st.epoch, cfg.epochs
+        # Every random draw of an epoch derives from (seed, epoch): a resumed run repeats them.
+        torch.manual_seed(generator_for(cfg.seed, epoch, 4).initial_seed())
+        gen_w = generator_for(cfg.seed, epoch, 1, device=self.device)
+        gen_a = generator_for(cfg.seed, epoch, 2, device=self.device)
+        gen_m = generator_for(cfg.seed, epoch, 3, device=self.device)
+        a_iter = _cycle(a_stream, gen_a)
+        stage = 1 if epoch < self.stage_epochs[0] else 2
+        stage_epoch = epoch if stage == 1 else epoch - self.stage_epochs[0]
+        train_alpha = method.train_alpha and stage_epoch >= self.warmup
+        arch_params = [p for p in st.arch.parameters()]
         st.model.train()
         sums = torch.zeros(4, device=self.device)  # train loss, train correct, val loss, val correct
         counts = [0, 0]
         lr = st.w_opt.param_groups[0]["lr"]
 
-        def mix(a: torch.Tensor) -> torch.Tensor:
-            return method.mixing.sample(a, epoch, epochs, gen_m)
+        def mix() -> Mix:
+            return self.mix(st, epoch, gen_m)
 
         for step, (xw, yw) in enumerate(w_stream.epoch(gen_w)):
             if step >= steps:
                 break
             xa, ya = next(a_iter)
             # α step
-            if cfg.order == 2:
-                grad, loss_v, logits_v = unrolled_alpha_grad(st.model, st.alpha, mix, (xw, yw), (xa, ya),
-                                                             st.w_opt, cfg.unrolled_eps)
+            if train_alpha:
+                penalty = method.mixing.penalty(st.arch.alpha)
+                if method.second_order:
+                    grads, loss_v, logits_v = unrolled_alpha_grad(st.model, arch_params, mix, (xw, yw), (xa, ya),
+                                                                  st.w_opt, cfg.unrolled_eps)
+                    if penalty is not None:
+                        grads[0] = grads[0] + torch.autograd.grad(penalty, [st.arch.alpha])[0]
+                else:
+                    logits_v = st.model(xa, mix())
+                    loss_v = F.cross_entropy(logits_v, ya)
+                    total = loss_v if penalty is None else loss_v + penalty
+                    grads = list(torch.autograd.grad(total, arch_params, allow_unused=True))
+                    grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, arch_params)]
+                st.a_opt.zero_grad(set_to_none=True)
+                for p, g in zip(arch_params, grads):
+                    p.grad = g
+                st.a_opt.step()
+                loss_v = loss_v.detach()
             else:
-                logits_v = st.model(xa, mix(st.alpha))
-                loss_v = F.cross_entropy(logits_v, ya)
-                (grad,) = torch.autograd.grad(loss_v, [st.alpha])
-            st.a_opt.zero_grad(set_to_none=True)
-            st.alpha.grad = grad
-            st.a_opt.step()
+                with torch.no_grad():
+                    logits_v = st.model(xa, mix())
+                    loss_v = F.cross_entropy(logits_v, ya)
             # w step on (possibly perturbed) detached mixing weights
-            weights = mix(st.alpha).detach()
-            weights = method.perturbation(
-                weights, lambda wts, x=xw, y=yw: F.cross_entropy(st.model(x, wts), y), epoch, epochs, gen_m)
+            m = method.perturbation(
+                mix().detach(), lambda mm, x=xw, y=yw: F.cross_entropy(st.model(x, mm), y), epoch, epochs, gen_m)
             st.w_opt.zero_grad(set_to_none=True)
-            logits = st.model(xw, weights)
+            logits = st.model(xw, m)
             loss = F.cross_entropy(logits, yw)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -247,14 +378,13 @@ class Search:
             st.w_opt.step()
             with torch.no_grad():
                 sums += torch.stack([loss.detach() * len(yw), (logits.argmax(1) == yw).sum(),
-                                     loss_v.detach() * len(ya), (logits_v.argmax(1) == ya).sum()]).float()
+                                     loss_v * len(ya), (logits_v.argmax(1) == ya).sum()]).float()
             counts[0] += len(yw)
             counts[1] += len(ya)
             if bar is not None:
                 bar.update(1)
         s = sums.tolist()
-        with torch.no_grad():
-            weights = method.mixing.expected(st.alpha).cpu()
+        weights = self.expected(st)
         record = {
             "epoch": st.epoch + 1,
             "train_loss": s[0] / counts[0],
@@ -262,30 +392,44 @@ class Search:
             "val_loss": s[2] / counts[1],
             "val_acc": s[3] / counts[1],
             "w_lr": lr,
-            "alpha": st.alpha.detach().cpu().tolist(),
+            "alpha_trained": train_alpha,
+            "stage": stage,
+            "alpha": st.arch.alpha.detach().cpu().tolist(),
             "weights": weights.tolist(),
             "genotype": self.space.format_genotype(self.space.select_magnitude(weights)),
             **_edge_stats(weights, ops),
+            **method.mixing.describe(epoch, epochs),
+            "perturb_epsilon": method.perturbation.epsilon(epoch, epochs),
             "seconds": time.perf_counter() - t0,
         }
+        if st.arch.beta is not None:
+            record["edge_scale"] = st.arch.edge_scale().detach().cpu().tolist()
         for v in (record["train_loss"], record["val_loss"]):
             if not math.isfinite(v):
                 raise NasError(f"search diverged at epoch {st.epoch + 1}: loss is {v} (lower w_lr or a_lr)")
         return record
 
-    def finish(self, st: SearchState, bundle: DataBundle) -> dict[str, Any]:
-        with torch.no_grad():
-            weights = self.method.mixing.expected(st.alpha).cpu()
-        geno = self.space.select_magnitude(weights)
+    def finish(self, st: SearchState, bundle: DataBundle, a_stream) -> dict[str, Any]:
+        weights = self.expected(st)
+        extra: dict[str, Any] = {}
+        if self.method.selection == "rsps":
+            geno, ranked = rsps_select(self, st, a_stream)
+            extra["rsps_candidates"] = ranked
+            selection = "rsps"
+        else:
+            geno = self.space.select_magnitude(weights)
+            selection = "magnitude"
         result = {
             "space": self.space.name,
             "method": self.method.name,
             "order": self.cfg.order,
-            "selection": "magnitude",
+            "selection": selection,
             "genotype": self.space.format_genotype(geno),
             "ops": list(self.space.ops),
-            "alpha": st.alpha.detach().cpu().tolist(),
+            "alpha": st.arch.alpha.detach().cpu().tolist(),
             "weights": weights.tolist(),
+            "mask": st.arch.mask.cpu().tolist(),
+            "method_info": self.method.describe(),
             "dataset": {"name": self.cfg.dataset, "source": bundle.prepared.manifest["source"],
                         "num_classes": bundle.num_classes, "resolution": bundle.size,
                         "prepared": str(bundle.prepared.path)},
@@ -293,9 +437,39 @@ class Search:
             "seconds": sum(h["seconds"] for h in st.history),
             "config": config_mod.to_dict(self.cfg),
             "history": st.history,
+            **extra,
         }
+        if st.arch.beta is not None:
+            result["edge_scale"] = st.arch.edge_scale().detach().cpu().tolist()
         write_json(self.out / RESULT, result)
         return result
+
+
+@torch.no_grad()
+def rsps_select(search: Search, st: SearchState, a_stream) -> tuple[Any, list[dict[str, Any]]]:
+    """RSPS selection: sample architectures uniformly and keep the one whose supernet accuracy on
+    ``rsps_eval_batches`` batches of the α split is highest (ties: first sampled)."""
+    cfg = search.cfg
+    gen = generator_for(cfg.seed, 505, device=search.device)
+    n_ops = len(search.space.ops)
+    st.model.train()  # search cells use batch statistics either way
+    scored = []
+    for c in range(cfg.rsps_candidates):
+        index = torch.randint(0, n_ops, (len(search.space.edges),), generator=gen, device=search.device)
+        one_hot = torch.zeros(search.space.alpha_shape, device=search.device).scatter_(-1, index[:, None], 1.0)
+        mix = Mix(one_hot, index=index)
+        correct, n = 0.0, 0
+        batches = a_stream.epoch(generator_for(cfg.seed, 506, c, device=search.device))
+        for b, (x, y) in enumerate(batches):
+            if b >= cfg.rsps_eval_batches:
+                break
+            correct += float((st.model(x, mix).argmax(1) == y).sum())
+            n += len(y)
+        geno = search.space.select_magnitude(one_hot.cpu())
+        scored.append({"genotype": search.space.format_genotype(geno), "val_acc": correct / max(n, 1)})
+    ranked = sorted(range(len(scored)), key=lambda i: (-scored[i]["val_acc"], i))
+    best = scored[ranked[0]]
+    return search.space.parse_genotype(best["genotype"]), [scored[i] for i in ranked]
 
 
 def _cycle(stream, gen):
@@ -303,14 +477,13 @@ def _cycle(stream, gen):
         yield from stream.epoch(gen)
 
 
-def _progress(enabled: bool, total: int, initial: int):
+def _progress(enabled: bool, total: int, initial: int, desc: str = "search"):
     if not enabled:
         return None
     from tqdm import tqdm
 
     # disable=None: shown on a terminal, silent when stderr is redirected (CI, logs)
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=None,
-                desc="search")
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=None, desc=desc)
 
 
 def _log(bar, msg: str) -> None:

@@ -74,6 +74,29 @@ def evaluate(model: nn.Module, stream: BatchStream, *args: Any) -> tuple[float, 
     return float(loss_sum) / max(n, 1), float(correct) / max(n, 1)
 
 
+def train_epoch(net: nn.Module, stream: BatchStream, opt: torch.optim.Optimizer, gen: torch.Generator,
+                grad_clip: float = 0.0, label_smoothing: float = 0.0, bar=None) -> tuple[float, float]:
+    """One pass of plain supervised training; returns (mean loss, accuracy)."""
+    net.train()
+    sums = torch.zeros(2, device=stream.device)
+    n = 0
+    for x, y in stream.epoch(gen):
+        logits = net(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+        opt.step()
+        with torch.no_grad():
+            sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum().float()])
+        n += len(y)
+        if bar is not None:
+            bar.update(1)
+    s = sums.tolist()
+    return s[0] / max(n, 1), s[1] / max(n, 1)
+
+
 def retrain(cfg: config_mod.RetrainConfig, resume: bool = False,
             callback: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
     """Train the discrete network of ``cfg.genotype`` and report its test accuracy.
@@ -120,27 +143,11 @@ def retrain(cfg: config_mod.RetrainConfig, resume: bool = False,
     try:
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
-            net.train()
             gen = generator_for(cfg.seed, epoch, 11, device=device)
-            sums = torch.zeros(2, device=device)
-            n = 0
             lr = opt.param_groups[0]["lr"]
-            for x, y in train.epoch(gen):
-                logits = net(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-                opt.step()
-                with torch.no_grad():
-                    sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum().float()])
-                n += len(y)
-                if bar is not None:
-                    bar.update(1)
+            loss, acc = train_epoch(net, train, opt, gen, cfg.grad_clip, cfg.label_smoothing, bar)
             sched.step()
-            s = sums.tolist()
-            rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": s[0] / n, "train_acc": s[1] / n, "lr": lr}
+            rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss, "train_acc": acc, "lr": lr}
             if (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or epoch + 1 == cfg.epochs:
                 rec["test_loss"], rec["test_acc"] = evaluate(net, test)
             rec["seconds"] = time.perf_counter() - t0

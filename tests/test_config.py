@@ -8,7 +8,11 @@ def test_defaults_match_the_nb201_reference_search():
     cfg = build_config("search")
     assert isinstance(cfg, SearchConfig)
     assert (cfg.w_lr, cfg.w_lr_min, cfg.w_momentum, cfg.w_weight_decay, cfg.grad_clip) == (0.025, 0.001, 0.9, 3e-4, 5.0)
-    assert (cfg.a_lr, cfg.a_beta1, cfg.a_beta2, cfg.a_weight_decay) == (3e-4, 0.5, 0.999, 1e-3)
+    assert (cfg.a_lr, cfg.a_beta1, cfg.a_beta2) == (3e-4, 0.5, 0.999)
+    from nas.methods import build_method
+
+    assert build_method(cfg).a_weight_decay == 1e-3  # DARTS; DrNAS moves it into its regulariser
+    assert build_method(build_config("search", sets=["method=drnas"])).a_weight_decay == 0.0
     r = build_config("retrain")
     assert (r.lr, r.lr_min, r.nesterov, r.weight_decay, r.batch_size) == (0.1, 0.0, True, 5e-4, 256)
 

@@ -40,7 +40,7 @@ def _unrolled_objective(model, alpha, opt, bw, ba, create_graph):
 def test_unrolled_gradient_matches_exact_second_order_autograd():
     model, alpha, opt, bw, ba = _problem()
     before = [p.detach().clone() for p in model.parameters()]
-    approx, loss_v, _ = unrolled_alpha_grad(model, alpha, lambda a: a.softmax(-1), bw, ba, opt, eps=1e-4)
+    (approx,), loss_v, _ = unrolled_alpha_grad(model, [alpha], lambda: alpha.softmax(-1), bw, ba, opt, eps=1e-4)
     # parameters are restored exactly
     for p, b in zip(model.parameters(), before):
         assert torch.equal(p, b)
@@ -53,7 +53,7 @@ def test_unrolled_gradient_matches_exact_second_order_autograd():
 
 def test_unrolled_gradient_matches_finite_differences_in_alpha():
     model, alpha, opt, bw, ba = _problem(seed=1)
-    approx, _, _ = unrolled_alpha_grad(model, alpha, lambda a: a.softmax(-1), bw, ba, opt, eps=1e-4)
+    (approx,), _, _ = unrolled_alpha_grad(model, [alpha], lambda: alpha.softmax(-1), bw, ba, opt, eps=1e-4)
     h = 1e-5
     fd = torch.zeros_like(alpha)
     for idx in range(alpha.numel()):
