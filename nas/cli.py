@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="search a supernet and select an architecture by α magnitude")
     p.add_argument("--space")
-    p.add_argument("--method")
+    p.add_argument("--method", help="darts, snas, gdas, drnas, sdarts-rs, sdarts-adv, pc-darts, random, rsps")
     p.add_argument("--order", type=int, choices=(1, 2), help="DARTS gradient order")
+    p.add_argument("--perturb", help="w-step perturbation: auto (method default), none, rs, adv")
     _data_args(p)
     _common(p)
 
@@ -136,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
                               f"{m['channels']}x{m['height']}x{m['width']}"])
     elif args.command == "search":
         cfg = config_mod.build_config("search", args.config,
-                                      _overrides(args, ("space", "method", "order", *data_keys)), args.sets)
+                                      _overrides(args, ("space", "method", "order", "perturb", *data_keys)), args.sets)
         res = stages.search_stage(cfg, resume=args.resume)
         look = _maybe_lookup(res["space"], res["genotype"])
         lines = [f"genotype: {res['genotype']}", f"result:   {cfg.out}/result.json",

@@ -55,6 +55,9 @@ def select_stage(run: str | Path, method: str = "magnitude", out: str | Path | N
     if method not in SELECTION_METHODS:
         raise NasError(f"select: unknown method {method!r} (expected one of {', '.join(SELECTION_METHODS)})")
     res = read_search_result(run)
+    if res.get("selection") in ("rsps", "random"):
+        raise NasError(f"{run}: searched with {res['selection']!r}, which trains no α; its architecture "
+                       f"({res['genotype']}) was selected by {res['selection']}, not by magnitude")
     space = get_space(res["space"])
     weights = torch.tensor(res["weights"])
     if tuple(weights.shape) != space.alpha_shape:

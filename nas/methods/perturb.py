@@ -9,7 +9,7 @@ the reference code.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
