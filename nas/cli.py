@@ -61,11 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     _common(p)
 
-    p = sub.add_parser("select", help="select the final architecture of a finished search")
-    p.add_argument("--method", default="magnitude")
-    p.add_argument("--run", required=True, help="search run directory")
+    p = sub.add_parser("select", help="select the final architecture of a finished search (magnitude or PT)")
+    p.add_argument("--method", help="magnitude (default) or pt")
+    p.add_argument("--run", help="search run directory")
     p.add_argument("--out", help="directory for selection.json")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device")
+    _common(p)
+
+    p = sub.add_parser("strength", help="α against the accuracy drop of removing each op (table, plot, rank correlation)")
+    p.add_argument("--run", help="search run directory")
+    p.add_argument("--out", help="directory for strength.csv/.json/.png")
+    p.add_argument("--device")
+    _common(p)
 
     p = sub.add_parser("info", help="parameters and FLOPs of a genotype's network")
     p.add_argument("--space", default="nb201")
@@ -150,8 +158,25 @@ def _run(args: argparse.Namespace) -> int:
         summary["nb201"] = look
         _print(summary, args.json, lines)
     elif args.command == "select":
-        sel = stages.select_stage(args.run, args.method, args.out)
-        _print(sel, args.json, [sel["genotype"]])
+        cfg = config_mod.build_config("select", args.config, _overrides(args, ("method", "run", "out", "seed", "device")),
+                                      args.sets)
+        sel = stages.select_stage(cfg)
+        lines = [f"genotype: {sel['genotype']}"]
+        if sel["selection"] == "pt":
+            lines.append(f"magnitude would give: {sel['magnitude_genotype']}  (PT took {sel['seconds']:.1f}s)")
+        look = _maybe_lookup(sel["space"], sel["genotype"])
+        if look:
+            lines.append(f"NAS-Bench-201 cifar10 test accuracy: {look['test_accuracy']:.2f} (oracle {look['oracle_accuracy']:.2f})")
+            sel = {**sel, "nb201": look}
+        _print(sel, args.json, lines)
+    elif args.command == "strength":
+        cfg = config_mod.build_config("select", args.config, _overrides(args, ("run", "out", "device")), args.sets)
+        r = stages.strength_stage(cfg)
+        out = {k: r[k] for k in ("run", "base_acc", "spearman", "p_value")}
+        _print({**out, "rows": r["rows"]}, args.json,
+               [f"supernet validation accuracy {r['base_acc']:.4f}; Spearman(weight, accuracy drop) = "
+                f"{r['spearman']:.3f} (p = {r['p_value']:.3g}) over {len(r['rows'])} ops"]
+               + ([f"table and plot in {cfg.out}"] if cfg.out else []))
     elif args.command == "info":
         info = stages.info_stage(args.space, args.genotype, args.channels, args.cells, args.num_classes,
                                  args.in_channels, args.resolution)

@@ -82,6 +82,18 @@ class SearchConfig(DataConfig):
     rsps_eval_batches: int = 1  # α-split batches per candidate
     random_samples: int = 10  # random baseline: architectures trained from scratch
     random_epochs: int = 5  # epochs per random architecture
+    fix_alpha: bool = False  # keep α at zero (uniform weights) and train w only: the "fix α" supernet for PT
+    # sharpness: the top eigenvalue of the Hessian of L_val w.r.t. α
+    hessian_every: int = 0  # compute it every k epochs (0 = off)
+    hessian_batches: int = 2  # fixed, seeded α-split batches the loss is evaluated on
+    hessian_method: str = "lanczos"  # lanczos | power
+    hessian_topk: int = 1  # eigenvalues kept per evaluation (lanczos)
+    # early stopping on the eigenvalue (RobustDARTS DARTS-ES); needs hessian_every = 1
+    early_stop: bool = False
+    es_window: int = 5  # epochs in the local average
+    es_lookback: int = 5  # compare with the local average this many epochs earlier
+    es_factor: float = 1.3  # stop when the local average grew by more than this factor
+    es_start: int = 10  # first epoch at which stopping is considered
     steps_per_epoch: int = 0  # 0 = one pass over the w split; >0 caps it (CPU budgets)
     checkpoint_every: int = 1  # epochs between checkpoints
     progress: bool = True
@@ -113,6 +125,21 @@ class RetrainConfig(DataConfig):
 
 
 @dataclass
+class SelectConfig:
+    """Selection of the final architecture from a finished search run."""
+
+    method: str = "magnitude"  # magnitude | pt
+    run: str = ""  # the search run directory
+    out: str | None = None  # where selection.json goes (none = not written)
+    seed: int = 0  # PT edge order
+    device: str = "auto"
+    pt_tune_epochs: int = 5  # w-only fine-tuning epochs between PT decisions (the reference uses 5)
+    pt_batches: int = 0  # α-split batches per accuracy measurement (0 = the whole split)
+    pt_lr_factor: float = 0.1  # fine-tuning learning rate = w_lr * this
+    progress: bool = True
+
+
+@dataclass
 class PrepareConfig:
     dataset: str = "digits"
     data: str | None = None
@@ -123,6 +150,7 @@ CONFIGS: dict[str, type] = {
     "search": SearchConfig,
     "retrain": RetrainConfig,
     "prepare": PrepareConfig,
+    "select": SelectConfig,
 }
 
 
@@ -242,10 +270,19 @@ def validate(cfg: Any) -> None:
         need(cfg.rsps_candidates > 0, "rsps_candidates", "must be > 0")
         need(cfg.random_samples > 0 and cfg.random_epochs > 0, "random_samples", "and random_epochs must be > 0")
         need(1 <= cfg.progressive_keep <= 5, "progressive_keep", "must be in 1..5")
+        need(cfg.hessian_every >= 0, "hessian_every", "must be >= 0")
+        need(cfg.hessian_method in ("lanczos", "power"), "hessian_method", "must be lanczos or power")
+        need(cfg.hessian_batches > 0 and cfg.hessian_topk > 0, "hessian_batches", "and hessian_topk must be > 0")
+        need(not cfg.early_stop or cfg.hessian_every == 1, "hessian_every", "must be 1 when early_stop is on")
+        need(cfg.es_window > 0 and cfg.es_lookback > 0 and cfg.es_factor > 0, "es_window",
+             "es_lookback and es_factor must be > 0")
         for key in ("rs_sigma", "adv_epsilon", "eps_start", "drnas_lambda"):
             need(getattr(cfg, key) >= 0, key, "must be >= 0")
     if isinstance(cfg, RetrainConfig):
         need(cfg.epochs > 0, "epochs", "must be > 0")
+    if isinstance(cfg, SelectConfig):
+        need(cfg.method in ("magnitude", "pt"), "method", "must be magnitude or pt")
+        need(cfg.pt_tune_epochs >= 0 and cfg.pt_batches >= 0, "pt_tune_epochs", "and pt_batches must be >= 0")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

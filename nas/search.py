@@ -51,6 +51,8 @@ class Architecture(nn.Module):
         self.alpha = nn.Parameter(1e-3 * torch.randn(space.alpha_shape, generator=gen))
         self.beta = nn.Parameter(1e-3 * torch.randn(len(space.edges), generator=gen)) if edge_norm else None
         self.register_buffer("mask", torch.ones(space.alpha_shape, dtype=torch.bool))
+        # PT selection: op decided per edge (-1 = not decided); decided edges are one-hot
+        self.register_buffer("decided", torch.full((len(space.edges),), -1, dtype=torch.long))
         groups: dict[int, list[int]] = {}
         for e, (to, _src) in enumerate(space.edges):
             groups.setdefault(to, []).append(e)
@@ -58,6 +60,17 @@ class Architecture(nn.Module):
 
     def active_mask(self) -> torch.Tensor | None:
         return None if bool(self.mask.all()) else self.mask
+
+    def override(self, mix: Mix) -> Mix:
+        """Replace the weights of decided edges by one-hot rows (and their hard index)."""
+        if bool((self.decided < 0).all()):
+            return mix
+        rows = self.decided >= 0
+        one_hot = torch.zeros_like(mix.weights).scatter_(-1, self.decided.clamp(min=0)[:, None], 1.0)
+        mix.weights = torch.where(rows[:, None], one_hot, mix.weights)
+        if mix.index is not None:
+            mix.index = torch.where(rows, self.decided, mix.index)
+        return mix
 
     def edge_scale(self) -> torch.Tensor | None:
         """Softmax of β over the incoming edges of each node."""
@@ -80,6 +93,7 @@ class SearchState:
     sched: torch.optim.lr_scheduler.LRScheduler
     epoch: int  # epochs completed
     history: list[dict[str, Any]]
+    early_stop: dict[str, int] | None = None
 
     @property
     def alpha(self) -> nn.Parameter:
@@ -158,12 +172,14 @@ class Search:
         self.method: Method = build_method(cfg)
         self.device = resolve_device(cfg.device)
         self.out = Path(cfg.out)
+        self.tuning = False  # set by PT selection: w-only fine-tuning epochs
         if self.method.progressive:
             self.stage_epochs = [cfg.epochs // 2, cfg.epochs - cfg.epochs // 2]
             if min(self.stage_epochs) < 1:
                 raise NasError("progressive search needs epochs >= 2 (two stages)")
         else:
             self.stage_epochs = [cfg.epochs]
+        self.train_alpha = self.method.train_alpha and not cfg.fix_alpha
         if cfg.arch_warmup is not None:
             self.warmup = cfg.arch_warmup
         else:
@@ -190,6 +206,9 @@ class Search:
         model = Supernet(cfg.channels, cfg.cells, bundle.num_classes, bundle.channels,
                          partial_channels=self.method.partial_channels).to(self.device)
         arch = Architecture(self.space, self.method.edge_norm, generator_for(cfg.seed, 303)).to(self.device)
+        if cfg.fix_alpha:
+            with torch.no_grad():
+                arch.alpha.zero_()  # uniform mixing weights, never trained
         w_opt = self._w_optimizer(model)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=cfg.epochs, eta_min=cfg.w_lr_min)
         a_opt = torch.optim.Adam(arch.parameters(), lr=cfg.a_lr, betas=(cfg.a_beta1, cfg.a_beta2),
@@ -244,6 +263,7 @@ class Search:
             "a_opt": st.a_opt.state_dict(),
             "sched": st.sched.state_dict(),
             "history": st.history,
+            "early_stop": st.early_stop,
         })
 
     def read_checkpoint(self) -> dict:
@@ -268,6 +288,7 @@ class Search:
         st.sched.load_state_dict(ck["sched"])
         st.epoch = int(ck["epoch"])
         st.history = list(ck["history"])
+        st.early_stop = ck.get("early_stop")
 
     # ----------------------------------------------------------------- the loop
     def run(self, resume: bool = False, callback: Callable[[SearchState], None] | None = None) -> dict[str, Any]:
@@ -286,8 +307,10 @@ class Search:
         steps = len(w_stream) if cfg.steps_per_epoch <= 0 else min(cfg.steps_per_epoch, len(w_stream))
         bar = _progress(cfg.progress, total=cfg.epochs * steps, initial=st.epoch * steps)
         try:
-            while st.epoch < cfg.epochs:
+            while st.epoch < cfg.epochs and st.early_stop is None:
                 record = self._epoch(st, w_stream, a_stream, steps, bar)
+                if cfg.hessian_every and (st.epoch + 1) % cfg.hessian_every == 0:
+                    record.update(self.hessian(st, a_stream))
                 st.history.append(record)
                 st.epoch += 1
                 st.sched.step()
@@ -297,6 +320,12 @@ class Search:
                        f"{record['train_acc']:.3f}  val loss {record['val_loss']:.3f} acc "
                        f"{record['val_acc']:.3f}  {record['genotype']}  {record['seconds']:.1f}s")
                 _log(bar, msg)
+                rollback = self._early_stop(st)
+                if rollback is not None:
+                    _log(bar, f"early stop at epoch {st.epoch}: the top eigenvalue grew by more than "
+                              f"{cfg.es_factor}x; returning the architecture of epoch {rollback}")
+                    self.save_checkpoint(st)
+                    break
                 if st.epoch % cfg.checkpoint_every == 0 or st.epoch == cfg.epochs:
                     self.save_checkpoint(st)
                 if callback is not None:
@@ -306,17 +335,62 @@ class Search:
                 bar.close()
         return self.finish(st, bundle, a_stream)
 
+    def hessian(self, st: SearchState, a_stream) -> dict[str, Any]:
+        """Top eigenvalue(s) of ∇²_α L_val on fixed α-split batches."""
+        from nas.hessian import fixed_batches, sharpness
+
+        cfg = self.cfg
+        if getattr(self, "_hessian_batches", None) is None:
+            self._hessian_batches = fixed_batches(a_stream, cfg.hessian_batches, cfg.seed)
+        eig = sharpness(st.model, self._hessian_batches, lambda a: self.expected_mix(st, a), st.arch.alpha,
+                        cfg.hessian_method, cfg.hessian_topk, seed=cfg.seed)
+        out = {"hessian_eig": eig.value, "hessian_seconds": eig.seconds, "hessian_hvps": eig.iterations}
+        if eig.top is not None:
+            out["hessian_top"] = eig.top
+        return out
+
+    def _early_stop(self, st: SearchState) -> int | None:
+        """Keep snapshots of (w, arch) for the look-back; on a stop, restore the one to return."""
+        cfg = self.cfg
+        if not cfg.early_stop:
+            return None
+        from nas.hessian import early_stop_epoch
+
+        snap_dir = self.out / "snapshots"
+        snap_dir.mkdir(parents=True, exist_ok=True)
+        torch_save(snap_dir / f"epoch-{st.epoch}.pt", {"model": st.model.state_dict(), "arch": st.arch.state_dict()})
+        old = snap_dir / f"epoch-{st.epoch - cfg.es_lookback - 1}.pt"
+        if old.exists():
+            old.unlink()
+        eigs = {h["epoch"]: h["hessian_eig"] for h in st.history if "hessian_eig" in h}
+        rollback = early_stop_epoch(eigs, st.epoch, cfg.es_window, cfg.es_lookback, cfg.es_factor, cfg.es_start)
+        if rollback is None:
+            return None
+        snap = torch_load(snap_dir / f"epoch-{rollback}.pt", map_location=self.device)
+        st.model.load_state_dict(snap["model"])
+        st.arch.load_state_dict(snap["arch"])
+        st.early_stop = {"stopped_at": st.epoch, "rollback_epoch": rollback}
+        return rollback
+
     def mix(self, st: SearchState, epoch: int, gen: torch.Generator | None) -> Mix:
         """The training-time mixing weights of the current architecture."""
         m = self.method.mixing.sample(st.arch.alpha, st.arch.active_mask(), epoch, self.cfg.epochs, gen)
         scale = st.arch.edge_scale()
         if scale is not None:
             m.edge_scale = scale
-        return m
+        return st.arch.override(m)
+
+    def expected_mix(self, st: SearchState, alpha: torch.Tensor | None = None) -> Mix:
+        """Deterministic mixing weights (differentiable in ``alpha``), with decided edges one-hot."""
+        a = st.arch.alpha if alpha is None else alpha
+        scale = st.arch.edge_scale()
+        m = Mix(self.method.mixing.expected(a, st.arch.active_mask()), mask=st.arch.active_mask(),
+                edge_scale=None if scale is None else scale.detach())
+        return st.arch.override(m)
 
     def expected(self, st: SearchState) -> torch.Tensor:
         with torch.no_grad():
-            return self.method.mixing.expected(st.arch.alpha, st.arch.active_mask()).cpu()
+            return self.expected_mix(st).weights.cpu()
 
     def _epoch(self, st: SearchState, w_stream, a_stream, steps: int, bar) -> dict[str, Any]:
         cfg, method, ops = self.cfg, self.method, self.space.ops
@@ -330,7 +404,7 @@ class Search:
         a_iter = _cycle(a_stream, gen_a)
         stage = 1 if epoch < self.stage_epochs[0] else 2
         stage_epoch = epoch if stage == 1 else epoch - self.stage_epochs[0]
-        train_alpha = method.train_alpha and stage_epoch >= self.warmup
+        train_alpha = self.train_alpha and stage_epoch >= self.warmup and not self.tuning
         arch_params = [p for p in st.arch.parameters()]
         st.model.train()
         sums = torch.zeros(4, device=self.device)  # train loss, train correct, val loss, val correct
@@ -440,6 +514,12 @@ class Search:
             "history": st.history,
             **extra,
         }
+        if st.early_stop is not None:
+            result["early_stop"] = st.early_stop
+        eigs = [(h["epoch"], h["hessian_eig"]) for h in st.history if "hessian_eig" in h]
+        if eigs:
+            result["hessian"] = {"epochs": [e for e, _ in eigs], "top_eigenvalue": [v for _, v in eigs],
+                                 "spectra": [h.get("hessian_top") for h in st.history if "hessian_eig" in h]}
         if st.arch.beta is not None:
             result["edge_scale"] = st.arch.edge_scale().detach().cpu().tolist()
         write_json(self.out / RESULT, result)

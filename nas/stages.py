@@ -9,8 +9,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from nas import config as config_mod
 from nas.benchmarks import load_table
 from nas.data import load_prepared, prepare
@@ -18,9 +16,7 @@ from nas.search import RESULT as SEARCH_RESULT
 from nas.search import search
 from nas.spaces import get_space
 from nas.train import count_macs, count_params, retrain
-from nas.utils import NasError, write_json
-
-SELECTION_METHODS = ("magnitude",)
+from nas.utils import NasError
 
 
 def prepare_stage(cfg: config_mod.PrepareConfig) -> dict[str, Any]:
@@ -50,24 +46,19 @@ def read_search_result(run: str | Path) -> dict[str, Any]:
     return res
 
 
-def select_stage(run: str | Path, method: str = "magnitude", out: str | Path | None = None) -> dict[str, Any]:
-    """Choose the final architecture of a finished search; writes ``<out>/selection.json``."""
-    if method not in SELECTION_METHODS:
-        raise NasError(f"select: unknown method {method!r} (expected one of {', '.join(SELECTION_METHODS)})")
-    res = read_search_result(run)
-    if res.get("selection") in ("rsps", "random"):
-        raise NasError(f"{run}: searched with {res['selection']!r}, which trains no α; its architecture "
-                       f"({res['genotype']}) was selected by {res['selection']}, not by magnitude")
-    space = get_space(res["space"])
-    weights = torch.tensor(res["weights"])
-    if tuple(weights.shape) != space.alpha_shape:
-        raise NasError(f"{run}: weights have shape {tuple(weights.shape)}, expected {space.alpha_shape}")
-    geno = space.select_magnitude(weights)
-    sel = {"space": space.name, "selection": method, "genotype": space.format_genotype(geno),
-           "run": str(run), "search_method": res.get("method")}
-    if out is not None:
-        write_json(Path(out) / "selection.json", sel)
-    return sel
+def select_stage(cfg: config_mod.SelectConfig) -> dict[str, Any]:
+    """Choose the final architecture of a finished search (magnitude or PT); writes
+    ``<out>/selection.json`` when ``out`` is set."""
+    from nas.select import select
+
+    return select(cfg)
+
+
+def strength_stage(cfg: config_mod.SelectConfig) -> dict[str, Any]:
+    """α (or the Dirichlet mean) against the accuracy drop of removing each op, per edge and op."""
+    from nas.select import op_strength
+
+    return op_strength(cfg.run, cfg, cfg.out)
 
 
 def lookup_stage(genotype: str, dataset: str = "cifar10", table: str | None = None) -> dict[str, Any]:

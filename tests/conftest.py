@@ -9,9 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-
-torch.set_num_threads(2)
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:

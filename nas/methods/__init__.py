@@ -39,6 +39,7 @@ def linear_schedule(start: float, end: float, epoch: int, epochs: int) -> float:
     """``start`` at the first epoch, ``end`` at the last (xautodl's GDAS temperature rule)."""
     if epochs <= 1:
         return end
+    epoch = min(epoch, epochs - 1)  # epochs past the search (PT fine-tuning) keep the final value
     return start - (start - end) * epoch / (epochs - 1)
 
 

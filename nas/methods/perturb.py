@@ -30,7 +30,7 @@ def project_capped_simplex(y: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, 
 
 
 def ramp(eps_max: float, eps_start: float, epoch: int, epochs: int) -> float:
-    return eps_start + (eps_max - eps_start) * epoch / max(epochs, 1)
+    return eps_start + (eps_max - eps_start) * min(epoch, epochs) / max(epochs, 1)
 
 
 def _ball(w: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,221 @@
+"""Selecting the final architecture from a finished search: by α magnitude, or by perturbation
+(PT, Wang et al. 2021, "Rethinking architecture selection in differentiable NAS").
+
+PT judges an op by how much the supernet's validation accuracy drops when the op is removed
+(its weight set to 0, the edge's other weights renormalised), not by its α.  Edges are decided
+one at a time in a seeded random order; the decided edges stay one-hot, and between decisions
+the supernet weights w are fine-tuned (w only, at a tenth of the search learning rate).
+The same removal measurement on the untouched supernet gives the "does α represent operation
+strength?" comparison (``op_strength``).
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nas import config as config_mod
+from nas.search import RESULT, Search, SearchState
+from nas.supernet import Mix
+from nas.utils import NasError, atomic_write, generator_for, write_json
+
+
+def load_supernet(run: str | Path, device: str = "auto") -> tuple[Search, SearchState, Any, Any, Any]:
+    """Rebuild a finished search's supernet, architecture and data streams from its run directory."""
+    run = Path(run)
+    ck_path = run / "checkpoint.pt"
+    if not ck_path.is_file():
+        raise NasError(f"{ck_path}: checkpoint not found (expected a run directory written by 'nas search')")
+    from nas.utils import torch_load
+
+    ck = torch_load(ck_path)
+    if not isinstance(ck, dict) or "config" not in ck:
+        raise NasError(f"{ck_path}: not a search checkpoint")
+    saved = dict(ck["config"])
+    if saved.get("method") == "random":
+        raise NasError(f"{run}: the random baseline trains no supernet to select from")
+    saved.update(out=str(run), device=device, progress=False)
+    cfg = config_mod.build_config("search", overrides=saved)
+    search = Search(cfg)
+    bundle, w_stream, a_stream = search._data()
+    st = search._state(bundle)
+    search.load_checkpoint(st, ck)
+    val = bundle.stream(a_stream.indices, cfg.eval_batch_size, augment=False)
+    return search, st, w_stream, a_stream, val
+
+
+@torch.no_grad()
+def supernet_accuracy(st: SearchState, val, mix: Mix, batches: int = 0) -> float:
+    """Accuracy of the supernet with mixing weights ``mix`` on (the first ``batches`` of) ``val``."""
+    st.model.eval()
+    correct, n = 0.0, 0
+    for b, (x, y) in enumerate(val.epoch(None, shuffle=False)):
+        if batches and b >= batches:
+            break
+        correct += float((st.model(x, mix).argmax(1) == y).sum())
+        n += len(y)
+    st.model.train()
+    return correct / max(n, 1)
+
+
+def without_op(mix: Mix, edge: int, op: int) -> Mix:
+    """``mix`` with op ``op`` of edge ``edge`` removed: its weight 0, the rest renormalised."""
+    w = mix.weights.clone()
+    w[edge, op] = 0.0
+    s = w[edge].sum()
+    w[edge] = w[edge] / s if s > 0 else w[edge]
+    return Mix(w, edge_scale=mix.edge_scale, mask=mix.mask)
+
+
+def candidate_ops(st: SearchState, edge: int) -> list[int]:
+    return [k for k in range(st.arch.mask.shape[1]) if bool(st.arch.mask[edge, k])]
+
+
+def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: config_mod.SelectConfig
+               ) -> tuple[list[dict[str, Any]], list[int]]:
+    """The PT loop on a loaded supernet: decide each edge in a seeded random order by the op whose
+    removal hurts validation accuracy most, fine-tuning w between decisions.  Mutates ``st``."""
+    space = search.space
+    order = torch.randperm(len(space.edges), generator=generator_for(cfg.seed, 808)).tolist()
+    for group in st.w_opt.param_groups:
+        group["lr"] = search.cfg.w_lr * cfg.pt_lr_factor
+    search.tuning = True
+    steps = len(w_stream) if search.cfg.steps_per_epoch <= 0 else min(search.cfg.steps_per_epoch, len(w_stream))
+    decisions = []
+    tune_epoch = 0
+    for n_done, e in enumerate(order):
+        with torch.no_grad():
+            base_mix = search.expected_mix(st)
+        base = supernet_accuracy(st, val, base_mix, cfg.pt_batches)
+        accs = {}
+        for k in candidate_ops(st, e):
+            accs[space.ops[k]] = supernet_accuracy(st, val, without_op(base_mix, e, k), cfg.pt_batches)
+        chosen = min(accs, key=lambda op: (accs[op], space.ops.index(op)))  # removal hurts most
+        st.arch.decided[e] = space.ops.index(chosen)
+        to, src = space.edges[e]
+        decisions.append({"edge": e, "name": f"{to}<-{src}", "base_acc": base, "acc_without": accs,
+                          "chosen": chosen})
+        if n_done < len(order) - 1:
+            for _ in range(cfg.pt_tune_epochs):
+                saved_epoch = st.epoch
+                st.epoch = search.cfg.epochs + tune_epoch  # fresh, seeded randomness per tuning epoch
+                search._epoch(st, w_stream, a_stream, steps, None)
+                st.epoch = saved_epoch
+                tune_epoch += 1
+    search.tuning = False
+    return decisions, order
+
+
+def pt_select(run: str | Path, cfg: config_mod.SelectConfig) -> dict[str, Any]:
+    """Perturbation-based selection on a finished supernet; returns the decisions and genotype."""
+    t0 = time.perf_counter()
+    search, st, w_stream, a_stream, val = load_supernet(run, cfg.device)
+    space = search.space
+    magnitude = space.format_genotype(space.select_magnitude(search.expected(st)))
+    decisions, order = pt_project(search, st, val, w_stream, a_stream, cfg)
+    geno = space.select_magnitude(search.expected(st))
+    return {
+        "space": space.name,
+        "selection": "pt",
+        "genotype": space.format_genotype(geno),
+        "magnitude_genotype": magnitude,
+        "search_method": search.method.name,
+        "run": str(run),
+        "decisions": decisions,
+        "edge_order": order,
+        "tune_epochs": cfg.pt_tune_epochs,
+        "final_val_acc": supernet_accuracy(st, val, search.expected_mix(st), cfg.pt_batches),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def op_strength(run: str | Path, cfg: config_mod.SelectConfig, out: str | Path | None = None) -> dict[str, Any]:
+    """Per edge and op: the mixing weight against the validation accuracy lost when the op is
+    removed from the untouched supernet; with Spearman's rank correlation between the two."""
+    from scipy.stats import spearmanr
+
+    search, st, _, _, val = load_supernet(run, cfg.device)
+    space = search.space
+    with torch.no_grad():
+        mix = search.expected_mix(st)
+    base = supernet_accuracy(st, val, mix, cfg.pt_batches)
+    rows = []
+    for e, (to, src) in enumerate(space.edges):
+        for k in candidate_ops(st, e):
+            acc = supernet_accuracy(st, val, without_op(mix, e, k), cfg.pt_batches)
+            rows.append({"edge": f"{to}<-{src}", "op": space.ops[k], "alpha": float(st.arch.alpha[e, k].detach()),
+                         "weight": float(mix.weights[e, k]), "acc_without": acc, "drop": base - acc})
+    rho = spearmanr([r["weight"] for r in rows], [r["drop"] for r in rows])
+    summary = {"run": str(run), "base_acc": base, "spearman": float(rho.statistic), "p_value": float(rho.pvalue),
+               "rows": rows}
+    if out is not None:
+        out = Path(out)
+        write_csv(out / "strength.csv", rows)
+        write_json(out / "strength.json", summary)
+        scatter(out / "strength.png", rows, f"{search.method.name}: weight vs accuracy drop "
+                                            f"(Spearman {summary['spearman']:.2f})")
+    return summary
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    def w(p: Path) -> None:
+        with open(p, "w", newline="") as f:
+            wr = csv.DictWriter(f, fieldnames=list(rows[0]))
+            wr.writeheader()
+            wr.writerows(rows)
+
+    atomic_write(path, w)
+
+
+def scatter(path: Path, rows: list[dict[str, Any]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    ops = sorted({r["op"] for r in rows})
+    for op in ops:
+        pts = [r for r in rows if r["op"] == op]
+        ax.scatter([r["weight"] for r in pts], [100 * r["drop"] for r in pts], label=op, s=22)
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.set_xlabel("mixing weight (softmax α or Dirichlet mean)")
+    ax.set_ylabel("validation accuracy drop when removed (points)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+
+
+def select(cfg: config_mod.SelectConfig) -> dict[str, Any]:
+    """The selection stage: ``magnitude`` re-derives the genotype from result.json; ``pt`` runs PT."""
+    from nas.stages import read_search_result
+
+    if not cfg.run:
+        raise NasError("select: key 'run' is required (a search run directory)")
+    if cfg.method == "magnitude":
+        res = read_search_result(cfg.run)
+        if res.get("selection") in ("rsps", "random"):
+            raise NasError(f"{cfg.run}: searched with {res['selection']!r}, which trains no α; its architecture "
+                           f"({res['genotype']}) was selected by {res['selection']}, not by magnitude")
+        from nas.spaces import get_space
+
+        space = get_space(res["space"])
+        weights = torch.tensor(res["weights"])
+        if tuple(weights.shape) != space.alpha_shape:
+            raise NasError(f"{cfg.run}/{RESULT}: weights have shape {tuple(weights.shape)}, expected {space.alpha_shape}")
+        sel = {"space": space.name, "selection": "magnitude",
+               "genotype": space.format_genotype(space.select_magnitude(weights)),
+               "run": str(cfg.run), "search_method": res.get("method")}
+    elif cfg.method == "pt":
+        sel = pt_select(cfg.run, cfg)
+    else:
+        raise NasError(f"select: unknown method {cfg.method!r} (expected magnitude or pt)")
+    if cfg.out:
+        write_json(Path(cfg.out) / "selection.json", sel)
+    return sel

@@ -1,0 +1,109 @@
+"""Selection: magnitude vs perturbation-based (PT), and the α-vs-strength comparison."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from nas.config import build_config
+from nas.search import Search, search
+from nas.select import op_strength, pt_project, select, without_op
+from nas.supernet import Mix
+from nas.utils import NasError
+
+
+class ProbeNet(nn.Module):
+    """A toy 'supernet' on the NB201 edges: only ``nor_conv_3x3`` on edge 0 carries the signal
+    (a fixed linear classifier of the image); every other op contributes nothing."""
+
+    def __init__(self, probe: nn.Linear):
+        super().__init__()
+        self.probe = probe
+
+    def forward(self, x, mix):
+        mix = mix if isinstance(mix, Mix) else Mix(mix)
+        return mix.weights[0, 3] * self.probe(x.flatten(1))
+
+
+def _fit_probe(bundle, idx):
+    torch.manual_seed(0)
+    probe = nn.Linear(64, 10)
+    opt = torch.optim.Adam(probe.parameters(), 0.05)
+    stream = bundle.stream(idx, 256, augment=False)
+    for _ in range(30):
+        for x, y in stream.epoch(None, shuffle=False):
+            opt.zero_grad()
+            nn.functional.cross_entropy(probe(x.flatten(1)), y).backward()
+            opt.step()
+    return probe
+
+
+def test_pt_keeps_the_op_that_matters_where_magnitude_does_not(tiny_search):
+    cfg = build_config("search", overrides=tiny_search())
+    s = Search(cfg)
+    bundle, w_stream, a_stream = s._data()
+    st = s._state(bundle)
+    st.model = ProbeNet(_fit_probe(bundle, w_stream.indices))
+    with torch.no_grad():
+        st.arch.alpha.zero_()
+        st.arch.alpha[0, 1] = 3.0  # α says skip_connect dominates edge 0
+    val = bundle.stream(a_stream.indices, 512, augment=False)
+    assert s.space.select_magnitude(s.expected(st))[0] == "skip_connect"
+    sel_cfg = build_config("select", sets=["method=pt", "pt_tune_epochs=0"])
+    decisions, _ = pt_project(s, st, val, w_stream, a_stream, sel_cfg)
+    edge0 = next(d for d in decisions if d["edge"] == 0)
+    assert edge0["chosen"] == "nor_conv_3x3"
+    assert edge0["acc_without"]["nor_conv_3x3"] < 0.3 < edge0["base_acc"]
+    assert s.space.select_magnitude(s.expected(st))[0] == "nor_conv_3x3"
+
+
+def test_removing_an_op_renormalises_the_edge():
+    w = torch.full((6, 5), 0.2)
+    m = without_op(Mix(w), 2, 4)
+    assert m.weights[2, 4] == 0 and torch.allclose(m.weights[2].sum(), torch.tensor(1.0))
+    assert torch.equal(m.weights[0], w[0])
+
+
+@pytest.fixture
+def finished_run(tiny_search, tmp_path):
+    search(build_config("search", overrides=tiny_search(epochs=2)))
+    return tmp_path / "run"
+
+
+def test_pt_selection_is_deterministic_and_writes_its_decisions(finished_run, tmp_path):
+    sets = ["method=pt", "pt_tune_epochs=1", "pt_batches=2", f"run={finished_run}", "device=cpu"]
+    a = select(build_config("select", sets=[*sets, f"out={tmp_path / 'a'}"]))
+    b = select(build_config("select", sets=[*sets, f"out={tmp_path / 'b'}"]))
+    assert a["genotype"] == b["genotype"] and a["decisions"] == b["decisions"]
+    assert sorted(a["edge_order"]) == list(range(6)) and len(a["decisions"]) == 6
+    for d in a["decisions"]:
+        assert d["chosen"] == min(d["acc_without"], key=lambda op: (d["acc_without"][op], list(d["acc_without"]).index(op)))
+    saved = json.loads((tmp_path / "a" / "selection.json").read_text())
+    assert saved["genotype"] == a["genotype"] and saved["selection"] == "pt"
+    c = select(build_config("select", sets=[*sets[:-1], "seed=5", "device=cpu"]))
+    assert c["edge_order"] != a["edge_order"]
+
+
+def test_fix_alpha_supernet_keeps_uniform_weights(tiny_search):
+    res = search(build_config("search", overrides=tiny_search(fix_alpha=True)))
+    assert torch.tensor(res["alpha"]).abs().max() == 0
+    torch.testing.assert_close(torch.tensor(res["weights"]), torch.full((6, 5), 0.2))
+
+
+def test_strength_table_plot_and_rank_correlation(finished_run, tmp_path):
+    cfg = build_config("select", sets=[f"run={finished_run}", "pt_batches=2", "device=cpu"])
+    r = op_strength(finished_run, cfg, tmp_path / "st")
+    assert len(r["rows"]) == 30 and -1 <= r["spearman"] <= 1
+    assert (tmp_path / "st" / "strength.csv").read_text().startswith("edge,op,alpha,weight,acc_without,drop")
+    assert (tmp_path / "st" / "strength.png").read_bytes()[:4] == b"\x89PNG"
+    for row in r["rows"]:
+        assert row["drop"] == pytest.approx(r["base_acc"] - row["acc_without"])
+
+
+def test_magnitude_selection_is_refused_for_runs_without_alpha(tiny_search, tmp_path):
+    search(build_config("search", overrides=tiny_search(method="rsps", rsps_candidates=2)))
+    with pytest.raises(NasError, match="which trains no α"):
+        select(build_config("select", sets=[f"run={tmp_path / 'run'}"]))
+    with pytest.raises(NasError, match="search result not found"):
+        select(build_config("select", sets=[f"run={tmp_path / 'nothing'}"]))
