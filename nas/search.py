@@ -272,10 +272,11 @@ class Search:
         if not isinstance(ck, dict) or ck.get("format") != "nas-search-checkpoint-v1":
             raise NasError(f"{path}: not a search checkpoint")
         saved, now = ck["config"], config_mod.to_dict(self.cfg)
-        diff = sorted(k for k in now if k not in RESUME_FREE_KEYS and saved.get(k) != now[k])
+        defaults = config_mod.to_dict(type(self.cfg)())  # keys newer than the checkpoint take their default
+        diff = sorted(k for k in now if k not in RESUME_FREE_KEYS and saved.get(k, defaults[k]) != now[k])
         if diff:
             k = diff[0]
-            raise NasError(f"{path}: cannot resume, config key {k!r} was {saved.get(k)!r}, now {now[k]!r}")
+            raise NasError(f"{path}: cannot resume, config key {k!r} was {saved.get(k, defaults[k])!r}, now {now[k]!r}")
         return ck
 
     def load_checkpoint(self, st: SearchState, ck: dict) -> None:

@@ -126,9 +126,11 @@ def retrain(cfg: config_mod.RetrainConfig, resume: bool = False,
     if resume and ck_path.is_file():
         ck = torch_load(ck_path, map_location=device)
         saved, now = ck.get("config", {}), config_mod.to_dict(cfg)
-        diff = sorted(k for k in now if k not in RESUME_FREE_KEYS and saved.get(k) != now[k])
+        defaults = config_mod.to_dict(type(cfg)())
+        diff = sorted(k for k in now if k not in RESUME_FREE_KEYS and saved.get(k, defaults[k]) != now[k])
         if diff:
-            raise NasError(f"{ck_path}: cannot resume, config key {diff[0]!r} was {saved.get(diff[0])!r}, now {now[diff[0]]!r}")
+            k = diff[0]
+            raise NasError(f"{ck_path}: cannot resume, config key {k!r} was {saved.get(k, defaults[k])!r}, now {now[k]!r}")
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
