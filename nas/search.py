@@ -283,7 +283,11 @@ class Search:
         if self.method.progressive and int(ck["epoch"]) >= self.stage_epochs[0]:
             self._next_stage(st, prune=False)  # the stage-2 shapes; values come from the checkpoint
         st.model.load_state_dict(ck["model"])
-        st.arch.load_state_dict(ck["arch"])
+        if "arch" in ck:
+            st.arch.load_state_dict(ck["arch"])
+        else:  # checkpoints written before the architecture held more than α
+            with torch.no_grad():
+                st.arch.alpha.copy_(ck["alpha"].to(self.device))
         st.w_opt.load_state_dict(ck["w_opt"])
         st.a_opt.load_state_dict(ck["a_opt"])
         st.sched.load_state_dict(ck["sched"])

@@ -12,6 +12,7 @@ strength?" comparison (``op_strength``).
 from __future__ import annotations
 
 import csv
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,9 @@ def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: co
         to, src = space.edges[e]
         decisions.append({"edge": e, "name": f"{to}<-{src}", "base_acc": base, "acc_without": accs,
                           "chosen": chosen})
+        if cfg.progress:
+            print(f"PT edge {n_done + 1}/{len(order)} ({to}<-{src}): keep {chosen} (accuracy {base:.4f}, "
+                  f"{accs[chosen]:.4f} without it)", file=sys.stderr, flush=True)
         if n_done < len(order) - 1:
             for _ in range(cfg.pt_tune_epochs):
                 saved_epoch = st.epoch
