@@ -7,6 +7,9 @@ Needs ``pip install xautodl --no-deps`` (its TinyNetworkDarts is the reference s
     python bench/supernet.py                      # CPU, reference and proxy configs
     python bench/supernet.py --device cuda        # the same table on a GPU
 
+The project runs in channels-last format, as its search does by default
+(``NAS_BENCH_CHANNELS_LAST=0`` measures the contiguous format instead).
+
 A step is one first-order α step (Adam on L_val) plus one w step (SGD on L_train), with the
 reference NB201 optimisers, on random CIFAR-shaped data.  Times are medians over interleaved
 repeats (project, xautodl, project, ...) after warm-up.  Peak memory is measured per
@@ -26,6 +29,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+CHANNELS_LAST = os.environ.get("NAS_BENCH_CHANNELS_LAST", "1") == "1"
 CONFIGS = {
     "reference": dict(C=16, N=5, batch=64, size=32),
     "cpu-proxy": dict(C=8, N=1, batch=64, size=16),
@@ -72,6 +76,9 @@ def build(impl: str, cfg: dict, device: str):
         def fwd(inp, detach=False):
             w = alpha.softmax(-1)
             return net(inp, w.detach() if detach else w)
+    if impl != "xautodl" and CHANNELS_LAST:  # the project's search and retrain default
+        net.to(memory_format=torch.channels_last)
+        x, xa = (t.contiguous(memory_format=torch.channels_last) for t in (x, xa))
     w_opt = torch.optim.SGD(w_params, lr=0.025, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam(a_params, lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3) if a_params else None
 
@@ -168,7 +175,8 @@ def main() -> None:
         impl, name = args.memory.split(":")
         print(json.dumps({"mb": memory(impl, CONFIGS[name], args.device)}))
         return
-    print(f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"project in {'channels-last' if CHANNELS_LAST else 'contiguous'} format")
     rate = conv_rate(args.device)
     print(f"dense 3x3 convolution: {rate / 1e9:.1f} GFLOP/s")
     for name in args.configs.split(","):

@@ -42,6 +42,8 @@ def random_search(search: Search, resume: bool = False) -> dict[str, Any]:
             geno = tuple(space.ops[i] for i in draws[c].tolist())
             seed_everything(cfg.seed * 1000 + c)
             net = space.build_network(geno, cfg.channels, cfg.cells, bundle.num_classes, bundle.channels).to(device)
+            if cfg.channels_last:
+                net = net.to(memory_format=torch.channels_last)
             opt = torch.optim.SGD(net.parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum,
                                   weight_decay=cfg.w_weight_decay)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.random_epochs, eta_min=cfg.w_lr_min)

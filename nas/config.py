@@ -33,6 +33,7 @@ class DataConfig:
     crop_padding: int = -1  # -1 = 4 pixels at 32x32, scaled with the resolution
     flip: bool | None = None  # None = decided by the dataset (no flips for digits)
     eval_batch_size: int = 512
+    channels_last: bool = True  # NHWC memory format for batches and convolutions (about 1.4x faster on CPU)
 
 
 @dataclass

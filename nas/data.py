@@ -488,7 +488,7 @@ class BatchStream:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, *, mean: list[float],
                  std: list[float], batch_size: int, augment: bool, padding: int, flip: bool,
-                 drop_last: bool = False):
+                 drop_last: bool = False, channels_last: bool = False):
         self.x, self.y = x, y
         self.device = x.device
         self.indices = indices.to(self.device)
@@ -497,6 +497,7 @@ class BatchStream:
         self.padding = padding
         self.flip = flip
         self.drop_last = drop_last
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         self.inv_std = 1.0 / torch.tensor(std, device=self.device).view(1, -1, 1, 1)
 
@@ -508,7 +509,7 @@ class BatchStream:
         xb = self.x[idx]
         if self.augment and gen is not None:
             xb = self._augment(xb, gen)
-        xb = (xb.float() - self.mean) * self.inv_std
+        xb = ((xb.float() - self.mean) * self.inv_std).contiguous(memory_format=self.memory_format)
         return xb, self.y[idx]
 
     def _augment(self, xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -550,13 +551,15 @@ class DataBundle:
     std: list[float]
     flip: bool
     padding: int
+    channels_last: bool = False
 
     def stream(self, indices: torch.Tensor, batch_size: int, augment: bool, test: bool = False,
                drop_last: bool = False) -> BatchStream:
         x = self.test_x if test else self.x
         y = (self.prepared.test_y if test else self.prepared.train_y).to(x.device)
         return BatchStream(x, y, indices, mean=self.mean, std=self.std, batch_size=batch_size,
-                           augment=augment, padding=self.padding, flip=self.flip, drop_last=drop_last)
+                           augment=augment, padding=self.padding, flip=self.flip, drop_last=drop_last,
+                           channels_last=self.channels_last)
 
 
 def load_bundle(cfg: Any, device: torch.device) -> DataBundle:
@@ -569,4 +572,4 @@ def load_bundle(cfg: Any, device: torch.device) -> DataBundle:
     padding = cfg.crop_padding if cfg.crop_padding >= 0 else max(1, round(4 * size / 32))
     flip = prep.manifest.get("flip", True) if cfg.flip is None else cfg.flip
     return DataBundle(prep, x, tx, prep.num_classes, prep.channels, size, prep.manifest["mean"],
-                      prep.manifest["std"], bool(flip), padding)
+                      prep.manifest["std"], bool(flip), padding, bool(getattr(cfg, "channels_last", False)))

@@ -205,6 +205,8 @@ class Search:
             raise NasError(f"space {self.space.name!r} has no supernet")
         model = Supernet(cfg.channels, cfg.cells, bundle.num_classes, bundle.channels,
                          partial_channels=self.method.partial_channels).to(self.device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         arch = Architecture(self.space, self.method.edge_norm, generator_for(cfg.seed, 303)).to(self.device)
         if cfg.fix_alpha:
             with torch.no_grad():
@@ -233,6 +235,8 @@ class Search:
         changes: dict[int, tuple] = {}
         for cell in st.model.search_cells():
             changes.update(cell.widen(opts["progressive_k2"], gen))
+        if self.cfg.channels_last:
+            st.model.to(memory_format=torch.channels_last)  # in place: parameters keep their identity
         old_opt, old_sched = st.w_opt, st.sched
         old_state = {id(p): old_opt.state.get(p, {}) for g in old_opt.param_groups for p in g["params"]}
         new_of = {id(v[0]): (k, v) for k, v in changes.items()}
