@@ -86,7 +86,8 @@ class SearchConfig(DataConfig):
     fix_alpha: bool = False  # keep α at zero (uniform weights) and train w only: the "fix α" supernet for PT
     # sharpness: the top eigenvalue of the Hessian of L_val w.r.t. α
     hessian_every: int = 0  # compute it every k epochs (0 = off)
-    hessian_batches: int = 2  # fixed, seeded α-split batches the loss is evaluated on
+    hessian_batches: int = 1  # fixed, seeded α-split batches the loss is evaluated on
+    hessian_tol: float = 1e-3  # relative tolerance of the eigenvalue
     hessian_method: str = "lanczos"  # lanczos | power
     hessian_topk: int = 1  # eigenvalues kept per evaluation (lanczos)
     # early stopping on the eigenvalue (RobustDARTS DARTS-ES); needs hessian_every = 1

@@ -352,7 +352,7 @@ class Search:
         if getattr(self, "_hessian_batches", None) is None:
             self._hessian_batches = fixed_batches(a_stream, cfg.hessian_batches, cfg.seed)
         eig = sharpness(st.model, self._hessian_batches, lambda a: self.expected_mix(st, a), st.arch.alpha,
-                        cfg.hessian_method, cfg.hessian_topk, seed=cfg.seed)
+                        cfg.hessian_method, cfg.hessian_topk, seed=cfg.seed, tol=cfg.hessian_tol)
         out = {"hessian_eig": eig.value, "hessian_seconds": eig.seconds, "hessian_hvps": eig.iterations}
         if eig.top is not None:
             out["hessian_top"] = eig.top
