@@ -21,6 +21,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import reset_peak_rss, vm  # noqa: E402
+
 VARIANTS = [
     ("darts-1st", ["method=darts"]),
     ("darts-2nd", ["method=darts", "order=2"]),
@@ -34,12 +37,6 @@ VARIANTS = [
 ]
 
 
-def _vm(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def measure(args: argparse.Namespace, sets: list[str]) -> dict:
@@ -56,21 +53,15 @@ def measure(args: argparse.Namespace, sets: list[str]) -> dict:
     bundle, w_stream, a_stream = s._data()
     st = s._state(bundle)
     steps_full = len(w_stream)
-    # warm-up
-    s._epoch(st, w_stream, a_stream, args.warmup, None)
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset the peak-RSS mark
-        rss0 = _vm("VmRSS")
-    except OSError:
-        rss0 = None
+    rss0 = reset_peak_rss()  # from here on: activations, gradients, optimiser state
+    s._epoch(st, w_stream, a_stream, args.warmup, None)  # warm-up
     times = []
     for r in range(args.repeats):
         t0 = time.perf_counter()
         st.epoch = r + 1
         s._epoch(st, w_stream, a_stream, args.steps, None)
         times.append((time.perf_counter() - t0) / args.steps)
-    peak = (_vm("VmHWM") - rss0) if rss0 is not None else float("nan")
+    peak = (vm("VmHWM") - rss0) if rss0 is not None else float("nan")
     # saved activations of one w step
     x, y = next(iter(w_stream.epoch(None)))
     total = 0

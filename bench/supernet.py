@@ -29,6 +29,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import reset_peak_rss, vm  # noqa: E402
+
 CHANNELS_LAST = os.environ.get("NAS_BENCH_CHANNELS_LAST", "1") == "1"
 CONFIGS = {
     "reference": dict(C=16, N=5, batch=64, size=32),
@@ -108,12 +111,6 @@ def time_steps(step, n: int, device: str) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def _vm(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def memory(impl: str, cfg: dict, device: str) -> float:
@@ -126,12 +123,10 @@ def memory(impl: str, cfg: dict, device: str) -> float:
         for _ in range(2):
             step()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = _vm("VmRSS")
+    base = reset_peak_rss()
     for _ in range(2):
         step()
-    return (_vm("VmHWM") - base) / 2**20
+    return (vm("VmHWM") - base) / 2**20
 
 
 def step_flops(impl: str, cfg: dict, device: str) -> int:
