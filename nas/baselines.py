@@ -32,14 +32,13 @@ def random_search(search: Search, resume: bool = False) -> dict[str, Any]:
         candidates = list(search.read_checkpoint()["history"])
     search.out.mkdir(parents=True, exist_ok=True)
     gen = generator_for(cfg.seed, 606)
-    n_ops, n_edges = len(space.ops), len(space.edges)
-    draws = torch.randint(0, n_ops, (cfg.random_samples, n_edges), generator=gen)
+    genotypes = [space.random_genotype(gen) for _ in range(cfg.random_samples)]
     bar = _progress(cfg.progress, total=cfg.random_samples * cfg.random_epochs * len(w_stream),
                     initial=len(candidates) * cfg.random_epochs * len(w_stream), desc="random")
     try:
         for c in range(len(candidates), cfg.random_samples):
             t0 = time.perf_counter()
-            geno = tuple(space.ops[i] for i in draws[c].tolist())
+            geno = genotypes[c]
             seed_everything(cfg.seed * 1000 + c)
             net = space.build_network(geno, cfg.channels, cfg.cells, bundle.num_classes, bundle.channels).to(device)
             if cfg.channels_last:
@@ -64,16 +63,16 @@ def random_search(search: Search, resume: bool = False) -> dict[str, Any]:
             bar.close()
     best = max(range(len(candidates)), key=lambda i: (candidates[i]["val_acc"], -i))
     geno = space.parse_genotype(candidates[best]["genotype"])
-    one_hot = torch.zeros(space.alpha_shape)
-    for e, op in enumerate(geno):
-        one_hot[e, space.ops.index(op)] = 1.0
+    one_hot = space.genotype_weights(geno)
     result = {
         "space": space.name,
         "method": "random",
         "order": cfg.order,
         "selection": "random",
         "genotype": space.format_genotype(geno),
+        **({"genotype_json": space.genotype_json(geno)} if space.genotype_json else {}),
         "ops": list(space.ops),
+        "edge_ops": [list(o) for o in space.edge_ops],
         "alpha": None,
         "weights": one_hot.tolist(),
         "method_info": search.method.describe(),

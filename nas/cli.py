@@ -31,7 +31,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="digits (embedded default), cifar10, cifar100, imagefolder, prepared")
+    p.add_argument("--dataset", help="digits (embedded default), cifar10, cifar100, svhn, imagefolder, prepared")
     p.add_argument("--data", help="archive, image folder or prepared .pt file")
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int)
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("search", help="search a supernet and select an architecture by α magnitude")
-    p.add_argument("--space")
+    p.add_argument("--space", help="nb201, darts, s1, s2, s3, s4")
     p.add_argument("--method", help="darts, snas, gdas, drnas, sdarts-rs, sdarts-adv, pc-darts, random, rsps")
     p.add_argument("--order", type=int, choices=(1, 2), help="DARTS gradient order")
     p.add_argument("--perturb", help="w-step perturbation: auto (method default), none, rs, adv")
@@ -78,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="parameters and FLOPs of a genotype's network")
     p.add_argument("--space", default="nb201")
     p.add_argument("--genotype", required=True)
-    p.add_argument("--channels", type=int, default=16)
-    p.add_argument("--cells", type=int, default=5)
+    p.add_argument("--channels", type=int, help="C (default: the space's evaluation network, 16 or 36)")
+    p.add_argument("--cells", type=int, help="NB201: cells per stage (5); DARTS spaces: cells (20)")
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--in-channels", type=int, default=3)
     p.add_argument("--resolution", type=int, default=32)

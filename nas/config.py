@@ -48,8 +48,8 @@ class SearchConfig(DataConfig):
     device: str = "auto"
     out: str = "runs/search"
     train_portion: float = 0.5  # share of the training set that trains w; the rest trains alpha
-    channels: int = 16
-    cells: int = 5  # cells per stage
+    channels: int | None = None  # C; None = the space's default (16)
+    cells: int | None = None  # NB201: cells per stage (5); DARTS spaces: cells in all (8)
     # w optimiser (NB201 reference search settings)
     w_lr: float = 0.025
     w_lr_min: float = 0.001
@@ -107,19 +107,23 @@ class RetrainConfig(DataConfig):
 
     space: str = "nb201"
     genotype: str = ""
-    epochs: int = 200
+    epochs: int | None = None  # 200 (NB201) | 600 (DARTS)
     seed: int = 0
     device: str = "auto"
     out: str = "runs/retrain"
-    channels: int = 16
-    cells: int = 5
-    batch_size: int = 256
-    lr: float = 0.1
+    # None = the space's default: NB201's benchmark recipe, or the DARTS evaluation recipe
+    channels: int | None = None  # 16 | 36
+    cells: int | None = None  # 5 per stage | 20
+    batch_size: int | None = None  # 256 | 96
+    lr: float | None = None  # 0.1 | 0.025, cosine-annealed to lr_min
     lr_min: float = 0.0
     momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    grad_clip: float = 0.0  # 0 = no clipping (the benchmark recipe does not clip)
+    nesterov: bool | None = None  # True | False
+    weight_decay: float | None = None  # 5e-4 | 3e-4
+    grad_clip: float | None = None  # 0 (none) | 5
+    auxiliary_weight: float | None = None  # 0 | 0.4 (DARTS auxiliary head at 2/3 depth)
+    drop_path: float | None = None  # 0 | 0.2, ramped linearly over the epochs
+    cutout: int | None = None  # 0 | 16 pixels
     label_smoothing: float = 0.0
     eval_every: int = 0  # evaluate on the test split every k epochs (0 = only at the end)
     checkpoint_every: int = 1
@@ -261,12 +265,12 @@ def validate(cfg: Any) -> None:
     if isinstance(cfg, DataConfig):
         need(cfg.subset >= 0, "subset", "must be >= 0")
         need(cfg.resolution >= 0, "resolution", "must be >= 0")
-        need(cfg.batch_size > 0, "batch_size", "must be > 0")
+        need(cfg.batch_size is None or cfg.batch_size > 0, "batch_size", "must be > 0")
     if isinstance(cfg, SearchConfig):
         need(cfg.order in (1, 2), "order", "must be 1 or 2")
         need(cfg.epochs > 0, "epochs", "must be > 0")
         need(0.0 < cfg.train_portion < 1.0, "train_portion", "must be in (0, 1)")
-        need(cfg.channels > 0 and cfg.cells > 0, "channels", "and cells must be > 0")
+        need((cfg.channels or 1) > 0 and (cfg.cells or 1) > 0, "channels", "and cells must be > 0")
         need(cfg.partial_channels >= 0, "partial_channels", "must be >= 0")
         need(cfg.adv_steps > 0, "adv_steps", "must be > 0")
         need(cfg.rsps_candidates > 0, "rsps_candidates", "must be > 0")
@@ -281,10 +285,16 @@ def validate(cfg: Any) -> None:
         for key in ("rs_sigma", "adv_epsilon", "eps_start", "drnas_lambda"):
             need(getattr(cfg, key) >= 0, key, "must be >= 0")
     if isinstance(cfg, RetrainConfig):
-        need(cfg.epochs > 0, "epochs", "must be > 0")
+        need(cfg.epochs is None or cfg.epochs > 0, "epochs", "must be > 0")
     if isinstance(cfg, SelectConfig):
         need(cfg.method in ("magnitude", "pt"), "method", "must be magnitude or pt")
         need(cfg.pt_tune_epochs >= 0 and cfg.pt_batches >= 0, "pt_tune_epochs", "and pt_batches must be >= 0")
+
+
+def resolve_defaults(cfg: Any, defaults: dict[str, Any]) -> Any:
+    """A copy of ``cfg`` whose ``None`` keys take the space's defaults."""
+    fill = {k: v for k, v in defaults.items() if hasattr(cfg, k) and getattr(cfg, k) is None}
+    return dataclasses.replace(cfg, **fill) if fill else cfg
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -33,7 +33,7 @@ FORMAT_VERSION = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck"]
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "prepared")
+DATASETS = ("digits", "cifar10", "cifar100", "svhn", "imagefolder", "prepared")
 
 
 # --------------------------------------------------------------------------- safe archives
@@ -193,6 +193,32 @@ def read_cifar(path: Path, kind: str) -> RawDataset:
     return RawDataset(tx, ty, vx, vy, classes, f"{kind} python archive {path.name}")
 
 
+def read_svhn(path: Path) -> RawDataset:
+    """SVHN's official ``train_32x32.mat`` / ``test_32x32.mat`` (a folder holding both): ``X`` is
+    32x32x3xN uint8, ``y`` holds 1..10 with 10 for the digit 0."""
+    from scipy.io import loadmat
+
+    out = {}
+    for split in ("train", "test"):
+        f = path / f"{split}_32x32.mat" if path.is_dir() else None
+        if f is None or not f.is_file():
+            raise NasError(f"{path}: missing {split}_32x32.mat (expected a folder with the official SVHN .mat files)")
+        try:
+            m = loadmat(f)
+        except Exception as exc:  # scipy raises several types for corrupt files
+            raise NasError(f"{f}: not a readable .mat file ({exc.__class__.__name__})") from None
+        if "X" not in m or "y" not in m:
+            raise NasError(f"{f}: expected variables 'X' and 'y'")
+        x, y = np.asarray(m["X"]), np.asarray(m["y"]).reshape(-1).astype(np.int64)
+        if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != len(y) or x.dtype != np.uint8:
+            raise NasError(f"{f}: 'X' must be uint8 32x32x3xN matching 'y', got {x.dtype} {x.shape}")
+        if len(y) and (y.min() < 1 or y.max() > 10):
+            raise NasError(f"{f}: labels must be 1..10")
+        out[split] = (np.ascontiguousarray(x.transpose(3, 2, 0, 1)), np.where(y == 10, 0, y))
+    return RawDataset(out["train"][0], out["train"][1], out["test"][0], out["test"][1],
+                      [str(i) for i in range(10)], f"svhn .mat files {path.name}", flip=False)
+
+
 def _decode_image(data: bytes, name: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
@@ -302,6 +328,8 @@ def read_raw(dataset: str, data: str | None) -> RawDataset:
     path = Path(data)
     if not path.exists():
         raise NasError(f"{path}: not found (expected the {dataset} archive or folder)")
+    if dataset == "svhn":
+        return read_svhn(path)
     if dataset in ("cifar10", "cifar100"):
         if _looks_like_cifar_archive(path, dataset):
             return read_cifar(path, dataset)
@@ -488,7 +516,7 @@ class BatchStream:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, *, mean: list[float],
                  std: list[float], batch_size: int, augment: bool, padding: int, flip: bool,
-                 drop_last: bool = False, channels_last: bool = False):
+                 drop_last: bool = False, channels_last: bool = False, cutout: int = 0):
         self.x, self.y = x, y
         self.device = x.device
         self.indices = indices.to(self.device)
@@ -497,6 +525,7 @@ class BatchStream:
         self.padding = padding
         self.flip = flip
         self.drop_last = drop_last
+        self.cutout = cutout
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         self.inv_std = 1.0 / torch.tensor(std, device=self.device).view(1, -1, 1, 1)
@@ -509,8 +538,24 @@ class BatchStream:
         xb = self.x[idx]
         if self.augment and gen is not None:
             xb = self._augment(xb, gen)
-        xb = ((xb.float() - self.mean) * self.inv_std).contiguous(memory_format=self.memory_format)
-        return xb, self.y[idx]
+        xb = (xb.float() - self.mean) * self.inv_std
+        if self.augment and gen is not None and self.cutout > 0:
+            xb = self._cutout(xb, gen)
+        return xb.contiguous(memory_format=self.memory_format), self.y[idx]
+
+    def _cutout(self, xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Zero a ``cutout``-sided square (clipped at the border) around a random centre per image,
+        after normalisation, as the DARTS training code does."""
+        b, _, h, w = xb.shape
+        cy = torch.randint(0, h, (b,), device=self.device, generator=gen)
+        cx = torch.randint(0, w, (b,), device=self.device, generator=gen)
+        half = self.cutout // 2
+        rows = torch.arange(h, device=self.device)[None, :]
+        cols = torch.arange(w, device=self.device)[None, :]
+        in_r = (rows >= (cy[:, None] - half)) & (rows < (cy[:, None] + half))
+        in_c = (cols >= (cx[:, None] - half)) & (cols < (cx[:, None] + half))
+        hole = in_r[:, :, None] & in_c[:, None, :]
+        return xb * (~hole)[:, None].to(xb.dtype)
 
     def _augment(self, xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         b, c, h, w = xb.shape
@@ -560,12 +605,12 @@ class DataBundle:
                 "train_images": len(self.prepared.train_y), "test_images": len(self.prepared.test_y)}
 
     def stream(self, indices: torch.Tensor, batch_size: int, augment: bool, test: bool = False,
-               drop_last: bool = False) -> BatchStream:
+               drop_last: bool = False, cutout: int = 0) -> BatchStream:
         x = self.test_x if test else self.x
         y = (self.prepared.test_y if test else self.prepared.train_y).to(x.device)
         return BatchStream(x, y, indices, mean=self.mean, std=self.std, batch_size=batch_size,
                            augment=augment, padding=self.padding, flip=self.flip, drop_last=drop_last,
-                           channels_last=self.channels_last)
+                           channels_last=self.channels_last, cutout=cutout)
 
 
 def load_bundle(cfg: Any, device: torch.device) -> DataBundle:

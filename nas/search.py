@@ -16,6 +16,7 @@ network is built per step.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -47,29 +48,33 @@ class Architecture(nn.Module):
 
     def __init__(self, space: SearchSpace, edge_norm: bool, gen: torch.Generator):
         super().__init__()
-        self.edges = space.edges
+        n_edges = space.alpha_shape[0]
         self.alpha = nn.Parameter(1e-3 * torch.randn(space.alpha_shape, generator=gen))
-        self.beta = nn.Parameter(1e-3 * torch.randn(len(space.edges), generator=gen)) if edge_norm else None
+        self.beta = nn.Parameter(1e-3 * torch.randn(n_edges, generator=gen)) if edge_norm else None
         self.register_buffer("mask", torch.ones(space.alpha_shape, dtype=torch.bool))
-        # PT selection: op decided per edge (-1 = not decided); decided edges are one-hot
-        self.register_buffer("decided", torch.full((len(space.edges),), -1, dtype=torch.long))
-        groups: dict[int, list[int]] = {}
-        for e, (to, _src) in enumerate(space.edges):
-            groups.setdefault(to, []).append(e)
-        self.groups = list(groups.values())
+        # PT selection: op decided per edge (-1 = not decided); decided edges are one-hot;
+        # removed edges (the DARTS-space topology step) contribute nothing
+        self.register_buffer("decided", torch.full((n_edges,), -1, dtype=torch.long))
+        self.register_buffer("removed", torch.zeros(n_edges, dtype=torch.bool))
+        self.groups = [list(g) for g in space.edge_groups]
 
     def active_mask(self) -> torch.Tensor | None:
         return None if bool(self.mask.all()) else self.mask
 
     def override(self, mix: Mix) -> Mix:
-        """Replace the weights of decided edges by one-hot rows (and their hard index)."""
-        if bool((self.decided < 0).all()):
+        """Replace the weights of decided edges by one-hot rows (and their hard index), and zero
+        removed edges."""
+        if bool((self.decided < 0).all()) and not bool(self.removed.any()):
             return mix
         rows = self.decided >= 0
         one_hot = torch.zeros_like(mix.weights).scatter_(-1, self.decided.clamp(min=0)[:, None], 1.0)
         mix.weights = torch.where(rows[:, None], one_hot, mix.weights)
         if mix.index is not None:
             mix.index = torch.where(rows, self.decided, mix.index)
+        if bool(self.removed.any()):
+            mix.weights = mix.weights * (~self.removed)[:, None]
+            keep = torch.ones_like(self.mask) if mix.mask is None else mix.mask
+            mix.mask = keep & ~self.removed[:, None]
         return mix
 
     def edge_scale(self) -> torch.Tensor | None:
@@ -152,14 +157,15 @@ def unrolled_alpha_grad(model: nn.Module, arch_params: list[torch.Tensor], mix: 
     return out, loss_v.detach(), logits.detach()
 
 
-def _edge_stats(weights: torch.Tensor, ops: tuple[str, ...]) -> dict[str, Any]:
+def _edge_stats(weights: torch.Tensor, edge_ops: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
     ent = -(weights * weights.clamp_min(1e-12).log()).sum(-1)
     stats: dict[str, Any] = {
         "edge_entropy": ent.tolist(),
         "edge_max_weight": weights.max(-1).values.tolist(),
     }
-    if "skip_connect" in ops:
-        stats["skip_weight_mean"] = float(weights[:, ops.index("skip_connect")].mean())
+    skips = [float(weights[e, ops.index("skip_connect")]) for e, ops in enumerate(edge_ops) if "skip_connect" in ops]
+    if skips:
+        stats["skip_weight_mean"] = sum(skips) / len(skips)
     return stats
 
 
@@ -167,9 +173,17 @@ class Search:
     """Set up and run one search from a ``SearchConfig``."""
 
     def __init__(self, cfg: config_mod.SearchConfig):
-        self.cfg = cfg
         self.space: SearchSpace = get_space(cfg.space)
+        cfg = config_mod.resolve_defaults(cfg, self.space.search_defaults)
+        self.cfg = cfg
         self.method: Method = build_method(cfg)
+        if cfg.channels_last and cfg.channels // self.method.partial_channels < 4:
+            # torch's CPU convolution backward in channels-last format corrupts memory for convolutions
+            # with one output channel (seen with torch 2.13): such tiny supernets run in the plain format
+            cfg = dataclasses.replace(cfg, channels_last=False)
+            self.cfg = cfg
+        if self.method.progressive and self.space.name != "nb201":
+            raise NasError(f"progressive DrNAS is implemented for the nb201 space, not {self.space.name!r}")
         self.device = resolve_device(cfg.device)
         self.out = Path(cfg.out)
         self.tuning = False  # set by PT selection: w-only fine-tuning epochs
@@ -199,12 +213,8 @@ class Search:
     def _state(self, bundle: DataBundle) -> SearchState:
         cfg = self.cfg
         seed_everything(cfg.seed)
-        from nas.supernet import Supernet
-
-        if self.space.name != "nb201":  # pragma: no cover - one space so far
-            raise NasError(f"space {self.space.name!r} has no supernet")
-        model = Supernet(cfg.channels, cfg.cells, bundle.num_classes, bundle.channels,
-                         partial_channels=self.method.partial_channels).to(self.device)
+        model = self.space.build_supernet(cfg.channels, cfg.cells, bundle.num_classes, bundle.channels,
+                                          self.method.partial_channels).to(self.device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         arch = Architecture(self.space, self.method.edge_norm, generator_for(cfg.seed, 303)).to(self.device)
@@ -402,7 +412,7 @@ class Search:
             return self.expected_mix(st).weights.cpu()
 
     def _epoch(self, st: SearchState, w_stream, a_stream, steps: int, bar) -> dict[str, Any]:
-        cfg, method, ops = self.cfg, self.method, self.space.ops
+        cfg, method, ops = self.cfg, self.method, self.space.edge_ops
         t0 = time.perf_counter()
         epoch, epochs = st.epoch, cfg.epochs
         # Every random draw of an epoch derives from (seed, epoch): a resumed run repeats them.
@@ -497,7 +507,8 @@ class Search:
         weights = self.expected(st)
         extra: dict[str, Any] = {}
         if self.method.selection == "rsps":
-            geno, ranked = rsps_select(self, st, a_stream)
+            val = bundle.stream(a_stream.indices, self.cfg.batch_size, augment=False)
+            geno, ranked = rsps_select(self, st, val)
             extra["rsps_candidates"] = ranked
             selection = "rsps"
         else:
@@ -509,7 +520,9 @@ class Search:
             "order": self.cfg.order,
             "selection": selection,
             "genotype": self.space.format_genotype(geno),
+            **({"genotype_json": self.space.genotype_json(geno)} if self.space.genotype_json else {}),
             "ops": list(self.space.ops),
+            "edge_ops": [list(o) for o in self.space.edge_ops],
             "alpha": st.arch.alpha.detach().cpu().tolist(),
             "weights": weights.tolist(),
             "mask": st.arch.mask.cpu().tolist(),
@@ -537,15 +550,14 @@ class Search:
 def rsps_select(search: Search, st: SearchState, a_stream) -> tuple[Any, list[dict[str, Any]]]:
     """RSPS selection: sample architectures uniformly and keep the one whose supernet accuracy on
     ``rsps_eval_batches`` batches of the α split is highest (ties: first sampled)."""
-    cfg = search.cfg
-    gen = generator_for(cfg.seed, 505, device=search.device)
-    n_ops = len(search.space.ops)
-    st.model.train()  # search cells use batch statistics either way
+    cfg, space = search.cfg, search.space
+    gen = generator_for(cfg.seed, 505)
+    st.model.eval()
     scored = []
     for c in range(cfg.rsps_candidates):
-        index = torch.randint(0, n_ops, (len(search.space.edges),), generator=gen, device=search.device)
-        one_hot = torch.zeros(search.space.alpha_shape, device=search.device).scatter_(-1, index[:, None], 1.0)
-        mix = Mix(one_hot, index=index)
+        geno = space.random_genotype(gen)
+        w = space.genotype_weights(geno).to(search.device)
+        mix = Mix(w, mask=w > 0)  # only the chosen op of each used edge is computed
         correct, n = 0.0, 0
         batches = a_stream.epoch(generator_for(cfg.seed, 506, c, device=search.device))
         for b, (x, y) in enumerate(batches):
@@ -553,8 +565,8 @@ def rsps_select(search: Search, st: SearchState, a_stream) -> tuple[Any, list[di
                 break
             correct += float((st.model(x, mix).argmax(1) == y).sum())
             n += len(y)
-        geno = search.space.select_magnitude(one_hot.cpu())
-        scored.append({"genotype": search.space.format_genotype(geno), "val_acc": correct / max(n, 1)})
+        scored.append({"genotype": space.format_genotype(geno), "val_acc": correct / max(n, 1)})
+    st.model.train()
     ranked = sorted(range(len(scored)), key=lambda i: (-scored[i]["val_acc"], i))
     best = scored[ranked[0]]
     return search.space.parse_genotype(best["genotype"]), [scored[i] for i in ranked]

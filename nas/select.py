@@ -72,8 +72,20 @@ def without_op(mix: Mix, edge: int, op: int) -> Mix:
     return Mix(w, edge_scale=mix.edge_scale, mask=mix.mask)
 
 
-def candidate_ops(st: SearchState, edge: int) -> list[int]:
-    return [k for k in range(st.arch.mask.shape[1]) if bool(st.arch.mask[edge, k])]
+def candidate_ops(st: SearchState, edge: int, exclude: tuple[str, ...] = (), edge_ops=None) -> list[int]:
+    ks = [k for k in range(st.arch.mask.shape[1]) if bool(st.arch.mask[edge, k])]
+    if edge_ops is not None and exclude:
+        ks = [k for k in ks if edge_ops[edge][k] not in exclude]
+    return ks
+
+
+def without_edge(mix: Mix, edge: int) -> Mix:
+    """``mix`` with a whole edge removed (all its weights 0, nothing computed)."""
+    w = mix.weights.clone()
+    w[edge] = 0.0
+    mask = torch.ones_like(w, dtype=torch.bool) if mix.mask is None else mix.mask.clone()
+    mask[edge] = False
+    return Mix(w, edge_scale=mix.edge_scale, mask=mask)
 
 
 def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: config_mod.SelectConfig
@@ -81,35 +93,60 @@ def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: co
     """The PT loop on a loaded supernet: decide each edge in a seeded random order by the op whose
     removal hurts validation accuracy most, fine-tuning w between decisions.  Mutates ``st``."""
     space = search.space
-    order = torch.randperm(len(space.edges), generator=generator_for(cfg.seed, 808)).tolist()
+    order = torch.randperm(space.alpha_shape[0], generator=generator_for(cfg.seed, 808)).tolist()
     for group in st.w_opt.param_groups:
         group["lr"] = search.cfg.w_lr * cfg.pt_lr_factor
     search.tuning = True
     steps = len(w_stream) if search.cfg.steps_per_epoch <= 0 else min(search.cfg.steps_per_epoch, len(w_stream))
     decisions = []
     tune_epoch = 0
+    groups = [g for g in space.edge_groups if len(g) > space.keep_edges_per_node] if space.keep_edges_per_node else []
+    n_steps = len(order) + len(groups)
+
+    def tune() -> None:
+        nonlocal tune_epoch
+        for _ in range(cfg.pt_tune_epochs):
+            saved_epoch = st.epoch
+            st.epoch = search.cfg.epochs + tune_epoch  # fresh, seeded randomness per tuning epoch
+            search._epoch(st, w_stream, a_stream, steps, None)
+            st.epoch = saved_epoch
+            tune_epoch += 1
+
     for n_done, e in enumerate(order):
         with torch.no_grad():
             base_mix = search.expected_mix(st)
         base = supernet_accuracy(st, val, base_mix, cfg.pt_batches)
+        ops = space.edge_ops[e]
         accs = {}
-        for k in candidate_ops(st, e):
-            accs[space.ops[k]] = supernet_accuracy(st, val, without_op(base_mix, e, k), cfg.pt_batches)
-        chosen = min(accs, key=lambda op: (accs[op], space.ops.index(op)))  # removal hurts most
-        st.arch.decided[e] = space.ops.index(chosen)
-        to, src = space.edges[e]
-        decisions.append({"edge": e, "name": f"{to}<-{src}", "base_acc": base, "acc_without": accs,
+        for k in candidate_ops(st, e, space.pt_exclude, space.edge_ops):
+            accs[ops[k]] = supernet_accuracy(st, val, without_op(base_mix, e, k), cfg.pt_batches)
+        chosen = min(accs, key=lambda op: (accs[op], ops.index(op)))  # removal hurts most
+        st.arch.decided[e] = ops.index(chosen)
+        decisions.append({"edge": e, "name": space.edge_names[e], "base_acc": base, "acc_without": accs,
                           "chosen": chosen})
         if cfg.progress:
-            print(f"PT edge {n_done + 1}/{len(order)} ({to}<-{src}): keep {chosen} (accuracy {base:.4f}, "
+            print(f"PT edge {n_done + 1}/{len(order)} ({space.edge_names[e]}): keep {chosen} (accuracy {base:.4f}, "
                   f"{accs[chosen]:.4f} without it)", file=sys.stderr, flush=True)
-        if n_done < len(order) - 1:
-            for _ in range(cfg.pt_tune_epochs):
-                saved_epoch = st.epoch
-                st.epoch = search.cfg.epochs + tune_epoch  # fresh, seeded randomness per tuning epoch
-                search._epoch(st, w_stream, a_stream, steps, None)
-                st.epoch = saved_epoch
-                tune_epoch += 1
+        if n_done < n_steps - 1:
+            tune()
+    # the topology step (DARTS spaces): per node, keep the edges whose removal hurts most
+    for n_done, group in enumerate(groups):
+        with torch.no_grad():
+            base_mix = search.expected_mix(st)
+        base = supernet_accuracy(st, val, base_mix, cfg.pt_batches)
+        accs = {e: supernet_accuracy(st, val, without_edge(base_mix, e), cfg.pt_batches) for e in group}
+        keep = sorted(group, key=lambda e: (accs[e], e))[: space.keep_edges_per_node]
+        for e in group:
+            if e not in keep:
+                st.arch.removed[e] = True
+        decisions.append({"node_edges": [space.edge_names[e] for e in group], "base_acc": base,
+                          "acc_without_edge": {space.edge_names[e]: a for e, a in accs.items()},
+                          "kept": [space.edge_names[e] for e in sorted(keep)]})
+        if cfg.progress:
+            print(f"PT node {n_done + 1}/{len(groups)}: keep {', '.join(space.edge_names[e] for e in sorted(keep))}",
+                  file=sys.stderr, flush=True)
+        if len(order) + n_done < n_steps - 1:
+            tune()
     search.tuning = False
     return decisions, order
 
@@ -126,6 +163,7 @@ def pt_select(run: str | Path, cfg: config_mod.SelectConfig) -> dict[str, Any]:
         "space": space.name,
         "selection": "pt",
         "genotype": space.format_genotype(geno),
+        **({"genotype_json": space.genotype_json(geno)} if space.genotype_json else {}),
         "magnitude_genotype": magnitude,
         "search_method": search.method.name,
         "run": str(run),
@@ -148,10 +186,10 @@ def op_strength(run: str | Path, cfg: config_mod.SelectConfig, out: str | Path |
         mix = search.expected_mix(st)
     base = supernet_accuracy(st, val, mix, cfg.pt_batches)
     rows = []
-    for e, (to, src) in enumerate(space.edges):
+    for e, name in enumerate(space.edge_names):
         for k in candidate_ops(st, e):
             acc = supernet_accuracy(st, val, without_op(mix, e, k), cfg.pt_batches)
-            rows.append({"edge": f"{to}<-{src}", "op": space.ops[k], "alpha": float(st.arch.alpha[e, k].detach()),
+            rows.append({"edge": name, "op": space.edge_ops[e][k], "alpha": float(st.arch.alpha[e, k].detach()),
                          "weight": float(mix.weights[e, k]), "acc_without": acc, "drop": base - acc})
     rho = spearmanr([r["weight"] for r in rows], [r["drop"] for r in rows])
     summary = {"run": str(run), "base_acc": base, "spearman": float(rho.statistic), "p_value": float(rho.pvalue),

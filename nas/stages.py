@@ -65,14 +65,18 @@ def lookup_stage(genotype: str, dataset: str = "cifar10", table: str | None = No
     return load_table(table).lookup(genotype, dataset)
 
 
-def info_stage(space_name: str, genotype: str, channels: int = 16, cells: int = 5, num_classes: int = 10,
-               in_channels: int = 3, resolution: int = 32) -> dict[str, Any]:
-    """Parameter count and multiply-accumulates of the discrete network of a genotype."""
+def info_stage(space_name: str, genotype: str, channels: int | None = None, cells: int | None = None,
+               num_classes: int = 10, in_channels: int = 3, resolution: int = 32) -> dict[str, Any]:
+    """Parameter count and multiply-accumulates of the discrete network of a genotype (the
+    evaluation network, auxiliary head excluded; C and cells default to the space's)."""
     space = get_space(space_name)
     geno = space.parse_genotype(genotype)
+    channels = channels or space.retrain_defaults["channels"]
+    cells = cells or space.retrain_defaults["cells"]
     net = space.build_network(geno, channels, cells, num_classes, in_channels)
     macs = count_macs(net, (in_channels, resolution, resolution))
-    return {"space": space.name, "genotype": space.format_genotype(geno), "channels": channels, "cells": cells,
+    extra = {"genotype_json": space.genotype_json(geno)} if space.genotype_json else {}
+    return {"space": space.name, "genotype": space.format_genotype(geno), **extra, "channels": channels, "cells": cells,
             "num_classes": num_classes, "resolution": resolution, "params": count_params(net),
             "macs": macs, "flops": 2 * macs}
 

@@ -75,14 +75,19 @@ def evaluate(model: nn.Module, stream: BatchStream, *args: Any) -> tuple[float, 
 
 
 def train_epoch(net: nn.Module, stream: BatchStream, opt: torch.optim.Optimizer, gen: torch.Generator,
-                grad_clip: float = 0.0, label_smoothing: float = 0.0, bar=None) -> tuple[float, float]:
-    """One pass of plain supervised training; returns (mean loss, accuracy)."""
+                grad_clip: float = 0.0, label_smoothing: float = 0.0, bar=None,
+                aux_weight: float = 0.0) -> tuple[float, float]:
+    """One pass of plain supervised training; returns (mean loss, accuracy).  A network that
+    returns ``(logits, aux_logits)`` in training adds ``aux_weight`` times the auxiliary loss."""
     net.train()
     sums = torch.zeros(2, device=stream.device)
     n = 0
     for x, y in stream.epoch(gen):
-        logits = net(x)
+        out = net(x)
+        logits, aux = out if isinstance(out, tuple) else (out, None)
         loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        if aux is not None and aux_weight > 0:
+            loss = loss + aux_weight * F.cross_entropy(aux, y, label_smoothing=label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:
@@ -107,6 +112,7 @@ def retrain(cfg: config_mod.RetrainConfig, resume: bool = False,
     if not cfg.genotype:
         raise NasError("retrain: key 'genotype' is required (a genotype string)")
     space = get_space(cfg.space)
+    cfg = config_mod.resolve_defaults(cfg, space.retrain_defaults)
     geno = space.parse_genotype(cfg.genotype)
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
@@ -114,10 +120,11 @@ def retrain(cfg: config_mod.RetrainConfig, resume: bool = False,
     bundle = load_bundle(cfg, device)
     labels = bundle.prepared.train_y
     idx = balanced_subset(labels, cfg.subset, cfg.seed) if cfg.subset else torch.arange(len(labels))
-    train = bundle.stream(idx, cfg.batch_size, cfg.augment)
+    train = bundle.stream(idx, cfg.batch_size, cfg.augment, cutout=cfg.cutout)
     test = bundle.stream(torch.arange(len(bundle.prepared.test_y)), cfg.eval_batch_size, False, test=True)
-    net = space.build_network(geno, cfg.channels, cfg.cells, bundle.num_classes, bundle.channels).to(device)
-    if cfg.channels_last:
+    net = space.build_network(geno, cfg.channels, cfg.cells, bundle.num_classes, bundle.channels,
+                              auxiliary=cfg.auxiliary_weight > 0).to(device)
+    if cfg.channels_last and cfg.channels >= 4:  # see Search: tiny convolutions stay in the plain format
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                           weight_decay=cfg.weight_decay)
@@ -149,7 +156,10 @@ def retrain(cfg: config_mod.RetrainConfig, resume: bool = False,
             t0 = time.perf_counter()
             gen = generator_for(cfg.seed, epoch, 11, device=device)
             lr = opt.param_groups[0]["lr"]
-            loss, acc = train_epoch(net, train, opt, gen, cfg.grad_clip, cfg.label_smoothing, bar)
+            if hasattr(net, "drop_path_prob"):
+                net.drop_path_prob = cfg.drop_path * epoch / cfg.epochs  # DARTS ramps it linearly
+            loss, acc = train_epoch(net, train, opt, gen, cfg.grad_clip, cfg.label_smoothing, bar,
+                                    aux_weight=cfg.auxiliary_weight)
             sched.step()
             rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss, "train_acc": acc, "lr": lr}
             if (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or epoch + 1 == cfg.epochs:
@@ -180,7 +190,7 @@ def retrain(cfg: config_mod.RetrainConfig, resume: bool = False,
     result = {
         "space": space.name,
         "genotype": space.format_genotype(geno),
-        "params": count_params(net),
+        "params": count_params(net) - count_params(getattr(net, "auxiliary", None) or nn.Module()),
         "test_acc": final["test_acc"],
         "test_loss": final["test_loss"],
         "epochs": cfg.epochs,

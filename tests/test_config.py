@@ -13,8 +13,14 @@ def test_defaults_match_the_nb201_reference_search():
 
     assert build_method(cfg).a_weight_decay == 1e-3  # DARTS; DrNAS moves it into its regulariser
     assert build_method(build_config("search", sets=["method=drnas"])).a_weight_decay == 0.0
-    r = build_config("retrain")
-    assert (r.lr, r.lr_min, r.nesterov, r.weight_decay, r.batch_size) == (0.1, 0.0, True, 5e-4, 256)
+    from nas.config import resolve_defaults
+    from nas.spaces import get_space
+
+    r = resolve_defaults(build_config("retrain"), get_space("nb201").retrain_defaults)
+    assert (r.lr, r.lr_min, r.nesterov, r.weight_decay, r.batch_size, r.epochs) == (0.1, 0.0, True, 5e-4, 256, 200)
+    d = resolve_defaults(build_config("retrain", sets=["space=darts", "lr=0.05"]), get_space("darts").retrain_defaults)
+    assert (d.lr, d.channels, d.cells, d.auxiliary_weight, d.drop_path, d.cutout, d.epochs, d.weight_decay) == (
+        0.05, 36, 20, 0.4, 0.2, 16, 600, 3e-4)
 
 
 def test_precedence_file_then_flags_then_set(tmp_path):

@@ -257,8 +257,11 @@ def build_method(cfg: Any) -> Method:
         raise NasError(f"method {name!r} does not combine with order=2 (second order needs deterministic softmax weights)")
     if cfg.order == 2 and perturb != "none":
         raise NasError(f"order=2 does not combine with perturb={perturb!r} (SDARTS is first order)")
-    if cfg.channels % k:
-        raise NasError(f"partial_channels {k} must divide channels {cfg.channels}")
+    from nas.spaces import get_space
+
+    channels = cfg.channels or get_space(cfg.space).search_defaults["channels"]
+    if channels % k:
+        raise NasError(f"partial_channels {k} must divide channels {channels}")
     if cfg.progressive and name != "drnas":
         raise NasError(f"progressive is the DrNAS schedule; it does not apply to method {name!r}")
 
@@ -278,8 +281,8 @@ def build_method(cfg: Any) -> Method:
         k = cfg.progressive_k1
         options.update(progressive_k1=cfg.progressive_k1, progressive_k2=cfg.progressive_k2,
                        progressive_keep=cfg.progressive_keep)
-        if cfg.channels % cfg.progressive_k1 or cfg.channels % cfg.progressive_k2:
-            raise NasError(f"progressive_k1/k2 must divide channels {cfg.channels}")
+        if channels % cfg.progressive_k1 or channels % cfg.progressive_k2:
+            raise NasError(f"progressive_k1/k2 must divide channels {channels}")
     return Method(
         name=name, mixing=mixing, perturbation=perturbation, partial_channels=k, edge_norm=edge_norm,
         train_alpha=name not in ("rsps", "random"), second_order=cfg.order == 2, a_weight_decay=a_wd,

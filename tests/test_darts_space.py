@@ -1,0 +1,241 @@
+"""The DARTS space, S1-S4, the evaluation network and PT's topology step."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nas.config import build_config
+from nas.search import Search, search
+from nas.select import pt_project, select
+from nas.spaces import get_space
+from nas.spaces.darts import CELL_EDGES, N_CELL_EDGES, parse_genotype
+from nas.spaces.darts_ops import make_darts_op
+from nas.stages import info_stage
+from nas.supernet import Mix
+from nas.train import count_params, retrain
+from nas.utils import NasError
+
+DARTS_V2 = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
+            "('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)], "
+            "normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), "
+            "('max_pool_3x3', 1), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), "
+            "('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])")
+
+
+def test_the_published_darts_network_has_the_published_parameter_count():
+    assert info_stage("darts", DARTS_V2, 36, 20, 10)["params"] == 3_349_342
+
+
+@pytest.mark.parametrize("op,stride,expected", [
+    ("sep_conv_3x3", 1, 2 * (9 * 16 + 16 * 16 + 2 * 16)),
+    ("sep_conv_5x5", 1, 2 * (25 * 16 + 16 * 16 + 2 * 16)),
+    ("dil_conv_3x3", 1, 9 * 16 + 16 * 16 + 2 * 16),
+    ("dil_conv_5x5", 2, 25 * 16 + 16 * 16 + 2 * 16),
+    ("skip_connect", 1, 0),
+    ("skip_connect", 2, 2 * 16 * 8 + 2 * 16),  # factorized reduce
+    ("max_pool_3x3", 1, 0),
+    ("avg_pool_3x3", 2, 0),
+    ("none", 2, 0),
+])
+def test_op_compositions_by_parameter_count(op, stride, expected):
+    assert count_params(make_darts_op(op, 16, stride)) == expected
+
+
+def test_op_structure_follows_the_paper():
+    sep = make_darts_op("sep_conv_3x3", 8, 1)
+    kinds = [type(m).__name__ for m in sep]
+    assert kinds == ["ReLU", "Conv2d", "Conv2d", "BatchNorm2d"] * 2
+    assert sep[1].groups == 8 and sep[1].kernel_size == (3, 3)
+    dil = make_darts_op("dil_conv_5x5", 8, 1)
+    assert dil[1].dilation == (2, 2) and dil[1].padding == (4, 4)
+    pool = make_darts_op("max_pool_3x3", 8, 1, affine=False, search=True)
+    assert isinstance(pool[1], nn.BatchNorm2d) and not pool[1].affine
+    x = torch.randn(2, 8, 8, 8)
+    for op in ("none", "skip_connect", "sep_conv_5x5", "dil_conv_3x3", "avg_pool_3x3", "noise"):
+        assert make_darts_op(op, 8, 2)(x).shape == (2, 8, 4, 4)
+
+
+def test_noise_ignores_its_input():
+    noise = make_darts_op("noise", 4, 1)
+    torch.manual_seed(0)
+    a = noise(torch.zeros(2000, 4, 2, 2))
+    torch.manual_seed(0)
+    b = noise(torch.full((2000, 4, 2, 2), 7.0))
+    assert torch.equal(a, b)
+    assert abs(float(a.mean())) < 0.05 and abs(float(a.std()) - 1) < 0.05
+
+
+def test_genotype_round_trips_in_both_forms():
+    g = parse_genotype(DARTS_V2)
+    space = get_space("darts")
+    assert space.format_genotype(g) == DARTS_V2
+    assert parse_genotype(json.dumps(g.to_json())) == g
+    assert parse_genotype(DARTS_V2.replace("normal_concat=[2, 3, 4, 5]", "normal_concat=range(2, 6)")) == g
+
+
+@pytest.mark.parametrize("text,msg", [
+    (DARTS_V2.replace("'dil_conv_3x3', 2", "'conv_9x9', 2"), "unknown op 'conv_9x9'"),
+    (DARTS_V2.replace("('dil_conv_3x3', 2)", "('dil_conv_3x3', 5)"), "input 5 must be in 0..4"),
+    (DARTS_V2.replace("('sep_conv_3x3', 0), ", "", 1), "needs 8"),
+    ("Genome(normal=[])", "expected Genotype"),
+    ('{"normal": [["sep_conv_3x3", 0]]}', "needs 8"),
+    (DARTS_V2.replace("normal_concat=[2, 3, 4, 5]", "normal_concat=[2, 3]"), "normal_concat must be"),
+])
+def test_bad_genotypes_are_named(text, msg):
+    with pytest.raises(NasError, match=msg):
+        parse_genotype(text)
+
+
+def test_darts_selection_rule_on_a_hand_made_alpha():
+    space = get_space("darts")
+    w = torch.full(space.alpha_shape, 0.01)
+    # node 2 (edges 0, 1): none dominates edge 0, but the rule ignores none
+    w[0, 0] = 0.9
+    w[0, 4] = 0.05  # sep_conv_3x3
+    w[1, 6] = 0.5  # dil_conv_3x3
+    # node 3 (edges 2, 3, 4): strongest non-none ops on edges 2 and 4
+    w[2, 3] = 0.8
+    w[3, 5] = 0.1
+    w[4, 7] = 0.6
+    geno = space.select_magnitude(w)
+    assert geno.normal[:2] == (("sep_conv_3x3", 0), ("dil_conv_3x3", 1))
+    assert geno.normal[2:4] == (("skip_connect", 0), ("dil_conv_5x5", 2))
+    assert all(op != "none" for op, _ in geno.normal + geno.reduce)
+    assert [j for _, j in geno.normal[4:6]] == sorted(j for _, j in geno.normal[4:6])
+
+
+def test_s1_has_the_robustdarts_edge_ops():
+    s1 = get_space("s1")
+    assert s1.alpha_shape == (28, 2)
+    assert s1.edge_ops[0] == ("skip_connect", "dil_conv_3x3")
+    assert s1.edge_ops[5] == ("max_pool_3x3", "skip_connect")
+    assert s1.edge_ops[13] == ("dil_conv_3x3", "dil_conv_5x5")
+    assert s1.edge_ops[14] == ("max_pool_3x3", "avg_pool_3x3")
+    assert s1.edge_ops[27] == ("skip_connect", "dil_conv_5x5")
+    assert get_space("s4").edge_ops[3] == ("noise", "sep_conv_3x3")
+    assert get_space("s3").alpha_shape == (28, 3)
+
+
+def _tiny(tmp_path, **kw):
+    base = dict(space="darts", dataset="digits", cache_dir=str(tmp_path / "cache"), epochs=1, channels=4, cells=3,
+                batch_size=16, steps_per_epoch=2, out=str(tmp_path / "run"), device="cpu", progress=False)
+    base.update(kw)
+    return build_config("search", overrides=base)
+
+
+@pytest.mark.parametrize("space", ["darts", "s1", "s2", "s3", "s4"])
+def test_one_epoch_search_on_each_darts_space(tmp_path, space):
+    res = search(_tiny(tmp_path, space=space))
+    sp = get_space(space)
+    geno = sp.parse_genotype(res["genotype"])
+    for c, genes in enumerate((geno.normal, geno.reduce)):
+        for n, (op, j) in enumerate(genes):
+            e = c * N_CELL_EDGES + CELL_EDGES.index((2 + n // 2, j))
+            assert op in sp.edge_ops[e]
+    assert torch.tensor(res["alpha"]).shape == sp.alpha_shape
+    assert res["genotype_json"]["normal_concat"] == [2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("method,extra", [("gdas", {}), ("pc-darts", {"channels": 8}), ("drnas", {}),
+                                          ("sdarts-adv", {"adv_steps": 1}), ("rsps", {"rsps_candidates": 2}),
+                                          ("random", {"random_samples": 1, "random_epochs": 1})])
+def test_methods_work_on_the_darts_space(tmp_path, method, extra):
+    res = search(_tiny(tmp_path, method=method, **extra))
+    get_space("darts").parse_genotype(res["genotype"])
+
+
+def test_progressive_is_refused_outside_nb201(tmp_path):
+    with pytest.raises(NasError, match="implemented for the nb201 space"):
+        search(_tiny(tmp_path, method="drnas", progressive=True))
+
+
+class EdgeProbe(nn.Module):
+    """Only sep_conv_3x3 on normal edge 3<-2 carries the signal (a fixed linear probe)."""
+
+    def __init__(self, probe):
+        super().__init__()
+        self.probe = probe
+        self.e = CELL_EDGES.index((3, 2))
+
+    def forward(self, x, mix):
+        mix = mix if isinstance(mix, Mix) else Mix(mix)
+        return mix.weights[self.e, 4] * self.probe(x.flatten(1))
+
+
+def test_pt_topology_keeps_the_edge_that_matters(tmp_path):
+    cfg = _tiny(tmp_path)
+    s = Search(cfg)
+    bundle, w_stream, a_stream = s._data()
+    st = s._state(bundle)
+    torch.manual_seed(0)
+    probe = nn.Linear(64, 10)
+    opt = torch.optim.Adam(probe.parameters(), 0.05)
+    train = bundle.stream(w_stream.indices, 256, augment=False)
+    for _ in range(30):
+        for x, y in train.epoch(None, shuffle=False):
+            opt.zero_grad()
+            nn.functional.cross_entropy(probe(x.flatten(1)), y).backward()
+            opt.step()
+    st.model = EdgeProbe(probe)
+    val = bundle.stream(a_stream.indices, 512, augment=False)
+    decisions, _ = pt_project(s, st, val, w_stream, a_stream,
+                              build_config("select", sets=["method=pt", "pt_tune_epochs=0"]))
+    geno = s.space.select_magnitude(s.expected(st))
+    assert ("sep_conv_3x3", 2) in geno.normal[2:4]  # node 3 kept its input from node 2, with sep_conv_3x3
+    topo = [d for d in decisions if "kept" in d]
+    assert len(topo) == 6  # nodes with more than 2 inputs: 3 per cell
+    assert all(len(d["kept"]) == 2 for d in topo)
+    for c in range(2):
+        genes = (geno.normal, geno.reduce)[c]
+        assert len(genes) == 8
+
+
+def test_pt_on_a_darts_space_run_gives_a_valid_genotype(tmp_path):
+    search(_tiny(tmp_path))
+    sel = select(build_config("select", sets=["method=pt", "pt_tune_epochs=0", "pt_batches=1",
+                                              f"run={tmp_path / 'run'}", "device=cpu"]))
+    g = get_space("darts").parse_genotype(sel["genotype"])
+    assert all(op != "none" for op, _ in g.normal + g.reduce)
+
+
+def test_retrain_darts_network_with_auxiliary_head_drop_path_and_cutout(tmp_path):
+    cfg = build_config("retrain", overrides=dict(
+        space="darts", genotype=DARTS_V2, dataset="digits", cache_dir=str(tmp_path / "cache"), resolution=32,
+        channels=4, cells=3, epochs=1, subset=10, batch_size=32, device="cpu", out=str(tmp_path / "rt"),
+        progress=False, cutout=8))
+    res = retrain(cfg)
+    assert res["config"]["auxiliary_weight"] == 0.4 and res["config"]["drop_path"] == 0.2
+    net = get_space("darts").build_network(parse_genotype(DARTS_V2), 4, 3, 10, 1)
+    assert res["params"] == count_params(net)  # auxiliary head excluded
+    assert 0.0 <= res["test_acc"] <= 1.0
+
+
+def test_cutout_zeroes_one_square_per_image():
+    from nas.data import BatchStream
+
+    x = torch.full((4, 1, 12, 12), 200, dtype=torch.uint8)
+    s = BatchStream(x, torch.zeros(4, dtype=torch.long), torch.arange(4), mean=[0.0], std=[1.0], batch_size=4,
+                    augment=True, padding=0, flip=False, cutout=4)
+    xb, _ = s.batch(torch.arange(4), torch.Generator().manual_seed(0))
+    zeros = (xb == 0).flatten(1).sum(1)
+    assert ((zeros > 0) & (zeros <= 16)).all()
+
+
+def test_svhn_mat_files(tmp_path):
+    from scipy.io import savemat
+
+    from nas.data import read_svhn
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 7), ("test", 3)):
+        savemat(tmp_path / f"{split}_32x32.mat", {"X": rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8),
+                                                  "y": np.array([[10], [1], [2], [3], [4], [5], [9]][:n], dtype=np.uint8)})
+    raw = read_svhn(tmp_path)
+    assert raw.train_x.shape == (7, 3, 32, 32) and raw.train_y.tolist() == [0, 1, 2, 3, 4, 5, 9]
+    assert raw.test_y.tolist() == [0, 1, 2]
+    (tmp_path / "test_32x32.mat").write_bytes(b"garbage")
+    with pytest.raises(NasError, match="test_32x32.mat: not a readable .mat file"):
+        read_svhn(tmp_path)
