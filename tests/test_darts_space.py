@@ -121,6 +121,7 @@ def test_s1_has_the_robustdarts_edge_ops():
 
 def _tiny(tmp_path, **kw):
     base = dict(space="darts", dataset="digits", cache_dir=str(tmp_path / "cache"), epochs=1, channels=4, cells=3,
+                eval_batch_size=32,
                 batch_size=16, steps_per_epoch=2, out=str(tmp_path / "run"), device="cpu", progress=False)
     base.update(kw)
     return build_config("search", overrides=base)
