@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="darts, snas, gdas, drnas, sdarts-rs, sdarts-adv, pc-darts, random, rsps")
     p.add_argument("--order", type=int, choices=(1, 2), help="DARTS gradient order")
     p.add_argument("--perturb", help="w-step perturbation: auto (method default), none, rs, adv")
+    p.add_argument("--hessian-every", dest="hessian_every", type=int, metavar="K",
+                   help="top Hessian eigenvalue of L_val w.r.t. alpha every K epochs (0 = off)")
+    p.add_argument("--early-stop", dest="early_stop", action="store_const", const=True,
+                   help="stop when the eigenvalue grows (DARTS-ES); needs --hessian-every 1")
     _data_args(p)
     _common(p)
 
@@ -145,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
                               f"{m['channels']}x{m['height']}x{m['width']}"])
     elif args.command == "search":
         cfg = config_mod.build_config("search", args.config,
-                                      _overrides(args, ("space", "method", "order", "perturb", *data_keys)), args.sets)
+                                      _overrides(args, ("space", "method", "order", "perturb", "hessian_every", "early_stop", *data_keys)), args.sets)
         res = stages.search_stage(cfg, resume=args.resume)
         look = _maybe_lookup(res["space"], res["genotype"])
         lines = [f"genotype: {res['genotype']}", f"result:   {cfg.out}/result.json",

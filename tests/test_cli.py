@@ -45,12 +45,14 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path):
 def test_search_select_and_prepare_through_the_cli(tmp_path):
     out = tmp_path / "run"
     r = nas("search", "--epochs", "1", "--out", str(out), "--device", "cpu", "--no-progress", "--json",
+            "--hessian-every", "1",
             "--set", "channels=4", "--set", "cells=1", "--set", "steps_per_epoch=3",
             "--set", f"cache_dir={tmp_path / 'cache'}")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["nb201"]["genotype"] == summary["genotype"]
     assert "epoch 1/1" in r.stderr
+    assert "hessian_eig" in json.loads((out / "result.json").read_text())["history"][0]
     r = nas("select", "--run", str(out), "--method", "magnitude", "--out", str(tmp_path / "sel"), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["genotype"] == summary["genotype"]

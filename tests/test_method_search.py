@@ -101,6 +101,21 @@ def test_random_baseline_keeps_the_best_candidate(tiny_search, tmp_path):
     assert data["selection"] == "random"
 
 
+@pytest.mark.parametrize("kw", [
+    {"method": "drnas", "perturb": "adv", "adv_steps": 2},
+    {"method": "gdas", "partial_channels": 4, "channels": 8},
+    {"method": "snas", "perturb": "rs"},
+    {"method": "sdarts-rs", "partial_channels": 2, "edge_norm": True},
+    {"method": "drnas", "partial_channels": 2, "drnas_reg": "kl"},
+])
+def test_combined_seams_search_end_to_end(tiny_search, kw):
+    res = search(build_config("search", overrides=tiny_search(**kw)))
+    info = res["method_info"]
+    assert info["perturbation"] == kw.get("perturb", info["perturbation"])
+    assert info["partial_channels"] == kw.get("partial_channels", 1)
+    torch.testing.assert_close(torch.tensor(res["weights"]).sum(-1), torch.ones(6))
+
+
 def test_method_history_records_schedules(tiny_search):
     res = search(build_config("search", overrides=tiny_search(method="gdas", epochs=3)))
     taus = [h["tau"] for h in res["history"]]
