@@ -191,6 +191,7 @@ def main() -> None:
                                  capture_output=True, text=True, env=dict(os.environ))
             mem[i] = json.loads(out.stdout.strip().splitlines()[-1])["mb"] if out.returncode == 0 else float("nan")
         flops = step_flops("project", cfg, args.device)
+        flops_discrete = step_flops("discrete", cfg, args.device)
         print(f"\n[{name}] C={cfg['C']} N={cfg['N']} batch={cfg['batch']} {cfg['size']}x{cfg['size']}")
         print(f"  {'':<28}{'project':>10}{'xautodl':>10}{'ratio':>8}")
         print(f"  {'search step (ms, median)':<28}{med['project']:>10.1f}{med['xautodl']:>10.1f}"
@@ -198,7 +199,7 @@ def main() -> None:
         print(f"  {'peak memory (MB)':<28}{mem['project']:>10.1f}{mem['xautodl']:>10.1f}"
               f"{mem['project'] / mem['xautodl']:>8.2f}")
         print(f"  discrete network train step: {med['discrete']:.1f} ms; supernet step / discrete step = "
-              f"{med['project'] / med['discrete']:.2f} (lecture bound K = 5)")
+              f"{med['project'] / med['discrete']:.2f} (lecture bound K = 5); in FLOPs {flops / flops_discrete:.2f}")
         achieved = flops / (med["project"] / 1000)
         print(f"  search step: {flops / 1e9:.2f} GFLOP, {achieved / 1e9:.1f} GFLOP/s = "
               f"{100 * achieved / rate:.0f}% of the dense-convolution rate")
