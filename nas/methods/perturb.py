@@ -51,7 +51,7 @@ class Perturbation:
 
 
 class NoPerturbation(Perturbation):
-    pass
+    """The w step trains on the unperturbed weights (DARTS and every method without SDARTS)."""
 
 
 class RandomSmoothing(Perturbation):
