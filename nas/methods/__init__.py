@@ -287,11 +287,3 @@ def build_method(cfg: Any) -> Method:
         name=name, mixing=mixing, perturbation=perturbation, partial_channels=k, edge_norm=edge_norm,
         train_alpha=name not in ("rsps", "random"), second_order=cfg.order == 2, a_weight_decay=a_wd,
         progressive=cfg.progressive, selection="rsps" if name == "rsps" else "magnitude", options=options)
-
-
-def get_method(name: str, order: int = 1) -> Method:
-    """Build a method with default options (for library use and tests)."""
-    from nas.config import build_config
-
-    return build_method(build_config("search", overrides={"method": name, "order": order}))
-

@@ -178,5 +178,3 @@ def get_space(name: str) -> SearchSpace:
         _CACHE[name] = _darts_space(name)
     return _CACHE[name]
 
-
-SPACES = {"nb201": NB201}  # kept for callers that list the NB201 space directly
