@@ -63,3 +63,28 @@ def test_search_select_and_prepare_through_the_cli(tmp_path):
             "--cache-dir", str(tmp_path / "cache"), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["counts"] == {"train": 20, "test": 4}
+
+
+def test_pt_select_strength_and_darts_info_through_the_cli(tmp_path):
+    out = tmp_path / "run"
+    r = nas("search", "--epochs", "1", "--out", str(out), "--device", "cpu", "--no-progress",
+            "--set", "channels=4", "--set", "cells=1", "--set", "steps_per_epoch=2", "--set", "eval_batch_size=64",
+            "--set", f"cache_dir={tmp_path / 'cache'}")
+    assert r.returncode == 0, r.stderr
+    r = nas("select", "--method", "pt", "--run", str(out), "--out", str(tmp_path / "pt"), "--device", "cpu",
+            "--set", "pt_tune_epochs=0", "--set", "pt_batches=1", "--json")
+    assert r.returncode == 0, r.stderr
+    sel = json.loads(r.stdout)
+    assert sel["selection"] == "pt" and len(sel["decisions"]) == 6 and "nb201" in sel
+    assert "PT edge 6/6" in r.stderr
+    r = nas("strength", "--run", str(out), "--out", str(tmp_path / "st"), "--device", "cpu", "--set", "pt_batches=1")
+    assert r.returncode == 0, r.stderr
+    assert "Spearman" in r.stdout and (tmp_path / "st" / "strength.png").is_file()
+    darts_v2 = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
+                "('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)], "
+                "normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), "
+                "('max_pool_3x3', 1), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), "
+                "('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])")
+    r = nas("info", "--space", "darts", "--genotype", darts_v2, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["params"] == 3_349_342
