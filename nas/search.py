@@ -118,21 +118,17 @@ def unrolled_alpha_grad(model: nn.Module, arch_params: list[torch.Tensor], mix: 
     xw, yw = batch_w
     xa, ya = batch_a
     backup = [p.detach().clone() for p in params]
-
-    def detached(m):
-        return m.detach()
-
     # virtual step w' = w - lr * (mu * m + g + wd * w)
-    loss_t = F.cross_entropy(model(xw, detached(mix())), yw)
+    loss_t = F.cross_entropy(model(xw, mix().detach()), yw)
     grads = torch.autograd.grad(loss_t, params)
-    with torch.no_grad():
-        for p, g in zip(params, grads):
-            d = g + wd * p
-            buf = w_opt.state.get(p, {}).get("momentum_buffer")
-            if buf is not None and mu:
-                d = d + mu * buf
-            p.sub_(lr * d)
     try:
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                d = g + wd * p
+                buf = w_opt.state.get(p, {}).get("momentum_buffer")
+                if buf is not None and mu:
+                    d = d + mu * buf
+                p.sub_(lr * d)
         logits = model(xa, mix())
         loss_v = F.cross_entropy(logits, ya)
         n_a = len(arch_params)
