@@ -82,30 +82,35 @@ def _gumbel(alpha: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
             return g
 
 
-class GumbelSoftmax(Mixing):
-    """SNAS: relaxed Gumbel-softmax weights, temperature linear from ``tau_max`` to ``tau_min``."""
+class _Tempered(Softmax):
+    """Gumbel mixings: a temperature linear from ``tau_max`` to ``tau_min``; softmax(α) for
+    evaluation and selection."""
 
-    name = "gumbel-soft"
     stochastic = True
+    default_tau_min = 1.0
 
-    def __init__(self, tau_max: float = 10.0, tau_min: float = 1.0):
-        self.tau_max, self.tau_min = tau_max, tau_min
+    def __init__(self, tau_max: float = 10.0, tau_min: float | None = None):
+        self.tau_max = tau_max
+        self.tau_min = self.default_tau_min if tau_min is None else tau_min
 
     def tau(self, epoch: int, epochs: int) -> float:
         return linear_schedule(self.tau_max, self.tau_min, epoch, epochs)
-
-    def sample(self, alpha, mask, epoch, epochs, gen):
-        w = torch.softmax((alpha + _gumbel(alpha, gen)) / self.tau(epoch, epochs), dim=-1)
-        return Mix(_masked(w, mask), mask=mask)
-
-    def expected(self, alpha, mask=None):
-        return _masked(torch.softmax(alpha, dim=-1), mask)
 
     def describe(self, epoch, epochs):
         return {"tau": self.tau(epoch, epochs)}
 
 
-class GumbelHard(Mixing):
+class GumbelSoftmax(_Tempered):
+    """SNAS: relaxed Gumbel-softmax weights, temperature linear from 10 to 1 by default."""
+
+    name = "gumbel-soft"
+
+    def sample(self, alpha, mask, epoch, epochs, gen):
+        w = torch.softmax((alpha + _gumbel(alpha, gen)) / self.tau(epoch, epochs), dim=-1)
+        return Mix(_masked(w, mask), mask=mask)
+
+
+class GumbelHard(_Tempered):
     """GDAS: a one-hot Gumbel-max sample forward, straight-through Gumbel-softmax gradients.
 
     As in the reference code, the logits are ``(log_softmax(α) + g) / τ`` and the weights are
@@ -113,14 +118,8 @@ class GumbelHard(Mixing):
     """
 
     name = "gumbel-hard"
-    stochastic = True
     hard = True
-
-    def __init__(self, tau_max: float = 10.0, tau_min: float = 0.1):
-        self.tau_max, self.tau_min = tau_max, tau_min
-
-    def tau(self, epoch: int, epochs: int) -> float:
-        return linear_schedule(self.tau_max, self.tau_min, epoch, epochs)
+    default_tau_min = 0.1
 
     def sample(self, alpha, mask, epoch, epochs, gen):
         logits = alpha.log_softmax(dim=-1)
@@ -130,12 +129,6 @@ class GumbelHard(Mixing):
         index = probs.argmax(dim=-1)
         one_hot = torch.zeros_like(probs).scatter_(-1, index[:, None], 1.0)
         return Mix(one_hot - probs.detach() + probs, index=index, mask=mask)
-
-    def expected(self, alpha, mask=None):
-        return _masked(torch.softmax(alpha, dim=-1), mask)
-
-    def describe(self, epoch, epochs):
-        return {"tau": self.tau(epoch, epochs)}
 
 
 class Dirichlet(Mixing):
@@ -176,7 +169,7 @@ class Dirichlet(Mixing):
         return self.lam * torch.distributions.kl_divergence(q, p).sum()
 
 
-class UniformPath(Mixing):
+class UniformPath(Softmax):
     """RSPS: one uniformly sampled op per edge, α untouched (random sampling, parameter sharing)."""
 
     name = "uniform-path"
@@ -189,8 +182,6 @@ class UniformPath(Mixing):
         one_hot = torch.zeros_like(alpha).scatter_(-1, index[:, None], 1.0)
         return Mix(one_hot, index=index, mask=mask)
 
-    def expected(self, alpha, mask=None):
-        return _masked(torch.softmax(alpha, dim=-1), mask)
 
 
 @dataclass
@@ -237,11 +228,9 @@ def build_method(cfg: Any) -> Method:
     if name in ("darts", "sdarts-rs", "sdarts-adv", "pc-darts", "random"):
         mixing = Softmax()
     elif name == "snas":
-        mixing = GumbelSoftmax(cfg.tau_max if cfg.tau_max is not None else 10.0,
-                               cfg.tau_min if cfg.tau_min is not None else 1.0)
+        mixing = GumbelSoftmax(cfg.tau_max if cfg.tau_max is not None else 10.0, cfg.tau_min)
     elif name == "gdas":
-        mixing = GumbelHard(cfg.tau_max if cfg.tau_max is not None else 10.0,
-                            cfg.tau_min if cfg.tau_min is not None else 0.1)
+        mixing = GumbelHard(cfg.tau_max if cfg.tau_max is not None else 10.0, cfg.tau_min)
     elif name == "drnas":
         mixing = Dirichlet(cfg.drnas_reg, cfg.drnas_lambda)
     else:  # rsps
