@@ -79,6 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     _common(p)
 
+    p = sub.add_parser("grid", help="the benchmark grid of a protocol: methods x seeds x selections, table and figures")
+    p.add_argument("--protocol", default="params/cpu-proxy.yaml", help="protocol params file (cpu-proxy, paper)")
+    p.add_argument("--data", help="the CIFAR-10 archive or folder (the protocol's dataset)")
+    p.add_argument("--methods", help="comma-separated methods (default: the protocol's)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the protocol's)")
+    p.add_argument("--selections", help="comma-separated: magnitude,pt (default: the protocol's)")
+    p.add_argument("--out", help="run directories (default runs/grid/<protocol>)")
+    p.add_argument("--report", help="table, CSV and figures (default data/results/<protocol>)")
+    p.add_argument("--workers", type=int, default=1, help="cells run side by side (processes)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = torch's default)")
+    p.add_argument("--report-only", dest="report_only", action="store_true",
+                   help="only rebuild the table and figures from finished runs")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("info", help="parameters and FLOPs of a genotype's network")
     p.add_argument("--space", default="nb201")
     p.add_argument("--genotype", required=True)
@@ -181,6 +195,22 @@ def _run(args: argparse.Namespace) -> int:
                [f"supernet validation accuracy {r['base_acc']:.4f}; Spearman(weight, accuracy drop) = "
                 f"{r['spearman']:.3f} (p = {r['p_value']:.3g}) over {len(r['rows'])} ops"]
                + ([f"table and plot in {cfg.out}"] if cfg.out else []))
+    elif args.command == "grid":
+        from nas import grid
+
+        def split(v, cast=str):
+            return [cast(x) for x in v.split(",") if x.strip()] if v else None
+
+        spec = grid.load_grid(args.protocol, args.out, args.report, split(args.methods), split(args.seeds, int),
+                              split(args.selections))
+        if args.report_only:
+            rep = grid.write_report(spec)
+        else:
+            grid.run_grid(spec, args.data, workers=args.workers, threads=args.threads)
+            rep = grid.write_report(spec)
+        _print({k: v for k, v in rep.items() if k != "summary"}, args.json,
+               [rep["markdown"], f"per-run CSV: {rep['runs_csv']}", f"table: {rep['table_md']}, {rep['table_csv']}",
+                "figures: " + ", ".join(rep["figures"])])
     elif args.command == "info":
         info = stages.info_stage(args.space, args.genotype, args.channels, args.cells, args.num_classes,
                                  args.in_channels, args.resolution)

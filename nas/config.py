@@ -126,6 +126,7 @@ class RetrainConfig(DataConfig):
     cutout: int | None = None  # 0 | 16 pixels
     label_smoothing: float = 0.0
     eval_every: int = 0  # evaluate on the test split every k epochs (0 = only at the end)
+    holdout: float = 0.0  # share of the training images held out as a validation split (0 = none)
     checkpoint_every: int = 1
     progress: bool = True
 
@@ -286,6 +287,7 @@ def validate(cfg: Any) -> None:
             need(getattr(cfg, key) >= 0, key, "must be >= 0")
     if isinstance(cfg, RetrainConfig):
         need(cfg.epochs is None or cfg.epochs > 0, "epochs", "must be > 0")
+        need(0.0 <= cfg.holdout < 1.0, "holdout", "must be in [0, 1)")
     if isinstance(cfg, SelectConfig):
         need(cfg.method in ("magnitude", "pt"), "method", "must be magnitude or pt")
         need(cfg.pt_tune_epochs >= 0 and cfg.pt_batches >= 0, "pt_tune_epochs", "and pt_batches must be >= 0")
@@ -307,3 +309,46 @@ def config_fields(kind: str) -> list[dataclasses.Field]:
 
 __all__ = ["DataConfig", "SearchConfig", "RetrainConfig", "PrepareConfig", "build_config",
            "to_dict", "field"]
+
+
+def from_dict(kind: str, values: dict[str, Any], source: str = "config") -> Any:
+    """A validated config of ``kind`` from a plain dict (as flows pass them); unknown keys are named."""
+    cls = CONFIGS[kind]
+    hints = typing.get_type_hints(cls)
+    clean = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise NasError(f"{source}: unknown key {key!r} for '{kind}'")
+        clean[key] = _coerce(key, value, hints[key], source)
+    cfg = cls(**clean)
+    validate(cfg)
+    return cfg
+
+
+def pipeline_configs(params_file: str | Path, out: str | Path, sets: list[str] | None = None,
+                     **overrides: Any) -> dict[str, Any]:
+    """The four stage configs of one pipeline run from a params file with ``prepare``, ``search``,
+    ``select`` and ``retrain`` sections.  ``sets`` items are ``section.key=value``; ``overrides``
+    are the common knobs: ``method`` (search), ``selection`` (select), ``seed`` (all),
+    ``epochs`` (search).  Run directories go under ``out``."""
+    out = Path(out)
+    per: dict[str, list[str]] = {k: [] for k in ("prepare", "search", "select", "retrain")}
+    for item in sets or []:
+        key, _, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not dot or section not in per or not _:
+            raise NasError(f"--set {item!r}: expected section.key=value with section one of {', '.join(per)}")
+        per[section].append(f"{name}={value}")
+    seed = overrides.get("seed")
+    search = build_config("search", params_file, {"method": overrides.get("method"), "seed": seed,
+                                                  "epochs": overrides.get("epochs"), "out": str(out / "search"),
+                                                  "progress": False}, per["search"])
+    prepare = build_config("prepare", params_file, {"dataset": search.dataset, "data": search.data,
+                                                    "cache_dir": search.cache_dir}, per["prepare"])
+    select = build_config("select", params_file, {"method": overrides.get("selection"), "seed": seed,
+                                                  "run": str(out / "search"), "out": str(out / "select"),
+                                                  "progress": False}, per["select"])
+    retrain = build_config("retrain", params_file, {"seed": seed, "out": str(out / "retrain"), "progress": False,
+                                                    "dataset": search.dataset, "data": search.data,
+                                                    "cache_dir": search.cache_dir}, per["retrain"])
+    return {"prepare": prepare, "search": search, "select": select, "retrain": retrain}

@@ -601,7 +601,7 @@ class DataBundle:
     def describe(self, name: str) -> dict[str, Any]:
         """What a run's result.json records about its data."""
         return {"name": name, "source": self.prepared.manifest["source"], "num_classes": self.num_classes,
-                "resolution": self.size, "prepared": str(self.prepared.path),
+                "resolution": self.size, "channels": self.channels, "prepared": str(self.prepared.path),
                 "train_images": len(self.prepared.train_y), "test_images": len(self.prepared.test_y)}
 
     def stream(self, indices: torch.Tensor, batch_size: int, augment: bool, test: bool = False,

@@ -294,7 +294,11 @@ class Search:
             self._next_stage(st, prune=False)  # the stage-2 shapes; values come from the checkpoint
         st.model.load_state_dict(ck["model"])
         if "arch" in ck:
-            st.arch.load_state_dict(ck["arch"])
+            # buffers added later (PT's decided/removed) keep their defaults on older checkpoints
+            missing, unexpected = st.arch.load_state_dict(ck["arch"], strict=False)
+            bad = [k for k in missing if k not in ("decided", "removed")] + list(unexpected)
+            if bad:
+                raise NasError(f"{self.out / CHECKPOINT}: architecture state does not match (key {bad[0]!r})")
         else:  # checkpoints written before the architecture held more than α
             with torch.no_grad():
                 st.arch.alpha.copy_(ck["alpha"].to(self.device))

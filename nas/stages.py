@@ -26,8 +26,9 @@ def prepare_stage(cfg: config_mod.PrepareConfig) -> dict[str, Any]:
     return {"path": str(path), **manifest}
 
 
-def search_stage(cfg: config_mod.SearchConfig, resume: bool = False) -> dict[str, Any]:
-    return search(cfg, resume=resume)
+def search_stage(cfg: config_mod.SearchConfig, resume: bool = False, callback: Any = None) -> dict[str, Any]:
+    """Search a supernet; ``callback(state)`` runs after each epoch (progress, tracking)."""
+    return search(cfg, resume=resume, callback=callback)
 
 
 def read_search_result(run: str | Path) -> dict[str, Any]:
@@ -83,3 +84,89 @@ def info_stage(space_name: str, genotype: str, channels: int | None = None, cell
 
 def retrain_stage(cfg: config_mod.RetrainConfig, resume: bool = False) -> dict[str, Any]:
     return retrain(cfg, resume=resume)
+
+
+def evaluate_stage(search_dir: str | Path, selection: str | Path, retrain_dir: str | Path,
+                   out: str | Path) -> dict[str, Any]:
+    """Collect a pipeline run: ``metrics.json`` (test accuracy, NB201 lookups, size, search cost,
+    sharpness) and the plot tables ``plots/alpha.csv`` (mean mixing weight per op and epoch),
+    ``plots/eigenvalue.csv``, ``plots/search_accuracy.csv`` and ``plots/retrain_accuracy.csv``."""
+    from nas.schemas import validate_history
+    from nas.utils import atomic_write, write_json
+
+    search_res = read_search_result(search_dir)
+    sel_path = Path(selection)
+    if sel_path.is_dir():
+        sel_path = sel_path / "selection.json"
+    if not sel_path.is_file():
+        raise NasError(f"{sel_path}: selection not found (expected the output of 'nas select')")
+    sel = json.loads(sel_path.read_text())
+    rt_path = Path(retrain_dir) / "result.json"
+    if not rt_path.is_file():
+        raise NasError(f"{rt_path}: retrain result not found (expected the output of 'nas retrain')")
+    rt = json.loads(rt_path.read_text())
+    if rt.get("genotype") != sel.get("genotype"):
+        raise NasError(f"{rt_path}: retrained genotype {rt.get('genotype')!r} is not the selected "
+                       f"{sel.get('genotype')!r} in {sel_path}")
+    history = validate_history(search_res.get("history", []), f"{search_dir}/result.json history")
+    out = Path(out)
+    space = get_space(search_res["space"])
+    info = info_stage(space.name, rt["genotype"], rt["config"].get("channels"), rt["config"].get("cells"),
+                      num_classes=search_res.get("dataset", {}).get("num_classes", 10),
+                      in_channels=rt.get("dataset", {}).get("channels", 3),
+                      resolution=rt.get("dataset", {}).get("resolution") or 32)
+    eig = search_res.get("hessian", {}).get("top_eigenvalue") or []
+    metrics: dict[str, Any] = {
+        "method": search_res["method"], "selection": sel["selection"], "space": space.name,
+        "genotype": rt["genotype"], "test_acc": rt["test_acc"], "test_loss": rt["test_loss"],
+        "retrain_epochs": rt["epochs"], "params": info["params"], "flops": info["flops"],
+        "search_seconds": search_res["seconds"], "retrain_seconds": rt["seconds"],
+        "search_val_acc": history[-1]["val_acc"] if history else None,
+        "skip_edges": rt["genotype"].count("skip_connect"),
+        "final_eigenvalue": eig[-1] if eig else None,
+    }
+    if space.name == "nb201":
+        try:
+            look = load_table().lookup(rt["genotype"], "cifar10")
+            metrics["nb201"] = {d: v for d, v in look["all_datasets"].items()}
+            metrics["nb201_oracle_cifar10"] = look["oracle_accuracy"]
+            metrics["nb201_rank"] = look["rank"]
+        except NasError:
+            pass
+    write_json(out / "metrics.json", metrics)
+    plots = out / "plots"
+
+    def table(name: str, header: list[str], rows: list[list[Any]]) -> None:
+        text = ",".join(header) + "\n" + "".join(",".join(_fmt(v) for v in r) + "\n" for r in rows)
+        atomic_write(plots / name, lambda p: p.write_text(text))
+
+    ops = list(search_res.get("ops", []))
+    if history and ops and all(len(h["weights"][0]) == len(ops) for h in history):
+        table("alpha.csv", ["epoch", *ops],
+              [[h["epoch"] + 1, *(sum(r[k] for r in h["weights"]) / len(h["weights"]) for k in range(len(ops)))]
+               for h in history])
+    table("eigenvalue.csv", ["epoch", "top_eigenvalue"],
+          [[e + 1, v] for e, v in zip(search_res.get("hessian", {}).get("epochs", []), eig)])
+    table("search_accuracy.csv", ["epoch", "train_acc", "val_acc"],
+          [[h["epoch"] + 1, h["train_acc"], h["val_acc"]] for h in history])
+    table("retrain_accuracy.csv", ["epoch", "train_acc", "train_loss"],
+          [[h["epoch"], h["train_acc"], h["train_loss"]] for h in rt.get("history", [])])
+    return metrics
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def resume_or_restart(stage: Any, cfg: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run ``stage(cfg, resume=True)``; when the checkpoint in ``cfg.out`` was written with another
+    config (a changed parameter), start that stage over instead of refusing."""
+    import sys
+
+    try:
+        return stage(cfg, resume=True, **kwargs)
+    except NasError as exc:
+        if "cannot resume" not in str(exc):
+            raise
+        print(f"{exc}; starting over", file=sys.stderr)
+        return stage(cfg, resume=False, **kwargs)

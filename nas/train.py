@@ -120,6 +120,12 @@ def retrain(cfg: config_mod.RetrainConfig, resume: bool = False,
     bundle = load_bundle(cfg, device)
     labels = bundle.prepared.train_y
     idx = balanced_subset(labels, cfg.subset, cfg.seed) if cfg.subset else torch.arange(len(labels))
+    val = None
+    if cfg.holdout > 0:  # a seeded validation split held out of training (the sweep's objective)
+        perm = idx[torch.randperm(len(idx), generator=generator_for(cfg.seed, 13))]
+        n_val = max(1, int(round(cfg.holdout * len(perm))))
+        idx, val_idx = perm[n_val:], perm[:n_val]
+        val = bundle.stream(val_idx, cfg.eval_batch_size, False)
     train = bundle.stream(idx, cfg.batch_size, cfg.augment, cutout=cfg.cutout)
     test = bundle.stream(torch.arange(len(bundle.prepared.test_y)), cfg.eval_batch_size, False, test=True)
     net = space.build_network(geno, cfg.channels, cfg.cells, bundle.num_classes, bundle.channels,
@@ -164,6 +170,8 @@ def retrain(cfg: config_mod.RetrainConfig, resume: bool = False,
             rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss, "train_acc": acc, "lr": lr}
             if (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or epoch + 1 == cfg.epochs:
                 rec["test_loss"], rec["test_acc"] = evaluate(net, test)
+                if val is not None:
+                    rec["val_loss"], rec["val_acc"] = evaluate(net, val)
             rec["seconds"] = time.perf_counter() - t0
             history.append(rec)
             msg = f"epoch {epoch + 1}/{cfg.epochs}  train loss {rec['train_loss']:.3f} acc {rec['train_acc']:.3f}"
@@ -186,6 +194,8 @@ def retrain(cfg: config_mod.RetrainConfig, resume: bool = False,
     if "test_acc" not in final:
         final = dict(final)
         final["test_loss"], final["test_acc"] = evaluate(net, test)
+        if val is not None:
+            final["val_loss"], final["val_acc"] = evaluate(net, val)
     torch_save(out / MODEL, net.state_dict())
     result = {
         "space": space.name,
@@ -193,6 +203,8 @@ def retrain(cfg: config_mod.RetrainConfig, resume: bool = False,
         "params": count_params(net) - count_params(getattr(net, "auxiliary", None) or nn.Module()),
         "test_acc": final["test_acc"],
         "test_loss": final["test_loss"],
+        **({"val_acc": final["val_acc"], "val_loss": final["val_loss"], "holdout": cfg.holdout}
+           if val is not None else {}),
         "epochs": cfg.epochs,
         "dataset": bundle.describe(cfg.dataset),
         "device": str(device),

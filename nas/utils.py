@@ -96,3 +96,22 @@ def generator_for(seed: int, *parts: int, device: torch.device | str = "cpu") ->
     g = torch.Generator(device=device)
     g.manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
     return g
+
+
+_CODE_VERSION: str | None = None
+
+
+def code_version() -> str:
+    """The package version and a digest of its source files: a cache key and an MLflow tag that
+    changes whenever the code that computes a stage changes."""
+    global _CODE_VERSION
+    if _CODE_VERSION is None:
+        from nas import __version__
+
+        root = Path(__file__).resolve().parent
+        h = hashlib.sha256()
+        for p in sorted(root.rglob("*.py")):
+            h.update(p.relative_to(root).as_posix().encode())
+            h.update(p.read_bytes())
+        _CODE_VERSION = f"{__version__}+{h.hexdigest()[:12]}"
+    return _CODE_VERSION

@@ -1,0 +1,68 @@
+"""What the flows share: the file-aware cache key, result storage, task runners, settings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from nas.tracking import disable_telemetry
+from nas.utils import NasError, code_version, sha256_file
+
+disable_telemetry()
+
+REPO = Path(__file__).resolve().parent.parent
+# Parameters that never change what a stage computes.
+NOT_IN_KEY = {"progress", "track", "parent_run"}
+
+
+def file_digest(path: str | Path) -> str:
+    p = Path(path)
+    if p.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(q for q in p.rglob("*") if q.is_file()):
+            h.update(f.relative_to(p).as_posix().encode())
+            h.update(sha256_file(f).encode())
+        return h.hexdigest()
+    return sha256_file(p) if p.is_file() else "missing"
+
+
+def stage_cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    """A stage's cache key: its inputs, the code version and the digests of its input files
+    (the ``inputs`` parameter lists them).  Unlike Prefect's default policy it holds no run id,
+    so a second pipeline run with the same inputs reuses the finished stages."""
+    files = {str(p): file_digest(p) for p in parameters.get("inputs") or []}
+    payload = {"task": context.task.name, "code": code_version(),
+               "params": {k: v for k, v in parameters.items() if k not in NOT_IN_KEY and k != "inputs"},
+               "files": files}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def not_a_config_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry transient failures (I/O), never a bad config or bad input (``NasError``)."""
+    try:
+        state.result()
+    except NasError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+def task_runner(runner: str = "thread", address: str | None = None, workers: int = 2, threads: int = 1):
+    """``thread`` (Prefect's default), or ``dask``: a local cluster of ``workers`` processes with
+    ``threads`` threads each, or the scheduler at ``address`` (``tcp://host:8786``) for several
+    machines.  The flow process itself never touches CUDA, so workers may take GPUs."""
+    if runner == "thread":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if address:
+            return DaskTaskRunner(address=address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": threads,
+                                              "processes": True, "dashboard_address": None})
+    raise NasError(f"runner: unknown {runner!r} (expected thread or dask)")

@@ -1,0 +1,211 @@
+"""``nas-pipeline``: prepare → search → select → retrain → evaluate, as cached Prefect tasks.
+
+Each task calls the library's stage function (``nas.stages``), the same one ``nas`` and
+``dvc repro`` run.  A task's cache key is its parameters, the code version and the digests of its
+input files, so a rerun with unchanged inputs skips the finished stages and a changed parameter
+reruns only the stages downstream of it.  Every stage that runs gets a nested MLflow run under the
+pipeline's parent run.
+
+    prefect deployment run 'nas-pipeline/default' -p method=drnas
+    python -m flows.pipeline --method drnas --set search.epochs=5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+
+from flows.common import not_a_config_error, stage_cache_key
+from nas import config as config_mod
+from nas import stages, tracking
+
+TASK_OPTS: dict[str, Any] = dict(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json")
+
+
+def _tracker(track: bool) -> tracking.Tracker | None:
+    return tracking.Tracker() if track and tracking.enabled() else None
+
+
+@task(name="prepare", retries=2, retry_delay_seconds=2, retry_condition_fn=not_a_config_error, **TASK_OPTS)
+def prepare_task(cfg: dict[str, Any], inputs: list[str] | None = None) -> dict[str, Any]:
+    """Decode the dataset once (retried on transient I/O errors, never on a bad config)."""
+    m = stages.prepare_stage(config_mod.from_dict("prepare", cfg))
+    return {"path": m["path"], "manifest": str(Path(m["path"]).with_suffix(".json")), "dataset": m["dataset"],
+            "counts": m["counts"]}
+
+
+@task(name="search", **TASK_OPTS)
+def search_task(cfg: dict[str, Any], inputs: list[str], track: bool = True,
+                parent_run: str | None = None) -> dict[str, Any]:
+    """Search the supernet; reports progress per epoch and logs each epoch to MLflow in one batch."""
+    scfg = config_mod.from_dict("search", cfg)
+    tracker = _tracker(track)
+    run_id = tracker.start(f"search-{scfg.method}", {"stage": "search", "method": scfg.method, "space": scfg.space,
+                                                     "dataset": scfg.dataset, "seed": scfg.seed},
+                           parent=parent_run) if tracker else None
+    progress_id = create_progress_artifact(progress=0.0, description=f"{scfg.method} search on {scfg.space}")
+    log_epoch = tracker.epoch_logger(run_id) if tracker else None
+    log_seconds = [0.0]
+
+    def on_epoch(st: Any) -> None:
+        rec = st.history[-1]
+        if log_epoch is not None:
+            t0 = time.perf_counter()
+            log_epoch(rec)
+            log_seconds[0] += time.perf_counter() - t0
+        update_progress_artifact(progress_id, progress=100.0 * st.epoch / scfg.epochs)
+        print(f"search epoch {st.epoch}/{scfg.epochs}: val acc {rec['val_acc']:.3f} {rec['genotype']}")
+
+    try:
+        res = stages.resume_or_restart(stages.search_stage, scfg, callback=on_epoch)
+    except BaseException:
+        if tracker:
+            tracker.end(run_id, ok=False)
+        raise
+    if tracker:
+        tracker.log_search(run_id, res, live=True)
+        tracker.log_metrics(run_id, {"mlflow_log_seconds": log_seconds[0],
+                                     "mlflow_log_fraction": log_seconds[0] / max(res["seconds"], 1e-9)})
+        tracker.end(run_id)
+    return {"result": str(Path(scfg.out) / "result.json"), "genotype": res["genotype"], "seconds": res["seconds"],
+            "mlflow_run": run_id}
+
+
+@task(name="select", **TASK_OPTS)
+def select_task(cfg: dict[str, Any], inputs: list[str], track: bool = True,
+                parent_run: str | None = None) -> dict[str, Any]:
+    scfg = config_mod.from_dict("select", cfg)
+    tracker = _tracker(track)
+    run_id = tracker.start(f"select-{scfg.method}", {"stage": "select", "selection": scfg.method},
+                           parent=parent_run) if tracker else None
+    sel = stages.select_stage(scfg)
+    if tracker:
+        tracker.log_params(run_id, {f"select.{k}": v for k, v in config_mod.to_dict(scfg).items()})
+        tracker.log_json(run_id, sel, "selection.json", "genotype")
+        tracker.log_genotype(run_id, sel["space"], sel["genotype"])
+        look = tracking.nb201_lookup(sel["space"], sel["genotype"])
+        if look:
+            tracker.log_metrics(run_id, {f"nb201_{d}": v for d, v in look["all_datasets"].items()})
+        tracker.end(run_id)
+    return {"selection": str(Path(scfg.out) / "selection.json"), "genotype": sel["genotype"], "mlflow_run": run_id}
+
+
+@task(name="retrain", **TASK_OPTS)
+def retrain_task(cfg: dict[str, Any], inputs: list[str], track: bool = True,
+                 parent_run: str | None = None) -> dict[str, Any]:
+    genotype = json.loads(Path(inputs[0]).read_text())["genotype"]
+    rcfg = config_mod.from_dict("retrain", {**cfg, "genotype": genotype})
+    tracker = _tracker(track)
+    run_id = tracker.start("retrain", {"stage": "retrain", "space": rcfg.space, "dataset": rcfg.dataset,
+                                       "seed": rcfg.seed}, parent=parent_run) if tracker else None
+    res = stages.resume_or_restart(stages.retrain_stage, rcfg)
+    if tracker:
+        tracker.log_retrain(run_id, res, Path(rcfg.out) / "model.pt")
+        tracker.end(run_id)
+    return {"result": str(Path(rcfg.out) / "result.json"), "test_acc": res["test_acc"], "mlflow_run": run_id}
+
+
+@task(name="evaluate", **TASK_OPTS)
+def evaluate_task(search_dir: str, selection: str, retrain_dir: str, out: str, inputs: list[str]) -> dict[str, Any]:
+    return stages.evaluate_stage(search_dir, selection, retrain_dir, out)
+
+
+def summary_markdown(metrics: dict[str, Any], links: dict[str, str | None], ui: str) -> str:
+    lines = [f"# nas-pipeline: {metrics['method']} on {metrics['space']}", "",
+             f"- genotype: `{metrics['genotype']}`",
+             f"- selection: {metrics['selection']}",
+             f"- test accuracy after retraining: {100 * metrics['test_acc']:.2f}% ({metrics['retrain_epochs']} epochs)",
+             f"- params: {metrics['params']:,}; search {metrics['search_seconds']:.1f} s"]
+    if "nb201" in metrics:
+        nb = metrics["nb201"]
+        lines.append(f"- NAS-Bench-201 test accuracy: CIFAR-10 {nb['cifar10']:.2f} (oracle "
+                     f"{metrics['nb201_oracle_cifar10']:.2f}), CIFAR-100 {nb['cifar100']:.2f}, "
+                     f"ImageNet16-120 {nb['imagenet16-120']:.2f}")
+    for name, run in links.items():
+        if run:
+            lines.append(f"- MLflow {name} run: [{run}]({ui.rstrip('/')}/{run})")
+    return "\n".join(lines) + "\n"
+
+
+@flow(name="nas-pipeline", log_prints=True)
+def pipeline(method: str | None = None, selection: str | None = None, seed: int | None = None,
+             params: str = "params/pipeline.yaml", sets: list[str] | None = None, out: str | None = None,
+             track: bool = True, refresh: bool = False) -> dict[str, Any]:
+    """One pipeline run.  ``sets`` items are ``section.key=value`` (``search.epochs=5``).
+    ``refresh`` recomputes every stage even when its cache key is known."""
+    cfgs = config_mod.pipeline_configs(params, out or "runs/pipeline", sets, method=method, selection=selection,
+                                       seed=seed)
+    if out is None:  # one folder per method, seed and selection
+        s = cfgs["search"]
+        cfgs = config_mod.pipeline_configs(params, f"runs/pipeline/{s.method}-s{s.seed}-{cfgs['select'].method}",
+                                           sets, method=method, selection=selection, seed=seed)
+    d = {k: config_mod.to_dict(v) for k, v in cfgs.items()}
+    root = Path(cfgs["search"].out).parent
+    tracker = _tracker(track)
+    parent = None
+    if tracker:
+        s = cfgs["search"]
+        parent = tracker.start(f"pipeline-{s.method}-s{s.seed}", {
+            "stage": "pipeline", "method": s.method, "space": s.space, "dataset": s.dataset, "seed": s.seed,
+            "selection": cfgs["select"].method})
+        tracker.log_params(parent, {"params_file": params, "sets": " ".join(sets or []), "out": str(root)})
+    opts = {"refresh_cache": True} if refresh else {}
+    try:
+        prep = prepare_task.with_options(**opts)(d["prepare"], inputs=[])
+        srch = search_task.with_options(**opts)(
+            d["search"], inputs=[prep["manifest"]], track=track, parent_run=parent)
+        sel = select_task.with_options(**opts)(
+            d["select"], inputs=[srch["result"]], track=track, parent_run=parent)
+        rt = retrain_task.with_options(**opts)(
+            d["retrain"], inputs=[sel["selection"]], track=track, parent_run=parent)
+        metrics = evaluate_task.with_options(**opts)(
+            str(root / "search"), sel["selection"], str(root / "retrain"), str(root / "evaluate"),
+            inputs=[srch["result"], sel["selection"], rt["result"]])
+    except BaseException:
+        if tracker:
+            tracker.end(parent, ok=False)
+        raise
+    links: dict[str, str | None] = {}
+    ui = os.environ.get("NAS_MLFLOW_UI", "http://127.0.0.1:5000")
+    if tracker:
+        flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        flat.update({f"nb201_{k}": v for k, v in metrics.get("nb201", {}).items()})
+        tracker.log_metrics(parent, flat)
+        tracker.set_tags(parent, {"genotype": metrics["genotype"], "search_run": srch["mlflow_run"],
+                                  "retrain_run": rt["mlflow_run"]})
+        tracker.log_json(parent, metrics, "metrics.json")
+        tracker.log_genotype(parent, metrics["space"], metrics["genotype"])
+        tracker.end(parent)
+        links = {"pipeline": tracker.url(parent), "search": srch["mlflow_run"] and tracker.url(srch["mlflow_run"]),
+                 "retrain": rt["mlflow_run"] and tracker.url(rt["mlflow_run"])}
+    create_markdown_artifact(key="nas-pipeline-summary", markdown=summary_markdown(metrics, links, ui),
+                             description="genotype, NB201 lookup, test accuracy, MLflow links")
+    return {**metrics, "out": str(root), "mlflow_run": parent}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m flows.pipeline", description="Run the nas-pipeline flow once.")
+    p.add_argument("--method")
+    p.add_argument("--selection")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--params", default="params/pipeline.yaml")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--out")
+    p.add_argument("--no-track", dest="track", action="store_false")
+    p.add_argument("--refresh", action="store_true")
+    a = p.parse_args(argv)
+    res = pipeline(a.method, a.selection, a.seed, a.params, a.sets, a.out, a.track, a.refresh)
+    print(json.dumps({k: res[k] for k in ("genotype", "test_acc", "out", "mlflow_run")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

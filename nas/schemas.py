@@ -1,0 +1,213 @@
+"""pandera schemas at the stage boundaries.
+
+Every table that crosses a stage boundary is checked before it reaches a model or a report: the
+prepared dataset's manifest, the per-epoch search history, the results table across runs, the
+Optuna trials table and the NAS-Bench-201 table.  A failure raises :class:`NasError` with one
+line naming the source, the column, the row and the offending value.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from nas.utils import NasError
+
+
+def _pa():
+    import pandera.pandas as pa
+
+    return pa
+
+
+def _check(schema, df, source: str, row_offset: int = 0, row_word: str = "row"):
+    """Validate; on failure name the first failing column, row and value in one line."""
+    pa = _pa()
+    try:
+        return schema.validate(df, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        cases = exc.failure_cases.to_dict("records")
+        first = next((c for c in cases if c.get("index") is not None), cases[0])
+        col = first.get("column")
+        idx = first.get("index")
+        where = f"column {col!r}" if col is not None else "table"
+        if idx is not None and not (isinstance(idx, float) and math.isnan(idx)):
+            where += f" {row_word} {int(idx) + row_offset}"
+        check = first.get("check")
+        more = f" (and {len(cases) - 1} more failures)" if len(cases) > 1 else ""
+        raise NasError(f"{source}: {where}: value {first.get('failure_case')!r} fails {check}{more}") from None
+
+
+def _frame(rows: Any, source: str, columns: list[str]):
+    import pandas as pd
+
+    df = pd.DataFrame(list(rows))
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise NasError(f"{source}: missing column {missing[0]!r} (expected {', '.join(columns)})")
+    return df
+
+
+# ------------------------------------------------------------------------------ prepared manifest
+def manifest_schema():
+    pa = _pa()
+    return pa.DataFrameSchema({
+        "dataset": pa.Column(str, pa.Check.str_length(min_value=1)),
+        "num_classes": pa.Column(int, pa.Check.ge(2)),
+        "channels": pa.Column(int, pa.Check.isin([1, 3])),
+        "height": pa.Column(int, pa.Check.ge(1)),
+        "width": pa.Column(int, pa.Check.ge(1)),
+        "train": pa.Column(int, pa.Check.ge(1)),
+        "test": pa.Column(int, pa.Check.ge(1)),
+        "classes": pa.Column(int, pa.Check.ge(2)),
+        "class_counts_train": pa.Column(int, pa.Check.ge(1)),
+        "class_counts_test": pa.Column(int, pa.Check.ge(0)),
+        "sha256": pa.Column(str, pa.Check.str_matches(r"^[0-9a-f]{64}$")),
+        "std_min": pa.Column(float, pa.Check.gt(0)),
+    }, checks=[
+        pa.Check(lambda d: d["classes"] == d["num_classes"], error="len(classes) == num_classes"),
+        pa.Check(lambda d: d["class_counts_train"] == d["train"], error="sum(class_counts.train) == counts.train"),
+        pa.Check(lambda d: d["class_counts_test"] == d["test"], error="sum(class_counts.test) == counts.test"),
+    ], coerce=False, strict=True)
+
+
+def validate_manifest(m: dict[str, Any], source: str) -> dict[str, Any]:
+    """The manifest of a prepared dataset (``nas prepare``), checked before its tensors are used."""
+    try:
+        row = {
+            "dataset": m["dataset"], "num_classes": m["num_classes"], "channels": m["channels"],
+            "height": m["height"], "width": m["width"], "train": m["counts"]["train"], "test": m["counts"]["test"],
+            "classes": len(m["classes"]), "class_counts_train": sum(m["class_counts"]["train"]),
+            "class_counts_test": sum(m["class_counts"]["test"]), "sha256": m["sha256"],
+            "std_min": float(min(m["std"])) if len(m["std"]) == m["channels"] else -1.0,
+        }
+    except (KeyError, TypeError) as exc:
+        raise NasError(f"{source}: manifest lacks or mistypes key {exc}") from None
+    import pandas as pd
+
+    _check(manifest_schema(), pd.DataFrame([row]), source)
+    return m
+
+
+# -------------------------------------------------------------------------------- search history
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "weights"]
+
+
+def history_schema():
+    pa = _pa()
+    finite = pa.Check(lambda s: s.map(math.isfinite), element_wise=False, error="finite")
+    return pa.DataFrameSchema({
+        "epoch": pa.Column(int, [pa.Check.ge(0)]),
+        "train_loss": pa.Column(float, [finite, pa.Check.ge(0)]),
+        "val_loss": pa.Column(float, [finite, pa.Check.ge(0)]),
+        "train_acc": pa.Column(float, pa.Check.in_range(0.0, 1.0)),
+        "val_acc": pa.Column(float, pa.Check.in_range(0.0, 1.0)),
+        "weight_sum_error": pa.Column(float, pa.Check.le(1e-3, error="each edge's mixing weights sum to 1")),
+        "weight_min": pa.Column(float, pa.Check.ge(-1e-6, error="mixing weights >= 0")),
+    }, checks=[pa.Check(lambda d: d["epoch"].is_monotonic_increasing, error="epochs increase")],
+        coerce=True, strict="filter")
+
+
+def validate_history(history: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
+    """The per-epoch table of a search: finite losses, accuracies in [0, 1], each edge's mixing
+    weights summing to 1 (over the ops still in the space)."""
+    if not history:
+        return history
+    df = _frame(history, source, HISTORY_COLUMNS)
+
+    def sum_err(w: Any) -> float:
+        return max((abs(sum(row) - 1.0) for row in w), default=0.0)
+
+    df["weight_sum_error"] = df["weights"].map(sum_err)
+    df["weight_min"] = df["weights"].map(lambda w: min(min(r) for r in w))
+    _check(history_schema(), df.drop(columns=["weights"]), source, row_word="epoch index")
+    return history
+
+
+# ------------------------------------------------------------------------ results table, per run
+RUN_COLUMNS = ["protocol", "method", "selection", "seed", "genotype", "cifar10", "cifar100", "imagenet16-120",
+               "search_minutes", "select_minutes", "final_eigenvalue", "skip_edges"]
+
+
+def runs_schema():
+    pa = _pa()
+    acc = pa.Check.in_range(0.0, 100.0)
+    return pa.DataFrameSchema({
+        "protocol": pa.Column(str),
+        "method": pa.Column(str, pa.Check.str_length(min_value=1)),
+        "selection": pa.Column(str, pa.Check.isin(["magnitude", "pt", "random", "rsps"])),
+        "seed": pa.Column(int),
+        "genotype": pa.Column(str, pa.Check.str_matches(r"^\|.*\|$")),
+        "cifar10": pa.Column(float, acc),
+        "cifar100": pa.Column(float, acc),
+        "imagenet16-120": pa.Column(float, acc),
+        "search_minutes": pa.Column(float, pa.Check.ge(0)),
+        "select_minutes": pa.Column(float, pa.Check.ge(0)),
+        "final_eigenvalue": pa.Column(float, nullable=True),
+        "skip_edges": pa.Column(int, pa.Check.in_range(0, 6)),
+    }, unique=["protocol", "method", "selection", "seed"], coerce=True, strict=True)
+
+
+def validate_runs(rows: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
+    """The per-run results table of the benchmark grid (rows as read from CSV); returns typed rows.
+    Row numbers in errors are CSV line numbers."""
+    if not rows:
+        return []
+    df = _frame(rows, source, RUN_COLUMNS)
+    df = df.replace({"": None, "nan": None})
+    out = _check(runs_schema(), df, source, row_offset=2, row_word="line")
+    recs = out.to_dict("records")
+    for r in recs:
+        r["seed"] = int(r["seed"])
+        r["skip_edges"] = int(r["skip_edges"])
+        r["final_eigenvalue"] = float("nan") if r["final_eigenvalue"] is None else float(r["final_eigenvalue"])
+    return recs
+
+
+# ---------------------------------------------------------------------------------- Optuna trials
+TRIAL_COLUMNS = ["number", "state", "value", "method", "mode"]
+
+
+def trials_schema():
+    pa = _pa()
+    return pa.DataFrameSchema({
+        "number": pa.Column(int, pa.Check.ge(0), unique=True),
+        "state": pa.Column(str, pa.Check.isin(["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"])),
+        "value": pa.Column(float, pa.Check.in_range(0.0, 100.0), nullable=True),
+        "method": pa.Column(str),
+        "mode": pa.Column(str, pa.Check.isin(["retrain", "benchmark"])),
+    }, checks=[pa.Check(lambda d: ~((d["state"] == "COMPLETE") & d["value"].isna()),
+                        error="a COMPLETE trial has a value")], coerce=True, strict=False)
+
+
+def validate_trials(rows: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
+    if not rows:
+        return []
+    df = _frame(rows, source, TRIAL_COLUMNS)
+    return _check(trials_schema(), df, source).to_dict("records")
+
+
+# ---------------------------------------------------------------------------- NAS-Bench-201 table
+NB201_COLUMNS = ["arch", "cifar10_test", "cifar100_test", "imagenet16_120_test"]
+NB201_ARCH = r"^\|[a-z0-9_]+~0\|\+\|[a-z0-9_]+~0\|[a-z0-9_]+~1\|\+\|[a-z0-9_]+~0\|[a-z0-9_]+~1\|[a-z0-9_]+~2\|$"
+
+
+def nb201_schema():
+    pa = _pa()
+    acc = pa.Check.in_range(0.0, 100.0)
+    return pa.DataFrameSchema({
+        "arch": pa.Column(str, pa.Check.str_matches(NB201_ARCH), unique=True),
+        "cifar10_test": pa.Column(float, acc),
+        "cifar100_test": pa.Column(float, acc),
+        "imagenet16_120_test": pa.Column(float, acc),
+    }, coerce=True, strict="filter")
+
+
+def validate_nb201(df, source: str):
+    """The NAS-Bench-201 table as a DataFrame read from CSV; row numbers in errors are CSV lines."""
+    missing = [c for c in NB201_COLUMNS if c not in df.columns]
+    if missing:
+        raise NasError(f"{source}: missing column {missing[0]!r} (expected {', '.join(NB201_COLUMNS)})")
+    if len(df) == 0:
+        raise NasError(f"{source}: no rows")
+    return _check(nb201_schema(), df, source, row_offset=2, row_word="line")
