@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import gzip
 import io
-import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -90,39 +88,27 @@ def _column(dataset: str) -> str:
 
 @lru_cache(maxsize=4)
 def _load(path: str, mtime_ns: int) -> NB201Table:
+    """Read the table and check it with the pandera schema (``nas.schemas.nb201_schema``): every
+    error names the column and the CSV line."""
+    import pandas as pd
+
+    from nas.schemas import validate_nb201
+
     p = Path(path)
     raw = p.read_bytes()
     if raw[:2] == b"\x1f\x8b":
         raw = gzip.decompress(raw)
-    reader = csv.reader(io.StringIO(raw.decode("utf-8")))
-    header = next(reader, None)
-    expected = ["arch", *COLUMNS.values()]
-    if header is None or [h.strip() for h in header[: len(expected)]] != expected:
-        raise NasError(f"{p}: header {header!r}, expected {','.join(expected)}")
+    try:
+        df = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise NasError(f"{p}: not a CSV table ({str(exc).splitlines()[0][:200]})") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    df = validate_nb201(df, str(p))
     rows: dict[str, dict[str, float]] = {}
-    for line_no, rec in enumerate(reader, start=2):
-        if not rec:
-            continue
-        if len(rec) < len(expected):
-            raise NasError(f"{p}: line {line_no} has {len(rec)} columns, expected {len(expected)}")
-        try:
-            key = nb201.format_genotype(nb201.parse_genotype(rec[0]))
-        except NasError as exc:
-            raise NasError(f"{p}: line {line_no}: {exc}") from None
-        vals = {}
-        for name, cell in zip(expected[1:], rec[1:]):
-            try:
-                v = float(cell)
-            except ValueError:
-                raise NasError(f"{p}: line {line_no} column {name!r}: {cell!r} is not a number") from None
-            if not (math.isfinite(v) and 0.0 <= v <= 100.0):
-                raise NasError(f"{p}: line {line_no} column {name!r}: {v} is not an accuracy in [0, 100]")
-            vals[name] = v
-        if key in rows:
-            raise NasError(f"{p}: line {line_no}: architecture {rec[0]!r} appears twice")
-        rows[key] = vals
-    if not rows:
-        raise NasError(f"{p}: no rows")
+    for rec in df.itertuples(index=False):
+        key = nb201.format_genotype(nb201.parse_genotype(rec.arch))
+        rows[key] = {"cifar10_test": float(rec.cifar10_test), "cifar100_test": float(rec.cifar100_test),
+                     "imagenet16_120_test": float(rec.imagenet16_120_test)}
     return NB201Table(p, rows)
 
 

@@ -112,8 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retrain", help="train a genotype's network from scratch and evaluate it")
     p.add_argument("--space")
     p.add_argument("--genotype")
+    p.add_argument("--selection", metavar="FILE", help="take the genotype (and space) from a selection.json "
+                   "or a search result.json")
     _data_args(p)
     _common(p)
+
+    p = sub.add_parser("evaluate", help="collect a pipeline run: metrics.json and the plot tables")
+    p.add_argument("--search", required=True, help="search run directory")
+    p.add_argument("--selection", required=True, help="selection.json (or its directory)")
+    p.add_argument("--retrain", required=True, help="retrain run directory")
+    p.add_argument("--out", required=True, help="directory for metrics.json and plots/")
+    p.add_argument("--json", action="store_true")
     return parser
 
 
@@ -224,7 +233,18 @@ def _run(args: argparse.Namespace) -> int:
                               f"(oracle {r['oracle_accuracy']:.2f}, gap {r['gap_to_oracle']:.2f}, "
                               f"rank {r['rank']}/{r['of']})",
                               "all: " + ", ".join(f"{d} {v:.2f}" for d, v in r["all_datasets"].items())])
+    elif args.command == "evaluate":
+        m = stages.evaluate_stage(args.search, args.selection, args.retrain, args.out)
+        lines = [f"genotype: {m['genotype']}", f"test accuracy: {100 * m['test_acc']:.2f}%  params {m['params']:,}"]
+        if "nb201" in m:
+            lines.append("NAS-Bench-201: " + ", ".join(f"{d} {v:.2f}" for d, v in m["nb201"].items()))
+        lines.append(f"metrics: {args.out}/metrics.json")
+        _print(m, args.json, lines)
     elif args.command == "retrain":
+        if args.selection:
+            picked = stages.read_genotype(args.selection)
+            args.genotype = args.genotype or picked["genotype"]
+            args.space = args.space or picked["space"]
         cfg = config_mod.build_config("retrain", args.config,
                                       _overrides(args, ("space", "genotype", *data_keys)), args.sets)
         res = stages.retrain_stage(cfg, resume=args.resume)

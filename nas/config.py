@@ -343,12 +343,14 @@ def pipeline_configs(params_file: str | Path, out: str | Path, sets: list[str] |
     search = build_config("search", params_file, {"method": overrides.get("method"), "seed": seed,
                                                   "epochs": overrides.get("epochs"), "out": str(out / "search"),
                                                   "progress": False}, per["search"])
-    prepare = build_config("prepare", params_file, {"dataset": search.dataset, "data": search.data,
-                                                    "cache_dir": search.cache_dir}, per["prepare"])
+    prepare = build_config("prepare", params_file, None, per["prepare"])
+    for key in ("dataset", "data", "cache_dir"):
+        if getattr(prepare, key) != getattr(search, key):
+            raise NasError(f"{params_file}: prepare.{key} is {getattr(prepare, key)!r} but search.{key} is "
+                           f"{getattr(search, key)!r}; the search must read what prepare wrote")
     select = build_config("select", params_file, {"method": overrides.get("selection"), "seed": seed,
                                                   "run": str(out / "search"), "out": str(out / "select"),
                                                   "progress": False}, per["select"])
-    retrain = build_config("retrain", params_file, {"seed": seed, "out": str(out / "retrain"), "progress": False,
-                                                    "dataset": search.dataset, "data": search.data,
-                                                    "cache_dir": search.cache_dir}, per["retrain"])
+    retrain = build_config("retrain", params_file, {"seed": seed, "out": str(out / "retrain"), "progress": False},
+                           per["retrain"])
     return {"prepare": prepare, "search": search, "select": select, "retrain": retrain}

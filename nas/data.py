@@ -458,6 +458,9 @@ def load_prepared(path: str | Path, verify: bool = True) -> Prepared:
             raise NasError(f"{mpath}: manifest lacks key {key!r}")
     if manifest["format_version"] != FORMAT_VERSION:
         raise NasError(f"{mpath}: format_version {manifest['format_version']}, expected {FORMAT_VERSION}")
+    from nas.schemas import validate_manifest
+
+    validate_manifest(manifest, str(mpath))
     if verify and sha256_file(path) != manifest["sha256"]:
         raise NasError(f"{path}: checksum does not match its manifest (file changed or truncated)")
     t = torch_load(path)

@@ -47,6 +47,23 @@ def read_search_result(run: str | Path) -> dict[str, Any]:
     return res
 
 
+def read_genotype(path: str | Path) -> dict[str, Any]:
+    """``{"space", "genotype"}`` of a selection.json or a search result.json (or their directory)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "selection.json" if (p / "selection.json").is_file() else p / SEARCH_RESULT
+    if not p.is_file():
+        raise NasError(f"{p}: not found (expected a selection.json or a search result.json)")
+    try:
+        obj = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise NasError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    for key in ("space", "genotype"):
+        if not isinstance(obj.get(key), str):
+            raise NasError(f"{p}: missing key {key!r}")
+    return {"space": obj["space"], "genotype": obj["genotype"]}
+
+
 def select_stage(cfg: config_mod.SelectConfig) -> dict[str, Any]:
     """Choose the final architecture of a finished search (magnitude or PT); writes
     ``<out>/selection.json`` when ``out`` is set."""

@@ -15,6 +15,6 @@ if [ -n "$CONSTRAINT" ]; then args+=(-c "$CONSTRAINT"); fi
 stamp="$VENV/.nas-installed"
 want="$(cat pyproject.toml ${CONSTRAINT:+"$CONSTRAINT"} | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  "$VENV/bin/python" -m pip install "${args[@]}" -e ".[test]"
+  "$VENV/bin/python" -m pip install "${args[@]}" -e ".[pipeline,test]"
   echo "$want" > "$stamp"
 fi

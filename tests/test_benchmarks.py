@@ -37,11 +37,15 @@ def test_genotype_missing_from_table_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("body,msg", [
-    ("arch,acc\n", "header"),
-    ("arch,cifar10_test,cifar100_test,imagenet16_120_test\n" + BEST + ",abc,1,1\n", "line 2 column 'cifar10_test'"),
-    ("arch,cifar10_test,cifar100_test,imagenet16_120_test\n" + BEST + ",101,1,1\n", "not an accuracy"),
-    ("arch,cifar10_test,cifar100_test,imagenet16_120_test\n|bad~0|,1,1,1\n", "line 2"),
-    ("arch,cifar10_test,cifar100_test,imagenet16_120_test\n" + BEST + ",1,1,1\n" + BEST + ",1,1,1\n", "appears twice"),
+    ("arch,acc\n", "missing column 'cifar10_test'"),
+    ("arch,cifar10_test,cifar100_test,imagenet16_120_test\n" + BEST + ",abc,1,1\n",
+     "column 'cifar10_test' line 2: value 'abc'"),
+    ("arch,cifar10_test,cifar100_test,imagenet16_120_test\n" + SKIP + ",1,1,1\n" + BEST + ",101,1,1\n",
+     "column 'cifar10_test' line 3: value 101.0 fails in_range"),
+    ("arch,cifar10_test,cifar100_test,imagenet16_120_test\n|bad~0|,1,1,1\n", "column 'arch' line 2: value '|bad~0|'"),
+    ("arch,cifar10_test,cifar100_test,imagenet16_120_test\n" + BEST + ",1,1,1\n" + BEST + ",1,1,1\n",
+     "column 'arch' line 2.*field_uniqueness"),
+    ("arch,cifar10_test,cifar100_test,imagenet16_120_test\n", "no rows"),
 ])
 def test_corrupt_tables_are_rejected(tmp_path, body, msg):
     f = tmp_path / "t.csv"

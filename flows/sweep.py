@@ -1,0 +1,122 @@
+"""``nas-sweep``: an Optuna study of a method's regularisation strength (ε, σ or λ).
+
+Trials are Prefect tasks on the chosen task runner (threads, or a Dask cluster of processes or
+machines); each asks the shared study for its parameters and tells it the result, so any number of
+workers, here or elsewhere, can fill one study.  A rerun continues the study.
+
+    prefect deployment run 'nas-sweep/nightly' -p method=drnas -p n_trials=20
+    python -m flows.sweep --method sdarts-rs --n-trials 8 --mode benchmark
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+
+from flows.common import task_runner
+from nas import sweep, tracking
+
+
+@task(name="trial")
+def trial_task(kwargs: dict[str, Any]) -> dict[str, Any]:
+    import os
+
+    return {**sweep.run_trial(**kwargs), "pid": os.getpid()}
+
+
+@flow(name="nas-sweep-trials")
+def _trials(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    futures = [trial_task.submit({**kw, "worker": i}) for i, kw in enumerate(jobs)]
+    rows = []
+    for fut in futures:
+        state = fut.wait() or fut.state
+        try:
+            rows.append(fut.result())
+        except Exception as exc:  # a failed trial is recorded as FAIL in the study; the sweep goes on
+            print(f"trial failed: {type(exc).__name__}: {exc} ({state})")
+    return rows
+
+
+@flow(name="nas-sweep", log_prints=True)
+def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrain", study: str | None = None,
+               storage: str | None = None, params: str = "params/pipeline.yaml", sets: list[str] | None = None,
+               parallel: int = 1, runner: str = "thread", address: str | None = None, pruner: str = "median",
+               seed: int = 0, threads: int = 0, track: bool = True, out: str | None = None) -> dict[str, Any]:
+    """Bring the study to ``n_trials`` finished (complete or pruned) trials, ``parallel`` at a time."""
+    name = study or f"{method}-{mode}"
+    st = sweep.open_study(name, storage, method, mode, pruner, seed)
+    todo = max(0, n_trials - sweep.finished(st))
+    print(f"study {name}: {sweep.finished(st)} finished trials, running {todo} more ({mode} objective)")
+    tracker = tracking.Tracker() if track and tracking.enabled() else None
+    parent = tracker.start(f"sweep-{name}", {"stage": "sweep", "method": method, "objective": mode}) if tracker else None
+    out = out or f"runs/sweep/{name}"
+    kw = dict(name=name, storage=storage, method=method, mode=mode, params=params, sets=list(sets or []), out=out,
+              pruner=pruner, seed=seed, track=track, parent_run=parent, threads=threads)
+    new: list[dict[str, Any]] = []
+    while todo > 0:
+        wave = min(parallel, todo)
+        rows = _trials.with_options(task_runner=task_runner(runner, address, workers=wave, threads=max(threads, 1)))(
+            [kw] * wave)
+        new.extend(rows)
+        todo = max(0, n_trials - sweep.finished(sweep.open_study(name, storage, method, mode, pruner, seed)))
+        if not rows:
+            break
+    st = sweep.open_study(name, storage, method, mode, pruner, seed)
+    csv_path = sweep.write_trials_csv(st, Path(out) / "trials.csv")
+    table = sweep.trials_table(st)
+    complete = [r for r in table if r["state"] == "COMPLETE"]
+    best = max(complete, key=lambda r: r["value"]) if complete else None
+    key = sweep.STRENGTHS[method][0]
+    objective = ("NAS-Bench-201 CIFAR-10 test accuracy (table)" if mode == "benchmark" else
+                 "validation accuracy of the selected cell after a short retrain (held-out split)")
+    lines = [f"# nas-sweep {name}", "", f"objective: {objective}", "", f"| trial | state | {key} | value |",
+             "|---|---|---|---|"]
+    for r in table:
+        value = "" if r["value"] is None else f"{r['value']:.2f}"
+        strength = "" if r[key] is None else f"{r[key]:.4g}"
+        lines.append(f"| {r['number']} | {r['state']} | {strength} | {value} |")
+    if best:
+        lines += ["", f"best: {key} = {best[key]:.4g} -> {best['value']:.2f}"]
+    md = "\n".join(lines) + "\n"
+    create_markdown_artifact(key=f"nas-sweep-{name}".lower().replace("_", "-"), markdown=md,
+                             description="Optuna trials of the regularisation strength")
+    if tracker:
+        tracker.log_params(parent, {"study": name, "storage": storage or sweep.default_storage(), "n_trials": n_trials,
+                                    "objective": mode, "pruner": pruner})
+        tracker.log_file(parent, csv_path, "sweep")
+        if best:
+            tracker.log_metrics(parent, {"best_value": best["value"], f"best_{key}": best[key]})
+        tracker.end(parent)
+    return {"study": name, "trials": table, "new": new, "best": best, "csv": str(csv_path), "mlflow_run": parent}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m flows.sweep", description="Run the nas-sweep flow once.")
+    p.add_argument("--method", default="sdarts-rs", choices=sorted(sweep.STRENGTHS))
+    p.add_argument("--n-trials", type=int, default=8)
+    p.add_argument("--mode", default="retrain", choices=sweep.MODES)
+    p.add_argument("--study")
+    p.add_argument("--storage", help="database URL (default sqlite:///runs/optuna.db)")
+    p.add_argument("--params", default="params/pipeline.yaml")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--parallel", type=int, default=1)
+    p.add_argument("--runner", default="thread", choices=("thread", "dask"))
+    p.add_argument("--address", help="Dask scheduler address (tcp://host:8786)")
+    p.add_argument("--pruner", default="median")
+    p.add_argument("--out", help="trial run directories (default runs/sweep/<study>)")
+    p.add_argument("--no-track", dest="track", action="store_false")
+    a = p.parse_args(argv)
+    res = sweep_flow(a.method, a.n_trials, a.mode, a.study, a.storage, a.params, a.sets, a.parallel, a.runner,
+                     a.address, a.pruner, track=a.track, out=a.out)
+    print(json.dumps({"study": res["study"], "best": res["best"], "csv": res["csv"]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

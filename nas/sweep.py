@@ -1,0 +1,190 @@
+"""Optuna sweeps of the regularisation strengths: SDARTS-ADV ε, SDARTS-RS σ, DrNAS λ.
+
+A trial searches with the sampled strength, reporting the supernet's validation accuracy after
+every epoch to the pruner, selects by magnitude, and returns the objective:
+
+- ``retrain`` (default): the selected architecture's accuracy on a held-out validation split of the
+  training images after a short retrain (the ``retrain`` section of the params file, with
+  ``holdout``); the test split is never looked at;
+- ``benchmark``: its NAS-Bench-201 CIFAR-10 test accuracy from the table (NB201 space only).
+
+The study lives in a database (``sqlite:///runs/optuna.db`` by default, any SQLAlchemy URL for a
+server shared by several machines); trials use Optuna's ask/tell interface, so workers in other
+processes or on other machines can run trials of the same study at once.  A rerun continues the
+study: finished trials are kept and only the missing ones run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from nas import config as config_mod
+from nas.utils import NasError
+
+# method -> (config key, low, high): sampled log-uniformly
+STRENGTHS: dict[str, tuple[str, float, float]] = {
+    "sdarts-adv": ("adv_epsilon", 0.03, 1.0),
+    "sdarts-rs": ("rs_sigma", 0.03, 1.0),
+    "drnas": ("drnas_lambda", 1e-4, 1e-1),
+}
+MODES = ("retrain", "benchmark")
+DEFAULT_STORAGE = Path("runs") / "optuna.db"
+
+
+def default_storage() -> str:
+    return os.environ.get("NAS_OPTUNA_STORAGE") or f"sqlite:///{DEFAULT_STORAGE.resolve()}"
+
+
+def make_pruner(spec: str = "median"):
+    """``median`` (MedianPruner: stop a trial whose supernet accuracy is below the median of earlier
+    trials at the same epoch, after one finished trial and from epoch 3 on), ``none``."""
+    import optuna
+
+    if spec == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=2)
+    if spec == "none":
+        return optuna.pruners.NopPruner()
+    raise NasError(f"pruner: unknown {spec!r} (expected median or none)")
+
+
+def check(method: str, mode: str) -> tuple[str, float, float]:
+    if method not in STRENGTHS:
+        raise NasError(f"sweep: method {method!r} has no strength to tune (expected one of {', '.join(STRENGTHS)})")
+    if mode not in MODES:
+        raise NasError(f"sweep: mode {mode!r} (expected retrain or benchmark)")
+    return STRENGTHS[method]
+
+
+def open_study(name: str, storage: str | None, method: str, mode: str, pruner: str = "median", seed: int = 0):
+    """Create or load the study; a study keeps the method and mode it was made for."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check(method, mode)
+    storage = storage or default_storage()
+    if storage.startswith("sqlite:///"):
+        Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=seed), pruner=make_pruner(pruner))
+    attrs = study.user_attrs
+    if attrs:
+        if attrs.get("method") != method or attrs.get("mode") != mode:
+            raise NasError(f"study {name!r} in {storage} was made for method {attrs.get('method')!r} mode "
+                           f"{attrs.get('mode')!r}, not {method!r} {mode!r}: pick another study name")
+    else:
+        study.set_user_attr("method", method)
+        study.set_user_attr("mode", mode)
+    return study
+
+
+def finished(study) -> int:
+    import optuna
+
+    return sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
+
+
+def run_trial(name: str, storage: str | None, method: str, mode: str, params: str, sets: list[str], out: str,
+              pruner: str = "median", seed: int = 0, track: bool = True, parent_run: str | None = None,
+              threads: int = 0, worker: int = 0) -> dict[str, Any]:
+    """Ask the study for one trial, run it, tell the result.  Returns the trial's row.  The sampler
+    is seeded from (seed, trials so far, worker): a sequential sweep is reproducible and parallel
+    workers draw different values."""
+    import optuna
+
+    from nas import stages, tracking
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    key, lo, hi = check(method, mode)
+    study = open_study(name, storage, method, mode, pruner, seed)
+    study.sampler = optuna.samplers.TPESampler(seed=(seed * 1_000_003 + len(study.trials) * 101 + worker) % 2**31)
+    trial = study.ask()
+    value = trial.suggest_float(key, lo, hi, log=True)
+    root = Path(out) / f"trial-{trial.number:04d}"
+    per = config_mod.pipeline_configs(params, root, [*sets, f"search.{key}={value}"], method=method)
+    scfg, sel_cfg = per["search"], per["select"]
+    if mode == "benchmark" and scfg.space != "nb201":
+        raise NasError(f"sweep: mode 'benchmark' needs search.space nb201, got {scfg.space!r}")
+    tracker = tracking.Tracker() if track and tracking.enabled() else None
+    run_id = tracker.start(f"trial-{trial.number}", {"stage": "trial", "method": method, "space": scfg.space,
+                                                     "dataset": scfg.dataset, "seed": scfg.seed, "objective": mode},
+                           parent=parent_run) if tracker else None
+    if tracker:
+        tracker.log_params(run_id, {key: value, "objective": mode, "study": name, "trial": trial.number})
+
+    def on_epoch(st: Any) -> None:
+        rec = st.history[-1]
+        trial.report(100.0 * rec["val_acc"], step=st.epoch)
+        if tracker:
+            tracker.log_metrics(run_id, {"supernet_val_acc": 100.0 * rec["val_acc"]}, step=st.epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"supernet val acc {100 * rec['val_acc']:.2f} at epoch {st.epoch}")
+
+    row: dict[str, Any] = {"number": trial.number, key: value, "method": method, "mode": mode}
+    try:
+        stages.search_stage(scfg, callback=on_epoch)
+        sel = stages.select_stage(sel_cfg)
+        row["genotype"] = sel["genotype"]
+        if mode == "benchmark":
+            objective = stages.lookup_stage(sel["genotype"], "cifar10")["test_accuracy"]
+        else:
+            rcfg = per["retrain"]
+            if rcfg.holdout <= 0:
+                rcfg = config_mod.from_dict("retrain", {**config_mod.to_dict(rcfg), "holdout": 0.2})
+            rcfg = config_mod.from_dict("retrain", {**config_mod.to_dict(rcfg), "genotype": sel["genotype"]})
+            objective = 100.0 * stages.retrain_stage(rcfg)["val_acc"]
+    except optuna.TrialPruned as exc:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        print(f"trial {trial.number}: {key}={value:.4g} pruned ({exc})", file=sys.stderr, flush=True)
+        if tracker:
+            tracker.set_tags(run_id, {"state": "PRUNED"})
+            tracker.end(run_id)
+        return {**row, "state": "PRUNED", "value": None}
+    except BaseException:
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        if tracker:
+            tracker.end(run_id, ok=False)
+        raise
+    study.tell(trial, objective)
+    print(f"trial {trial.number}: {key}={value:.4g} -> {objective:.2f} ({mode}) {row['genotype']}",
+          file=sys.stderr, flush=True)
+    if tracker:
+        tracker.log_metrics(run_id, {"objective": objective})
+        tracker.set_tags(run_id, {"state": "COMPLETE", "genotype": row["genotype"]})
+        tracker.end(run_id)
+    return {**row, "state": "COMPLETE", "value": objective}
+
+
+def trials_table(study) -> list[dict[str, Any]]:
+    """The study's trials as validated rows (number, state, value, the strength, method, mode)."""
+    from nas.schemas import validate_trials
+
+    key = STRENGTHS[study.user_attrs["method"]][0]
+    rows = []
+    for t in study.trials:
+        v = t.value if t.value is not None and math.isfinite(t.value) else None
+        rows.append({"number": t.number, "state": t.state.name, "value": v, key: t.params.get(key),
+                     "method": study.user_attrs["method"], "mode": study.user_attrs["mode"]})
+    return validate_trials(rows, f"study {study.study_name}")
+
+
+def write_trials_csv(study, path: str | Path) -> Path:
+    import csv
+
+    from nas.utils import atomic_write
+
+    rows = trials_table(study)
+
+    def w(p: Path) -> None:
+        with open(p, "w", newline="") as f:
+            wr = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["number"])
+            wr.writeheader()
+            wr.writerows(rows)
+
+    return atomic_write(path, w)
