@@ -41,7 +41,7 @@ def default_storage() -> str:
 
 def make_pruner(spec: str = "median"):
     """``median`` (MedianPruner: stop a trial whose supernet accuracy is below the median of earlier
-    trials at the same epoch, after one finished trial and from epoch 3 on), ``none``."""
+    trials at the same epoch, after one finished trial, from epoch 2 on), ``none``."""
     import optuna
 
     if spec == "median":

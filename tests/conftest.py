@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+
+# Every server and store the tests touch lives in one temporary folder: Prefect's home and results,
+# MLflow's SQLite database, Optuna's; no telemetry.
+_STATE = Path(tempfile.mkdtemp(prefix="nas-tests-"))
+for _k, _v in {"PREFECT_HOME": _STATE / "prefect", "PREFECT_RESULTS_LOCAL_STORAGE_PATH": _STATE / "prefect-results",
+               "MLFLOW_TRACKING_URI": f"sqlite:///{_STATE / 'mlflow.db'}",
+               "NAS_OPTUNA_STORAGE": f"sqlite:///{_STATE / 'optuna.db'}", "DO_NOT_TRACK": "1",
+               "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+               "DVC_NO_ANALYTICS": "1", "PREFECT_LOGGING_LEVEL": "WARNING",
+               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}.items():
+    os.environ[_k] = str(_v)
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -90,4 +105,40 @@ def tiny_search(tmp_path: Path):
                     batch_size=32, steps_per_epoch=4, out=str(tmp_path / "run"), device="cpu", progress=False)
         base.update(kw)
         return base
+    return make
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """Prefect's test harness: a temporary local server (SQLite) for the whole session; the first
+    start on an empty home can take a minute on 2 cores."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=300):
+        yield
+
+
+TINY_PIPELINE = {
+    "prepare": {"dataset": "digits"},
+    "search": {"dataset": "digits", "space": "nb201", "method": "darts", "epochs": 3, "channels": 4, "cells": 1,
+               "batch_size": 32, "steps_per_epoch": 4, "hessian_every": 1, "seed": 0},
+    "select": {"method": "magnitude"},
+    "retrain": {"dataset": "digits", "space": "nb201", "epochs": 2, "channels": 4, "cells": 1, "batch_size": 64,
+                "lr": 0.05, "seed": 0},
+}
+
+
+@pytest.fixture
+def tiny_params(tmp_path: Path):
+    """A params file for the pipeline that runs in seconds, with its own prepared-data folder."""
+    def make(name: str = "pipeline.yaml", **sections) -> Path:
+        doc = {k: dict(v) for k, v in TINY_PIPELINE.items()}
+        for sec, vals in sections.items():
+            doc[sec].update(vals)
+        cache = str(tmp_path / "prepared")
+        for sec in ("prepare", "search", "retrain"):
+            doc[sec].setdefault("cache_dir", cache)
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(doc))
+        return path
     return make

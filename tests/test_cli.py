@@ -88,3 +88,31 @@ def test_pt_select_strength_and_darts_info_through_the_cli(tmp_path):
     r = nas("info", "--space", "darts", "--genotype", darts_v2, "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["params"] == 3_349_342
+
+
+def test_pipeline_stages_from_the_command_line(tmp_path, tiny_params):
+    """select -> retrain --selection -> evaluate, as the DVC stages run them."""
+    params = str(tiny_params())
+    r = nas("search", "--config", params, "--out", str(tmp_path / "s"), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = nas("select", "--config", params, "--run", str(tmp_path / "s"), "--out", str(tmp_path / "sel"))
+    assert r.returncode == 0, r.stderr
+    geno = json.loads((tmp_path / "sel" / "selection.json").read_text())["genotype"]
+    r = nas("retrain", "--config", params, "--selection", str(tmp_path / "sel"), "--out", str(tmp_path / "rt"),
+            "--no-progress", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["genotype"] == geno
+    r = nas("evaluate", "--search", str(tmp_path / "s"), "--selection", str(tmp_path / "sel"), "--retrain",
+            str(tmp_path / "rt"), "--out", str(tmp_path / "ev"), "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["genotype"] == geno and m["params"] > 0 and "nb201" in m
+    assert (tmp_path / "ev" / "plots" / "alpha.csv").is_file()
+    # a retrain of another genotype is refused by evaluate
+    r = nas("retrain", "--config", params, "--genotype", BEST, "--out", str(tmp_path / "rt2"), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = nas("evaluate", "--search", str(tmp_path / "s"), "--selection", str(tmp_path / "sel"), "--retrain",
+            str(tmp_path / "rt2"), "--out", str(tmp_path / "ev2"))
+    assert r.returncode == 2 and "is not the selected" in r.stderr
+    r = nas("retrain", "--selection", str(tmp_path / "nope.json"))
+    assert r.returncode == 2 and "nope.json: not found" in r.stderr

@@ -1,0 +1,67 @@
+"""`dvc repro` of the project's dvc.yaml in a temporary git repository with tiny params."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, TINY_PIPELINE
+
+pytestmark = pytest.mark.slow
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, f"{' '.join(cmd)}\n{p.stdout}\n{p.stderr}"
+    return p.stdout + p.stderr
+
+
+def test_dvc_repro_metrics_params_plots(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for item in ("dvc.yaml", "nas", ".dvcignore"):
+        src = REPO / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, repo / item)
+    shutil.copytree(REPO / ".dvc", repo / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    (repo / "data" / "raw").mkdir(parents=True)
+    shutil.copy(REPO / "data" / "raw" / "README.md", repo / "data" / "raw" / "README.md")
+    doc = {k: dict(v) for k, v in TINY_PIPELINE.items()}
+    for sec in ("prepare", "search", "retrain"):
+        doc[sec]["cache_dir"] = "data/prepared/pipeline"
+    (repo / "params").mkdir()
+    (repo / "params" / "pipeline.yaml").write_text(yaml.safe_dump(doc))
+    _run(["git", "init", "-q"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "init"], repo)
+
+    out = _run(["dvc", "repro"], repo)
+    for stage in ("prepare", "search", "select", "retrain", "evaluate"):
+        assert f"Running stage '{stage}'" in out
+    metrics = json.loads((repo / "reports" / "pipeline" / "metrics.json").read_text())
+    assert metrics["method"] == "darts" and 0 <= metrics["test_acc"] <= 1
+    alpha = (repo / "reports" / "pipeline" / "plots" / "alpha.csv").read_text().splitlines()
+    assert alpha[0].startswith("epoch,none,skip_connect") and len(alpha) == 1 + 3
+    assert len((repo / "reports" / "pipeline" / "plots" / "eigenvalue.csv").read_text().splitlines()) == 1 + 3
+
+    assert "Data and pipelines are up to date" in _run(["dvc", "repro"], repo)
+    ms = _run(["dvc", "metrics", "show"], repo)
+    assert "reports/pipeline/metrics.json" in ms and "test_acc" in ms
+
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "baseline"], repo)
+    # an experiment with one changed parameter reruns only what depends on it
+    exp = _run(["dvc", "exp", "run", "-S", "params/pipeline.yaml:retrain.epochs=1"], repo)
+    assert "Running stage 'retrain'" in exp and "Running stage 'search'" not in exp
+    diff = _run(["dvc", "params", "diff"], repo)
+    assert "retrain.epochs" in diff and "2" in diff and "1" in diff
+    plots = _run(["dvc", "plots", "show", "--json"], repo)
+    assert "reports/pipeline/plots/alpha.csv" in plots

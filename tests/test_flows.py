@@ -1,0 +1,243 @@
+"""The Prefect flows through a real (temporary) Prefect server: the pipeline end to end, cache hits
+and partial reruns, the MLflow runs it leaves, the Optuna sweep with pruning and resumption, the
+Dask task runner with two worker processes, and the deployment definitions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+import pytest
+import yaml
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _task_states(flow_run_id) -> dict[str, str]:
+    """task name -> final state name of one flow run, read back from the server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def read():
+        async with get_client() as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+
+    return asyncio.run(read())
+
+
+def _run_pipeline(**kw):
+    from flows.pipeline import pipeline
+
+    state = pipeline(**kw, return_state=True)
+    assert state.is_completed(), state
+    return state.result(), _task_states(state.state_details.flow_run_id)
+
+
+def test_pipeline_end_to_end_caches_and_partial_rerun(prefect_server, tiny_params, tmp_path):
+    params = tiny_params()
+    out = tmp_path / "p"
+    res, states = _run_pipeline(params=str(params), out=str(out))
+    assert states == {k: "Completed" for k in ("prepare", "search", "select", "retrain", "evaluate")}
+    metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
+    assert metrics["genotype"] == res["genotype"] and 0 <= metrics["test_acc"] <= 1
+    assert metrics["nb201"]["cifar10"] > 0
+    search_mtime = (out / "search" / "result.json").stat().st_mtime_ns
+
+    # unchanged inputs: every stage is a cache hit, nothing is recomputed
+    res2, states2 = _run_pipeline(params=str(params), out=str(out))
+    assert set(states2.values()) == {"Cached"}
+    assert res2["test_acc"] == res["test_acc"]
+    assert (out / "search" / "result.json").stat().st_mtime_ns == search_mtime
+
+    # a changed retrain parameter reruns retrain and evaluate only
+    _, states3 = _run_pipeline(params=str(params), out=str(out), sets=["retrain.epochs=1"])
+    assert states3 == {"prepare": "Cached", "search": "Cached", "select": "Cached", "retrain": "Completed",
+                       "evaluate": "Completed"}
+    assert json.loads((out / "retrain" / "result.json").read_text())["epochs"] == 1
+    assert (out / "search" / "result.json").stat().st_mtime_ns == search_mtime
+
+    # a changed input file (the search result) invalidates what reads it
+    doc = yaml.safe_load(params.read_text())
+    doc["search"]["seed"] = 1
+    params.write_text(yaml.safe_dump(doc))
+    _, states4 = _run_pipeline(params=str(params), out=str(out), sets=["retrain.epochs=1"])
+    assert states4["prepare"] == "Cached" and states4["search"] == "Completed"
+    assert states4["select"] == "Completed" and states4["retrain"] == "Completed"
+
+
+def test_pipeline_records_mlflow_runs(prefect_server, tiny_params, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    res, _ = _run_pipeline(params=str(tiny_params()), out=str(tmp_path / "p"), method="sdarts-rs")
+    client = MlflowClient()
+    parent = client.get_run(res["mlflow_run"])
+    assert parent.data.tags["method"] == "sdarts-rs" and parent.data.tags["space"] == "nb201"
+    assert parent.data.tags["code_version"].startswith("0.")
+    assert parent.data.metrics["test_acc"] == pytest.approx(res["test_acc"])
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    stages = {r.data.tags["stage"]: r for r in children}
+    assert set(stages) == {"search", "select", "retrain"}
+    search = stages["search"]
+    for key in ("method", "space", "dataset", "seed"):
+        assert key in search.data.tags
+    # per-epoch metrics with steps, and the eigenvalue and per-edge statistics
+    val = client.get_metric_history(search.info.run_id, "val_acc")
+    assert [m.step for m in val] == [1, 2, 3]
+    assert len(client.get_metric_history(search.info.run_id, "hessian_eig")) == 3
+    assert len(client.get_metric_history(search.info.run_id, "edge_entropy/5")) == 3
+    assert len(client.get_metric_history(search.info.run_id, "skip_weight_mean")) == 3
+    assert search.data.params["search.method"] == "sdarts-rs"
+    # logging is batched: a small fraction of the search time even at this tiny size
+    assert search.data.metrics["mlflow_log_fraction"] < 0.5
+
+    def files(run, folder=None):
+        return {f.path for f in client.list_artifacts(run.info.run_id, folder)}
+
+    assert files(search, "alpha") == {"alpha/alpha_history.npz", "alpha/alpha_heatmap.png"}
+    assert files(search, "hessian") == {"hessian/hessian_spectra.json"}
+    assert files(search, "genotype") == {"genotype/genotype.json", "genotype/cell.png", "genotype/nb201_lookup.json"}
+    assert files(stages["retrain"], "model") == {"model/model.pt"}
+    local = client.download_artifacts(search.info.run_id, "alpha/alpha_history.npz", str(tmp_path))
+    import numpy as np
+
+    arr = np.load(local)
+    assert arr["alpha"].shape == (3, 6, 5) and np.allclose(arr["weights"].sum(-1), 1, atol=1e-4)
+
+
+def test_sweep_prunes_and_resumes(prefect_server, tiny_params, tmp_path):
+    import optuna
+
+    from flows.sweep import sweep_flow
+    from nas import sweep
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    params = tiny_params(search={"epochs": 5})
+    kw = dict(method="drnas", mode="retrain", study="t", storage=storage, params=str(params), out=str(tmp_path / "s"))
+    res = sweep_flow(n_trials=3, **kw)
+    states = [t["state"] for t in res["trials"]]
+    assert len(states) == 3 and states[0] == "COMPLETE" and set(states) <= {"COMPLETE", "PRUNED"}
+    values = {t["number"]: t["value"] for t in res["trials"]}
+    assert len({t["drnas_lambda"] for t in res["trials"]}) == 3  # three different strengths sampled
+    # a rerun with a larger budget keeps the finished trials and runs only the missing one
+    res2 = sweep_flow(n_trials=4, **kw)
+    assert len(res2["new"]) == 1 and len(res2["trials"]) == 4
+    assert {t["number"]: t["value"] for t in res2["trials"][:3]} == values
+    study = optuna.load_study(study_name="t", storage=storage)
+    assert sweep.finished(study) == 4
+    assert (tmp_path / "s" / "trials.csv").is_file()
+    # the benchmark objective is refused for a study made for the retrain objective
+    with pytest.raises(Exception, match="was made for method 'drnas' mode 'retrain'"):
+        sweep.open_study("t", storage, "drnas", "benchmark")
+
+
+def test_sweep_pruner_stops_a_bad_trial(tmp_path, tiny_params):
+    """Pruning, deterministically: a trial whose supernet accuracy trails the first one's is stopped."""
+    import optuna
+
+    from nas import sweep
+
+    storage = f"sqlite:///{tmp_path / 'p.db'}"
+    study = sweep.open_study("p", storage, "drnas", "benchmark")
+    # a finished trial with a high supernet accuracy at every epoch
+    t = study.ask()
+    t.suggest_float("drnas_lambda", 1e-4, 1e-1, log=True)
+    for step in range(1, 6):
+        t.report(100.0, step)
+    study.tell(t, 94.0)
+    row = sweep.run_trial("p", storage, "drnas", "benchmark", str(tiny_params(search={"epochs": 5})), [],
+                          str(tmp_path / "o"), track=False)
+    assert row["state"] == "PRUNED" and row["value"] is None
+    trial = optuna.load_study(study_name="p", storage=storage).trials[1]
+    assert trial.state == optuna.trial.TrialState.PRUNED and max(trial.intermediate_values) == 2
+
+
+def test_benchmark_flow_on_two_dask_processes(prefect_server, tmp_path):
+    from flows.benchmark import benchmark
+
+    proto = tmp_path / "proto.yaml"
+    proto.write_text(yaml.safe_dump({
+        "search": {"dataset": "digits", "cache_dir": str(tmp_path / "prep"), "epochs": 2, "channels": 4, "cells": 1,
+                   "batch_size": 32, "steps_per_epoch": 3, "hessian_every": 1},
+        "select": {"pt_tune_epochs": 0, "pt_batches": 1},
+        "grid": {"methods": ["darts", "gdas"], "seeds": [1, 2], "selections": ["magnitude", "pt"],
+                 "pt_methods": ["darts"]}}))
+    res = benchmark(protocol=str(proto), out=str(tmp_path / "g"), report=str(tmp_path / "r"), runner="dask",
+                    workers=2, threads=1)
+    assert len(res["pids"]) == 2 and os.getpid() not in res["pids"]
+    assert len(res["rows"]) == 6  # darts x 2 seeds x 2 selections + gdas x 2 seeds
+    table = (tmp_path / "r" / "table.md").read_text()
+    assert "| darts | pt | 2 |" in table and "oracle" in table
+    # the same grid on threads reads every cell back from the run directories: same rows
+    res2 = benchmark(protocol=str(proto), out=str(tmp_path / "g"), report=str(tmp_path / "r"), runner="thread",
+                     workers=1)
+    key = lambda r: (r["method"], r["selection"], r["seed"])  # noqa: E731
+    assert sorted(res2["rows"], key=key) == sorted(res["rows"], key=key)
+
+
+def test_deployment_definitions_load():
+    from flows.serve import load_deployments
+
+    deps = {d.name: d for d in load_deployments(REPO / "prefect.yaml")}
+    assert set(deps) == {"default", "nightly", "cpu-proxy"}
+    assert deps["default"].flow_name == "nas-pipeline"
+    assert deps["nightly"].flow_name == "nas-sweep"
+    assert deps["cpu-proxy"].flow_name == "nas-benchmark"
+    cron = deps["nightly"].schedules[0].schedule
+    assert cron.cron == "0 2 * * *" and cron.timezone == "UTC"
+    doc = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    for d in doc["deployments"]:
+        file = d["entrypoint"].split(":")[0]
+        assert (REPO / file).is_file()
+        assert d["work_pool"]["name"] == "nas-local"
+
+
+def test_bad_pipeline_params_are_named(tmp_path, tiny_params):
+    from nas import config as config_mod
+    from nas.utils import NasError
+
+    p = tiny_params(prepare={"dataset": "cifar10"})
+    with pytest.raises(NasError, match="prepare.dataset is 'cifar10' but search.dataset is 'digits'"):
+        config_mod.pipeline_configs(p, tmp_path / "o")
+    with pytest.raises(NasError, match="expected section.key=value"):
+        config_mod.pipeline_configs(tiny_params(), tmp_path / "o", ["epochs=3"])
+    with pytest.raises(NasError, match="unknown key 'epoch'"):
+        config_mod.pipeline_configs(tiny_params(), tmp_path / "o", ["search.epoch=3"])
+
+
+def test_prepare_task_retries_io_errors_not_config_errors(prefect_server, tmp_path):
+    from flows.pipeline import prepare_task
+
+    bad = prepare_task.with_options(retry_delay_seconds=0)
+    state = bad({"dataset": "cifar10", "data": str(tmp_path / "missing.tar.gz"),
+                 "cache_dir": str(tmp_path / "c")}, inputs=[], return_state=True)
+    assert state.is_failed()
+    from prefect.client.orchestration import get_client
+
+    async def count():
+        async with get_client() as client:
+            tr = await client.read_task_run(state.state_details.task_run_id)
+            return tr.run_count
+
+    assert asyncio.run(count()) == 1  # a NasError (bad input) is not retried
+
+
+def test_prepare_task_retries_a_transient_error(prefect_server, tmp_path, monkeypatch):
+    from flows import pipeline as pl
+
+    calls = []
+    real = pl.stages.prepare_stage
+
+    def flaky(cfg):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("disk hiccup")
+        return real(cfg)
+
+    monkeypatch.setattr(pl.stages, "prepare_stage", flaky)
+    res = pl.prepare_task.with_options(retry_delay_seconds=0, cache_key_fn=None, persist_result=False)(
+        {"dataset": "digits", "cache_dir": str(tmp_path / "c")}, inputs=[])
+    assert len(calls) == 2 and res["dataset"] == "digits"

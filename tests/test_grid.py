@@ -1,0 +1,120 @@
+"""The benchmark grid: protocol checks, cached and resumable cells, the table and the figures."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+import yaml
+
+from nas import grid
+from nas.benchmarks import load_table
+from nas.utils import NasError
+
+
+@pytest.fixture
+def protocol(tmp_path):
+    def make(**grid_section):
+        doc = {"search": {"dataset": "digits", "cache_dir": str(tmp_path / "prep"), "epochs": 2, "channels": 4,
+                          "cells": 1, "batch_size": 32, "steps_per_epoch": 3, "hessian_every": 1,
+                          "random_samples": 2, "random_epochs": 1},
+               "select": {"pt_tune_epochs": 0, "pt_batches": 1},
+               "grid": {"methods": ["darts", "random"], "seeds": [1, 2], "selections": ["magnitude", "pt"],
+                        "strength": True, **grid_section}}
+        p = tmp_path / "proto.yaml"
+        p.write_text(yaml.safe_dump(doc))
+        return p
+    return make
+
+
+def test_grid_rows_table_figures_and_cache(protocol, tmp_path):
+    spec = grid.load_grid(protocol(), str(tmp_path / "g"), str(tmp_path / "r"))
+    rows = grid.run_grid(spec)
+    # darts: magnitude + pt per seed; random: its own selection per seed
+    assert sorted((r["method"], r["selection"], r["seed"]) for r in rows) == [
+        ("darts", "magnitude", 1), ("darts", "magnitude", 2), ("darts", "pt", 1), ("darts", "pt", 2),
+        ("random", "random", 1), ("random", "random", 2)]
+    table = load_table()
+    for r in rows:
+        assert r["cifar10"] == table.accuracy(r["genotype"], "cifar10")
+        assert r["imagenet16-120"] == table.accuracy(r["genotype"], "imagenet16-120")
+        assert r["skip_edges"] == r["genotype"].count("skip_connect")
+    mag = [r["cifar10"] for r in rows if r["selection"] == "magnitude"]
+    md = (tmp_path / "r" / "table.md").read_text()
+    assert f"| darts | magnitude | 2 | {statistics.fmean(mag):.2f} ± {statistics.stdev(mag):.2f}" in md
+    assert "| oracle (best in table) | - | - | 94.37 | 73.51 | 47.31 |" in md
+    csv_rows = grid.read_runs_csv(tmp_path / "r" / "runs.csv")
+    assert len(csv_rows) == 6
+    figs = {p.name for p in (tmp_path / "r" / "figures").iterdir()}
+    assert figs == {"alpha_per_op.png", "eigenvalue.png", "pt_vs_magnitude.png", "alpha_vs_drop.png"}
+    strength = json.loads((tmp_path / "g" / "darts-s1" / "strength" / "strength.json").read_text())
+    assert len(strength["rows"]) == 6 * 5
+
+    # a second invocation reads every finished cell back: nothing is recomputed
+    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "g").rglob("result.json")}
+    stamp.update({p: p.stat().st_mtime_ns for p in (tmp_path / "g").rglob("selection.json")})
+    assert grid.run_grid(spec) == rows
+    assert all(p.stat().st_mtime_ns == t for p, t in stamp.items())
+
+    # a lost cell is recomputed alone, to the same result (resumable grid, deterministic cells)
+    (tmp_path / "g" / "darts-s2" / "search" / "result.json").unlink()
+    (tmp_path / "g" / "darts-s2" / "search" / "checkpoint.pt").unlink()
+    again = grid.run_grid(spec)
+
+    def same(rs):
+        return sorted(tuple(r[k] for k in ("method", "selection", "seed", "genotype", "final_eigenvalue")) for r in rs)
+
+    assert same(again) == same(rows)
+    other = tmp_path / "g" / "darts-s1" / "search" / "result.json"
+    assert other.stat().st_mtime_ns == stamp[other]
+
+
+def test_changed_protocol_reruns_the_search(protocol, tmp_path):
+    p = protocol(methods=["darts"], seeds=[1], selections=["magnitude"])
+    spec = grid.load_grid(p, str(tmp_path / "g"), str(tmp_path / "r"))
+    grid.run_grid(spec)
+    res = tmp_path / "g" / "darts-s1" / "search" / "result.json"
+    t0 = res.stat().st_mtime_ns
+    doc = yaml.safe_load(p.read_text())
+    doc["search"]["epochs"] = 3
+    p.write_text(yaml.safe_dump(doc))
+    with pytest.raises(NasError, match="cannot resume, config key 'epochs' was 2, now 3"):
+        grid.run_grid(grid.load_grid(p, str(tmp_path / "g"), str(tmp_path / "r")))
+    assert res.stat().st_mtime_ns == t0  # the old result is not overwritten by a mismatched run
+
+
+@pytest.mark.parametrize("section,msg", [
+    ({"methods": ["dartz"]}, "unknown method 'dartz' in grid.methods"),
+    ({"selections": ["best"]}, "unknown selection 'best'"),
+    ({"seeds": "1,2"}, "key 'grid.seeds' expects a non-empty list of int"),
+    ({"colour": 1}, "unknown key 'grid.colour'"),
+])
+def test_bad_protocols_are_named(protocol, section, msg):
+    with pytest.raises(NasError, match=msg):
+        grid.load_grid(protocol(**section))
+
+
+def test_shipped_protocols_load():
+    from conftest import REPO
+
+    proxy = grid.load_grid(REPO / "params" / "cpu-proxy.yaml")
+    assert len(proxy.seeds) >= 3 and "darts" in proxy.methods and proxy.name == "cpu-proxy"
+    paper = grid.load_grid(REPO / "params" / "paper.yaml")
+    from nas import config as config_mod
+
+    cfg = config_mod.build_config("search", REPO / "params" / "paper.yaml")
+    assert (cfg.channels, cfg.cells, cfg.batch_size, cfg.train_portion, cfg.subset) == (16, 5, 64, 0.5, 0)
+    assert paper.report.endswith("paper")
+
+
+def test_committed_results_match_the_table():
+    """The per-run CSV in the repository is valid and each row's accuracy is the table's."""
+    from conftest import REPO
+
+    path = REPO / "data" / "results" / "cpu-proxy" / "runs.csv"
+    rows = grid.read_runs_csv(path)
+    table = load_table()
+    assert rows
+    for r in rows:
+        assert r["cifar10"] == pytest.approx(table.accuracy(r["genotype"], "cifar10"), abs=1e-4)
