@@ -41,11 +41,11 @@ def default_storage() -> str:
 
 def make_pruner(spec: str = "median"):
     """``median`` (MedianPruner: stop a trial whose supernet accuracy is below the median of earlier
-    trials at the same epoch, after one finished trial, from epoch 2 on), ``none``."""
+    trials at the same epoch, once two trials have finished, from epoch 2 on), ``none``."""
     import optuna
 
     if spec == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=2)
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
     if spec == "none":
         return optuna.pruners.NopPruner()
     raise NasError(f"pruner: unknown {spec!r} (expected median or none)")

@@ -72,8 +72,9 @@ class Tracker:
             location = None
             if self.uri.startswith("sqlite:///"):
                 location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-            try:
-                self.experiment_id = self.client.create_experiment(name, artifact_location=location)
+            try:  # tagged as model development, so that the UI opens on the runs table
+                self.experiment_id = self.client.create_experiment(
+                    name, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"})
             except Exception:  # created meanwhile by another process
                 self.experiment_id = self.client.get_experiment_by_name(name).experiment_id
         else:

@@ -142,16 +142,17 @@ def test_sweep_pruner_stops_a_bad_trial(tmp_path, tiny_params):
 
     storage = f"sqlite:///{tmp_path / 'p.db'}"
     study = sweep.open_study("p", storage, "drnas", "benchmark")
-    # a finished trial with a high supernet accuracy at every epoch
-    t = study.ask()
-    t.suggest_float("drnas_lambda", 1e-4, 1e-1, log=True)
-    for step in range(1, 6):
-        t.report(100.0, step)
-    study.tell(t, 94.0)
+    # two finished trials with a high supernet accuracy at every epoch
+    for _ in range(2):
+        t = study.ask()
+        t.suggest_float("drnas_lambda", 1e-4, 1e-1, log=True)
+        for step in range(1, 6):
+            t.report(100.0, step)
+        study.tell(t, 94.0)
     row = sweep.run_trial("p", storage, "drnas", "benchmark", str(tiny_params(search={"epochs": 5})), [],
                           str(tmp_path / "o"), track=False)
     assert row["state"] == "PRUNED" and row["value"] is None
-    trial = optuna.load_study(study_name="p", storage=storage).trials[1]
+    trial = optuna.load_study(study_name="p", storage=storage).trials[2]
     assert trial.state == optuna.trial.TrialState.PRUNED and max(trial.intermediate_values) == 2
 
 
