@@ -414,7 +414,7 @@ def draw_figures(spec: GridSpec, rows: list[dict[str, Any]], folder: Path) -> li
         for ax, (m, res) in zip(axes.flat, results.items()):
             ops = res["ops"]
             hist = res["history"]
-            epochs = [h["epoch"] + 1 for h in hist]
+            epochs = [h["epoch"] for h in hist]
             for k, op in enumerate(ops):
                 vals = [statistics.fmean(row[k] for row in h["weights"]) for h in hist]
                 style = {"lw": 2.2} if op in ("skip_connect", "nor_conv_3x3") else {"lw": 1.0, "alpha": 0.8}
@@ -436,7 +436,7 @@ def draw_figures(spec: GridSpec, rows: list[dict[str, Any]], folder: Path) -> li
         if not curves:
             continue
         n = min(len(c["epochs"]) for c in curves)
-        xs = [e + 1 for e in curves[0]["epochs"][:n]]
+        xs = [e for e in curves[0]["epochs"][:n]]
         ys = [statistics.fmean(c["top_eigenvalue"][i] for c in curves) for i in range(n)]
         ax.plot(xs, ys, marker="o", ms=3, label=f"{m} ({len(curves)} seeds)")
         drawn = True

@@ -97,7 +97,7 @@ def history_schema():
     pa = _pa()
     finite = pa.Check(lambda s: s.map(math.isfinite), element_wise=False, error="finite")
     return pa.DataFrameSchema({
-        "epoch": pa.Column(int, [pa.Check.ge(0)]),
+        "epoch": pa.Column(int, [pa.Check.ge(1)]),
         "train_loss": pa.Column(float, [finite, pa.Check.ge(0)]),
         "val_loss": pa.Column(float, [finite, pa.Check.ge(0)]),
         "train_acc": pa.Column(float, pa.Check.in_range(0.0, 1.0)),
@@ -120,7 +120,7 @@ def validate_history(history: list[dict[str, Any]], source: str) -> list[dict[st
 
     df["weight_sum_error"] = df["weights"].map(sum_err)
     df["weight_min"] = df["weights"].map(lambda w: min(min(r) for r in w))
-    _check(history_schema(), df.drop(columns=["weights"]), source, row_word="epoch index")
+    _check(history_schema(), df.drop(columns=["weights"]), source)
     return history
 
 

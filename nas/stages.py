@@ -160,12 +160,12 @@ def evaluate_stage(search_dir: str | Path, selection: str | Path, retrain_dir: s
     ops = list(search_res.get("ops", []))
     if history and ops and all(len(h["weights"][0]) == len(ops) for h in history):
         table("alpha.csv", ["epoch", *ops],
-              [[h["epoch"] + 1, *(sum(r[k] for r in h["weights"]) / len(h["weights"]) for k in range(len(ops)))]
+              [[h["epoch"], *(sum(r[k] for r in h["weights"]) / len(h["weights"]) for k in range(len(ops)))]
                for h in history])
     table("eigenvalue.csv", ["epoch", "top_eigenvalue"],
-          [[e + 1, v] for e, v in zip(search_res.get("hessian", {}).get("epochs", []), eig)])
+          [[e, v] for e, v in zip(search_res.get("hessian", {}).get("epochs", []), eig)])
     table("search_accuracy.csv", ["epoch", "train_acc", "val_acc"],
-          [[h["epoch"] + 1, h["train_acc"], h["val_acc"]] for h in history])
+          [[h["epoch"], h["train_acc"], h["val_acc"]] for h in history])
     table("retrain_accuracy.csv", ["epoch", "train_acc", "train_loss"],
           [[h["epoch"], h["train_acc"], h["train_loss"]] for h in rt.get("history", [])])
     return metrics

@@ -16,7 +16,7 @@ W = [[0.2, 0.2, 0.2, 0.2, 0.2]] * 6
 
 
 def _history(n=3, change=None):
-    rows = [{"epoch": i, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.1, "val_acc": 0.4, "weights": W}
+    rows = [{"epoch": i + 1, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.1, "val_acc": 0.4, "weights": W}
             for i in range(n)]
     for (row, key), value in (change or {}).items():
         rows[row][key] = value
@@ -28,11 +28,12 @@ def test_history_accepts_a_good_table():
 
 
 @pytest.mark.parametrize("change,msg", [
-    ({(1, "train_loss"): math.nan}, "column 'train_loss' epoch index 1"),
-    ({(2, "val_acc"): 1.5}, "column 'val_acc' epoch index 2: value 1.5 fails in_range"),
-    ({(0, "weights"): [[0.5, 0.2, 0.2, 0.2, 0.2]] + W[1:]}, "column 'weight_sum_error' epoch index 0.*sum to 1"),
-    ({(1, "weights"): [[1.2, -0.2, 0, 0, 0]] + W[1:]}, "column 'weight_min' epoch index 1"),
-    ({(1, "epoch"): 0}, "epochs increase"),
+    ({(1, "train_loss"): math.nan}, "column 'train_loss' row 1"),
+    ({(2, "val_acc"): 1.5}, "column 'val_acc' row 2: value 1.5 fails in_range"),
+    ({(0, "weights"): [[0.5, 0.2, 0.2, 0.2, 0.2]] + W[1:]}, "column 'weight_sum_error' row 0.*sum to 1"),
+    ({(1, "weights"): [[1.2, -0.2, 0, 0, 0]] + W[1:]}, "column 'weight_min' row 1"),
+    ({(1, "epoch"): 1}, "epochs increase"),
+    ({(0, "epoch"): 0}, "column 'epoch' row 0: value 0 fails greater_than_or_equal_to"),
 ])
 def test_history_rejects_bad_rows(change, msg):
     with pytest.raises(NasError, match=msg):
