@@ -486,7 +486,7 @@ def draw_figures(spec: GridSpec, rows: list[dict[str, Any]], folder: Path) -> li
                        label=f"{m} (ρ={summ['spearman']:.2f})")
         ax.axhline(0, color="grey", lw=0.6)
         ax.set_xlabel("mixing weight of the op")
-        ax.set_ylabel("supernet accuracy drop when the op is removed (points)")
+        ax.set_ylabel("supernet val. accuracy drop without the op (points)", fontsize=8)
         ax.set_title(f"{spec.name}: α vs accuracy drop", fontsize=10)
         ax.legend(fontsize=7)
         fig.tight_layout()
