@@ -138,14 +138,9 @@ def _overrides(args: argparse.Namespace, keys: Sequence[str]) -> dict[str, Any]:
 
 
 def _maybe_lookup(space: str, genotype: str) -> dict[str, Any] | None:
-    if space != "nb201":
-        return None
-    from nas.benchmarks import load_table
+    from nas.stages import nb201_lookup
 
-    try:
-        return load_table().lookup(genotype, "cifar10")
-    except NasError:
-        return None
+    return nb201_lookup(space, genotype)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

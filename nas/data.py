@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nas.utils import NasError, atomic_write, generator_for, sha256_file, torch_load, write_json
+from nas.utils import NasError, atomic_write, generator_for, read_json, sha256_file, torch_load, write_json
 
 FORMAT_VERSION = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
@@ -449,10 +449,7 @@ def load_prepared(path: str | Path, verify: bool = True) -> Prepared:
     mpath = path.with_suffix(".json")
     if not mpath.is_file():
         raise NasError(f"{mpath}: manifest not found beside {path.name} (run 'nas prepare')")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as exc:
-        raise NasError(f"{mpath}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    manifest = read_json(mpath)
     for key in MANIFEST_KEYS:
         if key not in manifest:
             raise NasError(f"{mpath}: manifest lacks key {key!r}")

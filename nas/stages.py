@@ -5,7 +5,6 @@ The CLI, DVC stages and Prefect flows all call these; none of them re-implements
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from nas.search import RESULT as SEARCH_RESULT
 from nas.search import search
 from nas.spaces import get_space
 from nas.train import count_macs, count_params, retrain
-from nas.utils import NasError
+from nas.utils import NasError, read_json
 
 
 def prepare_stage(cfg: config_mod.PrepareConfig) -> dict[str, Any]:
@@ -37,10 +36,7 @@ def read_search_result(run: str | Path) -> dict[str, Any]:
         path = path / SEARCH_RESULT
     if not path.is_file():
         raise NasError(f"{path}: search result not found (expected a run directory written by 'nas search')")
-    try:
-        res = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise NasError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    res = read_json(path)
     for key in ("space", "weights", "genotype"):
         if key not in res:
             raise NasError(f"{path}: missing key {key!r}")
@@ -54,10 +50,7 @@ def read_genotype(path: str | Path) -> dict[str, Any]:
         p = p / "selection.json" if (p / "selection.json").is_file() else p / SEARCH_RESULT
     if not p.is_file():
         raise NasError(f"{p}: not found (expected a selection.json or a search result.json)")
-    try:
-        obj = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise NasError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    obj = read_json(p)
     for key in ("space", "genotype"):
         if not isinstance(obj.get(key), str):
             raise NasError(f"{p}: missing key {key!r}")
@@ -77,6 +70,16 @@ def strength_stage(cfg: config_mod.SelectConfig) -> dict[str, Any]:
     from nas.select import op_strength
 
     return op_strength(cfg.run, cfg, cfg.out)
+
+
+def nb201_lookup(space: str, genotype: str, dataset: str = "cifar10") -> dict[str, Any] | None:
+    """The NAS-Bench-201 lookup of a genotype, or None outside that space or without a table."""
+    if space != "nb201":
+        return None
+    try:
+        return load_table().lookup(genotype, dataset)
+    except NasError:
+        return None
 
 
 def lookup_stage(genotype: str, dataset: str = "cifar10", table: str | None = None) -> dict[str, Any]:
@@ -117,11 +120,11 @@ def evaluate_stage(search_dir: str | Path, selection: str | Path, retrain_dir: s
         sel_path = sel_path / "selection.json"
     if not sel_path.is_file():
         raise NasError(f"{sel_path}: selection not found (expected the output of 'nas select')")
-    sel = json.loads(sel_path.read_text())
+    sel = read_json(sel_path)
     rt_path = Path(retrain_dir) / "result.json"
     if not rt_path.is_file():
         raise NasError(f"{rt_path}: retrain result not found (expected the output of 'nas retrain')")
-    rt = json.loads(rt_path.read_text())
+    rt = read_json(rt_path)
     if rt.get("genotype") != sel.get("genotype"):
         raise NasError(f"{rt_path}: retrained genotype {rt.get('genotype')!r} is not the selected "
                        f"{sel.get('genotype')!r} in {sel_path}")
@@ -142,14 +145,11 @@ def evaluate_stage(search_dir: str | Path, selection: str | Path, retrain_dir: s
         "skip_edges": rt["genotype"].count("skip_connect"),
         "final_eigenvalue": eig[-1] if eig else None,
     }
-    if space.name == "nb201":
-        try:
-            look = load_table().lookup(rt["genotype"], "cifar10")
-            metrics["nb201"] = {d: v for d, v in look["all_datasets"].items()}
-            metrics["nb201_oracle_cifar10"] = look["oracle_accuracy"]
-            metrics["nb201_rank"] = look["rank"]
-        except NasError:
-            pass
+    look = nb201_lookup(space.name, rt["genotype"])
+    if look:
+        metrics["nb201"] = dict(look["all_datasets"])
+        metrics["nb201_oracle_cifar10"] = look["oracle_accuracy"]
+        metrics["nb201_rank"] = look["rank"]
     write_json(out / "metrics.json", metrics)
     plots = out / "plots"
 

@@ -221,6 +221,14 @@ def _plt():
     return plt
 
 
+def _png_bytes(fig) -> bytes:
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    _plt().close(fig)
+    return buf.getvalue()
+
+
 def alpha_heatmap_png(result: dict[str, Any]) -> bytes:
     """Mixing weight of each op (rows) over the epochs (columns), mean over edges, beside the
     final per-edge weights."""
@@ -245,11 +253,7 @@ def alpha_heatmap_png(result: dict[str, Any]) -> bytes:
     axes[1].set_title("final weights per edge", fontsize=9)
     fig.colorbar(im2, ax=axes[1])
     fig.suptitle(f"{result.get('method')} on {result.get('space')}", fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _png_bytes(fig)
 
 
 def cell_edges(space: str, genotype: str) -> list[tuple[list[tuple[int, int, str]], str]]:
@@ -296,20 +300,10 @@ def cell_png(space: str, genotype: str) -> bytes:
         ax.set_aspect("equal")
         ax.axis("off")
         ax.set_title(f"{space} {title}", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _png_bytes(fig)
 
 
 def nb201_lookup(space: str, genotype: str) -> dict[str, Any] | None:
-    if space != "nb201":
-        return None
-    from nas.benchmarks import load_table
-    from nas.utils import NasError
+    from nas.stages import nb201_lookup as lookup
 
-    try:
-        return load_table().lookup(genotype, "cifar10")
-    except NasError:
-        return None
+    return lookup(space, genotype)

@@ -43,6 +43,15 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write(path, lambda p: p.write_text(text))
 
 
+def read_json(path: str | Path) -> Any:
+    """A JSON file's content, or a one-line error naming the file and the position."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise NasError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
 def torch_save(path: str | Path, obj: Any) -> Path:
     return atomic_write(path, lambda p: torch.save(obj, p))
 
