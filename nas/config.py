@@ -343,7 +343,12 @@ def pipeline_configs(params_file: str | Path, out: str | Path, sets: list[str] |
     search = build_config("search", params_file, {"method": overrides.get("method"), "seed": seed,
                                                   "epochs": overrides.get("epochs"), "out": str(out / "search"),
                                                   "progress": False}, per["search"])
-    prepare = build_config("prepare", params_file, None, per["prepare"])
+    doc = yaml.safe_load(Path(params_file).read_text()) or {}
+    if isinstance(doc, dict) and isinstance(doc.get("prepare"), dict):
+        prepare = build_config("prepare", params_file, None, per["prepare"])
+    else:  # no prepare section (a protocol file): prepare what the search reads
+        prepare = build_config("prepare", None, {"dataset": search.dataset, "data": search.data,
+                                                 "cache_dir": search.cache_dir}, per["prepare"])
     for key in ("dataset", "data", "cache_dir"):
         if getattr(prepare, key) != getattr(search, key):
             raise NasError(f"{params_file}: prepare.{key} is {getattr(prepare, key)!r} but search.{key} is "

@@ -207,6 +207,11 @@ def test_bad_pipeline_params_are_named(tmp_path, tiny_params):
         config_mod.pipeline_configs(tiny_params(), tmp_path / "o", ["epochs=3"])
     with pytest.raises(NasError, match="unknown key 'epoch'"):
         config_mod.pipeline_configs(tiny_params(), tmp_path / "o", ["search.epoch=3"])
+    # a protocol file without a prepare section prepares what its search reads
+    cfgs = config_mod.pipeline_configs(REPO / "params" / "cpu-proxy.yaml", tmp_path / "o",
+                                       ["search.data=/data/c10.tar.gz"], method="drnas")
+    assert (cfgs["prepare"].dataset, cfgs["prepare"].data) == ("cifar10", "/data/c10.tar.gz")
+    assert cfgs["search"].method == "drnas" and cfgs["search"].out == str(tmp_path / "o" / "search")
 
 
 def test_prepare_task_retries_io_errors_not_config_errors(prefect_server, tmp_path):
