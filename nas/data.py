@@ -15,6 +15,7 @@ cut, cropped, flipped and normalised on the compute device with tensor ops only.
 from __future__ import annotations
 
 import io
+import fcntl
 import json
 import pickle
 import tarfile
@@ -377,6 +378,18 @@ def prepare(dataset: str = "digits", data: str | None = None, cache_dir: str | P
         return Path(data)
     digest = source_digest(dataset, data)
     target = Path(out) if out else Path(cache_dir) / f"{dataset}-{digest[:12]}.pt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # one writer at a time: processes that prepare the same dataset at once (grid cells, Dask
+    # workers) wait here and then reuse the first one's files
+    with open(target.parent / f".{target.stem}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _prepare_locked(dataset, data, digest, target)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _prepare_locked(dataset: str, data: str | None, digest: str, target: Path) -> Path:
     manifest_path = target.with_suffix(".json")
     if target.is_file() and manifest_path.is_file():
         try:
