@@ -14,8 +14,8 @@ cut, cropped, flipped and normalised on the compute device with tensor ops only.
 
 from __future__ import annotations
 
-import io
 import fcntl
+import io
 import json
 import pickle
 import tarfile
