@@ -64,15 +64,9 @@ def measure(args: argparse.Namespace, sets: list[str]) -> dict:
     peak = (vm("VmHWM") - rss0) if rss0 is not None else float("nan")
     # saved activations of one w step
     x, y = next(iter(w_stream.epoch(None)))
-    total = 0
+    from nas.train import saved_tensor_bytes
 
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        F.cross_entropy(st.model(x, s.mix(st, 0, None).detach()), y).backward()
+    total = saved_tensor_bytes(lambda: F.cross_entropy(st.model(x, s.mix(st, 0, None).detach()), y).backward())
     ms = 1000 * statistics.median(times)
     return {"ms_per_step": ms, "s_per_epoch": ms * steps_full / 1000, "steps_per_epoch": steps_full,
             "peak_rss_mb": peak / 2**20, "activations_mb": total / 2**20, "threads": torch.get_num_threads()}

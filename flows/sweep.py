@@ -35,11 +35,10 @@ def _trials(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     futures = [trial_task.submit({**kw, "worker": i}) for i, kw in enumerate(jobs)]
     rows = []
     for fut in futures:
-        state = fut.wait() or fut.state
         try:
             rows.append(fut.result())
         except Exception as exc:  # a failed trial is recorded as FAIL in the study; the sweep goes on
-            print(f"trial failed: {type(exc).__name__}: {exc} ({state})")
+            print(f"trial failed: {type(exc).__name__}: {exc}")
     return rows
 
 

@@ -213,6 +213,20 @@ def parse_set(item: str) -> tuple[str, Any]:
     return key, value
 
 
+def load_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML file holding a mapping, or a one-line error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise NasError(f"{path}: {what} not found")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise NasError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise NasError(f"{path}: expected a mapping of key: value at the top level")
+    return loaded
+
+
 def build_config(
     kind: str,
     config_file: str | Path | None = None,
@@ -233,14 +247,7 @@ def build_config(
 
     if config_file is not None:
         path = Path(config_file)
-        if not path.is_file():
-            raise NasError(f"{path}: config file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise NasError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(loaded, dict):
-            raise NasError(f"{path}: expected a mapping of key: value at the top level")
+        loaded = load_yaml(path)
         # A file may hold one section per stage (as params files do); take ours if present.
         if kind in loaded and isinstance(loaded[kind], dict):
             loaded = loaded[kind]
@@ -343,8 +350,7 @@ def pipeline_configs(params_file: str | Path, out: str | Path, sets: list[str] |
     search = build_config("search", params_file, {"method": overrides.get("method"), "seed": seed,
                                                   "epochs": overrides.get("epochs"), "out": str(out / "search"),
                                                   "progress": False}, per["search"])
-    doc = yaml.safe_load(Path(params_file).read_text()) or {}
-    if isinstance(doc, dict) and isinstance(doc.get("prepare"), dict):
+    if isinstance(load_yaml(params_file).get("prepare"), dict):
         prepare = build_config("prepare", params_file, None, per["prepare"])
     else:  # no prepare section (a protocol file): prepare what the search reads
         prepare = build_config("prepare", None, {"dataset": search.dataset, "data": search.data,

@@ -389,15 +389,22 @@ def prepare(dataset: str = "digits", data: str | None = None, cache_dir: str | P
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _cache_valid(target: Path, manifest_path: Path, digest: str) -> bool:
+    """A prepared file from the same source whose checksum matches its manifest; an unreadable
+    manifest counts as absent (the dataset is prepared again)."""
+    if not (target.is_file() and manifest_path.is_file()):
+        return False
+    try:
+        m = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, OSError):
+        return False
+    return m.get("source_digest") == digest and m.get("sha256") == sha256_file(target)
+
+
 def _prepare_locked(dataset: str, data: str | None, digest: str, target: Path) -> Path:
     manifest_path = target.with_suffix(".json")
-    if target.is_file() and manifest_path.is_file():
-        try:
-            m = json.loads(manifest_path.read_text())
-            if m.get("source_digest") == digest and m.get("sha256") == sha256_file(target):
-                return target
-        except (json.JSONDecodeError, OSError):
-            pass
+    if _cache_valid(target, manifest_path, digest):
+        return target
     raw = read_raw(dataset, data)
     tensors = {
         "train_x": torch.from_numpy(np.ascontiguousarray(raw.train_x)),

@@ -27,12 +27,9 @@ import json
 import math
 import statistics
 import sys
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from nas import config as config_mod
 from nas.utils import NasError, atomic_write, sha256_file, write_json
@@ -74,13 +71,8 @@ def load_grid(protocol: str | Path, out: str | None = None, report: str | None =
     from nas.methods import METHOD_NAMES as METHODS
 
     path = Path(protocol)
-    if not path.is_file():
-        raise NasError(f"{path}: protocol file not found")
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise NasError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    grid = doc.get("grid", {}) if isinstance(doc, dict) else None
+    doc = config_mod.load_yaml(path, "protocol file")
+    grid = doc.get("grid", {})
     if not isinstance(grid, dict):
         raise NasError(f"{path}: key 'grid' expects a mapping")
     known = {"methods", "seeds", "selections", "pt_methods", "strength"}
@@ -180,7 +172,6 @@ def run_cell(protocol: str, method: str, seed: int, selections: list[str], out: 
     if cfg.space != "nb201":
         raise NasError(f"{protocol}: the benchmark grid needs search.space nb201 (the table is NAS-Bench-201's), "
                        f"got {cfg.space!r}")
-    t0 = time.perf_counter()
     res, cached = cached_search(cfg)
     print(f"[grid {name}] {method} seed {seed}: search {'cached' if cached else 'done'} "
           f"({res['seconds'] / 60:.1f} min) -> {res['genotype']}", file=sys.stderr, flush=True)
@@ -205,7 +196,7 @@ def run_cell(protocol: str, method: str, seed: int, selections: list[str], out: 
         accs = {d: table.accuracy(geno, d) for d in DATASETS}
         rows.append({**base, "selection": selection, "genotype": geno, **accs, "select_minutes": minutes,
                      "skip_edges": geno.count("skip_connect")})
-    if strength and seed == _first_seed(out, method, seed) and method not in NO_ALPHA:
+    if strength and method not in NO_ALPHA:
         sfile = cell / "strength" / "strength.json"
         if not sfile.is_file() or json.loads(sfile.read_text()).get("search_digest") != sha256_file(cell / "search" / RESULT):
             from nas.select import op_strength
@@ -213,16 +204,7 @@ def run_cell(protocol: str, method: str, seed: int, selections: list[str], out: 
             sel_cfg = config_mod.build_config("select", protocol, {"run": str(cell / "search"), "progress": progress})
             summary = op_strength(cell / "search", sel_cfg, cell / "strength")
             write_json(sfile, {**summary, "search_digest": sha256_file(cell / "search" / RESULT)})
-    del t0
     return [{k: r[k] for k in RUN_FIELDS} for r in rows]
-
-
-def _first_seed(out: str, method: str, seed: int) -> int:
-    """The seed whose supernet gets the strength analysis: recorded once per grid directory."""
-    marker = Path(out) / f"{method}.strength-seed"
-    if not marker.is_file():
-        atomic_write(marker, lambda p: p.write_text(str(seed)))
-    return int(marker.read_text().strip())
 
 
 def _run_cell_kwargs(kw: dict[str, Any]) -> list[dict[str, Any]]:
@@ -230,8 +212,10 @@ def _run_cell_kwargs(kw: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def cell_kwargs(spec: GridSpec, data: str | None, threads: int = 0, progress: bool = False) -> list[dict[str, Any]]:
+    # the strength analysis runs on each method's first seed only
     return [dict(protocol=spec.protocol, method=m, seed=s, selections=spec.selections, out=spec.out, data=data,
-                 pt_methods=spec.pt_methods, strength=spec.strength, threads=threads, progress=progress)
+                 pt_methods=spec.pt_methods, strength=spec.strength and s == spec.seeds[0], threads=threads,
+                 progress=progress)
             for m, s in spec.cells()]
 
 

@@ -58,6 +58,20 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...], *args: Any) -> in
     return total
 
 
+def saved_tensor_bytes(fn: Callable[[], Any]) -> int:
+    """Bytes of the tensors autograd saves for backward while ``fn()`` runs (activation memory)."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, stream: BatchStream, *args: Any) -> tuple[float, float]:
     """(mean loss, accuracy in [0, 1]) over a stream, without augmentation."""

@@ -108,16 +108,9 @@ def test_partial_channel_cell_matches_the_per_edge_reference(k):
 
 
 def _activation_bytes(net, x, mix):
-    total = 0
+    from nas.train import saved_tensor_bytes
 
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        F.cross_entropy(net(x, mix), torch.zeros(len(x), dtype=torch.long)).backward()
-    return total
+    return saved_tensor_bytes(lambda: F.cross_entropy(net(x, mix), torch.zeros(len(x), dtype=torch.long)).backward())
 
 
 def test_partial_channels_use_less_activation_memory():
