@@ -57,7 +57,7 @@ def random_search(search: Search, resume: bool = False) -> dict[str, Any]:
             candidates.append(rec)
             _log(bar, f"candidate {c + 1}/{cfg.random_samples}  val acc {val_acc:.3f}  {rec['genotype']}")
             torch_save(ck_path, {"format": "nas-search-checkpoint-v1", "config": config_mod.to_dict(cfg),
-                                 "epoch": c + 1, "history": candidates})
+                                 "data_sha256": search.data_sha256, "epoch": c + 1, "history": candidates})
     finally:
         if bar is not None:
             bar.close()

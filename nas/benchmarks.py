@@ -5,13 +5,14 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from nas.spaces import nb201
-from nas.utils import NasError
+from nas.utils import NasError, clip
 
 COLUMNS = {
     "cifar10": "cifar10_test",
@@ -55,7 +56,7 @@ class NB201Table:
     def _row(self, genotype: str) -> dict[str, float]:
         key = nb201.format_genotype(nb201.parse_genotype(genotype))
         if key not in self.rows:
-            raise NasError(f"genotype {genotype!r} is not in the NAS-Bench-201 table {self.path}")
+            raise NasError(f"genotype {clip(genotype)} is not in the NAS-Bench-201 table {self.path}")
         return self.rows[key]
 
     def lookup(self, genotype: str, dataset: str = "cifar10") -> dict[str, Any]:
@@ -86,6 +87,26 @@ def _column(dataset: str) -> str:
     return COLUMNS[dataset]
 
 
+# The table of 15,625 rows is about 1.5 MB; a file (or its decompressed content) far beyond that
+# is refused before it is held in memory.
+MAX_TABLE_BYTES = 64 << 20
+
+
+def _read_bounded(p: Path) -> bytes:
+    """The table's bytes, gunzipped if needed, never more than ``MAX_TABLE_BYTES``."""
+    try:
+        with open(p, "rb") as f:
+            raw = f.read(MAX_TABLE_BYTES + 1)
+        if raw[:2] == b"\x1f\x8b":
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as g:
+                raw = g.read(MAX_TABLE_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise NasError(f"{p}: truncated or corrupt table ({type(exc).__name__}: {str(exc)[:100]})") from None
+    if len(raw) > MAX_TABLE_BYTES:
+        raise NasError(f"{p}: more than {MAX_TABLE_BYTES >> 20} MiB of table data (the NAS-Bench-201 table is ~1.5 MB)")
+    return raw
+
+
 @lru_cache(maxsize=4)
 def _load(path: str, mtime_ns: int) -> NB201Table:
     """Read the table and check it with the pandera schema (``nas.schemas.nb201_schema``): every
@@ -95,9 +116,7 @@ def _load(path: str, mtime_ns: int) -> NB201Table:
     from nas.schemas import validate_nb201
 
     p = Path(path)
-    raw = p.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+    raw = _read_bounded(p)
     try:
         df = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:

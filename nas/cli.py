@@ -37,7 +37,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--out", help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--force", action="store_true", help="start over in an --out that already holds a run "
+                   "(its files are removed)")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False,
                    help="no progress bar")
 
@@ -68,9 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("select", help="select the final architecture of a finished search (magnitude or PT)")
     p.add_argument("--method", help="magnitude (default) or pt")
     p.add_argument("--run", help="search run directory")
-    p.add_argument("--out", help="directory for selection.json")
+    p.add_argument("--out", help="directory for selection.json (and PT's per-edge checkpoint)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted PT selection in --out")
+    p.add_argument("--force", action="store_true", help="start over in an --out that already holds a selection")
     _common(p)
 
     p = sub.add_parser("strength", help="α against the accuracy drop of removing each op (table, plot, rank correlation)")
@@ -168,7 +172,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "search":
         cfg = config_mod.build_config("search", args.config,
                                       _overrides(args, ("space", "method", "order", "perturb", "hessian_every", "early_stop", *data_keys)), args.sets)
-        res = stages.search_stage(cfg, resume=args.resume)
+        res = stages.search_stage(cfg, resume=args.resume, force=args.force)
         look = _maybe_lookup(res["space"], res["genotype"])
         lines = [f"genotype: {res['genotype']}", f"result:   {cfg.out}/result.json",
                  f"seconds:  {res['seconds']:.1f}"]
@@ -182,7 +186,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "select":
         cfg = config_mod.build_config("select", args.config, _overrides(args, ("method", "run", "out", "seed", "device")),
                                       args.sets)
-        sel = stages.select_stage(cfg)
+        sel = stages.select_stage(cfg, resume=args.resume, force=args.force)
         lines = [f"genotype: {sel['genotype']}"]
         if sel["selection"] == "pt":
             lines.append(f"magnitude would give: {sel['magnitude_genotype']}  (PT took {sel['seconds']:.1f}s)")
@@ -242,7 +246,7 @@ def _run(args: argparse.Namespace) -> int:
             args.space = args.space or picked["space"]
         cfg = config_mod.build_config("retrain", args.config,
                                       _overrides(args, ("space", "genotype", *data_keys)), args.sets)
-        res = stages.retrain_stage(cfg, resume=args.resume)
+        res = stages.retrain_stage(cfg, resume=args.resume, force=args.force)
         out = {k: res[k] for k in ("space", "genotype", "params", "test_acc", "test_loss", "epochs", "seconds")}
         out["result"] = f"{cfg.out}/result.json"
         _print(out, args.json, [f"genotype: {res['genotype']}", f"params:   {res['params']:,}",

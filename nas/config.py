@@ -8,6 +8,7 @@ Unknown keys and wrong types are rejected with a one-line error naming the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any, Union
 
 import yaml
 
-from nas.utils import NasError
+from nas.utils import NasError, clip
 
 
 @dataclass
@@ -180,7 +181,7 @@ def _coerce(key: str, value: Any, tp: Any, source: str) -> Any:
             except NasError as exc:
                 errors.append(exc)
         names = " or ".join(_type_name(a) for a in args)
-        raise NasError(f"{source}: key {key!r} expects {names}, got {value!r}")
+        raise NasError(f"{source}: key {key!r} expects {names}, got {clip(value)}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -189,7 +190,13 @@ def _coerce(key: str, value: Any, tp: Any, source: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an int too large for a float
+                raise NasError(f"{source}: key {key!r} expects a finite number, got {clip(value)}") from None
+            if not math.isfinite(number):
+                raise NasError(f"{source}: key {key!r} expects a finite number, got {value!r}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -197,31 +204,75 @@ def _coerce(key: str, value: Any, tp: Any, source: str) -> Any:
             return str(value)
     else:  # pragma: no cover - only the types above are used in configs
         return value
-    raise NasError(f"{source}: key {key!r} expects {_type_name(tp)}, got {value!r}")
+    raise NasError(f"{source}: key {key!r} expects {_type_name(tp)}, got {clip(value)}")
+
+
+def _suggest(key: Any, known: Any) -> str:
+    """`` (did you mean 'epochs'?)`` for a misspelt key, else a pointer to the list of keys."""
+    import difflib
+
+    close = difflib.get_close_matches(str(key)[:100], sorted(known), n=3)
+    if close:
+        return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
+    return " (the README's settings tables list every key)"
 
 
 def parse_set(item: str) -> tuple[str, Any]:
     """``key=value`` with the value read as YAML (numbers, booleans, null, strings)."""
     if "=" not in item:
-        raise NasError(f"--set: expected key=value, got {item!r}")
+        raise NasError(f"--set: expected key=value, got {clip(item)}")
     key, raw = item.split("=", 1)
     key = key.strip()
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=StrictLoader) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key, value
 
 
+MAX_YAML_BYTES = 1 << 20
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (YAML would keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a mapping key must be a plain value", key_node.start_mark) from None
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {clip(key)} given twice (lines {seen[key] + 1} and "
+                    f"{key_node.start_mark.line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
-    """A YAML file holding a mapping, or a one-line error naming the file."""
+    """A YAML file holding a mapping, or a one-line error naming the file.  Keys given twice and
+    files over 1 MiB are refused."""
     path = Path(path)
     if not path.is_file():
         raise NasError(f"{path}: {what} not found")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise NasError(f"{path}: {path.stat().st_size} bytes, more than a {what} may hold (1 MiB)")
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = yaml.load(path.read_bytes().decode("utf-8"), Loader=StrictLoader) or {}
+    except UnicodeDecodeError:
+        raise NasError(f"{path}: not valid YAML (not UTF-8 text)") from None
+    except RecursionError:
+        raise NasError(f"{path}: not valid YAML (nested too deeply)") from None
     except yaml.YAMLError as exc:
-        raise NasError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        problem = getattr(exc, "problem", None)
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        text = problem or str(exc).splitlines()[0]
+        raise NasError(f"{path}: not valid YAML ({text[:200]}{where})") from None
     if not isinstance(loaded, dict):
         raise NasError(f"{path}: expected a mapping of key: value at the top level")
     return loaded
@@ -241,8 +292,7 @@ def build_config(
     def apply(items: dict[str, Any], source: str) -> None:
         for key, value in items.items():
             if key not in hints:
-                known = ", ".join(sorted(hints))
-                raise NasError(f"{source}: unknown key {key!r} for '{kind}' (known: {known})")
+                raise NasError(f"{source}: unknown key {clip(key, 60)} for '{kind}'{_suggest(key, hints)}")
             values[key] = _coerce(key, value, hints[key], source)
 
     if config_file is not None:
@@ -264,40 +314,132 @@ def build_config(
     return cfg
 
 
+# Range of each numeric key: (low, high, low included, high included); None = unbounded.  A key
+# that is None in a config means "the default of the space or method" and is not checked here.
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "subset": (0, 10**7, True, True),
+    "resolution": (0, 1024, True, True),
+    "crop_padding": (-1, 128, True, True),
+    "batch_size": (1, 65536, True, True),
+    "eval_batch_size": (1, 65536, True, True),
+    "epochs": (1, 100_000, True, True),
+    "seed": (0, 2**63 - 1, True, True),
+    "train_portion": (0.0, 1.0, False, False),
+    "channels": (1, 4096, True, True),
+    "cells": (1, 256, True, True),
+    "w_lr": (0.0, 100.0, False, True),
+    "w_lr_min": (0.0, 100.0, True, True),
+    "w_momentum": (0.0, 1.0, True, False),
+    "w_weight_decay": (0.0, 1.0, True, True),
+    "grad_clip": (0.0, None, True, True),
+    "a_lr": (0.0, 100.0, True, True),
+    "a_beta1": (0.0, 1.0, True, False),
+    "a_beta2": (0.0, 1.0, True, False),
+    "a_weight_decay": (0.0, 1.0, True, True),
+    "unrolled_eps": (0.0, 100.0, False, True),
+    "partial_channels": (0, 4096, True, True),
+    "tau_max": (0.0, 1e6, False, True),
+    "tau_min": (0.0, 1e6, False, True),
+    "drnas_lambda": (0.0, 1e6, True, True),
+    "rs_sigma": (0.0, 1e3, True, True),
+    "adv_epsilon": (0.0, 1e3, True, True),
+    "eps_start": (0.0, 1e3, True, True),
+    "adv_steps": (1, 1000, True, True),
+    "progressive_k1": (1, 4096, True, True),
+    "progressive_k2": (1, 4096, True, True),
+    "progressive_keep": (1, 5, True, True),
+    "arch_warmup": (0, 100_000, True, True),
+    "rsps_candidates": (1, 10**6, True, True),
+    "rsps_eval_batches": (1, 10**6, True, True),
+    "random_samples": (1, 10**5, True, True),
+    "random_epochs": (1, 100_000, True, True),
+    "hessian_every": (0, 100_000, True, True),
+    "hessian_batches": (1, 10**5, True, True),
+    "hessian_tol": (0.0, 1.0, False, True),
+    "hessian_topk": (1, 10**6, True, True),
+    "es_window": (1, 100_000, True, True),
+    "es_lookback": (1, 100_000, True, True),
+    "es_factor": (0.0, 1e6, False, True),
+    "es_start": (0, 100_000, True, True),
+    "steps_per_epoch": (0, 10**8, True, True),
+    "checkpoint_every": (1, 100_000, True, True),
+    # retrain
+    "lr": (0.0, 100.0, False, True),
+    "lr_min": (0.0, 100.0, True, True),
+    "momentum": (0.0, 1.0, True, False),
+    "weight_decay": (0.0, 1.0, True, True),
+    "auxiliary_weight": (0.0, 100.0, True, True),
+    "drop_path": (0.0, 1.0, True, False),
+    "cutout": (0, 1024, True, True),
+    "label_smoothing": (0.0, 1.0, True, False),
+    "eval_every": (0, 100_000, True, True),
+    "holdout": (0.0, 1.0, True, False),
+    # select
+    "pt_tune_epochs": (0, 100_000, True, True),
+    "pt_batches": (0, 10**8, True, True),
+    "pt_lr_factor": (0.0, 100.0, False, True),
+}
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "order": (1, 2),
+    "perturb": ("auto", "none", "rs", "adv"),
+    "drnas_reg": ("l2", "kl", "none"),
+    "hessian_method": ("lanczos", "power"),
+}
+
+
+def _range_text(lo: float | None, hi: float | None, lo_in: bool, hi_in: bool) -> str:
+    left = "[" if lo_in else "("
+    right = "]" if hi_in else ")"
+    if hi is None:
+        return f">= {lo}" if lo_in else f"> {lo}"
+    return f"in {left}{lo}, {hi}{right}"
+
+
 def validate(cfg: Any) -> None:
-    """Range checks that a type check cannot express."""
+    """Range checks that a type check cannot express, for every key, before any work starts."""
     def need(cond: bool, key: str, what: str) -> None:
         if not cond:
-            raise NasError(f"config: key {key!r} {what}, got {getattr(cfg, key)!r}")
+            raise NasError(f"config: key {key!r} {what}, got {clip(getattr(cfg, key), 80)}")
 
-    if isinstance(cfg, DataConfig):
-        need(cfg.subset >= 0, "subset", "must be >= 0")
-        need(cfg.resolution >= 0, "resolution", "must be >= 0")
-        need(cfg.batch_size is None or cfg.batch_size > 0, "batch_size", "must be > 0")
+    values = dataclasses.asdict(cfg)
+    for key, value in values.items():
+        if value is None or isinstance(value, bool):
+            continue
+        if key in RANGES and isinstance(value, (int, float)):
+            lo, hi, lo_in, hi_in = RANGES[key]
+            ok = (value >= lo if lo_in else value > lo) if lo is not None else True
+            ok = ok and ((value <= hi if hi_in else value < hi) if hi is not None else True)
+            need(ok, key, "must be " + _range_text(lo, hi, lo_in, hi_in))
+        if key in CHOICES:
+            need(value in CHOICES[key], key, "must be one of " + ", ".join(map(str, CHOICES[key])))
+    if hasattr(cfg, "out") and cfg.out is not None:
+        need(str(cfg.out).strip() != "", "out", "must name a folder (an empty path would write into the current folder)")
+    if hasattr(cfg, "cache_dir"):
+        need(str(cfg.cache_dir).strip() != "", "cache_dir", "must name a folder")
+    if isinstance(cfg, (DataConfig, PrepareConfig)):
+        from nas.data import DATASETS
+
+        need(cfg.dataset in DATASETS, "dataset", "must be one of " + ", ".join(DATASETS))
     if isinstance(cfg, SearchConfig):
-        need(cfg.order in (1, 2), "order", "must be 1 or 2")
-        need(cfg.epochs > 0, "epochs", "must be > 0")
-        need(0.0 < cfg.train_portion < 1.0, "train_portion", "must be in (0, 1)")
-        need((cfg.channels or 1) > 0 and (cfg.cells or 1) > 0, "channels", "and cells must be > 0")
-        need(cfg.partial_channels >= 0, "partial_channels", "must be >= 0")
-        need(cfg.adv_steps > 0, "adv_steps", "must be > 0")
-        need(cfg.rsps_candidates > 0, "rsps_candidates", "must be > 0")
-        need(cfg.random_samples > 0 and cfg.random_epochs > 0, "random_samples", "and random_epochs must be > 0")
-        need(1 <= cfg.progressive_keep <= 5, "progressive_keep", "must be in 1..5")
-        need(cfg.hessian_every >= 0, "hessian_every", "must be >= 0")
-        need(cfg.hessian_method in ("lanczos", "power"), "hessian_method", "must be lanczos or power")
-        need(cfg.hessian_batches > 0 and cfg.hessian_topk > 0, "hessian_batches", "and hessian_topk must be > 0")
+        from nas.methods import build_method
+        from nas.spaces import get_space
+
+        need(cfg.w_lr_min <= cfg.w_lr, "w_lr_min", f"must be <= w_lr ({cfg.w_lr})")
+        need(cfg.tau_min is None or cfg.tau_max is None or cfg.tau_min <= cfg.tau_max, "tau_min",
+             f"must be <= tau_max ({cfg.tau_max})")
         need(not cfg.early_stop or cfg.hessian_every == 1, "hessian_every", "must be 1 when early_stop is on")
-        need(cfg.es_window > 0 and cfg.es_lookback > 0 and cfg.es_factor > 0, "es_window",
-             "es_lookback and es_factor must be > 0")
-        for key in ("rs_sigma", "adv_epsilon", "eps_start", "drnas_lambda"):
-            need(getattr(cfg, key) >= 0, key, "must be >= 0")
+        space = get_space(cfg.space)
+        n_alpha = space.alpha_shape[0] * space.alpha_shape[1]
+        need(cfg.hessian_topk <= n_alpha, "hessian_topk", f"must be <= the {n_alpha} entries of alpha in space {space.name}")
+        build_method(cfg)  # combinations of method keys that make no sense
     if isinstance(cfg, RetrainConfig):
-        need(cfg.epochs is None or cfg.epochs > 0, "epochs", "must be > 0")
-        need(0.0 <= cfg.holdout < 1.0, "holdout", "must be in [0, 1)")
+        need(cfg.lr is None or cfg.lr_min <= cfg.lr, "lr_min", f"must be <= lr ({cfg.lr})")
+        if cfg.space:
+            from nas.spaces import get_space
+
+            get_space(cfg.space)
     if isinstance(cfg, SelectConfig):
         need(cfg.method in ("magnitude", "pt"), "method", "must be magnitude or pt")
-        need(cfg.pt_tune_epochs >= 0 and cfg.pt_batches >= 0, "pt_tune_epochs", "and pt_batches must be >= 0")
 
 
 def resolve_defaults(cfg: Any, defaults: dict[str, Any]) -> Any:
@@ -325,7 +467,7 @@ def from_dict(kind: str, values: dict[str, Any], source: str = "config") -> Any:
     clean = {}
     for key, value in values.items():
         if key not in hints:
-            raise NasError(f"{source}: unknown key {key!r} for '{kind}'")
+            raise NasError(f"{source}: unknown key {clip(key, 60)} for '{kind}'{_suggest(key, hints)}")
         clean[key] = _coerce(key, value, hints[key], source)
     cfg = cls(**clean)
     validate(cfg)

@@ -14,11 +14,12 @@ cut, cropped, flipped and normalised on the compute device with tensor ops only.
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
+import os
 import pickle
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -28,13 +29,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nas.utils import NasError, atomic_write, generator_for, read_json, sha256_file, torch_load, write_json
+from nas.utils import (
+    NasError,
+    atomic_write,
+    check_output_dir,
+    generator_for,
+    read_json,
+    sha256_file,
+    torch_load,
+    write_json,
+)
 
 FORMAT_VERSION = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck"]
 DATASETS = ("digits", "cifar10", "cifar100", "svhn", "imagefolder", "prepared")
+# Bounds on what one input may make us allocate, checked from headers before anything is read:
+# the largest official CIFAR member (CIFAR-100's train batch) is 155 MB; an image file or its
+# decoded pixels beyond these are refused, and so is a decoded dataset larger than free memory.
+MAX_CIFAR_MEMBER_BYTES = {"cifar10": 64 << 20, "cifar100": 256 << 20}
+MAX_IMAGE_FILE_BYTES = 64 << 20
+MAX_IMAGE_PIXELS = 4096 * 4096
 
 
 # --------------------------------------------------------------------------- safe archives
@@ -43,7 +59,10 @@ def check_tar_members(tar: tarfile.TarFile, source: Path) -> list[tarfile.TarInf
     """Refuse members that could escape an extraction folder: absolute paths, ``..``, links
     pointing outside, devices.  Reading is done in memory, but an archive carrying such a
     member is not trusted at all."""
-    members = tar.getmembers()
+    try:
+        members = tar.getmembers()
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise NasError(f"{source}: truncated or corrupt archive ({type(exc).__name__})") from None
     for m in members:
         name = m.name
         parts = PurePosixPath(name).parts
@@ -168,6 +187,8 @@ def read_cifar(path: Path, kind: str) -> RawDataset:
             f = base / n
             if not f.is_file():
                 raise NasError(f"{path}: missing {folder}/{n} (expected the official {kind} python layout)")
+            if f.stat().st_size > MAX_CIFAR_MEMBER_BYTES[kind]:
+                raise NasError(f"{f}: {f.stat().st_size} bytes, larger than any official {kind} batch")
             blobs[n] = f.read_bytes()
     else:
         with open_tar(path) as tar:
@@ -176,8 +197,12 @@ def read_cifar(path: Path, kind: str) -> RawDataset:
             for n in wanted:
                 if n not in members:
                     raise NasError(f"{path}: missing {folder}/{n} (expected the official {kind} python archive)")
+                if members[n].size > MAX_CIFAR_MEMBER_BYTES[kind]:
+                    raise NasError(f"{path}: member {members[n].name} is {members[n].size} bytes, larger than "
+                                   f"any official {kind} batch")
                 fobj = tar.extractfile(members[n])
-                assert fobj is not None
+                if fobj is None:
+                    raise NasError(f"{path}: member {members[n].name} cannot be read")
                 blobs[n] = fobj.read()
     train = [safe_unpickle(blobs[n], f"{path}:{n}") for n in train_names]
     test = [safe_unpickle(blobs[n], f"{path}:{n}") for n in test_names]
@@ -225,9 +250,12 @@ def _decode_image(data: bytes, name: str) -> np.ndarray:
 
     try:
         with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size  # from the header: nothing is decoded yet
+            if w * h > MAX_IMAGE_PIXELS:
+                raise NasError(f"{name}: image is {w}x{h}, more than {MAX_IMAGE_PIXELS} pixels")
             im = im.convert("RGB")
             return np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
         raise NasError(f"{name}: not a readable image ({exc.__class__.__name__})") from None
 
 
@@ -279,18 +307,27 @@ def read_image_folder(path: Path, class_order: list[str] | None = None) -> RawDa
                     raise NasError(f"{path}: class folder '{split}/{cls}' is empty or missing")
         out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         shape = None
+        decoded, budget = 0, available_memory() // 3  # the images, their stack and the tensor copy
         for split in ("train", "test"):
             xs, ys = [], []
             for ci, cls in enumerate(classes):
                 for name, ref in files[split][cls]:
                     if not name.lower().endswith(IMAGE_SUFFIXES):
                         raise NasError(f"{name}: not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
+                    size = ref.size if tar is not None else Path(ref).stat().st_size
+                    if size > MAX_IMAGE_FILE_BYTES:
+                        raise NasError(f"{name}: {size} bytes, larger than an image file may be "
+                                       f"({MAX_IMAGE_FILE_BYTES >> 20} MiB)")
                     if tar is not None:
                         fobj = tar.extractfile(ref)
                         data = fobj.read() if fobj is not None else b""
                     else:
                         data = Path(ref).read_bytes()
                     img = _decode_image(data, name)
+                    decoded += img.nbytes
+                    if decoded > budget:
+                        raise NasError(f"{path}: decoded images exceed the {budget / 2**30:.1f} GiB of free memory "
+                                       f"(at {name})")
                     if shape is None:
                         shape = img.shape
                     elif img.shape != shape:
@@ -378,15 +415,13 @@ def prepare(dataset: str = "digits", data: str | None = None, cache_dir: str | P
         return Path(data)
     digest = source_digest(dataset, data)
     target = Path(out) if out else Path(cache_dir) / f"{dataset}-{digest[:12]}.pt"
-    target.parent.mkdir(parents=True, exist_ok=True)
+    check_output_dir(target.parent, "cache_dir")
     # one writer at a time: processes that prepare the same dataset at once (grid cells, Dask
     # workers) wait here and then reuse the first one's files
-    with open(target.parent / f".{target.stem}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            return _prepare_locked(dataset, data, digest, target)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    from filelock import FileLock
+
+    with FileLock(str(target.parent / f".{target.stem}.lock")):
+        return _prepare_locked(dataset, data, digest, target)
 
 
 def _cache_valid(target: Path, manifest_path: Path, digest: str) -> bool:
@@ -405,7 +440,10 @@ def _prepare_locked(dataset: str, data: str | None, digest: str, target: Path) -
     manifest_path = target.with_suffix(".json")
     if _cache_valid(target, manifest_path, digest):
         return target
-    raw = read_raw(dataset, data)
+    try:
+        raw = read_raw(dataset, data)
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise NasError(f"{data}: truncated or corrupt archive ({type(exc).__name__})") from None
     tensors = {
         "train_x": torch.from_numpy(np.ascontiguousarray(raw.train_x)),
         "train_y": torch.from_numpy(raw.train_y),
@@ -521,7 +559,8 @@ def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
     mode = "area" if size < x.shape[-1] else "bilinear"
     kw = {} if mode == "area" else {"align_corners": False}
     out = []
-    for chunk in x.split(4096):
+    per_image = 4 * x.shape[1] * max(size * size, x.shape[-1] * x.shape[-2])  # float32 bytes in and out
+    for chunk in x.split(max(1, min(4096, (256 << 20) // per_image))):
         out.append(F.interpolate(chunk.float(), size=(size, size), mode=mode, **kw).round_().clamp_(0, 255).to(torch.uint8))
     return torch.cat(out)
 
@@ -633,14 +672,41 @@ class DataBundle:
                            channels_last=self.channels_last, cutout=cutout)
 
 
+def available_memory() -> int:
+    """Bytes of memory the system can still hand out (``MemAvailable``), or the physical memory."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def check_memory(manifest: dict, size: int, padding: int, batch_size: int, what: str) -> None:
+    """Refuse, before allocating, a resolution or crop padding whose tensors would not fit in
+    memory: the resized uint8 images plus one padded float batch."""
+    n = int(manifest["counts"]["train"]) + int(manifest["counts"]["test"])
+    c = int(manifest["channels"])
+    need = n * c * size * size + 3 * 4 * batch_size * c * (size + 2 * padding) ** 2
+    have = available_memory()
+    if need > have:
+        raise NasError(f"{what}: resolution {size} with crop padding {padding} needs about {need / 2**30:.1f} GiB "
+                       f"for {n} images, more than the {have / 2**30:.1f} GiB available")
+
+
 def load_bundle(cfg: Any, device: torch.device) -> DataBundle:
     """Prepare (or reuse) the dataset named by a DataConfig and move it to ``device``."""
     path = prepare(cfg.dataset, cfg.data, cfg.cache_dir)
     prep = load_prepared(path)
     size = cfg.resolution or prep.manifest["height"]
+    padding = cfg.crop_padding if cfg.crop_padding >= 0 else max(1, round(4 * size / 32))
+    check_memory(prep.manifest, size, padding, max(cfg.batch_size or 1, cfg.eval_batch_size), str(path))
     x = resize_uint8(prep.train_x, size).to(device)
     tx = resize_uint8(prep.test_x, size).to(device)
-    padding = cfg.crop_padding if cfg.crop_padding >= 0 else max(1, round(4 * size / 32))
     flip = prep.manifest.get("flip", True) if cfg.flip is None else cfg.flip
     return DataBundle(prep, x, tx, prep.num_classes, prep.channels, size, prep.manifest["mean"],
                       prep.manifest["std"], bool(flip), padding, bool(getattr(cfg, "channels_last", False)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from nas.utils import NasError
+from nas.utils import NasError, clip
 
 
 def _pa():
@@ -35,7 +35,7 @@ def _check(schema, df, source: str, row_offset: int = 0, row_word: str = "row"):
             where += f" {row_word} {int(idx) + row_offset}"
         check = first.get("check")
         more = f" (and {len(cases) - 1} more failures)" if len(cases) > 1 else ""
-        raise NasError(f"{source}: {where}: value {first.get('failure_case')!r} fails {check}{more}") from None
+        raise NasError(f"{source}: {where}: value {clip(first.get('failure_case'), 60)} fails {check}{more}") from None
 
 
 def _frame(rows: Any, source: str, columns: list[str]):
@@ -113,15 +113,61 @@ def validate_history(history: list[dict[str, Any]], source: str) -> list[dict[st
     weights summing to 1 (over the ops still in the space)."""
     if not history:
         return history
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise NasError(f"{source}: expected a list of per-epoch records")
     df = _frame(history, source, HISTORY_COLUMNS)
 
-    def sum_err(w: Any) -> float:
-        return max((abs(sum(row) - 1.0) for row in w), default=0.0)
-
-    df["weight_sum_error"] = df["weights"].map(sum_err)
-    df["weight_min"] = df["weights"].map(lambda w: min(min(r) for r in w))
+    df["weight_sum_error"] = df["weights"].map(_sum_error)
+    df["weight_min"] = df["weights"].map(_min_weight)
     _check(history_schema(), df.drop(columns=["weights"]), source)
     return history
+
+
+def _rows(w: Any) -> list[list[float]] | None:
+    """``w`` as a list of rows of finite numbers, or None when it is anything else."""
+    if not isinstance(w, list) or not w or not all(isinstance(r, list) and r for r in w):
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for r in w for v in r):
+        return None
+    return w
+
+
+def _sum_error(w: Any, allow_zero: bool = False) -> float:
+    rows = _rows(w)
+    if rows is None:
+        return math.inf
+    return max(min(abs(sum(r) - 1.0), abs(sum(r)) if allow_zero else math.inf) for r in rows)
+
+
+def _min_weight(w: Any) -> float:
+    rows = _rows(w)
+    return -math.inf if rows is None else min(min(r) for r in rows)
+
+
+def validate_search_result(res: Any, source: str, alpha_shape: tuple[int, int] | None = None) -> dict[str, Any]:
+    """A search's result.json: its final mixing weights (finite, >= 0, each edge summing to 1, of
+    the space's shape) and its per-epoch history (``validate_history``)."""
+    if not isinstance(res, dict):
+        raise NasError(f"{source}: expected a JSON object")
+    for key in ("space", "weights", "genotype"):
+        if key not in res:
+            raise NasError(f"{source}: missing key {key!r}")
+    no_alpha = res.get("selection") in ("random", "rsps")
+    w = res["weights"]
+    rows = _rows(w)
+    if rows is None:
+        raise NasError(f"{source}: 'weights' must be a list of rows of finite numbers, got {clip(w, 80)}")
+    if alpha_shape is not None and (len(rows), len(rows[0])) != tuple(alpha_shape) or len({len(r) for r in rows}) != 1:
+        raise NasError(f"{source}: 'weights' has shape {len(rows)}x{len(rows[0])}, expected "
+                       f"{alpha_shape[0] if alpha_shape else '?'}x{alpha_shape[1] if alpha_shape else '?'}")
+    if _min_weight(rows) < -1e-6 or _sum_error(rows, allow_zero=no_alpha) > 1e-3:
+        raise NasError(f"{source}: 'weights' must be >= 0 with each edge summing to 1")
+    history = res.get("history", [])
+    if not isinstance(history, list):
+        raise NasError(f"{source}: 'history' must be a list of epochs")
+    if not no_alpha or res.get("selection") == "rsps":
+        validate_history(history, f"{source} history")
+    return res
 
 
 # ------------------------------------------------------------------------ results table, per run

@@ -32,6 +32,7 @@ from torch import nn
 from nas import config as config_mod
 from nas.data import DataBundle, balanced_subset, load_bundle, search_split
 from nas.methods import Method, build_method
+from nas.rundir import check_resume, claim
 from nas.spaces import SearchSpace, get_space
 from nas.supernet import Mix
 from nas.utils import NasError, generator_for, resolve_device, seed_everything, torch_load, torch_save, write_json
@@ -39,7 +40,10 @@ from nas.utils import NasError, generator_for, resolve_device, seed_everything, 
 CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
 # Keys that may differ between an interrupted run and its resumption.
-RESUME_FREE_KEYS = {"out", "progress", "device", "cache_dir", "checkpoint_every", "data"}
+# ``data`` may move: its content is checked through the prepared file's SHA-256 instead.
+RESUME_FREE_KEYS = {"out", "progress", "device", "cache_dir", "checkpoint_every", "data", "eval_batch_size"}
+# Files of a search run folder: a new run refuses a folder holding any of them (without --force).
+RUN_FILES = (CHECKPOINT, RESULT, "snapshots")
 
 
 class Architecture(nn.Module):
@@ -204,6 +208,7 @@ class Search:
         w_idx, a_idx = search_split(idx, cfg.train_portion, cfg.seed)
         w_stream = bundle.stream(w_idx, cfg.batch_size, cfg.augment)
         a_stream = bundle.stream(a_idx, cfg.batch_size, cfg.augment)
+        self.data_sha256 = bundle.prepared.manifest["sha256"]
         return bundle, w_stream, a_stream
 
     def _state(self, bundle: DataBundle) -> SearchState:
@@ -266,6 +271,7 @@ class Search:
         torch_save(self.out / CHECKPOINT, {
             "format": "nas-search-checkpoint-v1",
             "config": config_mod.to_dict(self.cfg),
+            "data_sha256": getattr(self, "data_sha256", None),
             "epoch": st.epoch,
             "model": st.model.state_dict(),
             "arch": st.arch.state_dict(),
@@ -281,12 +287,10 @@ class Search:
         ck = torch_load(path, map_location=self.device)
         if not isinstance(ck, dict) or ck.get("format") != "nas-search-checkpoint-v1":
             raise NasError(f"{path}: not a search checkpoint")
-        saved, now = ck["config"], config_mod.to_dict(self.cfg)
-        defaults = config_mod.to_dict(type(self.cfg)())  # keys newer than the checkpoint take their default
-        diff = sorted(k for k in now if k not in RESUME_FREE_KEYS and saved.get(k, defaults[k]) != now[k])
-        if diff:
-            k = diff[0]
-            raise NasError(f"{path}: cannot resume, config key {k!r} was {saved.get(k, defaults[k])!r}, now {now[k]!r}")
+        if not isinstance(ck.get("config"), dict):
+            raise NasError(f"{path}: not a search checkpoint (no config)")
+        check_resume(path, ck["config"], config_mod.to_dict(self.cfg), config_mod.to_dict(type(self.cfg)()),
+                     RESUME_FREE_KEYS, ck.get("data_sha256"), getattr(self, "data_sha256", None))
         return ck
 
     def load_checkpoint(self, st: SearchState, ck: dict) -> None:
@@ -310,11 +314,18 @@ class Search:
         st.early_stop = ck.get("early_stop")
 
     # ----------------------------------------------------------------- the loop
-    def run(self, resume: bool = False, callback: Callable[[SearchState], None] | None = None) -> dict[str, Any]:
-        if self.method.name == "random":
-            from nas.baselines import random_search
+    def run(self, resume: bool = False, callback: Callable[[SearchState], None] | None = None,
+            force: bool = False) -> dict[str, Any]:
+        """Search, writing into ``cfg.out``.  A folder that already holds a run is continued with
+        ``resume``, started over with ``force``, and otherwise refused."""
+        with claim(self.out, resume, force, RUN_FILES, "search"):
+            if self.method.name == "random":
+                from nas.baselines import random_search
 
-            return random_search(self, resume=resume)
+                return random_search(self, resume=resume)
+            return self._run(resume, callback)
+
+    def _run(self, resume: bool, callback: Callable[[SearchState], None] | None) -> dict[str, Any]:
         cfg = self.cfg
         bundle, w_stream, a_stream = self._data()
         st = self._state(bundle)
@@ -594,6 +605,7 @@ def _log(bar, msg: str) -> None:
 
 
 def search(cfg: config_mod.SearchConfig, resume: bool = False,
-           callback: Callable[[SearchState], None] | None = None) -> dict[str, Any]:
-    """Run a search and write ``<out>/result.json`` and ``<out>/checkpoint.pt``."""
-    return Search(cfg).run(resume=resume, callback=callback)
+           callback: Callable[[SearchState], None] | None = None, force: bool = False) -> dict[str, Any]:
+    """Run a search and write ``<out>/result.json`` and ``<out>/checkpoint.pt``; see ``Search.run``
+    for ``resume`` and ``force``."""
+    return Search(cfg).run(resume=resume, callback=callback, force=force)

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from nas import config as config_mod
-from nas.search import RESULT, Search, SearchState
+from nas.search import Search, SearchState
 from nas.supernet import Mix
-from nas.utils import NasError, atomic_write, generator_for, write_json
+from nas.utils import NasError, atomic_write, generator_for, torch_save, write_json
 
 
 def load_supernet(run: str | Path, device: str = "auto") -> tuple[Search, SearchState, Any, Any, Any]:
@@ -88,76 +88,127 @@ def without_edge(mix: Mix, edge: int) -> Mix:
     return Mix(w, edge_scale=mix.edge_scale, mask=mask)
 
 
-def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: config_mod.SelectConfig
+PT_CHECKPOINT = "pt-checkpoint.pt"
+SELECTION = "selection.json"
+# select-config keys that may change when an interrupted PT resumes
+PT_FREE_KEYS = {"out", "progress", "device", "run"}
+
+
+def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: config_mod.SelectConfig,
+               checkpoint: Path | None = None, header: dict[str, Any] | None = None,
+               resume_from: dict[str, Any] | None = None, on_step: Any = None
                ) -> tuple[list[dict[str, Any]], list[int]]:
     """The PT loop on a loaded supernet: decide each edge in a seeded random order by the op whose
-    removal hurts validation accuracy most, fine-tuning w between decisions.  Mutates ``st``."""
+    removal hurts validation accuracy most, fine-tuning w between decisions.  Mutates ``st``.
+
+    With ``checkpoint``, the supernet, the decisions so far and the tuning counter are written
+    after every decision (and its fine-tuning), so that ``resume_from`` (that file's content)
+    continues exactly where an interrupted selection stopped; ``header`` is stored with it.
+    ``on_step(k)`` runs after step k (and its checkpoint)."""
     space = search.space
     order = torch.randperm(space.alpha_shape[0], generator=generator_for(cfg.seed, 808)).tolist()
     for group in st.w_opt.param_groups:
         group["lr"] = search.cfg.w_lr * cfg.pt_lr_factor
-    search.tuning = True
     steps = len(w_stream) if search.cfg.steps_per_epoch <= 0 else min(search.cfg.steps_per_epoch, len(w_stream))
-    decisions = []
+    decisions: list[dict[str, Any]] = []
     tune_epoch = 0
     groups = [g for g in space.edge_groups if len(g) > space.keep_edges_per_node] if space.keep_edges_per_node else []
-    n_steps = len(order) + len(groups)
+    plan: list[tuple[str, Any]] = [("edge", e) for e in order] + [("node", g) for g in groups]
+    t_start = time.perf_counter()
+    if resume_from is not None:
+        st.model.load_state_dict(resume_from["model"])
+        st.arch.load_state_dict(resume_from["arch"])
+        st.w_opt.load_state_dict(resume_from["w_opt"])
+        decisions = list(resume_from["decisions"])
+        tune_epoch = int(resume_from["tune_epoch"])
 
     def tune() -> None:
         nonlocal tune_epoch
-        for _ in range(cfg.pt_tune_epochs):
-            saved_epoch = st.epoch
-            st.epoch = search.cfg.epochs + tune_epoch  # fresh, seeded randomness per tuning epoch
-            search._epoch(st, w_stream, a_stream, steps, None)
-            st.epoch = saved_epoch
-            tune_epoch += 1
+        search.tuning = True  # w-only epochs
+        try:
+            for _ in range(cfg.pt_tune_epochs):
+                saved_epoch = st.epoch
+                st.epoch = search.cfg.epochs + tune_epoch  # fresh, seeded randomness per tuning epoch
+                search._epoch(st, w_stream, a_stream, steps, None)
+                st.epoch = saved_epoch
+                tune_epoch += 1
+        finally:
+            search.tuning = False
 
-    for n_done, e in enumerate(order):
+    for k in range(len(decisions), len(plan)):
+        kind, item = plan[k]
         with torch.no_grad():
             base_mix = search.expected_mix(st)
         base = supernet_accuracy(st, val, base_mix, cfg.pt_batches)
-        ops = space.edge_ops[e]
-        accs = {}
-        for k in candidate_ops(st, e, space.pt_exclude, space.edge_ops):
-            accs[ops[k]] = supernet_accuracy(st, val, without_op(base_mix, e, k), cfg.pt_batches)
-        chosen = min(accs, key=lambda op: (accs[op], ops.index(op)))  # removal hurts most
-        st.arch.decided[e] = ops.index(chosen)
-        decisions.append({"edge": e, "name": space.edge_names[e], "base_acc": base, "acc_without": accs,
-                          "chosen": chosen})
+        if kind == "edge":
+            e, ops = item, space.edge_ops[item]
+            accs = {}
+            for op_k in candidate_ops(st, e, space.pt_exclude, space.edge_ops):
+                accs[ops[op_k]] = supernet_accuracy(st, val, without_op(base_mix, e, op_k), cfg.pt_batches)
+            chosen = min(accs, key=lambda op: (accs[op], ops.index(op)))  # removal hurts most
+            st.arch.decided[e] = ops.index(chosen)
+            decisions.append({"edge": e, "name": space.edge_names[e], "base_acc": base, "acc_without": accs,
+                              "chosen": chosen})
+            msg = (f"PT edge {k + 1}/{len(order)} ({space.edge_names[e]}): keep {chosen} (accuracy {base:.4f}, "
+                   f"{accs[chosen]:.4f} without it)")
+        else:  # the topology step (DARTS spaces): per node, keep the edges whose removal hurts most
+            group = item
+            accs_e = {e: supernet_accuracy(st, val, without_edge(base_mix, e), cfg.pt_batches) for e in group}
+            keep = sorted(group, key=lambda e: (accs_e[e], e))[: space.keep_edges_per_node]
+            for e in group:
+                if e not in keep:
+                    st.arch.removed[e] = True
+            decisions.append({"node_edges": [space.edge_names[e] for e in group], "base_acc": base,
+                              "acc_without_edge": {space.edge_names[e]: a for e, a in accs_e.items()},
+                              "kept": [space.edge_names[e] for e in sorted(keep)]})
+            msg = f"PT node {k + 1 - len(order)}/{len(groups)}: keep {', '.join(space.edge_names[e] for e in sorted(keep))}"
         if cfg.progress:
-            print(f"PT edge {n_done + 1}/{len(order)} ({space.edge_names[e]}): keep {chosen} (accuracy {base:.4f}, "
-                  f"{accs[chosen]:.4f} without it)", file=sys.stderr, flush=True)
-        if n_done < n_steps - 1:
+            print(msg, file=sys.stderr, flush=True)
+        if k < len(plan) - 1:
             tune()
-    # the topology step (DARTS spaces): per node, keep the edges whose removal hurts most
-    for n_done, group in enumerate(groups):
-        with torch.no_grad():
-            base_mix = search.expected_mix(st)
-        base = supernet_accuracy(st, val, base_mix, cfg.pt_batches)
-        accs = {e: supernet_accuracy(st, val, without_edge(base_mix, e), cfg.pt_batches) for e in group}
-        keep = sorted(group, key=lambda e: (accs[e], e))[: space.keep_edges_per_node]
-        for e in group:
-            if e not in keep:
-                st.arch.removed[e] = True
-        decisions.append({"node_edges": [space.edge_names[e] for e in group], "base_acc": base,
-                          "acc_without_edge": {space.edge_names[e]: a for e, a in accs.items()},
-                          "kept": [space.edge_names[e] for e in sorted(keep)]})
-        if cfg.progress:
-            print(f"PT node {n_done + 1}/{len(groups)}: keep {', '.join(space.edge_names[e] for e in sorted(keep))}",
-                  file=sys.stderr, flush=True)
-        if len(order) + n_done < n_steps - 1:
-            tune()
-    search.tuning = False
+        if checkpoint is not None:
+            seconds = float((resume_from or {}).get("seconds", 0.0)) + time.perf_counter() - t_start
+            torch_save(checkpoint, {**(header or {}), "format": "nas-pt-checkpoint-v1", "seconds": seconds,
+                                    "model": st.model.state_dict(), "arch": st.arch.state_dict(),
+                                    "w_opt": st.w_opt.state_dict(), "decisions": decisions,
+                                    "tune_epoch": tune_epoch})
+        if on_step is not None:
+            on_step(k)
     return decisions, order
 
 
-def pt_select(run: str | Path, cfg: config_mod.SelectConfig) -> dict[str, Any]:
-    """Perturbation-based selection on a finished supernet; returns the decisions and genotype."""
+def _pt_header(run: str | Path, cfg: config_mod.SelectConfig) -> dict[str, Any]:
+    """What a PT checkpoint must agree with to be resumed: the select config and the search it
+    started from (the digest of the search checkpoint)."""
+    from nas.utils import sha256_file
+
+    return {"config": config_mod.to_dict(cfg), "search_sha256": sha256_file(Path(run) / "checkpoint.pt")}
+
+
+def pt_select(run: str | Path, cfg: config_mod.SelectConfig, resume: bool = False,
+              on_step: Any = None) -> dict[str, Any]:
+    """Perturbation-based selection on a finished supernet; returns the decisions and genotype.
+    With ``cfg.out`` set, each decided edge is checkpointed there; ``resume`` continues from it."""
     t0 = time.perf_counter()
     search, st, w_stream, a_stream, val = load_supernet(run, cfg.device)
     space = search.space
     magnitude = space.format_genotype(space.select_magnitude(search.expected(st)))
-    decisions, order = pt_project(search, st, val, w_stream, a_stream, cfg)
+    checkpoint = Path(cfg.out) / PT_CHECKPOINT if cfg.out else None
+    header = _pt_header(run, cfg)
+    resume_from = None
+    if checkpoint is not None and resume and checkpoint.is_file():
+        from nas.rundir import check_resume
+        from nas.utils import torch_load
+
+        resume_from = torch_load(checkpoint)
+        if not isinstance(resume_from, dict) or resume_from.get("format") != "nas-pt-checkpoint-v1":
+            raise NasError(f"{checkpoint}: not a PT checkpoint")
+        check_resume(checkpoint, resume_from.get("config", {}), header["config"],
+                     config_mod.to_dict(config_mod.SelectConfig()), PT_FREE_KEYS)
+        if resume_from.get("search_sha256") != header["search_sha256"]:
+            raise NasError(f"{checkpoint}: cannot resume, the search in {run} changed since this PT started")
+        t0 -= float(resume_from.get("seconds", 0.0))
+    decisions, order = pt_project(search, st, val, w_stream, a_stream, cfg, checkpoint, header, resume_from, on_step)
     geno = space.select_magnitude(search.expected(st))
     return {
         "space": space.name,
@@ -234,30 +285,38 @@ def scatter(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     plt.close(fig)
 
 
-def select(cfg: config_mod.SelectConfig) -> dict[str, Any]:
-    """The selection stage: ``magnitude`` re-derives the genotype from result.json; ``pt`` runs PT."""
+def select(cfg: config_mod.SelectConfig, resume: bool = False, force: bool = False,
+           on_step: Any = None) -> dict[str, Any]:
+    """The selection stage: ``magnitude`` re-derives the genotype from result.json; ``pt`` runs PT.
+
+    With ``cfg.out``, the folder is checked and claimed before any work starts; PT checkpoints each
+    decided edge there (``pt-checkpoint.pt``): an interrupted PT is continued with ``resume``,
+    started over with ``force``, and a second PT into the same folder is otherwise refused."""
+    from contextlib import nullcontext
+
+    from nas.rundir import claim
     from nas.stages import read_search_result
 
     if not cfg.run:
         raise NasError("select: key 'run' is required (a search run directory)")
-    if cfg.method == "magnitude":
-        res = read_search_result(cfg.run)
-        if res.get("selection") in ("rsps", "random"):
-            raise NasError(f"{cfg.run}: searched with {res['selection']!r}, which trains no α; its architecture "
-                           f"({res['genotype']}) was selected by {res['selection']}, not by magnitude")
-        from nas.spaces import get_space
+    res = read_search_result(cfg.run)  # checked (schema, finite weights) before anything is claimed
+    lock = claim(cfg.out, resume, force, (PT_CHECKPOINT,), "selection") if cfg.out else nullcontext()
+    with lock:
+        if cfg.method == "magnitude":
+            if res.get("selection") in ("rsps", "random"):
+                raise NasError(f"{cfg.run}: searched with {res['selection']!r}, which trains no α; its architecture "
+                               f"({res['genotype']}) was selected by {res['selection']}, not by magnitude")
+            from nas.spaces import get_space
 
-        space = get_space(res["space"])
-        weights = torch.tensor(res["weights"])
-        if tuple(weights.shape) != space.alpha_shape:
-            raise NasError(f"{cfg.run}/{RESULT}: weights have shape {tuple(weights.shape)}, expected {space.alpha_shape}")
-        sel = {"space": space.name, "selection": "magnitude",
-               "genotype": space.format_genotype(space.select_magnitude(weights)),
-               "run": str(cfg.run), "search_method": res.get("method")}
-    elif cfg.method == "pt":
-        sel = pt_select(cfg.run, cfg)
-    else:
-        raise NasError(f"select: unknown method {cfg.method!r} (expected magnitude or pt)")
-    if cfg.out:
-        write_json(Path(cfg.out) / "selection.json", sel)
+            space = get_space(res["space"])
+            weights = torch.tensor(res["weights"])
+            sel = {"space": space.name, "selection": "magnitude",
+                   "genotype": space.format_genotype(space.select_magnitude(weights)),
+                   "run": str(cfg.run), "search_method": res.get("method")}
+        elif cfg.method == "pt":
+            sel = pt_select(cfg.run, cfg, resume=resume, on_step=on_step)
+        else:
+            raise NasError(f"select: unknown method {cfg.method!r} (expected magnitude or pt)")
+        if cfg.out:
+            write_json(Path(cfg.out) / SELECTION, sel)
     return sel

@@ -25,9 +25,11 @@ def prepare_stage(cfg: config_mod.PrepareConfig) -> dict[str, Any]:
     return {"path": str(path), **manifest}
 
 
-def search_stage(cfg: config_mod.SearchConfig, resume: bool = False, callback: Any = None) -> dict[str, Any]:
-    """Search a supernet; ``callback(state)`` runs after each epoch (progress, tracking)."""
-    return search(cfg, resume=resume, callback=callback)
+def search_stage(cfg: config_mod.SearchConfig, resume: bool = False, callback: Any = None,
+                 force: bool = False) -> dict[str, Any]:
+    """Search a supernet; ``callback(state)`` runs after each epoch (progress, tracking).  An ``out``
+    folder holding a run is continued with ``resume``, started over with ``force``, else refused."""
+    return search(cfg, resume=resume, callback=callback, force=force)
 
 
 def read_search_result(run: str | Path) -> dict[str, Any]:
@@ -36,11 +38,11 @@ def read_search_result(run: str | Path) -> dict[str, Any]:
         path = path / SEARCH_RESULT
     if not path.is_file():
         raise NasError(f"{path}: search result not found (expected a run directory written by 'nas search')")
+    from nas.schemas import validate_search_result
+
     res = read_json(path)
-    for key in ("space", "weights", "genotype"):
-        if key not in res:
-            raise NasError(f"{path}: missing key {key!r}")
-    return res
+    space = get_space(res["space"]) if isinstance(res, dict) and isinstance(res.get("space"), str) else None
+    return validate_search_result(res, str(path), space.alpha_shape if space else None)
 
 
 def read_genotype(path: str | Path) -> dict[str, Any]:
@@ -57,12 +59,13 @@ def read_genotype(path: str | Path) -> dict[str, Any]:
     return {"space": obj["space"], "genotype": obj["genotype"]}
 
 
-def select_stage(cfg: config_mod.SelectConfig) -> dict[str, Any]:
+def select_stage(cfg: config_mod.SelectConfig, resume: bool = False, force: bool = False) -> dict[str, Any]:
     """Choose the final architecture of a finished search (magnitude or PT); writes
-    ``<out>/selection.json`` when ``out`` is set."""
+    ``<out>/selection.json`` when ``out`` is set.  PT checkpoints each decided edge in ``out``:
+    ``resume`` continues an interrupted PT, ``force`` starts it over."""
     from nas.select import select
 
-    return select(cfg)
+    return select(cfg, resume=resume, force=force)
 
 
 def strength_stage(cfg: config_mod.SelectConfig) -> dict[str, Any]:
@@ -102,8 +105,8 @@ def info_stage(space_name: str, genotype: str, channels: int | None = None, cell
             "macs": macs, "flops": 2 * macs}
 
 
-def retrain_stage(cfg: config_mod.RetrainConfig, resume: bool = False) -> dict[str, Any]:
-    return retrain(cfg, resume=resume)
+def retrain_stage(cfg: config_mod.RetrainConfig, resume: bool = False, force: bool = False) -> dict[str, Any]:
+    return retrain(cfg, resume=resume, force=force)
 
 
 def evaluate_stage(search_dir: str | Path, selection: str | Path, retrain_dir: str | Path,
@@ -177,7 +180,7 @@ def _fmt(v: Any) -> str:
 
 def resume_or_restart(stage: Any, cfg: Any, **kwargs: Any) -> dict[str, Any]:
     """Run ``stage(cfg, resume=True)``; when the checkpoint in ``cfg.out`` was written with another
-    config (a changed parameter), start that stage over instead of refusing."""
+    config (a changed parameter) or other data, start that stage over (``force``) instead of refusing."""
     import sys
 
     try:
@@ -186,4 +189,4 @@ def resume_or_restart(stage: Any, cfg: Any, **kwargs: Any) -> dict[str, Any]:
         if "cannot resume" not in str(exc):
             raise
         print(f"{exc}; starting over", file=sys.stderr)
-        return stage(cfg, resume=False, **kwargs)
+        return stage(cfg, resume=False, force=True, **kwargs)

@@ -14,13 +14,17 @@ from torch import nn
 
 from nas import config as config_mod
 from nas.data import BatchStream, balanced_subset, load_bundle
+from nas.rundir import check_resume, claim
 from nas.spaces import get_space
 from nas.utils import NasError, generator_for, resolve_device, seed_everything, torch_load, torch_save, write_json
 
 CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
 MODEL = "model.pt"
-RESUME_FREE_KEYS = {"out", "progress", "device", "cache_dir", "checkpoint_every", "data", "eval_every"}
+# Keys that may change when a retrain resumes (``data`` may move: its content is checked by digest).
+RESUME_FREE_KEYS = {"out", "progress", "device", "cache_dir", "checkpoint_every", "data", "eval_every",
+                    "eval_batch_size"}
+RUN_FILES = (CHECKPOINT, RESULT, MODEL)
 
 
 def count_params(model: nn.Module) -> int:
@@ -117,12 +121,22 @@ def train_epoch(net: nn.Module, stream: BatchStream, opt: torch.optim.Optimizer,
 
 
 def retrain(cfg: config_mod.RetrainConfig, resume: bool = False,
-            callback: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+            callback: Callable[[int, dict], None] | None = None, force: bool = False) -> dict[str, Any]:
     """Train the discrete network of ``cfg.genotype`` and report its test accuracy.
 
     Writes ``<out>/checkpoint.pt`` (every ``checkpoint_every`` epochs), ``<out>/model.pt`` and
-    ``<out>/result.json``.
+    ``<out>/result.json``.  A folder that already holds a retrain is continued with ``resume``,
+    started over with ``force``, and otherwise refused.
     """
+    if not cfg.genotype:
+        raise NasError("retrain: key 'genotype' is required (a genotype string)")
+    get_space(cfg.space).parse_genotype(cfg.genotype)  # a bad genotype is named before the folder is touched
+    with claim(cfg.out, resume, force, RUN_FILES, "retrain"):
+        return _retrain(cfg, resume, callback)
+
+
+def _retrain(cfg: config_mod.RetrainConfig, resume: bool,
+             callback: Callable[[int, dict], None] | None) -> dict[str, Any]:
     if not cfg.genotype:
         raise NasError("retrain: key 'genotype' is required (a genotype string)")
     space = get_space(cfg.space)
@@ -154,12 +168,10 @@ def retrain(cfg: config_mod.RetrainConfig, resume: bool = False,
     ck_path = out / CHECKPOINT
     if resume and ck_path.is_file():
         ck = torch_load(ck_path, map_location=device)
-        saved, now = ck.get("config", {}), config_mod.to_dict(cfg)
-        defaults = config_mod.to_dict(type(cfg)())
-        diff = sorted(k for k in now if k not in RESUME_FREE_KEYS and saved.get(k, defaults[k]) != now[k])
-        if diff:
-            k = diff[0]
-            raise NasError(f"{ck_path}: cannot resume, config key {k!r} was {saved.get(k, defaults[k])!r}, now {now[k]!r}")
+        if not isinstance(ck, dict) or ck.get("format") != "nas-retrain-checkpoint-v1":
+            raise NasError(f"{ck_path}: not a retrain checkpoint")
+        check_resume(ck_path, ck.get("config", {}), config_mod.to_dict(cfg), config_mod.to_dict(type(cfg)()),
+                     RESUME_FREE_KEYS, ck.get("data_sha256"), bundle.prepared.manifest["sha256"])
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
@@ -197,7 +209,7 @@ def retrain(cfg: config_mod.RetrainConfig, resume: bool = False,
                 print(msg, file=sys.stderr, flush=True)
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
                 torch_save(ck_path, {"format": "nas-retrain-checkpoint-v1", "config": config_mod.to_dict(cfg),
-                                     "epoch": epoch + 1, "model": net.state_dict(), "opt": opt.state_dict(),
+                                     "data_sha256": bundle.prepared.manifest["sha256"], "epoch": epoch + 1, "model": net.state_dict(), "opt": opt.state_dict(),
                                      "sched": sched.state_dict(), "history": history})
             if callback is not None:
                 callback(epoch + 1, rec)
@@ -210,7 +222,7 @@ def retrain(cfg: config_mod.RetrainConfig, resume: bool = False,
         final["test_loss"], final["test_acc"] = evaluate(net, test)
         if val is not None:
             final["val_loss"], final["val_acc"] = evaluate(net, val)
-    torch_save(out / MODEL, net.state_dict())
+    torch_save(out / MODEL, net.state_dict(), digest=False)  # plain format: loads with torch.load
     result = {
         "space": space.name,
         "genotype": space.format_genotype(geno),

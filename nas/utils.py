@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
@@ -19,23 +20,123 @@ class NasError(Exception):
     """A user-facing error: the message is one line naming the file, key or token at fault."""
 
 
+ECHO_LIMIT = 200
+
+
+def clip(value: Any, limit: int = ECHO_LIMIT) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for error messages that echo input.
+
+    Nested containers are abbreviated before they are turned into text, so a huge (or
+    alias-expanded) value costs no more than its first few items."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother = 3, limit, limit
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = r.maxfrozenset = r.maxdeque = r.maxarray = 8
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _os_error(path: Path, exc: OSError) -> NasError:
+    reason = exc.strerror or type(exc).__name__
+    return NasError(f"{path}: cannot write ({reason})")
+
+
 def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     """Write ``path`` through a temporary file in the same folder, then rename it into place.
 
-    ``writer`` receives the temporary path.  A crash leaves no file that looks complete.
+    ``writer`` receives the temporary path.  A crash leaves no file that looks complete; a failed
+    write (full disk, read-only filesystem, a file where a folder should be) leaves no temporary
+    file and raises a one-line ``NasError`` naming the path.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _os_error(path, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         writer(tmp_path)
+        # mkstemp creates the file with mode 0600; give it the mode any other new file gets
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
+    except OSError as exc:
+        raise _os_error(path, exc) from None
+    except RuntimeError as exc:  # torch.save reports a failed write (e.g. a full disk) as RuntimeError
+        if "write" not in str(exc).lower() and "file" not in str(exc).lower():
+            raise
+        raise NasError(f"{path}: cannot write ({str(exc).splitlines()[0][:120]})") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
     return path
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` files that writes killed part-way left in ``folder``.
+
+    Call it only while holding the folder (``run_lock``), so that no live write is removed."""
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp"):
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+def check_output_dir(path: str | Path, what: str = "out") -> Path:
+    """Refuse, before any work starts, an output folder that cannot be written: a path that is
+    an existing file or lies under one, or a folder that is read-only.  Creates the folder."""
+    if str(path).strip() == "":
+        raise NasError(f"{what}: an empty path is not an output folder")
+    path = Path(path)
+    for parent in (path, *path.parents):
+        if parent.exists() and not parent.is_dir():
+            where = "is" if parent == path else f"lies under {parent}, which is"
+            raise NasError(f"{what}: {path} {where} a file, expected a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=".tmp", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise NasError(f"{what}: {path} is not writable ({exc.strerror or type(exc).__name__})") from None
+    return path
+
+
+class RunLock:
+    """An exclusive claim on a run folder (``<folder>/.lock``), held while a stage writes there.
+
+    A second process that tries to claim the same folder gets a one-line error at once (or waits,
+    with ``wait=True``).  The lock file stays; the claim goes with the process."""
+
+    def __init__(self, folder: str | Path, wait: bool = False, what: str = "run"):
+        from filelock import FileLock
+
+        self.folder = check_output_dir(folder)
+        self.wait = wait
+        self.what = what
+        self._lock = FileLock(str(self.folder / ".lock"))
+
+    def __enter__(self) -> RunLock:
+        from filelock import Timeout
+
+        try:
+            self._lock.acquire(timeout=-1 if self.wait else 0)
+        except Timeout:
+            raise NasError(f"{self.folder}: another process is writing this {self.what} folder "
+                           "(wait for it to finish, or choose another --out)") from None
+        remove_stale_temporaries(self.folder)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._lock.release()
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
@@ -43,26 +144,73 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write(path, lambda p: p.write_text(text))
 
 
+MAX_JSON_BYTES = 256 << 20
+
+
 def read_json(path: str | Path) -> Any:
     """A JSON file's content, or a one-line error naming the file and the position."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise NasError(f"{path}: {path.stat().st_size} bytes, more than a result file may hold "
+                           f"({MAX_JSON_BYTES >> 20} MiB)")
+        return json.loads(path.read_bytes().decode("utf-8"))
     except json.JSONDecodeError as exc:
         raise NasError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise NasError(f"{path}: not valid JSON (not UTF-8 text)") from None
+    except RecursionError:
+        raise NasError(f"{path}: not valid JSON (nested too deeply)") from None
+    except OSError as exc:
+        raise NasError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
 
 
-def torch_save(path: str | Path, obj: Any) -> Path:
-    return atomic_write(path, lambda p: torch.save(obj, p))
+# A checkpoint file is this magic, the SHA-256 of the payload, then torch.save's bytes: a flipped
+# bit anywhere is found on load instead of resuming from garbage.
+CHECKPOINT_MAGIC = b"NASCKPT1"
+
+
+def torch_save(path: str | Path, obj: Any, digest: bool = True) -> Path:
+    """Save ``obj`` atomically; with ``digest`` (checkpoints) the file carries its payload's SHA-256,
+    verified by ``torch_load``.  ``digest=False`` writes the plain ``torch.save`` format (weights
+    meant for other tools)."""
+    if not digest:
+        return atomic_write(path, lambda p: torch.save(obj, p))
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    payload = buf.getvalue()
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:
+            f.write(CHECKPOINT_MAGIC)
+            f.write(hashlib.sha256(payload).digest())
+            f.write(payload)
+
+    return atomic_write(path, write)
 
 
 def torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """Load a checkpoint or tensor file safely (``weights_only=True``): no code runs on load."""
+    """Load a checkpoint or tensor file safely (``weights_only=True``): no code runs on load.
+
+    A file written with a digest (``torch_save``) is checked against it first."""
     path = Path(path)
     if not path.is_file():
         raise NasError(f"{path}: file not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with open(path, "rb") as f:
+            head = f.read(len(CHECKPOINT_MAGIC))
+            if head == CHECKPOINT_MAGIC:
+                want = f.read(32)
+                payload = f.read()
+                if hashlib.sha256(payload).digest() != want:
+                    raise NasError(f"{path}: checksum mismatch (the file is corrupt or was changed); "
+                                   "delete it to start that run over")
+                source: Any = io.BytesIO(payload)
+            else:
+                source = path
+        return torch.load(source, map_location=map_location, weights_only=True)
+    except NasError:
+        raise
     except Exception as exc:  # pickle.UnpicklingError, RuntimeError, EOFError ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise NasError(f"{path}: not a loadable tensor/checkpoint file ({first[:200]})") from None

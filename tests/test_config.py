@@ -58,7 +58,7 @@ def test_wrong_type_is_named(item, msg):
 
 
 def test_ranges_are_checked():
-    with pytest.raises(NasError, match="'order' must be 1 or 2"):
+    with pytest.raises(NasError, match="'order' must be one of 1, 2"):
         build_config("search", sets=["order=3"])
     with pytest.raises(NasError, match="'train_portion' must be in"):
         build_config("search", sets=["train_portion=1.0"])

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from nas.methods.perturb import AdversarialPerturbation, NoPerturbation, Perturbation, RandomSmoothing
 from nas.supernet import Mix
-from nas.utils import NasError
+from nas.utils import NasError, clip
 
 __all__ = ["Mixing", "Softmax", "GumbelSoftmax", "GumbelHard", "Dirichlet", "UniformPath", "Method",
            "build_method", "METHOD_NAMES", "Perturbation"]
@@ -217,10 +217,10 @@ def build_method(cfg: Any) -> Method:
     for a combination that makes no sense."""
     name = cfg.method
     if name not in METHOD_NAMES:
-        raise NasError(f"method: unknown {name!r} (expected one of {', '.join(METHOD_NAMES)})")
+        raise NasError(f"method: unknown {clip(name, 60)} (expected one of {', '.join(METHOD_NAMES)})")
     perturb = cfg.perturb if cfg.perturb != "auto" else _DEFAULT_PERTURB.get(name, "none")
     if perturb not in ("none", "rs", "adv"):
-        raise NasError(f"perturb: unknown {perturb!r} (expected auto, none, rs or adv)")
+        raise NasError(f"perturb: unknown {clip(perturb, 60)} (expected auto, none, rs or adv)")
     k = cfg.partial_channels or (4 if name == "pc-darts" else 1)
     edge_norm = cfg.edge_norm if cfg.edge_norm is not None else name == "pc-darts"
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from nas.spaces import nb201
-from nas.utils import NasError
+from nas.utils import NasError, clip
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ _CACHE: dict[str, SearchSpace] = {"nb201": NB201}
 
 def get_space(name: str) -> SearchSpace:
     if name not in SPACE_NAMES:
-        raise NasError(f"space: unknown {name!r} (expected one of {', '.join(SPACE_NAMES)})")
+        raise NasError(f"space: unknown {clip(name, 60)} (expected one of {', '.join(SPACE_NAMES)})")
     if name not in _CACHE:
         _CACHE[name] = _darts_space(name)
     return _CACHE[name]

@@ -20,7 +20,7 @@ from torch import nn
 
 from nas.spaces.darts_ops import FactorizedReduce, ReLUConvBN, make_darts_op
 from nas.supernet import Mix, as_mix, channel_shuffle
-from nas.utils import NasError
+from nas.utils import NasError, clip
 
 PRIMITIVES = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
               "dil_conv_3x3", "dil_conv_5x5")
@@ -85,66 +85,96 @@ def format_genotype(g: DartsGenotype) -> str:
             f"reduce={cell(g.reduce)}, reduce_concat={list(g.reduce_concat)})")
 
 
+MAX_GENOTYPE_CHARS = 100_000
+
+
 def _validate(fields: dict[str, Any], text: str, ops: set[str]) -> DartsGenotype:
     out = {}
     for key in ("normal", "reduce"):
         if key not in fields:
-            raise NasError(f"genotype {text[:60]!r}...: missing {key!r}")
+            raise NasError(f"genotype {clip(text, 60)}: missing {key!r}")
         genes = fields[key]
         if not isinstance(genes, (list, tuple)) or len(genes) != 2 * STEPS:
-            raise NasError(f"genotype: {key!r} needs {2 * STEPS} (op, input) pairs, got {genes!r}")
+            raise NasError(f"genotype: {key!r} needs {2 * STEPS} (op, input) pairs, got {clip(genes)}")
         parsed = []
         for n, gene in enumerate(genes):
             if not isinstance(gene, (list, tuple)) or len(gene) != 2:
-                raise NasError(f"genotype: {key}[{n}] = {gene!r} is not an (op, input) pair")
+                raise NasError(f"genotype: {key}[{n}] = {clip(gene)} is not an (op, input) pair")
             op, j = gene
-            if op not in ops or op == "none":
-                raise NasError(f"genotype: {key}[{n}] has unknown op {op!r} (expected one of "
+            if not isinstance(op, str) or op not in ops or op == "none":
+                raise NasError(f"genotype: {key}[{n}] has unknown op {clip(op, 60)} (expected one of "
                                f"{', '.join(sorted(ops - {'none'}))})")
             node = 2 + n // 2
             if not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < node:
-                raise NasError(f"genotype: {key}[{n}] = {gene!r}: input {j!r} must be in 0..{node - 1} for node {node}")
+                raise NasError(f"genotype: {key}[{n}] = {clip(gene)}: input {clip(j, 40)} must be in 0..{node - 1} "
+                               f"for node {node}")
             parsed.append((op, j))
         out[key] = tuple(parsed)
         concat = fields.get(f"{key}_concat", CONCAT)
-        if list(concat) != CONCAT:
-            raise NasError(f"genotype: {key}_concat must be {CONCAT}, got {concat!r}")
+        if not isinstance(concat, (list, tuple)) or list(concat) != CONCAT:
+            raise NasError(f"genotype: {key}_concat must be {CONCAT}, got {clip(concat)}")
         out[f"{key}_concat"] = tuple(concat)
     return DartsGenotype(out["normal"], out["normal_concat"], out["reduce"], out["reduce_concat"])
+
+
+def _range(node: ast.Call, field: str) -> list[int]:
+    """``range(2, 6)`` in a genotype's concat field, without building a huge list."""
+    args = node.args
+    if node.keywords or not 1 <= len(args) <= 3 or not all(
+            isinstance(a, ast.Constant) and type(a.value) is int for a in args):
+        raise NasError(f"genotype: field {field!r}: range() takes 1 to 3 integer literals")
+    values = [a.value for a in args]
+    if len(values) == 3 and values[2] == 0:
+        raise NasError(f"genotype: field {field!r}: range() step must not be zero")
+    r = range(*values)
+    if len(r) > 4 * STEPS:
+        raise NasError(f"genotype: field {field!r}: range of {len(r)} nodes, expected {CONCAT}")
+    return list(r)
 
 
 def parse_genotype(text: str, ops: tuple[str, ...] = PRIMITIVES + ("noise",)) -> DartsGenotype:
     """Parse ``Genotype(normal=[('sep_conv_3x3', 0), ...], normal_concat=[2, 3, 4, 5], reduce=[...],
     reduce_concat=[2, 3, 4, 5])`` or the JSON form ``{"normal": [["sep_conv_3x3", 0], ...], ...}``."""
+    if not isinstance(text, str):
+        raise NasError(f"genotype: expected a string, got {type(text).__name__}")
+    if len(text) > MAX_GENOTYPE_CHARS:
+        raise NasError(f"genotype: {len(text)} characters, longer than any genotype ({clip(text, 60)})")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise NasError(f"genotype: not UTF-8 text ({clip(text, 60)})") from None
     s = text.strip()
     if s.startswith("{"):
         try:
             fields = json.loads(s)
         except json.JSONDecodeError as exc:
             raise NasError(f"genotype: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise NasError("genotype: not valid JSON (nested too deeply)") from None
         if not isinstance(fields, dict):
             raise NasError("genotype: JSON form must be an object")
         return _validate(fields, s, set(ops))
     try:
         tree = ast.parse(s, mode="eval").body
     except SyntaxError as exc:
-        raise NasError(f"genotype: cannot parse {s[:60]!r} ({exc.msg})") from None
+        raise NasError(f"genotype: cannot parse {clip(s, 60)} ({exc.msg})") from None
+    except (RecursionError, MemoryError, ValueError):
+        raise NasError(f"genotype: cannot parse {clip(s, 60)} (nested too deeply or not text)") from None
     if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) and tree.func.id == "Genotype"
             and not tree.args):
         raise NasError(f"genotype: expected Genotype(normal=..., normal_concat=..., reduce=..., reduce_concat=...), "
-                       f"got {s[:60]!r}")
+                       f"got {clip(s, 60)}")
     fields = {}
     for kw in tree.keywords:
         if kw.arg not in ("normal", "normal_concat", "reduce", "reduce_concat"):
-            raise NasError(f"genotype: unknown field {kw.arg!r}")
+            raise NasError(f"genotype: unknown field {clip(kw.arg, 60)}")
         node = kw.value
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range"
-                and all(isinstance(a, ast.Constant) and isinstance(a.value, int) for a in node.args)):
-            fields[kw.arg] = list(range(*(a.value for a in node.args)))  # normal_concat=range(2, 6)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range":
+            fields[kw.arg] = _range(node, kw.arg)  # normal_concat=range(2, 6)
             continue
         try:
             fields[kw.arg] = ast.literal_eval(node)
-        except ValueError:
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             raise NasError(f"genotype: field {kw.arg!r} is not a literal") from None
     return _validate(fields, s, set(ops))
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from nas.spaces.ops import ResNetBasicBlock, make_op
-from nas.utils import NasError
+from nas.utils import NasError, clip
 
 NAME = "nb201"
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -25,25 +25,29 @@ Genotype = tuple[str, ...]  # one op name per edge, in EDGES order
 
 def parse_genotype(text: str) -> Genotype:
     """Parse ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|`` strictly; errors name the bad token."""
+    if not isinstance(text, str):
+        raise NasError(f"genotype: expected a string, got {type(text).__name__}")
     s = text.strip()
+    if len(s) > 1000:  # the longest valid genotype has about 120 characters
+        raise NasError(f"genotype {clip(s, 60)}: {len(s)} characters, longer than any NAS-Bench-201 genotype")
     groups = s.split("+")
     if len(groups) != NUM_NODES - 1:
-        raise NasError(f"genotype {text!r}: expected {NUM_NODES - 1} '+'-separated node groups, got {len(groups)}")
+        raise NasError(f"genotype {clip(text, 100)}: expected {NUM_NODES - 1} '+'-separated node groups, got {len(groups)}")
     ops: list[str] = []
     for i, group in enumerate(groups, start=1):
         if len(group) < 2 or not group.startswith("|") or not group.endswith("|"):
-            raise NasError(f"genotype {text!r}: node group {group!r} must start and end with '|'")
+            raise NasError(f"genotype {clip(text, 100)}: node group {clip(group, 60)} must start and end with '|'")
         tokens = group[1:-1].split("|")
         if len(tokens) != i:
-            raise NasError(f"genotype {text!r}: node {i} group {group!r} needs {i} edges, got {len(tokens)}")
+            raise NasError(f"genotype {clip(text, 100)}: node {i} group {clip(group, 60)} needs {i} edges, got {len(tokens)}")
         for j, token in enumerate(tokens):
             if token.count("~") != 1:
-                raise NasError(f"genotype {text!r}: bad token {token!r} (expected op~{j})")
+                raise NasError(f"genotype {clip(text, 100)}: bad token {clip(token, 40)} (expected op~{j})")
             op, src = token.split("~")
             if op not in OPS:
-                raise NasError(f"genotype {text!r}: unknown op {op!r} in token {token!r} (expected one of {', '.join(OPS)})")
+                raise NasError(f"genotype {clip(text, 100)}: unknown op {clip(op, 40)} (expected one of {', '.join(OPS)})")
             if src != str(j):
-                raise NasError(f"genotype {text!r}: token {token!r} should read from node {j}")
+                raise NasError(f"genotype {clip(text, 100)}: token {clip(token, 40)} should read from node {j}")
             ops.append(op)
     return tuple(ops)
 

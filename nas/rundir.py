@@ -1,0 +1,72 @@
+"""Run folders: who may write one, when an existing one is continued, refused or started over.
+
+A stage (search, retrain, PT selection) writes into its ``out`` folder only while it holds the
+folder's lock, so two processes never write one run.  A folder that already holds a run is never
+overwritten by accident: without ``resume`` or ``force`` the stage stops at once with a message
+naming both.  ``force`` removes the earlier run's files first, so that no stale result is left
+beside a new checkpoint.  Resuming checks that the configuration (and the data) is the one the
+checkpoint was written with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from nas.utils import NasError, RunLock, clip
+
+
+def claim(out: str | Path, resume: bool, force: bool, owned: Iterable[str], what: str,
+          flag_hint: str = "--resume to continue it or --force to start over") -> RunLock:
+    """Lock ``out`` for this process (a one-line error when another holds it) and decide what to do
+    with a run already in it: ``owned`` are the file names this stage writes there.
+
+    - ``resume``: the files stay (the stage continues from its checkpoint);
+    - ``force``: the files are removed, the stage starts over;
+    - neither: a one-line error when any of them exists.
+    The returned lock is held; use it as a context manager (it is already entered)."""
+    lock = RunLock(out, what=what)
+    lock.__enter__()
+    try:
+        present = [name for name in owned if (Path(out) / name).exists()]
+        if present and not resume:
+            if not force:
+                raise NasError(f"{out}: already holds a {what} run ({', '.join(present)}); pass {flag_hint}")
+            for name in present:
+                p = Path(out) / name
+                if p.is_dir():
+                    import shutil
+
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+    except BaseException:
+        lock.__exit__(None, None, None)
+        raise
+    return lock
+
+
+def config_difference(saved: dict[str, Any], now: dict[str, Any], defaults: dict[str, Any],
+                      free: Iterable[str]) -> str | None:
+    """The first key (sorted) whose value differs between a checkpoint's config and the current one,
+    as ``'key' was X, now Y``; keys in ``free`` may change; keys newer than the checkpoint count as
+    their default.  None when nothing differs."""
+    free = set(free)
+    diff = sorted(k for k in now if k not in free and saved.get(k, defaults.get(k)) != now[k])
+    if not diff:
+        return None
+    k = diff[0]
+    return f"config key {k!r} was {clip(saved.get(k, defaults.get(k)), 80)}, now {clip(now[k], 80)}"
+
+
+def check_resume(path: Path, saved: dict[str, Any], now: dict[str, Any], defaults: dict[str, Any],
+                 free: Iterable[str], saved_data: str | None = None, data: str | None = None) -> None:
+    """Refuse to resume a checkpoint written with another configuration, or from other data (the
+    prepared file's SHA-256: a different archive, subset of classes or image size)."""
+    diff = config_difference(saved, now, defaults, free)
+    if diff:
+        raise NasError(f"{path}: cannot resume, {diff}")
+    if saved_data is not None and data is not None and saved_data != data:
+        raise NasError(f"{path}: cannot resume, the data changed (the checkpoint was trained on prepared data "
+                       f"{saved_data[:12]}, this run reads {data[:12]}); use another --out or --force")
