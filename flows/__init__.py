@@ -12,3 +12,6 @@ os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH",
                       os.environ.get("NAS_PREFECT_RESULTS", str(_REPO / "runs" / "prefect-results")))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# A temporary Prefect server can take over a minute to start on an empty home, and longer when
+# several flows start at once; Prefect's own default (20 s) would fail them.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")

@@ -86,7 +86,7 @@ def select_task(cfg: dict[str, Any], inputs: list[str], track: bool = True,
     tracker = _tracker(track)
     run_id = tracker.start(f"select-{scfg.method}", {"stage": "select", "selection": scfg.method},
                            parent=parent_run) if tracker else None
-    sel = stages.select_stage(scfg)
+    sel = stages.resume_or_restart(stages.select_stage, scfg)
     if tracker:
         tracker.log_params(run_id, {f"select.{k}": v for k, v in config_mod.to_dict(scfg).items()})
         tracker.log_json(run_id, sel, "selection.json", "genotype")

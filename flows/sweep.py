@@ -24,10 +24,11 @@ from nas import sweep, tracking
 
 
 @task(name="trial")
-def trial_task(kwargs: dict[str, Any]) -> dict[str, Any]:
+def trial_task(kwargs: dict[str, Any]) -> dict[str, Any] | None:
     import os
 
-    return {**sweep.run_trial(**kwargs), "pid": os.getpid()}
+    row = sweep.run_trial(**kwargs)
+    return None if row is None else {**row, "pid": os.getpid()}
 
 
 @flow(name="nas-sweep-trials")
@@ -36,7 +37,9 @@ def _trials(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for fut in futures:
         try:
-            rows.append(fut.result())
+            row = fut.result()
+            # None: the study was full when the trial asked (other workers took the last trials)
+            rows.append(row if row is not None else {"state": "SKIPPED"})
         except Exception as exc:  # a failed trial is recorded as FAIL in the study; the sweep goes on
             print(f"trial failed: {type(exc).__name__}: {exc}")
     return rows
@@ -47,25 +50,40 @@ def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrai
                storage: str | None = None, params: str = "params/pipeline.yaml", sets: list[str] | None = None,
                parallel: int = 1, runner: str = "thread", address: str | None = None, pruner: str = "median",
                seed: int = 0, threads: int = 0, track: bool = True, out: str | None = None) -> dict[str, Any]:
-    """Bring the study to ``n_trials`` finished (complete or pruned) trials, ``parallel`` at a time."""
+    """Bring the study to ``n_trials`` finished (complete or pruned) trials, ``parallel`` at a time.
+
+    Several processes may run this flow on one study at once: each trial is claimed under the
+    study's lock, so together they finish exactly ``n_trials``; a trial whose worker died (no
+    heartbeat for twice ``NAS_OPTUNA_HEARTBEAT`` seconds) is marked FAIL and retried once."""
+    import time
+
     name = study or f"{method}-{mode}"
     st = sweep.open_study(name, storage, method, mode, pruner, seed)
+    sweep.fail_stale(st, storage)
     todo = max(0, n_trials - sweep.finished(st))
     print(f"study {name}: {sweep.finished(st)} finished trials, running {todo} more ({mode} objective)")
     tracker = tracking.Tracker() if track and tracking.enabled() else None
     parent = tracker.start(f"sweep-{name}", {"stage": "sweep", "method": method, "objective": mode}) if tracker else None
     out = out or f"runs/sweep/{name}"
     kw = dict(name=name, storage=storage, method=method, mode=mode, params=params, sets=list(sets or []), out=out,
-              pruner=pruner, seed=seed, track=track, parent_run=parent, threads=threads)
+              pruner=pruner, seed=seed, track=track, parent_run=parent, threads=threads, n_trials=n_trials)
     new: list[dict[str, Any]] = []
-    while todo > 0:
-        wave = min(parallel, todo)
+    while True:
+        st = sweep.open_study(name, storage, method, mode, pruner, seed)
+        sweep.fail_stale(st, storage)
+        done, busy = sweep.finished(st), sweep.running(st)
+        if done >= n_trials:
+            break
+        free = n_trials - done - busy
+        if free <= 0:  # the rest is running in other workers: wait for them (or for their heartbeats to stop)
+            time.sleep(min(sweep.heartbeat_interval(), 10))
+            continue
+        wave = min(parallel, free)
         rows = _trials.with_options(task_runner=task_runner(runner, address, workers=wave, threads=max(threads, 1)))(
             [kw] * wave)
-        new.extend(rows)
-        todo = max(0, n_trials - sweep.finished(sweep.open_study(name, storage, method, mode, pruner, seed)))
+        new.extend(r for r in rows if r["state"] != "SKIPPED")
         if not rows:
-            break
+            break  # every trial of the wave failed (recorded as FAIL): stop instead of failing forever
     st = sweep.open_study(name, storage, method, mode, pruner, seed)
     csv_path = sweep.write_trials_csv(st, Path(out) / "trials.csv")
     table = sweep.trials_table(st)

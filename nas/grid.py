@@ -128,7 +128,6 @@ def cached_search(cfg: config_mod.SearchConfig) -> tuple[dict[str, Any], bool]:
 def cached_selection(sel_cfg: config_mod.SelectConfig, search_result: Path) -> tuple[dict[str, Any], bool]:
     """A selection on a finished search, reused when it was made from the same ``result.json``
     with the same selection config."""
-    from nas.select import select
 
     out = Path(sel_cfg.out) / "selection.json"
     digest = sha256_file(search_result)
@@ -140,7 +139,10 @@ def cached_selection(sel_cfg: config_mod.SelectConfig, search_result: Path) -> t
             old = {}
         if old.get("search_digest") == digest and old.get("select_config") == key:
             return old, True
-    sel = select(dataclasses.replace(sel_cfg, out=None))
+    from nas.stages import resume_or_restart, select_stage
+
+    # PT checkpoints each decision in its folder: an interrupted grid continues the selection
+    sel = resume_or_restart(select_stage, sel_cfg)
     sel = {**sel, "search_digest": digest, "select_config": key}
     write_json(out, sel)
     return sel, False
@@ -151,11 +153,31 @@ def _final_eigenvalue(res: dict[str, Any]) -> float:
     return float(eig[-1]) if eig else math.nan
 
 
+class CellBusy(NasError):
+    """Another process is computing this cell."""
+
+
 def run_cell(protocol: str, method: str, seed: int, selections: list[str], out: str, data: str | None = None,
              pt_methods: list[str] | None = None, strength: bool = False, threads: int = 0,
-             progress: bool = False) -> list[dict[str, Any]]:
+             progress: bool = False, wait: bool = True) -> list[dict[str, Any]]:
     """Search one (method, seed) of a protocol, select with each selection, look the genotypes up.
-    Returns one row per selection (``RUN_FIELDS``)."""
+    Returns one row per selection (``RUN_FIELDS``).  The cell's folder is claimed for the whole
+    computation: a second grid on the same folder waits for it (``wait``) or gets ``CellBusy``,
+    and then reads the finished cell back instead of computing it again."""
+    from nas.utils import RunLock
+
+    cell = Path(out) / f"{method}-s{seed}"
+    try:
+        with RunLock(cell, wait=wait, what="grid cell"):
+            return _run_cell(protocol, method, seed, selections, out, data, pt_methods, strength, threads, progress)
+    except NasError as exc:
+        if not wait and "another process is writing" in str(exc):
+            raise CellBusy(f"{cell}: computed by another grid process") from None
+        raise
+
+
+def _run_cell(protocol: str, method: str, seed: int, selections: list[str], out: str, data: str | None,
+              pt_methods: list[str] | None, strength: bool, threads: int, progress: bool) -> list[dict[str, Any]]:
     import torch
 
     from nas.benchmarks import load_table
@@ -233,12 +255,31 @@ def run_grid(spec: GridSpec, data: str | None = None, workers: int = 1, threads:
             on_rows(new)
 
     failures: list[str] = []
+    busy: list[dict[str, Any]] = []
 
     def failed(kw: dict[str, Any], exc: BaseException) -> None:
+        if isinstance(exc, CellBusy):  # another grid computes it: come back to it at the end
+            busy.append(kw)
+            return
         msg = f"{kw['method']} seed {kw['seed']}: {type(exc).__name__}: {exc}"
         failures.append(msg)
         print(f"[grid {spec.name}] FAILED {msg}", file=sys.stderr, flush=True)
 
+    first = [{**kw, "wait": False} for kw in jobs]
+    _run_jobs(first, workers, collect, failed)
+    if busy:  # cells another grid was computing: wait for it, then read them back
+        again = [{**kw, "wait": True} for kw in busy]
+        busy.clear()
+        _run_jobs(again, workers, collect, failed)
+    if rows or (Path(spec.report) / "runs.csv").is_file():
+        write_report(spec, rows)
+    if failures:
+        raise NasError(f"grid {spec.name}: {len(failures)} of {len(jobs)} cells failed (first: {failures[0]}); "
+                       f"rerun the same command to retry them, finished cells are kept")
+    return rows
+
+
+def _run_jobs(jobs: list[dict[str, Any]], workers: int, collect: Callable, failed: Callable) -> None:
     if workers <= 1:
         for kw in jobs:
             try:
@@ -257,17 +298,21 @@ def run_grid(spec: GridSpec, data: str | None = None, workers: int = 1, threads:
                     collect(fut.result())
                 except Exception as exc:
                     failed(futures[fut], exc)
-    if rows or (Path(spec.report) / "runs.csv").is_file():
-        write_report(spec, rows)
-    if failures:
-        raise NasError(f"grid {spec.name}: {len(failures)} of {len(jobs)} cells failed (first: {failures[0]}); "
-                       f"rerun the same command to retry them, finished cells are kept")
-    return rows
 
 
 # ------------------------------------------------------------------------------------------ report
 def write_runs_csv(path: Path, rows: list[dict[str, Any]], merge: bool = False) -> None:
-    """The per-run CSV, sorted; with ``merge`` the rows already in the file for other cells stay."""
+    """The per-run CSV, sorted; with ``merge`` the rows already in the file for other cells stay.
+    Writers hold ``<path>.lock``, so that concurrent merges (two grids) lose no row."""
+    from filelock import FileLock
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        _write_runs_csv(path, rows, merge)
+
+
+def _write_runs_csv(path: Path, rows: list[dict[str, Any]], merge: bool) -> None:
     keep: dict[tuple, dict[str, Any]] = {}
     if merge and path.is_file():
         for r in read_runs_csv(path):

@@ -10,25 +10,25 @@ checkpoint was written with.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import shutil
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from nas.utils import NasError, RunLock, clip
 
 
+@contextmanager
 def claim(out: str | Path, resume: bool, force: bool, owned: Iterable[str], what: str,
-          flag_hint: str = "--resume to continue it or --force to start over") -> RunLock:
-    """Lock ``out`` for this process (a one-line error when another holds it) and decide what to do
-    with a run already in it: ``owned`` are the file names this stage writes there.
+          flag_hint: str = "--resume to continue it or --force to start over") -> Iterator[None]:
+    """Hold ``out`` for this process (a one-line error when another holds it) and decide what to
+    do with a run already in it; ``owned`` are the file names this stage writes there.
 
     - ``resume``: the files stay (the stage continues from its checkpoint);
     - ``force``: the files are removed, the stage starts over;
-    - neither: a one-line error when any of them exists.
-    The returned lock is held; use it as a context manager (it is already entered)."""
-    lock = RunLock(out, what=what)
-    lock.__enter__()
-    try:
+    - neither: a one-line error when any of them exists."""
+    with RunLock(out, what=what):
         present = [name for name in owned if (Path(out) / name).exists()]
         if present and not resume:
             if not force:
@@ -36,15 +36,10 @@ def claim(out: str | Path, resume: bool, force: bool, owned: Iterable[str], what
             for name in present:
                 p = Path(out) / name
                 if p.is_dir():
-                    import shutil
-
                     shutil.rmtree(p)
                 else:
                     p.unlink()
-    except BaseException:
-        lock.__exit__(None, None, None)
-        raise
-    return lock
+        yield
 
 
 def config_difference(saved: dict[str, Any], now: dict[str, Any], defaults: dict[str, Any],

@@ -59,6 +59,50 @@ def check(method: str, mode: str) -> tuple[str, float, float]:
     return STRENGTHS[method]
 
 
+def heartbeat_interval() -> int:
+    """Seconds between a running trial's heartbeats (``NAS_OPTUNA_HEARTBEAT``, default 60); a trial
+    silent for twice that (a killed worker) is marked FAIL and retried once."""
+    raw = os.environ.get("NAS_OPTUNA_HEARTBEAT", "60")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise NasError(f"NAS_OPTUNA_HEARTBEAT: expected whole seconds, got {raw[:40]!r}") from None
+    if value < 1:
+        raise NasError(f"NAS_OPTUNA_HEARTBEAT: expected >= 1 second, got {value}")
+    return value
+
+
+def storage_lock(url: str) -> Any:
+    """A file lock beside a SQLite study database: schema creation and the claim of a trial are
+    done by one process at a time.  (Server databases: workers on one machine share the lock.)"""
+    from filelock import FileLock
+
+    if url.startswith("sqlite:///"):
+        db = Path(url[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(db) + ".lock")
+    import hashlib
+    import tempfile
+
+    return FileLock(str(Path(tempfile.gettempdir()) / f"nas-optuna-{hashlib.sha256(url.encode()).hexdigest()[:16]}.lock"))
+
+
+def make_storage(url: str):
+    """Optuna's database storage with heartbeats: a RUNNING trial whose worker died is found
+    (``fail_stale_trials``), marked FAIL and enqueued again once (``RetryFailedTrialCallback``)."""
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    interval = heartbeat_interval()
+    if (url, interval) not in _STORES:
+        with storage_lock(url):  # the first use creates the schema
+            _STORES[(url, interval)] = RDBStorage(url, heartbeat_interval=interval, grace_period=2 * interval,
+                                                  failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
+    return _STORES[(url, interval)]
+
+
+_STORES: dict[tuple[str, int], Any] = {}
+
+
 def open_study(name: str, storage: str | None, method: str, mode: str, pruner: str = "median", seed: int = 0):
     """Create or load the study; a study keeps the method and mode it was made for."""
     import optuna
@@ -66,10 +110,11 @@ def open_study(name: str, storage: str | None, method: str, mode: str, pruner: s
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check(method, mode)
     storage = storage or default_storage()
-    if storage.startswith("sqlite:///"):
-        Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=seed), pruner=make_pruner(pruner))
+    store = make_storage(storage)
+    with storage_lock(storage):
+        study = optuna.create_study(study_name=name, storage=store, direction="maximize", load_if_exists=True,
+                                    sampler=optuna.samplers.TPESampler(seed=seed), pruner=make_pruner(pruner))
+
     attrs = study.user_attrs
     if attrs:
         if attrs.get("method") != method or attrs.get("mode") != mode:
@@ -87,15 +132,78 @@ def finished(study) -> int:
     return sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
 
 
-def run_trial(name: str, storage: str | None, method: str, mode: str, params: str, sets: list[str], out: str,
-              pruner: str = "median", seed: int = 0, track: bool = True, parent_run: str | None = None,
-              threads: int = 0, worker: int = 0) -> dict[str, Any]:
-    """Ask the study for one trial, run it, tell the result.  Returns the trial's row.  The sampler
-    is seeded from (seed, trials so far, worker): a sequential sweep is reproducible and parallel
-    workers draw different values."""
+def running(study) -> int:
     import optuna
 
-    from nas import stages, tracking
+    return sum(t.state == optuna.trial.TrialState.RUNNING for t in study.trials)
+
+
+def fail_stale(study, storage: str | None) -> None:
+    """Mark the RUNNING trials whose worker stopped sending heartbeats as FAIL (and enqueue their
+    retry)."""
+    from optuna.storages import fail_stale_trials
+
+    with storage_lock(storage or default_storage()):
+        fail_stale_trials(study)
+
+
+def claim_trial(study, storage: str | None, n_trials: int | None):
+    """``study.ask()`` under the storage lock, unless the study already has ``n_trials`` complete,
+    pruned or running trials (then None): concurrent workers never overshoot the total.  The new
+    trial's first heartbeat is recorded before the lock is released."""
+    import optuna
+
+    with storage_lock(storage or default_storage()):
+        optuna.storages.fail_stale_trials(study)
+        if n_trials is not None and finished(study) + running(study) >= n_trials:
+            return None
+        trial = study.ask()
+        _beat(study, trial, storage)
+    return trial
+
+
+def _beat(study, trial, storage: str | None = None) -> None:
+    store = make_storage(storage or default_storage())
+    trial_id = store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(study.study_name),
+                                                            trial.number)
+    store.record_heartbeat(trial_id)
+
+
+class Heartbeat:
+    """A daemon thread recording the trial's heartbeat every ``heartbeat_interval()`` seconds."""
+
+    def __init__(self, study, trial, storage: str | None):
+        import threading
+
+        self.study, self.trial, self.storage = study, trial, storage
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"heartbeat-{trial.number}")
+
+    def _run(self) -> None:
+        interval = heartbeat_interval()
+        while not self.stop.wait(interval):
+            try:
+                _beat(self.study, self.trial, self.storage)
+            except Exception:  # a missed beat is harmless; the next one may go through
+                pass
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+def run_trial(name: str, storage: str | None, method: str, mode: str, params: str, sets: list[str], out: str,
+              pruner: str = "median", seed: int = 0, track: bool = True, parent_run: str | None = None,
+              threads: int = 0, worker: int = 0, n_trials: int | None = None) -> dict[str, Any] | None:
+    """Ask the study for one trial, run it, tell the result.  Returns the trial's row, or None when
+    the study already has ``n_trials`` complete, pruned or running trials.  The sampler is seeded
+    from (seed, trials so far, worker): a sequential sweep is reproducible and parallel workers
+    draw different values.  A heartbeat is recorded while the trial runs."""
+    import optuna
 
     if threads:
         import torch
@@ -104,7 +212,26 @@ def run_trial(name: str, storage: str | None, method: str, mode: str, params: st
     key, lo, hi = check(method, mode)
     study = open_study(name, storage, method, mode, pruner, seed)
     study.sampler = optuna.samplers.TPESampler(seed=(seed * 1_000_003 + len(study.trials) * 101 + worker) % 2**31)
-    trial = study.ask()
+    trial = claim_trial(study, storage, n_trials)
+    if trial is None:
+        return None
+    with Heartbeat(study, trial, storage):
+        try:
+            return _run_trial(study, trial, key, lo, hi, method, mode, params, sets, out, track, parent_run)
+        except BaseException:  # whatever stopped the trial, it does not stay RUNNING
+            store = make_storage(storage or default_storage())
+            trial_id = store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(name), trial.number)
+            if store.get_trial(trial_id).state == optuna.trial.TrialState.RUNNING:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+
+
+def _run_trial(study, trial, key: str, lo: float, hi: float, method: str, mode: str, params: str, sets: list[str],
+               out: str, track: bool, parent_run: str | None) -> dict[str, Any]:
+    import optuna
+
+    from nas import stages, tracking
+
     value = trial.suggest_float(key, lo, hi, log=True)
     root = Path(out) / f"trial-{trial.number:04d}"
     per = config_mod.pipeline_configs(params, root, [*sets, f"search.{key}={value}"], method=method)
@@ -116,7 +243,8 @@ def run_trial(name: str, storage: str | None, method: str, mode: str, params: st
                                                      "dataset": scfg.dataset, "seed": scfg.seed, "objective": mode},
                            parent=parent_run) if tracker else None
     if tracker:
-        tracker.log_params(run_id, {key: value, "objective": mode, "study": name, "trial": trial.number})
+        tracker.log_params(run_id, {key: value, "objective": mode, "study": study.study_name,
+                                    "trial": trial.number})
 
     def on_epoch(st: Any) -> None:
         rec = st.history[-1]

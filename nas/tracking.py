@@ -55,6 +55,19 @@ def tracking_uri() -> str:
     return f"sqlite:///{DEFAULT_DB.resolve()}"
 
 
+def _store_lock(uri: str) -> Any:
+    """A file lock beside a SQLite database (``<db>.lock``); no lock for other stores."""
+    from contextlib import nullcontext
+
+    if not uri.startswith("sqlite:///"):
+        return nullcontext()
+    from filelock import FileLock
+
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(db) + ".lock")
+
+
 class Tracker:
     """A thin wrapper of ``MlflowClient`` with the project's run layout and tags."""
 
@@ -63,9 +76,13 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.uri = uri or tracking_uri()
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        with _store_lock(self.uri):
+            # the first use of a SQLite store creates and migrates its schema: one process at a time,
+            # or concurrent first users crash in the migration ("duplicate column name")
+            self._open(MlflowClient, experiment)
+
+    def _open(self, client_cls: Any, experiment: str | None) -> None:
+        self.client = client_cls(tracking_uri=self.uri)
         name = experiment or os.environ.get("NAS_MLFLOW_EXPERIMENT", EXPERIMENT)
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
