@@ -17,7 +17,7 @@ from typing import Any, Union
 
 import yaml
 
-from nas.utils import NasError, clip
+from nas.utils import NasError, clip, cut
 
 
 @dataclass
@@ -181,7 +181,7 @@ def _coerce(key: str, value: Any, tp: Any, source: str) -> Any:
             except NasError as exc:
                 errors.append(exc)
         names = " or ".join(_type_name(a) for a in args)
-        raise NasError(f"{source}: key {key!r} expects {names}, got {clip(value)}")
+        raise NasError(f"{source}: key {key!r} expects {names}, got {clip(value, 100)}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -193,7 +193,7 @@ def _coerce(key: str, value: Any, tp: Any, source: str) -> Any:
             try:
                 number = float(value)
             except OverflowError:  # an int too large for a float
-                raise NasError(f"{source}: key {key!r} expects a finite number, got {clip(value)}") from None
+                raise NasError(f"{source}: key {key!r} expects a finite number, got {clip(value, 100)}") from None
             if not math.isfinite(number):
                 raise NasError(f"{source}: key {key!r} expects a finite number, got {value!r}")
             return number
@@ -204,7 +204,7 @@ def _coerce(key: str, value: Any, tp: Any, source: str) -> Any:
             return str(value)
     else:  # pragma: no cover - only the types above are used in configs
         return value
-    raise NasError(f"{source}: key {key!r} expects {_type_name(tp)}, got {clip(value)}")
+    raise NasError(f"{source}: key {key!r} expects {_type_name(tp)}, got {clip(value, 100)}")
 
 
 def _suggest(key: Any, known: Any) -> str:
@@ -308,7 +308,7 @@ def build_config(
         apply({k: v for k, v in overrides.items() if v is not None}, "command line")
     for item in sets or []:
         key, value = parse_set(item)
-        apply({key: value}, f"--set {item}")
+        apply({key: value}, f"--set {cut(item)}")
     cfg = cls(**values)
     validate(cfg)
     return cfg
@@ -486,7 +486,7 @@ def pipeline_configs(params_file: str | Path, out: str | Path, sets: list[str] |
         key, _, value = item.partition("=")
         section, dot, name = key.partition(".")
         if not dot or section not in per or not _:
-            raise NasError(f"--set {item!r}: expected section.key=value with section one of {', '.join(per)}")
+            raise NasError(f"--set {clip(item, 80)}: expected section.key=value with section one of {', '.join(per)}")
         per[section].append(f"{name}={value}")
     seed = overrides.get("seed")
     search = build_config("search", params_file, {"method": overrides.get("method"), "seed": seed,

@@ -37,6 +37,12 @@ def clip(value: Any, limit: int = ECHO_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def cut(text: str, limit: int = 80) -> str:
+    """``text`` itself (no quotes), cut to ``limit`` characters."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _os_error(path: Path, exc: OSError) -> NasError:
     reason = exc.strerror or type(exc).__name__
     return NasError(f"{path}: cannot write ({reason})")
