@@ -113,12 +113,14 @@ def cached_search(cfg: config_mod.SearchConfig) -> tuple[dict[str, Any], bool]:
     """The search of ``cfg``: read back when ``<out>/result.json`` was written with the same config,
     otherwise run (resuming a checkpoint if one is there). Returns (result, was_cached)."""
     from nas.search import RESULT, search
+    from nas.stages import read_search_result
 
     path = Path(cfg.out) / RESULT
     if path.is_file():
         try:
-            res = json.loads(path.read_text())
-        except json.JSONDecodeError:
+            res = read_search_result(path)  # schema-checked: a corrupt result is computed again
+        except NasError as exc:
+            print(f"{exc}; finishing the search again from its checkpoint", file=sys.stderr, flush=True)
             res = None
         if res and _same_config(res.get("config", {}), config_mod.to_dict(cfg)):
             return res, True

@@ -8,6 +8,7 @@ import torch
 from nas.config import build_config
 from nas.methods import METHOD_NAMES
 from nas.search import search
+from nas.utils import torch_load
 
 EXTRA = {"rsps": {"rsps_candidates": 4}, "random": {"random_samples": 2, "random_epochs": 1},
          "pc-darts": {"channels": 8}}
@@ -78,7 +79,7 @@ def test_drnas_progressive_prunes_and_widens(tiny_search, tmp_path):
     assert (w[~mask] == 0).all()
     torch.testing.assert_close(w.sum(-1), torch.ones(6))
     # stage-2 convolutions pass C/2 channels instead of C/4
-    ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    ck = torch_load(tmp_path / "run" / "checkpoint.pt")
     conv = [v for k, v in ck["model"].items() if k.endswith("convs.nor_conv_3x3.0.weight")][0]
     assert conv.shape[1] == 8 // 2
 
@@ -116,12 +117,13 @@ def test_combined_seams_search_end_to_end(tiny_search, kw):
     torch.testing.assert_close(torch.tensor(res["weights"]).sum(-1), torch.ones(6))
 
 
-def test_method_history_records_schedules(tiny_search):
-    res = search(build_config("search", overrides=tiny_search(method="gdas", epochs=3)))
+def test_method_history_records_schedules(tiny_search, tmp_path):
+    res = search(build_config("search", overrides=tiny_search(method="gdas", epochs=3, out=str(tmp_path / "gdas"))))
     taus = [h["tau"] for h in res["history"]]
     assert taus[0] == 10.0 and abs(taus[-1] - 0.1) < 1e-9
-    res = search(build_config("search", overrides=tiny_search(method="sdarts-rs", epochs=2)))
+    res = search(build_config("search", overrides=tiny_search(method="sdarts-rs", epochs=2, out=str(tmp_path / "rs"))))
     eps = [h["perturb_epsilon"] for h in res["history"]]
     assert eps[0] == pytest.approx(0.03) and eps[1] > eps[0]
-    res = search(build_config("search", overrides=tiny_search(method="pc-darts", channels=8, epochs=1)))
+    res = search(build_config("search", overrides=tiny_search(method="pc-darts", channels=8, epochs=1,
+                                                              out=str(tmp_path / "pc"))))
     assert len(res["edge_scale"]) == 6

@@ -232,7 +232,7 @@ def test_random_smoothing_stays_in_the_ball_and_ramps():
     (["method=snas", "order=2"], "does not combine with order=2"),
     (["method=sdarts-adv", "order=2"], "does not combine with perturb='adv'"),
     (["method=rsps", "perturb=rs"], "trains no"),
-    (["method=darts", "perturb=big"], "perturb: unknown 'big'"),
+    (["method=darts", "perturb=big"], "'perturb' must be one of auto, none, rs, adv, got 'big'"),
     (["method=darts", "progressive=true"], "progressive is the DrNAS schedule"),
     (["method=pc-darts", "channels=6"], "partial_channels 4 must divide channels 6"),
     (["method=dartz"], "method: unknown 'dartz'"),

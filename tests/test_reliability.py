@@ -291,8 +291,10 @@ def test_select_refuses_nan_in_the_history(tiny_search, tmp_path):
 
 # ------------------------------------------------------------------------------------------ 8-9. bounded
 def _peak_rss_mb(argv: list[str], tmp_path: Path) -> tuple[int, str, float]:
-    code = ("import resource, sys\nfrom nas.cli import main\nrc = main(sys.argv[1:])\n"
-            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)\n"
+    # VmHWM: this process's own peak resident memory (ru_maxrss would include the parent's at fork)
+    code = ("import sys\nfrom nas.cli import main\nrc = main(sys.argv[1:])\n"
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
+            "print('PEAK', int(hwm) / 1024, file=sys.stderr)\n"
             "sys.exit(rc)\n")
     p = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300,
                        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -353,6 +355,7 @@ def test_bombs_are_refused_within_500_mb(tmp_path):
         assert msg in err, err[-2000:]
         line = [x for x in err.splitlines() if "error:" in x][0]
         assert len(line) <= 300
+        print(f"{argv[0]} {msg}: peak {peak:.0f} MB", file=sys.stderr)
         assert peak <= 500, f"{argv[0]}: peak {peak:.0f} MB"
 
 
@@ -530,7 +533,8 @@ def test_concurrent_sweep_workers_finish_exactly_the_requested_trials(tmp_path, 
     assert [p.returncode for p in procs] == [0, 0, 0], [o[1][-1500:] for o in outs]
     study = optuna.load_study(study_name="s", storage=storage)
     states = [t.state for t in study.trials]
-    assert states.count(optuna.trial.TrialState.COMPLETE) == 4 and len(states) == 4
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 4 and len(states) == 4, \
+        [str(states)] + [o[1][-3000:] for o in outs]
     # a worker killed mid-trial: its trial goes stale, is marked FAIL and retried by the next worker
     import signal
     import time
@@ -552,11 +556,14 @@ def test_concurrent_sweep_workers_finish_exactly_the_requested_trials(tmp_path, 
     assert again.returncode == 0, err[-1500:]
     trials = optuna.load_study(study_name="s", storage=storage).trials
     states = [t.state for t in trials]
-    assert optuna.trial.TrialState.RUNNING not in states
-    assert states.count(optuna.trial.TrialState.FAIL) == 1
+    assert optuna.trial.TrialState.RUNNING not in states, (states, err[-3000:])
+    assert states.count(optuna.trial.TrialState.FAIL) == 1, (states, err[-3000:])
     assert states.count(optuna.trial.TrialState.COMPLETE) == 5
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL][0]
+    assert failed.number == running[0].number
     retried = [t for t in trials if "failed_trial" in t.system_attrs]
-    assert len(retried) == 1 and retried[0].params == running[0].params
+    assert len(retried) == 1 and retried[0].system_attrs["failed_trial"] == failed.number
+    assert retried[0].params == failed.params and retried[0].state == optuna.trial.TrialState.COMPLETE
 
 
 # ------------------------------------------------------------------------------------------ fuzz
