@@ -21,7 +21,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import task_runner
+from flows.common import ready_local_prefect, task_runner
 from nas import grid, tracking
 
 
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-track", dest="track", action="store_false")
     a = p.parse_args(argv)
+    ready_local_prefect()
     res = benchmark(a.protocol, a.data, out=a.out, report=a.report, runner=a.runner, address=a.address,
                     workers=a.workers, threads=a.threads, track=a.track)
     print(res["report"]["markdown"])

@@ -39,6 +39,33 @@ def stage_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def ready_local_prefect() -> None:
+    """Without ``PREFECT_API_URL`` a flow starts a temporary Prefect server, which creates or
+    migrates its SQLite database on start; several flows started together on an empty home race in
+    that migration ("duplicate column name").  Do it once here, under a lock in ``PREFECT_HOME``,
+    and remember it per Prefect version."""
+    import asyncio
+
+    import prefect
+    from filelock import FileLock
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
+    if PREFECT_API_URL.value():
+        return
+    home = Path(PREFECT_HOME.value()).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    marker = home / f".nas-db-ready-{prefect.__version__}"
+    if marker.exists():
+        return
+    with FileLock(str(home / ".nas-db.lock")):
+        if marker.exists():
+            return
+        from prefect.server.database import provide_database_interface
+
+        asyncio.run(provide_database_interface().create_db())
+        marker.touch()
+
+
 def not_a_config_error(task: Any, task_run: Any, state: Any) -> bool:
     """Retry transient failures (I/O), never a bad config or bad input (``NasError``)."""
     try:

@@ -23,7 +23,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
-from flows.common import not_a_config_error, stage_cache_key
+from flows.common import not_a_config_error, ready_local_prefect, stage_cache_key
 from nas import config as config_mod
 from nas import stages, tracking
 
@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-track", dest="track", action="store_false")
     p.add_argument("--refresh", action="store_true")
     a = p.parse_args(argv)
+    ready_local_prefect()
     res = pipeline(a.method, a.selection, a.seed, a.params, a.sets, a.out, a.track, a.refresh)
     print(json.dumps({k: res[k] for k in ("genotype", "test_acc", "out", "mlflow_run")}, indent=2))
     return 0

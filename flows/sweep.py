@@ -19,7 +19,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import task_runner
+from flows.common import ready_local_prefect, task_runner
 from nas import sweep, tracking
 
 
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="trial run directories (default runs/sweep/<study>)")
     p.add_argument("--no-track", dest="track", action="store_false")
     a = p.parse_args(argv)
+    ready_local_prefect()
     res = sweep_flow(a.method, a.n_trials, a.mode, a.study, a.storage, a.params, a.sets, a.parallel, a.runner,
                      a.address, a.pruner, track=a.track, out=a.out)
     print(json.dumps({"study": res["study"], "best": res["best"], "csv": res["csv"]}, indent=2))

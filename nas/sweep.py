@@ -90,14 +90,29 @@ def storage_lock(url: str) -> Any:
 def make_storage(url: str):
     """Optuna's database storage with heartbeats: a RUNNING trial whose worker died is found
     (``fail_stale_trials``), marked FAIL and enqueued again once (``RetryFailedTrialCallback``)."""
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    import warnings
+
+    import optuna.storages as storages
 
     interval = heartbeat_interval()
     if (url, interval) not in _STORES:
-        with storage_lock(url):  # the first use creates the schema
-            _STORES[(url, interval)] = RDBStorage(url, heartbeat_interval=interval, grace_period=2 * interval,
-                                                  failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
+        with storage_lock(url), warnings.catch_warnings():  # the first use creates the schema
+            warnings.simplefilter("ignore")  # heartbeats are marked experimental
+            if hasattr(storages, "RetryHeartbeatStaleTrialCallback"):  # optuna >= 4.9
+                retry = {"heartbeat_stale_trial_callback": storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
+            else:
+                retry = {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=1)}
+            _STORES[(url, interval)] = storages.RDBStorage(url, heartbeat_interval=interval,
+                                                           grace_period=2 * interval, **retry)
     return _STORES[(url, interval)]
+
+
+def retried_from(trial) -> int | None:
+    """The number of the stale trial that ``trial`` re-runs, or None."""
+    import optuna.storages as storages
+
+    cls = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
+    return cls.retried_trial_number(trial)
 
 
 _STORES: dict[tuple[str, int], Any] = {}
@@ -141,9 +156,12 @@ def running(study) -> int:
 def fail_stale(study, storage: str | None) -> None:
     """Mark the RUNNING trials whose worker stopped sending heartbeats as FAIL (and enqueue their
     retry)."""
+    import warnings
+
     from optuna.storages import fail_stale_trials
 
-    with storage_lock(storage or default_storage()):
+    with storage_lock(storage or default_storage()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # experimental API
         fail_stale_trials(study)
 
 
@@ -151,9 +169,14 @@ def claim_trial(study, storage: str | None, n_trials: int | None):
     """``study.ask()`` under the storage lock, unless the study already has ``n_trials`` complete,
     pruned or running trials (then None): concurrent workers never overshoot the total.  The new
     trial's first heartbeat is recorded before the lock is released."""
+    import warnings
+
     import optuna
 
-    with storage_lock(storage or default_storage()):
+    with storage_lock(storage or default_storage()), warnings.catch_warnings():
+        # experimental API; "heartbeat ... supposed to be used with Study.optimize": here the
+        # heartbeat is sent by this module's own thread
+        warnings.simplefilter("ignore")
         optuna.storages.fail_stale_trials(study)
         if n_trials is not None and finished(study) + running(study) >= n_trials:
             return None

@@ -561,8 +561,10 @@ def test_concurrent_sweep_workers_finish_exactly_the_requested_trials(tmp_path, 
     assert states.count(optuna.trial.TrialState.COMPLETE) == 5
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL][0]
     assert failed.number == running[0].number
-    retried = [t for t in trials if "failed_trial" in t.system_attrs]
-    assert len(retried) == 1 and retried[0].system_attrs["failed_trial"] == failed.number
+    from nas.sweep import retried_from
+
+    retried = [t for t in trials if retried_from(t) is not None]
+    assert len(retried) == 1 and retried_from(retried[0]) == failed.number
     assert retried[0].params == failed.params and retried[0].state == optuna.trial.TrialState.COMPLETE
 
 
@@ -688,3 +690,17 @@ def test_fuzz_inputs_give_one_line_errors_or_valid_values(tmp_path, tiny_search)
         res_path.write_text(cut)
         assert attempt(select, build_config("select", overrides=dict(run=str(tmp_path / "run")))) is None
     assert refused > 600 and accepted > 50
+
+
+@pytest.mark.slow
+def test_flows_started_together_on_an_empty_prefect_home_migrate_once(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "home"), PYTHONPATH=str(REPO))
+    code = "from flows.common import ready_local_prefect; ready_local_prefect(); print('ready')"
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for _ in range(3)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [o[1][-2000:] for o in outs]
+    assert all(o[0].strip() == "ready" for o in outs)
+    assert not any("duplicate column" in o[1] for o in outs)
+    assert list((tmp_path / "home").glob(".nas-db-ready-*")) and (tmp_path / "home" / "prefect.db").is_file()
