@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from nas import config as config_mod
-from nas.utils import NasError, atomic_write, sha256_file, write_json
+from nas.utils import NasError, atomic_write, check_output_dir, sha256_file, write_json
 
 DATASETS = ("cifar10", "cifar100", "imagenet16-120")
 SELECTIONS = ("magnitude", "pt")
@@ -247,6 +247,8 @@ def run_grid(spec: GridSpec, data: str | None = None, workers: int = 1, threads:
              on_rows: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     """Run every cell (``workers`` processes, ``threads`` torch threads each), then write the report.
     Cells already finished are read back from their run directories."""
+    check_output_dir(spec.out, "out")  # both folders are checked before any cell runs
+    check_output_dir(spec.report, "report")
     jobs = cell_kwargs(spec, data, threads)
     rows: list[dict[str, Any]] = []
 
@@ -309,7 +311,7 @@ def write_runs_csv(path: Path, rows: list[dict[str, Any]], merge: bool = False) 
     from filelock import FileLock
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_output_dir(path.parent, "report")
     with FileLock(str(path) + ".lock"):
         _write_runs_csv(path, rows, merge)
 

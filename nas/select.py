@@ -231,6 +231,10 @@ def op_strength(run: str | Path, cfg: config_mod.SelectConfig, out: str | Path |
     removed from the untouched supernet; with Spearman's rank correlation between the two."""
     from scipy.stats import spearmanr
 
+    from nas.utils import check_output_dir
+
+    if out is not None:
+        check_output_dir(out)  # before the measurements, not after them
     search, st, _, _, val = load_supernet(run, cfg.device)
     space = search.space
     with torch.no_grad():

@@ -126,6 +126,20 @@ def test_keys_that_may_change_on_resume(tmp_path):
     assert res["test_acc"] == full["test_acc"]
 
 
+def test_a_resolution_that_would_not_fit_in_memory_is_refused(monkeypatch):
+    import nas.data
+
+    monkeypatch.setattr(nas.data, "available_memory", lambda: 8 << 30)
+    manifest = {"counts": {"train": 50_000, "test": 10_000}, "channels": 3}
+    nas.data.check_memory(manifest, 32, 4, 64, "cifar10.pt")  # the usual case passes
+    with pytest.raises(NasError, match=r"cifar10.pt: resolution 1024 with crop padding 4 needs about 178.1 GiB "
+                                       r"for 60000 images, more than the 8.0 GiB available") as exc:
+        nas.data.check_memory(manifest, 1024, 4, 64, "cifar10.pt")
+    one_line(exc.value)
+    with pytest.raises(NasError, match="crop padding 128 needs"):
+        nas.data.check_memory(manifest, 1024, 128, 65536, "cifar10.pt")
+
+
 def test_duplicate_yaml_keys_are_refused(tmp_path):
     f = tmp_path / "dup.yaml"
     f.write_text("search:\n  epochs: 1\n  seed: 0\n  epochs: 500\n")
