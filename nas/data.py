@@ -255,7 +255,9 @@ def _decode_image(data: bytes, name: str) -> np.ndarray:
                 raise NasError(f"{name}: image is {w}x{h}, more than {MAX_IMAGE_PIXELS} pixels")
             im = im.convert("RGB")
             return np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+    except Image.DecompressionBombError:  # PIL's own, earlier refusal of a far larger image
+        raise NasError(f"{name}: image has more than {MAX_IMAGE_PIXELS} pixels") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise NasError(f"{name}: not a readable image ({exc.__class__.__name__})") from None
 
 
