@@ -557,7 +557,7 @@ def test_concurrent_sweep_workers_finish_exactly_the_requested_trials(tmp_path, 
     deadline = time.time() + 300
     while time.time() < deadline:
         running = [t for t in optuna.load_study(study_name="s", storage=storage).trials
-                   if t.state == optuna.trial.TrialState.RUNNING]
+                   if t.state == optuna.trial.TrialState.RUNNING and t.params]  # mid-search, strength drawn
         if running:
             break
         time.sleep(0.2)
