@@ -534,7 +534,7 @@ def test_concurrent_sweep_workers_finish_exactly_the_requested_trials(tmp_path, 
     slow = tiny_params("slow.yaml", search={"epochs": 60, "hessian_every": 0})
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     env = {**os.environ, "PYTHONPATH": str(REPO), "NAS_NB201_TABLE": str(_table(tmp_path)),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'fresh-mlflow.db'}", "NAS_OPTUNA_HEARTBEAT": "1"}
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'fresh-mlflow.db'}", "NAS_OPTUNA_HEARTBEAT": "3"}
 
     def worker(i: int, n: int, params: Path = params) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-c", SWEEP_WORKER, storage, str(n), str(params),
@@ -564,7 +564,7 @@ def test_concurrent_sweep_workers_finish_exactly_the_requested_trials(tmp_path, 
     assert running, "the victim never started a trial"
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    time.sleep(3)  # past the grace period of two heartbeats
+    time.sleep(7)  # past the grace period of two heartbeats
     again = worker(10, 5, slow)
     out, err = again.communicate(timeout=600)
     assert again.returncode == 0, err[-1500:]
