@@ -207,8 +207,9 @@ class Heartbeat:
         while not self.stop.wait(interval):
             try:
                 _beat(self.study, self.trial, self.storage)
-            except Exception:  # a missed beat is harmless; the next one may go through
-                pass
+            except Exception as exc:  # a missed beat is harmless while the next one goes through
+                print(f"trial {self.trial.number}: heartbeat not recorded ({type(exc).__name__}: "
+                      f"{str(exc)[:120]}); retrying in {interval} s", file=sys.stderr, flush=True)
 
     def __enter__(self) -> Heartbeat:
         self.thread.start()
