@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from prefect.cache_policies import CachePolicy
 
 from nas.tracking import disable_telemetry
 from nas.utils import NasError, code_version, sha256_file
@@ -14,7 +17,7 @@ disable_telemetry()
 
 REPO = Path(__file__).resolve().parent.parent
 # Parameters that never change what a stage computes.
-NOT_IN_KEY = {"progress", "track", "parent_run"}
+NOT_IN_KEY = {"progress", "track", "parent_run", "outputs"}
 
 
 def file_digest(path: str | Path) -> str:
@@ -37,6 +40,20 @@ def stage_cache_key(context: Any, parameters: dict[str, Any]) -> str:
                "params": {k: v for k, v in parameters.items() if k not in NOT_IN_KEY and k != "inputs"},
                "files": files}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class StageFiles(CachePolicy):
+    """Prefect cache policy of a pipeline stage: the key is ``stage_cache_key`` (parameters, code
+    version, digests of the ``inputs`` files), and there is no key, so the stage runs, while any
+    file of its ``outputs`` parameter is missing.  A deleted run folder is therefore recomputed
+    instead of being reported ``Cached`` with results that no longer exist."""
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
+                    **kwargs: Any) -> str | None:
+        if any(not Path(p).exists() for p in inputs.get("outputs") or []):
+            return None
+        return stage_cache_key(task_ctx, inputs)
 
 
 def ready_local_prefect() -> None:

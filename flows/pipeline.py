@@ -16,22 +16,27 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
-from flows.common import not_a_config_error, ready_local_prefect, stage_cache_key
+from flows.common import StageFiles, not_a_config_error, ready_local_prefect
 from nas import config as config_mod
 from nas import stages, tracking
 
-TASK_OPTS: dict[str, Any] = dict(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json")
+TASK_OPTS: dict[str, Any] = dict(cache_policy=StageFiles(), persist_result=True, result_serializer="json")
 
 
 def _tracker(track: bool) -> tracking.Tracker | None:
     return tracking.Tracker() if track and tracking.enabled() else None
+
+
+def _name(stage: str, cfg: Any, selection: str | None = None) -> str:
+    d = config_mod.to_dict(cfg)
+    return tracking.run_name(stage, getattr(cfg, "method", None) if stage != "select" else None, selection,
+                             getattr(cfg, "space", None), getattr(cfg, "seed", None), tracking.config_digest(d))
 
 
 @task(name="prepare", retries=2, retry_delay_seconds=2, retry_condition_fn=not_a_config_error, **TASK_OPTS)
@@ -43,78 +48,57 @@ def prepare_task(cfg: dict[str, Any], inputs: list[str] | None = None) -> dict[s
 
 
 @task(name="search", **TASK_OPTS)
-def search_task(cfg: dict[str, Any], inputs: list[str], track: bool = True,
+def search_task(cfg: dict[str, Any], inputs: list[str], outputs: list[str] | None = None, track: bool = True,
                 parent_run: str | None = None) -> dict[str, Any]:
-    """Search the supernet; reports progress per epoch and logs each epoch to MLflow in one batch."""
+    """Search the supernet; reports progress per epoch (the artifact ``search-progress``) and logs
+    each epoch to MLflow in one batch.  The library prints the per-epoch line, once."""
     scfg = config_mod.from_dict("search", cfg)
-    tracker = _tracker(track)
-    run_id = tracker.start(f"search-{scfg.method}", {"stage": "search", "method": scfg.method, "space": scfg.space,
-                                                     "dataset": scfg.dataset, "seed": scfg.seed},
-                           parent=parent_run) if tracker else None
-    progress_id = create_progress_artifact(progress=0.0, description=f"{scfg.method} search on {scfg.space}")
-    log_epoch = tracker.epoch_logger(run_id) if tracker else None
-    log_seconds = [0.0]
+    tags = {"stage": "search", "method": scfg.method, "space": scfg.space, "dataset": scfg.dataset, "seed": scfg.seed}
+    with tracking.stage_run(_name("search", scfg), tags, parent_run, track) as (tracker, run_id):
+        progress_id = create_progress_artifact(progress=0.0, key="search-progress",
+                                               description=f"{scfg.method} search on {scfg.space}: epochs done")
+        log_epoch = tracker.epoch_logger(run_id, scfg.space) if tracker else None
 
-    def on_epoch(st: Any) -> None:
-        rec = st.history[-1]
-        if log_epoch is not None:
-            t0 = time.perf_counter()
-            log_epoch(rec)
-            log_seconds[0] += time.perf_counter() - t0
-        update_progress_artifact(progress_id, progress=100.0 * st.epoch / scfg.epochs)
-        print(f"search epoch {st.epoch}/{scfg.epochs}: val acc {rec['val_acc']:.3f} {rec['genotype']}")
+        def on_epoch(st: Any) -> None:
+            if log_epoch is not None:
+                log_epoch(st.history[-1])
+            update_progress_artifact(progress_id, progress=100.0 * st.epoch / scfg.epochs)
 
-    try:
         res = stages.resume_or_restart(stages.search_stage, scfg, callback=on_epoch)
-    except BaseException:
         if tracker:
-            tracker.end(run_id, ok=False)
-        raise
-    if tracker:
-        tracker.log_search(run_id, res, live=True)
-        tracker.log_metrics(run_id, {"mlflow_log_seconds": log_seconds[0],
-                                     "mlflow_log_fraction": log_seconds[0] / max(res["seconds"], 1e-9)})
-        tracker.end(run_id)
+            tracker.log_search(run_id, res, live=True)
     return {"result": str(Path(scfg.out) / "result.json"), "genotype": res["genotype"], "seconds": res["seconds"],
             "mlflow_run": run_id}
 
 
 @task(name="select", **TASK_OPTS)
-def select_task(cfg: dict[str, Any], inputs: list[str], track: bool = True,
+def select_task(cfg: dict[str, Any], inputs: list[str], outputs: list[str] | None = None, track: bool = True,
                 parent_run: str | None = None) -> dict[str, Any]:
     scfg = config_mod.from_dict("select", cfg)
-    tracker = _tracker(track)
-    run_id = tracker.start(f"select-{scfg.method}", {"stage": "select", "selection": scfg.method},
-                           parent=parent_run) if tracker else None
-    sel = stages.resume_or_restart(stages.select_stage, scfg)
-    if tracker:
-        tracker.log_params(run_id, {f"select.{k}": v for k, v in config_mod.to_dict(scfg).items()})
-        tracker.log_json(run_id, sel, "selection.json", "genotype")
-        tracker.log_genotype(run_id, sel["space"], sel["genotype"])
-        look = tracking.nb201_lookup(sel["space"], sel["genotype"])
-        if look:
-            tracker.log_metrics(run_id, {f"nb201_{d}": v for d, v in look["all_datasets"].items()})
-        tracker.end(run_id)
+    with tracking.stage_run(_name("select", scfg, scfg.method), {"stage": "select", "selection": scfg.method,
+                                                                 "seed": scfg.seed}, parent_run, track) as (tracker, run_id):
+        sel = stages.resume_or_restart(stages.select_stage, scfg)
+        if tracker:
+            tracker.log_selection(run_id, config_mod.to_dict(scfg), sel)
     return {"selection": str(Path(scfg.out) / "selection.json"), "genotype": sel["genotype"], "mlflow_run": run_id}
 
 
 @task(name="retrain", **TASK_OPTS)
-def retrain_task(cfg: dict[str, Any], inputs: list[str], track: bool = True,
+def retrain_task(cfg: dict[str, Any], inputs: list[str], outputs: list[str] | None = None, track: bool = True,
                  parent_run: str | None = None) -> dict[str, Any]:
     genotype = json.loads(Path(inputs[0]).read_text())["genotype"]
     rcfg = config_mod.from_dict("retrain", {**cfg, "genotype": genotype})
-    tracker = _tracker(track)
-    run_id = tracker.start("retrain", {"stage": "retrain", "space": rcfg.space, "dataset": rcfg.dataset,
-                                       "seed": rcfg.seed}, parent=parent_run) if tracker else None
-    res = stages.resume_or_restart(stages.retrain_stage, rcfg)
-    if tracker:
-        tracker.log_retrain(run_id, res, Path(rcfg.out) / "model.pt")
-        tracker.end(run_id)
+    tags = {"stage": "retrain", "space": rcfg.space, "dataset": rcfg.dataset, "seed": rcfg.seed, "genotype": genotype}
+    with tracking.stage_run(_name("retrain", rcfg), tags, parent_run, track) as (tracker, run_id):
+        res = stages.resume_or_restart(stages.retrain_stage, rcfg)
+        if tracker:
+            tracker.log_retrain(run_id, res, Path(rcfg.out) / "model.pt")
     return {"result": str(Path(rcfg.out) / "result.json"), "test_acc": res["test_acc"], "mlflow_run": run_id}
 
 
 @task(name="evaluate", **TASK_OPTS)
-def evaluate_task(search_dir: str, selection: str, retrain_dir: str, out: str, inputs: list[str]) -> dict[str, Any]:
+def evaluate_task(search_dir: str, selection: str, retrain_dir: str, out: str, inputs: list[str],
+                  outputs: list[str] | None = None) -> dict[str, Any]:
     return stages.evaluate_stage(search_dir, selection, retrain_dir, out)
 
 
@@ -153,22 +137,29 @@ def pipeline(method: str | None = None, selection: str | None = None, seed: int 
     parent = None
     if tracker:
         s = cfgs["search"]
-        parent = tracker.start(f"pipeline-{s.method}-s{s.seed}", {
+        digest = tracking.config_digest({k: v for k, v in d.items()})
+        parent = tracker.start(tracking.run_name("pipeline", s.method, cfgs["select"].method, s.space, s.seed, digest), {
             "stage": "pipeline", "method": s.method, "space": s.space, "dataset": s.dataset, "seed": s.seed,
-            "selection": cfgs["select"].method})
+            "selection": cfgs["select"].method, "config_digest": digest})
         tracker.log_params(parent, {"params_file": params, "sets": " ".join(sets or []), "out": str(root)})
     opts = {"refresh_cache": True} if refresh else {}
     try:
         prep = prepare_task.with_options(**opts)(d["prepare"], inputs=[])
+        # each stage's outputs: while one is missing the stage has no cache key and runs again
         srch = search_task.with_options(**opts)(
-            d["search"], inputs=[prep["manifest"]], track=track, parent_run=parent)
+            d["search"], inputs=[prep["manifest"]], outputs=[str(root / "search" / "result.json")], track=track,
+            parent_run=parent)
         sel = select_task.with_options(**opts)(
-            d["select"], inputs=[srch["result"]], track=track, parent_run=parent)
+            d["select"], inputs=[srch["result"]], outputs=[str(root / "select" / "selection.json")], track=track,
+            parent_run=parent)
         rt = retrain_task.with_options(**opts)(
-            d["retrain"], inputs=[sel["selection"]], track=track, parent_run=parent)
+            d["retrain"], inputs=[sel["selection"]],
+            outputs=[str(root / "retrain" / "result.json"), str(root / "retrain" / "model.pt")], track=track,
+            parent_run=parent)
         metrics = evaluate_task.with_options(**opts)(
             str(root / "search"), sel["selection"], str(root / "retrain"), str(root / "evaluate"),
-            inputs=[srch["result"], sel["selection"], rt["result"]])
+            inputs=[srch["result"], sel["selection"], rt["result"]],
+            outputs=[str(root / "evaluate" / "metrics.json")])
     except BaseException:
         if tracker:
             tracker.end(parent, ok=False)
@@ -176,13 +167,8 @@ def pipeline(method: str | None = None, selection: str | None = None, seed: int 
     links: dict[str, str | None] = {}
     ui = os.environ.get("NAS_MLFLOW_UI", "http://127.0.0.1:5000")
     if tracker:
-        flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        flat.update({f"nb201_{k}": v for k, v in metrics.get("nb201", {}).items()})
-        tracker.log_metrics(parent, flat)
-        tracker.set_tags(parent, {"genotype": metrics["genotype"], "search_run": srch["mlflow_run"],
-                                  "retrain_run": rt["mlflow_run"]})
-        tracker.log_json(parent, metrics, "metrics.json")
-        tracker.log_genotype(parent, metrics["space"], metrics["genotype"])
+        tracker.log_summary(parent, metrics)
+        tracker.set_tags(parent, {"search_run": srch["mlflow_run"], "retrain_run": rt["mlflow_run"]})
         tracker.end(parent)
         links = {"pipeline": tracker.url(parent), "search": srch["mlflow_run"] and tracker.url(srch["mlflow_run"]),
                  "retrain": rt["mlflow_run"] and tracker.url(rt["mlflow_run"])}

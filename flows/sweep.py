@@ -2,9 +2,10 @@
 
 Trials are Prefect tasks on the chosen task runner (threads, or a Dask cluster of processes or
 machines); each asks the shared study for its parameters and tells it the result, so any number of
-workers, here or elsewhere, can fill one study.  A rerun continues the study.
+workers, here or elsewhere, can fill one study.  Each run adds ``n_trials`` trials to the study
+(so the nightly deployment grows it night after night); ``max_trials`` caps its total.
 
-    prefect deployment run 'nas-sweep/nightly' -p method=drnas -p n_trials=20
+    prefect deployment run 'nas-sweep/nightly' -p method=drnas -p n_trials=20   # adds 20 trials
     python -m flows.sweep --method sdarts-rs --n-trials 8 --mode benchmark
 """
 
@@ -49,41 +50,58 @@ def _trials(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrain", study: str | None = None,
                storage: str | None = None, params: str = "params/pipeline.yaml", sets: list[str] | None = None,
                parallel: int = 1, runner: str = "thread", address: str | None = None, pruner: str = "median",
-               seed: int = 0, threads: int = 0, track: bool = True, out: str | None = None) -> dict[str, Any]:
-    """Bring the study to ``n_trials`` finished (complete or pruned) trials, ``parallel`` at a time.
+               seed: int = 0, threads: int = 0, track: bool = True, out: str | None = None,
+               max_trials: int | None = None) -> dict[str, Any]:
+    """Add ``n_trials`` finished (complete or pruned) trials to the study, ``parallel`` at a time, so
+    that every run (every night of the nightly deployment) grows it.  ``max_trials`` caps the
+    study's total: a run stops early once the study holds that many.
 
-    Several processes may run this flow on one study at once: each trial is claimed under the
-    study's lock, so together they finish exactly ``n_trials``; a trial whose worker died (no
-    heartbeat for twice ``NAS_OPTUNA_HEARTBEAT`` seconds) is marked FAIL and retried once."""
+    Several processes may run this flow on one study at once: each adds its own trials, each trial
+    is claimed under the study's lock (so together they never pass ``max_trials``), and a trial
+    whose worker died (no heartbeat for twice ``NAS_OPTUNA_HEARTBEAT`` seconds) is marked FAIL and
+    retried once."""
     import time
 
+    from nas.utils import NasError
+
+    if n_trials < 0 or (max_trials is not None and max_trials < 0):
+        raise NasError(f"sweep: n_trials and max_trials must be >= 0, got {n_trials} and {max_trials}")
     name = study or f"{method}-{mode}"
     st = sweep.open_study(name, storage, method, mode, pruner, seed)
     sweep.fail_stale(st, storage)
-    todo = max(0, n_trials - sweep.finished(st))
-    print(f"study {name}: {sweep.finished(st)} finished trials, running {todo} more ({mode} objective)")
+    before = sweep.finished(st)
+    cap = "" if max_trials is None else f" (study capped at {max_trials})"
+    print(f"study {name}: {before} finished trials, adding {n_trials}{cap}; objective {sweep.METRIC_NAMES[mode]}")
     tracker = tracking.Tracker() if track and tracking.enabled() else None
-    parent = tracker.start(f"sweep-{name}", {"stage": "sweep", "method": method, "objective": mode}) if tracker else None
+    parent = tracker.study_run(name, storage or sweep.default_storage(), {
+        "stage": "sweep", "method": method, "objective": mode, "selection": "magnitude"}) if tracker else None
     out = out or f"runs/sweep/{name}"
     kw = dict(name=name, storage=storage, method=method, mode=mode, params=params, sets=list(sets or []), out=out,
-              pruner=pruner, seed=seed, track=track, parent_run=parent, threads=threads, n_trials=n_trials)
+              pruner=pruner, seed=seed, track=track, parent_run=parent, threads=threads, max_trials=max_trials)
     new: list[dict[str, Any]] = []
-    while True:
-        st = sweep.open_study(name, storage, method, mode, pruner, seed)
-        sweep.fail_stale(st, storage)
-        done, busy = sweep.finished(st), sweep.running(st)
-        if done >= n_trials:
-            break
-        free = n_trials - done - busy
-        if free <= 0:  # the rest is running in other workers: wait for them (or for their heartbeats to stop)
-            time.sleep(min(sweep.heartbeat_interval(), 10))
-            continue
-        wave = min(parallel, free)
-        rows = _trials.with_options(task_runner=task_runner(runner, address, workers=wave, threads=max(threads, 1)))(
-            [kw] * wave)
-        new.extend(r for r in rows if r["state"] != "SKIPPED")
-        if not rows:
-            break  # every trial of the wave failed (recorded as FAIL): stop instead of failing forever
+    try:
+        while len(new) < n_trials:
+            st = sweep.open_study(name, storage, method, mode, pruner, seed)
+            sweep.fail_stale(st, storage)
+            room = n_trials - len(new)
+            if max_trials is not None:
+                done, busy = sweep.finished(st), sweep.running(st)
+                if done >= max_trials:
+                    break
+                if done + busy >= max_trials:  # the rest runs in other workers: wait for them
+                    time.sleep(min(sweep.heartbeat_interval(), 10))
+                    continue
+                room = min(room, max_trials - done - busy)
+            wave = min(parallel, room)
+            rows = _trials.with_options(task_runner=task_runner(runner, address, workers=wave,
+                                                                threads=max(threads, 1)))([kw] * wave)
+            new.extend(r for r in rows if r["state"] != "SKIPPED")
+            if not rows:
+                break  # every trial of the wave failed (recorded as FAIL): stop instead of failing forever
+    except BaseException:
+        if tracker:
+            tracker.end(parent, ok=False)
+        raise
     st = sweep.open_study(name, storage, method, mode, pruner, seed)
     csv_path = sweep.write_trials_csv(st, Path(out) / "trials.csv")
     table = sweep.trials_table(st)
@@ -104,11 +122,19 @@ def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrai
     create_markdown_artifact(key=f"nas-sweep-{name}".lower().replace("_", "-"), markdown=md,
                              description="Optuna trials of the regularisation strength")
     if tracker:
-        tracker.log_params(parent, {"study": name, "storage": storage or sweep.default_storage(), "n_trials": n_trials,
+        tracker.log_params(parent, {"study": name, "storage": storage or sweep.default_storage(),
                                     "objective": mode, "pruner": pruner})
         tracker.log_file(parent, csv_path, "sweep")
+        counts = {s_: sum(r["state"] == s_ for r in table) for s_ in ("COMPLETE", "PRUNED", "FAIL")}
+        tracker.log_metrics(parent, {"trials_complete": counts["COMPLETE"], "trials_pruned": counts["PRUNED"],
+                                     "trials_failed": counts["FAIL"]})
         if best:
             tracker.log_metrics(parent, {"best_value": best["value"], f"best_{key}": best[key]})
+            if best.get("genotype"):
+                tracker.set_tags(parent, {"genotype": best["genotype"], "space": best.get("space")})
+                look = tracking.nb201_lookup(best.get("space") or "", best["genotype"])
+                if look:  # the best trial's cell in the NAS-Bench-201 table, as the pipeline reports it
+                    tracker.log_metrics(parent, {f"nb201_{d}": v for d, v in look["all_datasets"].items()})
         tracker.end(parent)
     return {"study": name, "trials": table, "new": new, "best": best, "csv": str(csv_path), "mlflow_run": parent}
 
@@ -116,7 +142,8 @@ def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrai
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flows.sweep", description="Run the nas-sweep flow once.")
     p.add_argument("--method", default="sdarts-rs", choices=sorted(sweep.STRENGTHS))
-    p.add_argument("--n-trials", type=int, default=8)
+    p.add_argument("--n-trials", type=int, default=8, help="trials this run adds to the study (default 8)")
+    p.add_argument("--max-trials", type=int, help="cap on the study's total of finished trials (default none)")
     p.add_argument("--mode", default="retrain", choices=sweep.MODES)
     p.add_argument("--study")
     p.add_argument("--storage", help="database URL (default sqlite:///runs/optuna.db)")
@@ -131,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     ready_local_prefect()
     res = sweep_flow(a.method, a.n_trials, a.mode, a.study, a.storage, a.params, a.sets, a.parallel, a.runner,
-                     a.address, a.pruner, track=a.track, out=a.out)
+                     a.address, a.pruner, track=a.track, out=a.out, max_trials=a.max_trials)
     print(json.dumps({"study": res["study"], "best": res["best"], "csv": res["csv"]}, indent=2))
     return 0
 

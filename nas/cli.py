@@ -23,20 +23,54 @@ from nas import config as config_mod
 from nas.utils import NasError
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+EXAMPLES = {
+    "prepare": """examples:
+  nas prepare --dataset cifar10 --data data/raw/cifar-10-python.tar.gz
+  nas prepare --list-keys""",
+    "search": """examples:
+  nas search --epochs 15 --out runs/digits-darts                     # the embedded digits, a few seconds
+  nas search --method drnas --config params/cpu-proxy.yaml --data cifar-10-python.tar.gz --seed 1 --out runs/c10-drnas
+  nas search --method sdarts-rs --set rs_sigma=0.1 --hessian-every 2 --out runs/rs
+  nas search ... --resume                                            # the same command again: continue it
+  nas search --list-keys                                             # every key with its default and meaning""",
+    "select": """examples:
+  nas select --run runs/digits-darts                                 # magnitude: the largest weight per edge
+  nas select --method pt --run runs/digits-darts --out runs/digits-darts-pt --set pt_tune_epochs=2""",
+    "strength": """examples:
+  nas strength --run runs/digits-darts --out runs/digits-darts-strength""",
+    "retrain": """examples:
+  nas retrain --selection runs/digits-darts/result.json --epochs 10 --out runs/digits-retrain
+  nas retrain --genotype '|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|' \\
+      --dataset cifar10 --data cifar-10-python.tar.gz --out runs/c10-retrain""",
+}
+
+
+def _default(kind: str, key: str) -> str:
+    for name, _, default, _ in config_mod.key_help(kind):
+        if name == key:
+            return default
+    return "?"
+
+
+def _common(p: argparse.ArgumentParser, kind: str | None = None) -> None:
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of key: value (or a section per stage)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key (repeatable)")
+                   help="override one config key (repeatable); --list-keys shows them all")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    if kind:
+        p.add_argument("--list-keys", dest="list_keys", action="store_true",
+                       help=f"list every key of '{kind}' with its default and meaning, and exit")
 
 
-def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="digits (embedded default), cifar10, cifar100, svhn, imagefolder, prepared")
-    p.add_argument("--data", help="archive, image folder or prepared .pt file")
-    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--out", help="run directory")
+def _data_args(p: argparse.ArgumentParser, kind: str) -> None:
+    d = lambda key: _default(kind, key)  # noqa: E731
+    p.add_argument("--dataset", help=f"digits (embedded), cifar10, cifar100, svhn, imagefolder, prepared "
+                   f"(default {d('dataset')})")
+    p.add_argument("--data", help="archive, image folder or prepared .pt file (default: none, the embedded digits)")
+    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N (default auto)")
+    p.add_argument("--seed", type=int, help=f"random seed (default {d('seed')})")
+    p.add_argument("--epochs", type=int, help=f"{kind} epochs (default {d('epochs')})")
+    p.add_argument("--out", help=f"run directory (default {d('out')})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--force", action="store_true", help="start over in an --out that already holds a run "
                    "(its files are removed)")
@@ -45,17 +79,21 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nas", description="Differentiable neural architecture search.")
+    parser = argparse.ArgumentParser(prog="nas", description="Differentiable neural architecture search.",
+                                     epilog="`nas COMMAND --help` shows a command's flags and examples; "
+                                            "`nas search --list-keys` every search setting.")
     parser.add_argument("--version", action="version", version=f"nas {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prepare", help="decode a dataset once into a tensor file + manifest")
+    p = sub.add_parser("prepare", help="decode a dataset once into a tensor file + manifest", description="decode a dataset once into a tensor file + manifest",
+                       epilog=EXAMPLES["prepare"], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset")
     p.add_argument("--data")
-    p.add_argument("--cache-dir", dest="cache_dir")
-    _common(p)
+    p.add_argument("--cache-dir", dest="cache_dir", help="where decoded datasets go (default data/prepared)")
+    _common(p, "prepare")
 
-    p = sub.add_parser("search", help="search a supernet and select an architecture by α magnitude")
+    p = sub.add_parser("search", help="search a supernet and select an architecture by α magnitude", description="search a supernet and select an architecture by α magnitude",
+                       epilog=EXAMPLES["search"], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", help="nb201, darts, s1, s2, s3, s4")
     p.add_argument("--method", help="darts, snas, gdas, drnas, sdarts-rs, sdarts-adv, pc-darts, random, rsps")
     p.add_argument("--order", type=int, choices=(1, 2), help="DARTS gradient order")
@@ -64,24 +102,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="top Hessian eigenvalue of L_val w.r.t. alpha every K epochs (0 = off)")
     p.add_argument("--early-stop", dest="early_stop", action="store_const", const=True,
                    help="stop when the eigenvalue grows (DARTS-ES); needs --hessian-every 1")
-    _data_args(p)
-    _common(p)
+    _data_args(p, "search")
+    _common(p, "search")
 
-    p = sub.add_parser("select", help="select the final architecture of a finished search (magnitude or PT)")
+    p = sub.add_parser("select", help="select the final architecture of a finished search (magnitude or PT)", description="select the final architecture of a finished search (magnitude or PT)",
+                       epilog=EXAMPLES["select"], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", help="magnitude (default) or pt")
     p.add_argument("--run", help="search run directory")
-    p.add_argument("--out", help="directory for selection.json (and PT's per-edge checkpoint)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device")
+    p.add_argument("--out", help="directory for selection.json (and PT's per-edge checkpoint); default: none")
+    p.add_argument("--seed", type=int, help="seed of PT's edge order (default 0)")
+    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N (default auto)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted PT selection in --out")
     p.add_argument("--force", action="store_true", help="start over in an --out that already holds a selection")
-    _common(p)
+    _common(p, "select")
 
-    p = sub.add_parser("strength", help="α against the accuracy drop of removing each op (table, plot, rank correlation)")
+    p = sub.add_parser("strength", help="α against the accuracy drop of removing each op (table, plot, rank correlation)", description="α against the accuracy drop of removing each op (table, plot, rank correlation)",
+                       epilog=EXAMPLES["strength"], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", help="search run directory")
     p.add_argument("--out", help="directory for strength.csv/.json/.png")
     p.add_argument("--device")
-    _common(p)
+    _common(p, "select")
 
     p = sub.add_parser("grid", help="the benchmark grid of a protocol: methods x seeds x selections, table and figures")
     p.add_argument("--protocol", default="params/cpu-proxy.yaml", help="protocol params file (cpu-proxy, paper)")
@@ -113,13 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", help="NAS-Bench-201 table CSV (default: data/benchmarks or $NAS_NB201_TABLE)")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("retrain", help="train a genotype's network from scratch and evaluate it")
+    p = sub.add_parser("retrain", help="train a genotype's network from scratch and evaluate it", description="train a genotype's network from scratch and evaluate it",
+                       epilog=EXAMPLES["retrain"], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space")
     p.add_argument("--genotype")
     p.add_argument("--selection", metavar="FILE", help="take the genotype (and space) from a selection.json "
                    "or a search result.json")
-    _data_args(p)
-    _common(p)
+    _data_args(p, "retrain")
+    _common(p, "retrain")
 
     p = sub.add_parser("evaluate", help="collect a pipeline run: metrics.json and the plot tables")
     p.add_argument("--search", required=True, help="search run directory")
@@ -149,6 +190,9 @@ def _maybe_lookup(space: str, genotype: str) -> dict[str, Any] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "list_keys", False):
+        print(config_mod.format_key_help("select" if args.command == "strength" else args.command))
+        return 0
     try:
         return _run(args)
     except NasError as exc:
@@ -157,6 +201,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"nas {args.command}: interrupted (resume with --resume)", file=sys.stderr)
         return 130
+
+
+def _tracked(stage: str, cfg: Any, tags: dict[str, Any], selection: str | None = None):
+    """An MLflow run for one CLI stage (``NAS_MLFLOW=0`` switches it off); it ends FINISHED or
+    FAILED whatever happens.  Runs from ``dvc repro`` are tagged ``source=dvc``."""
+    import os
+
+    from nas import tracking
+
+    d = config_mod.to_dict(cfg)
+    name = tracking.run_name(stage, tags.get("method"), selection, d.get("space"), d.get("seed"),
+                             tracking.config_digest(d))
+    source = "dvc" if os.environ.get("DVC_ROOT") or os.environ.get("DVC_STAGE") else "cli"
+    return tracking.stage_run(name, {"stage": stage, "source": source, **tags})
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -172,7 +230,12 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "search":
         cfg = config_mod.build_config("search", args.config,
                                       _overrides(args, ("space", "method", "order", "perturb", "hessian_every", "early_stop", *data_keys)), args.sets)
-        res = stages.search_stage(cfg, resume=args.resume, force=args.force)
+        tags = {"method": cfg.method, "space": cfg.space, "dataset": cfg.dataset, "seed": cfg.seed}
+        with _tracked("search", cfg, tags) as (tracker, run_id):
+            res = stages.search_stage(cfg, resume=args.resume, force=args.force,
+                                      callback=_epoch_logger(tracker, run_id, cfg.space))
+            if tracker:
+                tracker.log_search(run_id, res, live=True)
         look = _maybe_lookup(res["space"], res["genotype"])
         lines = [f"genotype: {res['genotype']}", f"result:   {cfg.out}/result.json",
                  f"seconds:  {res['seconds']:.1f}"]
@@ -186,7 +249,10 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "select":
         cfg = config_mod.build_config("select", args.config, _overrides(args, ("method", "run", "out", "seed", "device")),
                                       args.sets)
-        sel = stages.select_stage(cfg, resume=args.resume, force=args.force)
+        with _tracked("select", cfg, {"selection": cfg.method, "seed": cfg.seed}, cfg.method) as (tracker, run_id):
+            sel = stages.select_stage(cfg, resume=args.resume, force=args.force)
+            if tracker:
+                tracker.log_selection(run_id, config_mod.to_dict(cfg), sel)
         lines = [f"genotype: {sel['genotype']}"]
         if sel["selection"] == "pt":
             lines.append(f"magnitude would give: {sel['magnitude_genotype']}  (PT took {sel['seconds']:.1f}s)")
@@ -234,6 +300,18 @@ def _run(args: argparse.Namespace) -> int:
                               "all: " + ", ".join(f"{d} {v:.2f}" for d, v in r["all_datasets"].items())])
     elif args.command == "evaluate":
         m = stages.evaluate_stage(args.search, args.selection, args.retrain, args.out)
+        from nas import tracking
+
+        if tracking.enabled():  # the pipeline's summary row: what `dvc repro` found, comparable in the UI
+            import os
+
+            tags = {"stage": "evaluate", "method": m["method"], "selection": m["selection"], "space": m["space"],
+                    "seed": m.get("seed"), "config_digest": m.get("config_digest"),
+                    "source": "dvc" if os.environ.get("DVC_STAGE") else "cli"}
+            name = tracking.run_name("evaluate", m["method"], m["selection"], m["space"], m.get("seed"),
+                                     m.get("config_digest"))
+            with tracking.stage_run(name, tags) as (tracker, run_id):
+                tracker.log_summary(run_id, m)
         lines = [f"genotype: {m['genotype']}", f"test accuracy: {100 * m['test_acc']:.2f}%  params {m['params']:,}"]
         if "nb201" in m:
             lines.append("NAS-Bench-201: " + ", ".join(f"{d} {v:.2f}" for d, v in m["nb201"].items()))
@@ -246,13 +324,24 @@ def _run(args: argparse.Namespace) -> int:
             args.space = args.space or picked["space"]
         cfg = config_mod.build_config("retrain", args.config,
                                       _overrides(args, ("space", "genotype", *data_keys)), args.sets)
-        res = stages.retrain_stage(cfg, resume=args.resume, force=args.force)
+        tags = {"space": cfg.space, "dataset": cfg.dataset, "seed": cfg.seed, "genotype": cfg.genotype}
+        with _tracked("retrain", cfg, tags) as (tracker, run_id):
+            res = stages.retrain_stage(cfg, resume=args.resume, force=args.force)
+            if tracker:
+                tracker.log_retrain(run_id, res, f"{cfg.out}/model.pt")
         out = {k: res[k] for k in ("space", "genotype", "params", "test_acc", "test_loss", "epochs", "seconds")}
         out["result"] = f"{cfg.out}/result.json"
         _print(out, args.json, [f"genotype: {res['genotype']}", f"params:   {res['params']:,}",
                                 f"test accuracy: {res['test_acc'] * 100:.2f}% after {res['epochs']} epochs "
                                 f"({res['seconds']:.1f}s)", f"result:   {cfg.out}/result.json"])
     return 0
+
+
+def _epoch_logger(tracker: Any, run_id: str | None, space: str) -> Any:
+    if tracker is None:
+        return None
+    log = tracker.epoch_logger(run_id, space)
+    return lambda st: log(st.history[-1])
 
 
 if __name__ == "__main__":  # pragma: no cover

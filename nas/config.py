@@ -24,16 +24,16 @@ from nas.utils import NasError, clip, cut
 class DataConfig:
     """Where the images come from and how batches are drawn."""
 
-    dataset: str = "digits"  # digits (embedded) | cifar10 | cifar100 | imagefolder | prepared
+    dataset: str = "digits"  # digits (embedded) | cifar10 | cifar100 | svhn | imagefolder | prepared
     data: str | None = None  # archive, folder or prepared .pt file; None = embedded default
     cache_dir: str = "data/prepared"  # where decoded datasets are kept
     subset: int = 0  # images per class kept from the training set (0 = all), class-balanced
     resolution: int = 0  # resize images to this side length (0 = native)
-    batch_size: int = 64
+    batch_size: int = 64  # images per step (each of the w and the α step in a search)
     augment: bool = True  # random crop with padding (+ flip where it fits the data)
     crop_padding: int = -1  # -1 = 4 pixels at 32x32, scaled with the resolution
     flip: bool | None = None  # None = decided by the dataset (no flips for digits)
-    eval_batch_size: int = 512
+    eval_batch_size: int = 512  # images per forward pass when only evaluating
     channels_last: bool = True  # NHWC memory format for batches and convolutions (about 1.4x faster on CPU)
 
 
@@ -41,26 +41,26 @@ class DataConfig:
 class SearchConfig(DataConfig):
     """Supernet search: a space, a method, the bi-level optimisation."""
 
-    space: str = "nb201"
-    method: str = "darts"
+    space: str = "nb201"  # nb201 | darts | s1 | s2 | s3 | s4
+    method: str = "darts"  # darts | snas | gdas | drnas | sdarts-rs | sdarts-adv | pc-darts | random | rsps
     order: int = 1  # DARTS: 1 = first order, 2 = second order (unrolled)
-    epochs: int = 50
-    seed: int = 0
-    device: str = "auto"
-    out: str = "runs/search"
+    epochs: int = 50  # search epochs
+    seed: int = 0  # seeds the data split, the subset, the supernet, the batches and the samples
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
+    out: str = "runs/search"  # run directory (result.json, checkpoint.pt)
     train_portion: float = 0.5  # share of the training set that trains w; the rest trains alpha
     channels: int | None = None  # C; None = the space's default (16)
     cells: int | None = None  # NB201: cells per stage (5); DARTS spaces: cells in all (8)
     # w optimiser (NB201 reference search settings)
-    w_lr: float = 0.025
-    w_lr_min: float = 0.001
-    w_momentum: float = 0.9
-    w_weight_decay: float = 3e-4
-    grad_clip: float = 5.0
+    w_lr: float = 0.025  # SGD learning rate of the supernet weights w, cosine-annealed per epoch
+    w_lr_min: float = 0.001  # end of the cosine schedule
+    w_momentum: float = 0.9  # SGD momentum on w
+    w_weight_decay: float = 3e-4  # SGD weight decay on w
+    grad_clip: float = 5.0  # gradient-norm clip of the w step (0 = none)
     # alpha optimiser
-    a_lr: float = 3e-4
-    a_beta1: float = 0.5
-    a_beta2: float = 0.999
+    a_lr: float = 3e-4  # Adam learning rate of α
+    a_beta1: float = 0.5  # Adam beta1 of α
+    a_beta2: float = 0.999  # Adam beta2 of α
     a_weight_decay: float | None = None  # None = method default: 1e-3, 0 for drnas (its regulariser)
     unrolled_eps: float = 0.01  # finite-difference step (scaled by 1/||dL_val/dw'||), DARTS paper
     # method seams (see nas/methods): perturbation, partial channels, temperatures, regularisers
@@ -74,11 +74,11 @@ class SearchConfig(DataConfig):
     rs_sigma: float = 0.3  # SDARTS-RS noise amplitude at the end of the ramp
     adv_epsilon: float = 0.3  # SDARTS-ADV attack radius at the end of the ramp
     eps_start: float = 0.03  # both ramp linearly from this value
-    adv_steps: int = 7
+    adv_steps: int = 7  # SDARTS-ADV PGD steps per w step
     progressive: bool = False  # DrNAS progressive: two stages, K k1 -> k2, ops pruned to `keep`
-    progressive_k1: int = 4
-    progressive_k2: int = 2
-    progressive_keep: int = 3
+    progressive_k1: int = 4  # DrNAS progressive: partial-channel K of the first stage
+    progressive_k2: int = 2  # ... and of the second stage
+    progressive_keep: int = 3  # ops kept per edge between the stages
     arch_warmup: int | None = None  # epochs of frozen α at the start of each stage; None = 0, or 20% of a stage when progressive
     rsps_candidates: int = 100  # RSPS: sampled architectures ranked by supernet validation accuracy
     rsps_eval_batches: int = 1  # α-split batches per candidate
@@ -92,44 +92,44 @@ class SearchConfig(DataConfig):
     hessian_method: str = "lanczos"  # lanczos | power
     hessian_topk: int = 1  # eigenvalues kept per evaluation (lanczos)
     # early stopping on the eigenvalue (RobustDARTS DARTS-ES); needs hessian_every = 1
-    early_stop: bool = False
+    early_stop: bool = False  # stop when the eigenvalue grows (DARTS-ES)
     es_window: int = 5  # epochs in the local average
     es_lookback: int = 5  # compare with the local average this many epochs earlier
     es_factor: float = 1.3  # stop when the local average grew by more than this factor
     es_start: int = 10  # first epoch at which stopping is considered
     steps_per_epoch: int = 0  # 0 = one pass over the w split; >0 caps it (CPU budgets)
     checkpoint_every: int = 1  # epochs between checkpoints
-    progress: bool = True
+    progress: bool = True  # a progress bar on a terminal
 
 
 @dataclass
 class RetrainConfig(DataConfig):
     """Train a discrete architecture from scratch and evaluate it on the test split."""
 
-    space: str = "nb201"
-    genotype: str = ""
+    space: str = "nb201"  # nb201 | darts | s1 | s2 | s3 | s4
+    genotype: str = ""  # the architecture to train (the space's genotype string)
     epochs: int | None = None  # 200 (NB201) | 600 (DARTS)
-    seed: int = 0
-    device: str = "auto"
-    out: str = "runs/retrain"
+    seed: int = 0  # seeds the initialisation, the subset, the holdout split and the batches
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
+    out: str = "runs/retrain"  # run directory (result.json, model.pt, checkpoint.pt)
     # None = the space's default: NB201's benchmark recipe, or the DARTS evaluation recipe
     channels: int | None = None  # 16 | 36
     cells: int | None = None  # 5 per stage | 20
     batch_size: int | None = None  # 256 | 96
     lr: float | None = None  # 0.1 | 0.025, cosine-annealed to lr_min
-    lr_min: float = 0.0
-    momentum: float = 0.9
+    lr_min: float = 0.0  # end of the cosine schedule
+    momentum: float = 0.9  # SGD momentum
     nesterov: bool | None = None  # True | False
     weight_decay: float | None = None  # 5e-4 | 3e-4
     grad_clip: float | None = None  # 0 (none) | 5
     auxiliary_weight: float | None = None  # 0 | 0.4 (DARTS auxiliary head at 2/3 depth)
     drop_path: float | None = None  # 0 | 0.2, ramped linearly over the epochs
     cutout: int | None = None  # 0 | 16 pixels
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # label smoothing of the cross-entropy
     eval_every: int = 0  # evaluate on the test split every k epochs (0 = only at the end)
     holdout: float = 0.0  # share of the training images held out as a validation split (0 = none)
-    checkpoint_every: int = 1
-    progress: bool = True
+    checkpoint_every: int = 1  # epochs between checkpoints
+    progress: bool = True  # a progress bar on a terminal
 
 
 @dataclass
@@ -140,18 +140,20 @@ class SelectConfig:
     run: str = ""  # the search run directory
     out: str | None = None  # where selection.json goes (none = not written)
     seed: int = 0  # PT edge order
-    device: str = "auto"
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     pt_tune_epochs: int = 5  # w-only fine-tuning epochs between PT decisions (the reference uses 5)
     pt_batches: int = 0  # α-split batches per accuracy measurement (0 = the whole split)
     pt_lr_factor: float = 0.1  # fine-tuning learning rate = w_lr * this
-    progress: bool = True
+    progress: bool = True  # a progress bar on a terminal
 
 
 @dataclass
 class PrepareConfig:
-    dataset: str = "digits"
-    data: str | None = None
-    cache_dir: str = "data/prepared"
+    """Decode a dataset once into a tensor file with a manifest."""
+
+    dataset: str = "digits"  # digits (embedded) | cifar10 | cifar100 | svhn | imagefolder | prepared
+    data: str | None = None  # archive, folder or prepared .pt file; None = embedded default
+    cache_dir: str = "data/prepared"  # where decoded datasets are kept
 
 
 CONFIGS: dict[str, type] = {
@@ -214,7 +216,7 @@ def _suggest(key: Any, known: Any) -> str:
     close = difflib.get_close_matches(str(key)[:100], sorted(known), n=3)
     if close:
         return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
-    return " (the README's settings tables list every key)"
+    return " (`nas search --list-keys` lists every key)"
 
 
 def parse_set(item: str) -> tuple[str, Any]:
@@ -440,6 +442,47 @@ def validate(cfg: Any) -> None:
             get_space(cfg.space)
     if isinstance(cfg, SelectConfig):
         need(cfg.method in ("magnitude", "pt"), "method", "must be magnitude or pt")
+
+
+def key_help(kind: str) -> list[tuple[str, str, str, str]]:
+    """(key, type, default, meaning) of every key of a stage, the meaning taken from the comment
+    beside the key in this file (one source for the code and the help)."""
+    import inspect
+    import re
+
+    meanings: dict[str, str] = {}
+    for cls in reversed(CONFIGS[kind].__mro__):
+        if not dataclasses.is_dataclass(cls):
+            continue
+        for line in inspect.getsource(cls).splitlines():
+            m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
+            if m:
+                meanings[m.group(1)] = m.group(2).strip()
+    hints = typing.get_type_hints(CONFIGS[kind])
+    rows = []
+    for f in dataclasses.fields(CONFIGS[kind]):
+        default = f.default
+        shown = "auto" if default is None and f.name in _SPACE_DEFAULTS else \
+            ("null" if default is None else str(default).lower() if isinstance(default, bool) else repr(default)
+             if isinstance(default, str) else str(default))
+        rows.append((f.name, _type_name(hints[f.name]).replace(" | ", "|"), shown, meanings.get(f.name, "")))
+    return rows
+
+
+# Keys whose None means "the space's or the method's default".
+_SPACE_DEFAULTS = {"channels", "cells", "epochs", "batch_size", "lr", "nesterov", "weight_decay", "grad_clip",
+                   "auxiliary_weight", "drop_path", "cutout", "a_weight_decay", "edge_norm", "tau_max", "tau_min",
+                   "arch_warmup", "flip"}
+
+
+def format_key_help(kind: str) -> str:
+    rows = key_help(kind)
+    w0 = max(len(r[0]) for r in rows)
+    w2 = min(24, max(len(r[2]) for r in rows))
+    lines = [f"keys of '{kind}' (set with --set KEY=VALUE or in a --config YAML file):", ""]
+    for name, _, default, meaning in rows:
+        lines.append(f"  {name:<{w0}}  {default:<{w2}}  {meaning}".rstrip())
+    return "\n".join(lines)
 
 
 def resolve_defaults(cfg: Any, defaults: dict[str, Any]) -> Any:

@@ -211,7 +211,7 @@ def validate_runs(rows: list[dict[str, Any]], source: str) -> list[dict[str, Any
 
 
 # ---------------------------------------------------------------------------------- Optuna trials
-TRIAL_COLUMNS = ["number", "state", "value", "method", "mode"]
+TRIAL_COLUMNS = ["number", "state", "value", "supernet_val_acc", "method", "mode"]
 
 
 def trials_schema():
@@ -220,10 +220,13 @@ def trials_schema():
         "number": pa.Column(int, pa.Check.ge(0), unique=True),
         "state": pa.Column(str, pa.Check.isin(["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"])),
         "value": pa.Column(float, pa.Check.in_range(0.0, 100.0), nullable=True),
+        "supernet_val_acc": pa.Column(float, pa.Check.in_range(0.0, 100.0), nullable=True),
         "method": pa.Column(str),
         "mode": pa.Column(str, pa.Check.isin(["retrain", "benchmark"])),
     }, checks=[pa.Check(lambda d: ~((d["state"] == "COMPLETE") & d["value"].isna()),
-                        error="a COMPLETE trial has a value")], coerce=True, strict=False)
+                        error="a COMPLETE trial has a value"),
+                    pa.Check(lambda d: ~((d["state"] != "COMPLETE") & d["value"].notna()),
+                             error="only a COMPLETE trial has an objective value")], coerce=True, strict=False)
 
 
 def validate_trials(rows: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:

@@ -335,7 +335,8 @@ class Search:
             print(f"no checkpoint in {self.out}; starting from scratch", file=sys.stderr)
         self.out.mkdir(parents=True, exist_ok=True)
         steps = len(w_stream) if cfg.steps_per_epoch <= 0 else min(cfg.steps_per_epoch, len(w_stream))
-        bar = _progress(cfg.progress, total=cfg.epochs * steps, initial=st.epoch * steps)
+        bar = _progress(cfg.progress, total=cfg.epochs * steps, initial=st.epoch * steps,
+                        desc=f"search epoch {min(st.epoch + 1, cfg.epochs)}/{cfg.epochs}")
         try:
             while st.epoch < cfg.epochs and st.early_stop is None:
                 record = self._epoch(st, w_stream, a_stream, steps, bar)
@@ -346,10 +347,10 @@ class Search:
                 st.sched.step()
                 if self.method.progressive and st.epoch == self.stage_epochs[0]:
                     self._next_stage(st)  # before the checkpoint, so that it holds stage-2 shapes
-                msg = (f"epoch {st.epoch}/{cfg.epochs}  train loss {record['train_loss']:.3f} acc "
-                       f"{record['train_acc']:.3f}  val loss {record['val_loss']:.3f} acc "
-                       f"{record['val_acc']:.3f}  {record['genotype']}  {record['seconds']:.1f}s")
-                _log(bar, msg)
+                _log(bar, epoch_line(record, cfg.epochs, self.space))
+                if bar is not None:
+                    bar.set_description(f"search epoch {min(st.epoch + 1, cfg.epochs)}/{cfg.epochs}", refresh=False)
+                    bar.set_postfix_str(f"val acc {record['val_acc']:.3f}")
                 rollback = self._early_stop(st)
                 if rollback is not None:
                     _log(bar, f"early stop at epoch {st.epoch}: the top eigenvalue grew by more than "
@@ -595,6 +596,16 @@ def _progress(enabled: bool, total: int, initial: int, desc: str = "search"):
 
     # disable=None: shown on a terminal, silent when stderr is redirected (CI, logs)
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=None, desc=desc)
+
+
+def epoch_line(record: dict[str, Any], epochs: int, space: Any) -> str:
+    """One search epoch in under 100 characters: losses, accuracies, eigenvalue, skip edges."""
+    skips = str(record.get("genotype", "")).count("skip_connect")
+    line = (f"epoch {record['epoch']}/{epochs}  train {record['train_loss']:.3f} / {record['train_acc']:.3f}  "
+            f"val {record['val_loss']:.3f} / {record['val_acc']:.3f}")
+    if isinstance(record.get("hessian_eig"), (int, float)):
+        line += f"  eig {record['hessian_eig']:.3g}"
+    return line + f"  skip {skips}/{len(space.edge_ops)}  {record['seconds']:.1f}s"
 
 
 def _log(bar, msg: str) -> None:

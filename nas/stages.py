@@ -111,9 +111,11 @@ def retrain_stage(cfg: config_mod.RetrainConfig, resume: bool = False, force: bo
 
 def evaluate_stage(search_dir: str | Path, selection: str | Path, retrain_dir: str | Path,
                    out: str | Path) -> dict[str, Any]:
-    """Collect a pipeline run: ``metrics.json`` (test accuracy, NB201 lookups, size, search cost,
-    sharpness) and the plot tables ``plots/alpha.csv`` (mean mixing weight per op and epoch),
-    ``plots/eigenvalue.csv``, ``plots/search_accuracy.csv`` and ``plots/retrain_accuracy.csv``."""
+    """Collect a pipeline run: ``metrics.json`` (numbers only: test accuracy, NB201 lookups, size,
+    search cost, sharpness, skip edges), ``summary.json`` (the same with method, selection, space,
+    seed, genotype), the plot tables ``plots/alpha.csv`` (mean mixing weight per op and epoch),
+    ``plots/eigenvalue.csv``, ``plots/search_accuracy.csv``, ``plots/retrain_accuracy.csv``, and
+    the same four as pictures (``plots/*.png``, which render without a network)."""
     from nas.schemas import validate_history
     from nas.utils import atomic_write, write_json
 
@@ -139,8 +141,13 @@ def evaluate_stage(search_dir: str | Path, selection: str | Path, retrain_dir: s
                       in_channels=rt.get("dataset", {}).get("channels", 3),
                       resolution=rt.get("dataset", {}).get("resolution") or 32)
     eig = search_res.get("hessian", {}).get("top_eigenvalue") or []
+    from nas.tracking import config_digest
+
+    digest = config_digest({"search": search_res.get("config", {}), "select": sel.get("config", {}),
+                            "retrain": rt.get("config", {})})
     metrics: dict[str, Any] = {
         "method": search_res["method"], "selection": sel["selection"], "space": space.name,
+        "seed": search_res.get("config", {}).get("seed"), "config_digest": digest,
         "genotype": rt["genotype"], "test_acc": rt["test_acc"], "test_loss": rt["test_loss"],
         "retrain_epochs": rt["epochs"], "params": info["params"], "flops": info["flops"],
         "search_seconds": search_res["seconds"], "retrain_seconds": rt["seconds"],
@@ -153,7 +160,10 @@ def evaluate_stage(search_dir: str | Path, selection: str | Path, retrain_dir: s
         metrics["nb201"] = dict(look["all_datasets"])
         metrics["nb201_oracle_cifar10"] = look["oracle_accuracy"]
         metrics["nb201_rank"] = look["rank"]
-    write_json(out / "metrics.json", metrics)
+    numbers = {k: v for k, v in metrics.items() if k not in ("method", "selection", "space", "seed", "config_digest",
+                                                             "genotype") and v is not None}
+    write_json(out / "metrics.json", numbers)  # `dvc metrics show`: numbers only
+    write_json(out / "summary.json", metrics)
     plots = out / "plots"
 
     def table(name: str, header: list[str], rows: list[list[Any]]) -> None:
@@ -171,6 +181,9 @@ def evaluate_stage(search_dir: str | Path, selection: str | Path, retrain_dir: s
           [[h["epoch"], h["train_acc"], h["val_acc"]] for h in history])
     table("retrain_accuracy.csv", ["epoch", "train_acc", "train_loss"],
           [[h["epoch"], h["train_acc"], h["train_loss"]] for h in rt.get("history", [])])
+    from nas.figures import pipeline_plots
+
+    pipeline_plots(plots)
     return metrics
 
 

@@ -32,6 +32,8 @@ STRENGTHS: dict[str, tuple[str, float, float]] = {
     "drnas": ("drnas_lambda", 1e-4, 1e-1),
 }
 MODES = ("retrain", "benchmark")
+# What the objective is, as the study names it (optuna-dashboard and the trials table show it).
+METRIC_NAMES = {"retrain": "holdout_val_acc_after_retrain", "benchmark": "nb201_cifar10_test_acc"}
 DEFAULT_STORAGE = Path("runs") / "optuna.db"
 
 
@@ -138,6 +140,8 @@ def open_study(name: str, storage: str | None, method: str, mode: str, pruner: s
     else:
         study.set_user_attr("method", method)
         study.set_user_attr("mode", mode)
+    if study.metric_names != [METRIC_NAMES[mode]]:
+        study.set_metric_names([METRIC_NAMES[mode]])
     return study
 
 
@@ -165,9 +169,9 @@ def fail_stale(study, storage: str | None) -> None:
         fail_stale_trials(study)
 
 
-def claim_trial(study, storage: str | None, n_trials: int | None):
-    """``study.ask()`` under the storage lock, unless the study already has ``n_trials`` complete,
-    pruned or running trials (then None): concurrent workers never overshoot the total.  The new
+def claim_trial(study, storage: str | None, max_trials: int | None):
+    """``study.ask()`` under the storage lock, unless the study already has ``max_trials`` complete,
+    pruned or running trials (then None): concurrent workers never overshoot that total.  The new
     trial's first heartbeat is recorded before the lock is released."""
     import warnings
 
@@ -178,7 +182,7 @@ def claim_trial(study, storage: str | None, n_trials: int | None):
         # heartbeat is sent by this module's own thread
         warnings.simplefilter("ignore")
         optuna.storages.fail_stale_trials(study)
-        if n_trials is not None and finished(study) + running(study) >= n_trials:
+        if max_trials is not None and finished(study) + running(study) >= max_trials:
             return None
         trial = study.ask()
         _beat(study, trial, storage)
@@ -222,9 +226,9 @@ class Heartbeat:
 
 def run_trial(name: str, storage: str | None, method: str, mode: str, params: str, sets: list[str], out: str,
               pruner: str = "median", seed: int = 0, track: bool = True, parent_run: str | None = None,
-              threads: int = 0, worker: int = 0, n_trials: int | None = None) -> dict[str, Any] | None:
+              threads: int = 0, worker: int = 0, max_trials: int | None = None) -> dict[str, Any] | None:
     """Ask the study for one trial, run it, tell the result.  Returns the trial's row, or None when
-    the study already has ``n_trials`` complete, pruned or running trials.  The sampler is seeded
+    the study already has ``max_trials`` complete, pruned or running trials.  The sampler is seeded
     from (seed, trials so far, worker): a sequential sweep is reproducible and parallel workers
     draw different values.  A heartbeat is recorded while the trial runs."""
     import optuna
@@ -236,7 +240,7 @@ def run_trial(name: str, storage: str | None, method: str, mode: str, params: st
     key, lo, hi = check(method, mode)
     study = open_study(name, storage, method, mode, pruner, seed)
     study.sampler = optuna.samplers.TPESampler(seed=(seed * 1_000_003 + len(study.trials) * 101 + worker) % 2**31)
-    trial = claim_trial(study, storage, n_trials)
+    trial = claim_trial(study, storage, max_trials)
     if trial is None:
         return None
     with Heartbeat(study, trial, storage):
@@ -270,9 +274,12 @@ def _run_trial(study, trial, key: str, lo: float, hi: float, method: str, mode: 
         tracker.log_params(run_id, {key: value, "objective": mode, "study": study.study_name,
                                     "trial": trial.number})
 
+    reported: list[float | None] = [None]  # the last supernet accuracy reported (the pruning signal)
+
     def on_epoch(st: Any) -> None:
         rec = st.history[-1]
-        trial.report(100.0 * rec["val_acc"], step=st.epoch)
+        reported[0] = 100.0 * rec["val_acc"]
+        trial.report(reported[0], step=st.epoch)
         if tracker:
             tracker.log_metrics(run_id, {"supernet_val_acc": 100.0 * rec["val_acc"]}, step=st.epoch)
         if trial.should_prune():
@@ -283,6 +290,8 @@ def _run_trial(study, trial, key: str, lo: float, hi: float, method: str, mode: 
         stages.search_stage(scfg, callback=on_epoch)
         sel = stages.select_stage(sel_cfg)
         row["genotype"] = sel["genotype"]
+        trial.set_user_attr("genotype", sel["genotype"])
+        trial.set_user_attr("space", sel["space"])
         if mode == "benchmark":
             objective = stages.lookup_stage(sel["genotype"], "cifar10")["test_accuracy"]
         else:
@@ -297,7 +306,7 @@ def _run_trial(study, trial, key: str, lo: float, hi: float, method: str, mode: 
         if tracker:
             tracker.set_tags(run_id, {"state": "PRUNED"})
             tracker.end(run_id)
-        return {**row, "state": "PRUNED", "value": None}
+        return {**row, "state": "PRUNED", "value": None, "supernet_val_acc": reported[0]}
     except BaseException:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         if tracker:
@@ -310,7 +319,8 @@ def _run_trial(study, trial, key: str, lo: float, hi: float, method: str, mode: 
         tracker.log_metrics(run_id, {"objective": objective})
         tracker.set_tags(run_id, {"state": "COMPLETE", "genotype": row["genotype"]})
         tracker.end(run_id)
-    return {**row, "state": "COMPLETE", "value": objective}
+    return {**row, "state": "COMPLETE", "value": objective, "supernet_val_acc": reported[0]}
+
 
 
 def trials_table(study) -> list[dict[str, Any]]:
@@ -320,8 +330,15 @@ def trials_table(study) -> list[dict[str, Any]]:
     key = STRENGTHS[study.user_attrs["method"]][0]
     rows = []
     for t in study.trials:
-        v = t.value if t.value is not None and math.isfinite(t.value) else None
-        rows.append({"number": t.number, "state": t.state.name, "value": v, key: t.params.get(key),
+        # Optuna stores a pruned trial's last reported value (the supernet's validation accuracy) as
+        # its value; that is not the objective, so it goes to its own column.
+        complete = t.state.name == "COMPLETE"
+        v = t.value if complete and t.value is not None and math.isfinite(t.value) else None
+        reports = t.intermediate_values
+        last = float(reports[max(reports)]) if reports else None
+        rows.append({"number": t.number, "state": t.state.name, "value": v, "supernet_val_acc": last,
+                     key: t.params.get(key), "genotype": t.user_attrs.get("genotype"),
+                     "space": t.user_attrs.get("space"),
                      "method": study.user_attrs["method"], "mode": study.user_attrs["mode"]})
     return validate_trials(rows, f"study {study.study_name}")
 

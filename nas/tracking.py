@@ -21,6 +21,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,22 @@ def _store_lock(uri: str) -> Any:
     return FileLock(str(db) + ".lock")
 
 
+@contextmanager
+def stage_run(name: str, tags: dict[str, Any], parent: str | None = None, track: bool = True):
+    """A run for one stage, or ``(None, None)`` when tracking is off (``NAS_MLFLOW=0``, or
+    ``track=False``).  Whatever happens inside, the run ends FINISHED or FAILED, never RUNNING."""
+    tracker = Tracker() if track and enabled() else None
+    run_id = tracker.start(name, tags, parent=parent) if tracker else None
+    try:
+        yield tracker, run_id
+    except BaseException:
+        if tracker:
+            tracker.end(run_id, ok=False)
+        raise
+    if tracker:
+        tracker.end(run_id)
+
+
 class Tracker:
     """A thin wrapper of ``MlflowClient`` with the project's run layout and tags."""
 
@@ -76,6 +93,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.uri = uri or tracking_uri()
+        self.log_seconds: dict[str, float] = {}
         with _store_lock(self.uri):
             # the first use of a SQLite store creates and migrates its schema: one process at a time,
             # or concurrent first users crash in the migration ("duplicate column name")
@@ -107,6 +125,24 @@ class Tracker:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent
         run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
         return run.info.run_id
+
+    def study_run(self, study: str, storage: str, tags: dict[str, Any]) -> str:
+        """The one parent run of an Optuna study (found by its ``study`` and ``study_storage`` tags),
+        reopened; created on the study's first sweep.  Every sweep of the study nests its trials
+        under it, so the runs table shows one row per study however many nights it ran."""
+        def quote(v: str) -> str:
+            return v.replace("\\", "\\\\").replace("'", "\\'")
+
+        found = self.client.search_runs([self.experiment_id], f"tags.stage = 'sweep' and tags.study = '{quote(study)}' "
+                                        f"and tags.study_storage = '{quote(storage)}'", max_results=1,
+                                        order_by=["attributes.start_time ASC"])
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        return self.start(run_name("sweep", tags.get("method"), tags.get("selection"), study,
+                                   digest=config_digest({"storage": storage})),
+                          {**tags, "study": study, "study_storage": storage})
 
     def end(self, run_id: str, ok: bool = True) -> None:
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
@@ -148,10 +184,14 @@ class Tracker:
         self.client.log_artifact(run_id, str(path), folder)
 
     # ---------------------------------------------------------- stage content
-    def epoch_logger(self, run_id: str) -> Callable[[dict[str, Any]], None]:
-        """A callback for one search epoch's record: all of its scalars in one batch."""
+    def epoch_logger(self, run_id: str, space: str | None = None) -> Callable[[dict[str, Any]], None]:
+        """A callback for one search epoch's record: all of its scalars in one batch.  The time it
+        spends is kept and recorded by ``log_search`` as the tags ``mlflow_log_seconds`` and
+        ``mlflow_log_fraction`` (bookkeeping, kept out of the charts)."""
         def log(record: dict[str, Any]) -> None:
-            self.log_metrics(run_id, epoch_metrics(record), step=int(record["epoch"]))
+            t0 = time.perf_counter()
+            self.log_metrics(run_id, epoch_metrics(record, space), step=int(record["epoch"]))
+            self.log_seconds[run_id] = self.log_seconds.get(run_id, 0.0) + time.perf_counter() - t0
 
         return log
 
@@ -165,8 +205,15 @@ class Tracker:
                                "selection": result.get("selection")})
         if not live:
             for rec in result.get("history", []):
-                self.log_metrics(run_id, epoch_metrics(rec), step=int(rec["epoch"]))
-        self.log_metrics(run_id, {"search_seconds": result.get("seconds", 0.0)})
+                self.log_metrics(run_id, epoch_metrics(rec, result.get("space")), step=int(rec["epoch"]))
+        eig = (result.get("hessian") or {}).get("top_eigenvalue") or []
+        self.log_metrics(run_id, {"search_seconds": result.get("seconds", 0.0),
+                                  "skip_edges": str(result["genotype"]).count("skip_connect"),
+                                  **({"final_eigenvalue": eig[-1]} if eig else {})})
+        if run_id in self.log_seconds:
+            spent = self.log_seconds.pop(run_id)
+            self.set_tags(run_id, {"mlflow_log_seconds": f"{spent:.3f}",
+                                   "mlflow_log_fraction": f"{spent / max(result.get('seconds', 0.0), 1e-9):.4f}"})
         hist = result.get("history", [])
         if hist and "weights" in hist[0]:
             self.log_bytes(run_id, alpha_history_npz(hist), "alpha_history.npz", "alpha")
@@ -178,6 +225,30 @@ class Tracker:
         if look:
             self.log_json(run_id, look, "nb201_lookup.json", "genotype")
             self.log_metrics(run_id, {f"nb201_{d}": v for d, v in look["all_datasets"].items()})
+
+    def log_summary(self, run_id: str, metrics: dict[str, Any]) -> None:
+        """A pipeline's key results on one run (the parent, or the DVC ``evaluate`` run): test
+        accuracy, NB201 accuracies (``nb201_cifar10`` ...), params, FLOPs, final eigenvalue, skip
+        edges as metrics; the genotype as a tag and an artifact."""
+        flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        flat.update({f"nb201_{k}": v for k, v in (metrics.get("nb201") or {}).items()})
+        self.log_metrics(run_id, flat)
+        self.set_tags(run_id, {"genotype": metrics.get("genotype")})
+        self.log_json(run_id, metrics, "metrics.json")
+        self.log_genotype(run_id, metrics["space"], metrics["genotype"])
+
+    def log_selection(self, run_id: str, cfg: dict[str, Any], sel: dict[str, Any]) -> None:
+        self.log_params(run_id, {f"select.{k}": v for k, v in cfg.items()})
+        self.log_json(run_id, sel, "selection.json", "genotype")
+        self.log_genotype(run_id, sel["space"], sel["genotype"])
+        self.set_tags(run_id, {"genotype": sel["genotype"]})
+        metrics: dict[str, float] = {"skip_edges": str(sel["genotype"]).count("skip_connect")}
+        if isinstance(sel.get("seconds"), (int, float)):
+            metrics["select_seconds"] = sel["seconds"]
+        look = nb201_lookup(sel["space"], sel["genotype"])
+        if look:
+            metrics.update({f"nb201_{d}": v for d, v in look["all_datasets"].items()})
+        self.log_metrics(run_id, metrics)
 
     def log_genotype(self, run_id: str, space: str, genotype: str, folder: str = "genotype") -> None:
         from nas.spaces import get_space
@@ -199,21 +270,110 @@ class Tracker:
                                   "params": result["params"], **({"val_acc": result["val_acc"]}
                                                                  if "val_acc" in result else {})})
         if model_path is not None and Path(model_path).is_file():
-            self.log_file(run_id, model_path, "model")
+            self.log_model(run_id, Path(model_path).parent)
+
+    def log_model(self, run_id: str, folder: str | Path) -> None:
+        """The trained network of a retrain folder as an MLflow PyTorch model (``model``), so that
+        ``mlflow.pytorch.load_model("runs:/<run>/model")`` returns it."""
+        import warnings
+
+        import mlflow
+        import mlflow.pytorch
+
+        from nas.train import load_model
+
+        import numpy as np
+
+        net = load_model(folder)
+        data = json.loads((Path(folder) / "result.json").read_text()).get("dataset", {})
+        side = data.get("resolution") or 32
+        example = np.zeros((1, data.get("channels", 3), side, side), dtype=np.float32)
+        mlflow.set_tracking_uri(self.uri)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pip-requirement inference notes
+            with mlflow.start_run(run_id=run_id, nested=True):
+                # pickled module (loads where the `nas` package is installed), with an input example
+                # so that the model's signature (normalised NCHW images -> logits) is recorded
+                mlflow.pytorch.log_model(net, name="model", serialization_format="pickle", input_example=example,
+                                         pip_requirements=[f"torch=={_torch_version()}", "nas-darts"])
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__.split("+")[0]
 
 
 # ------------------------------------------------------------------------------------- helpers
-SCALARS = ("train_loss", "train_acc", "val_loss", "val_acc", "w_lr", "hessian_eig", "skip_weight_mean",
-           "perturb_epsilon", "seconds", "tau")
+# Parts of a config that never change what a run computes: left out of the digest in run names.
+_NOT_IN_DIGEST = {"out", "run", "progress", "device", "cache_dir", "checkpoint_every", "eval_batch_size"}
 
 
-def epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
-    out = {k: float(record[k]) for k in SCALARS if isinstance(record.get(k), (int, float))}
-    for i, v in enumerate(record.get("edge_entropy", []) or []):
-        out[f"edge_entropy/{i}"] = float(v)
-    for i, v in enumerate(record.get("edge_max_weight", []) or []):
-        out[f"edge_max_weight/{i}"] = float(v)
+def config_digest(cfg: dict[str, Any]) -> str:
+    """Six hex digits that tell two configs apart (paths and bookkeeping keys left out)."""
+    import hashlib
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items() if k not in _NOT_IN_DIGEST}
+        return v
+
+    return hashlib.sha256(json.dumps(clean(cfg), sort_keys=True, default=str).encode()).hexdigest()[:6]
+
+
+def run_name(stage: str, method: str | None = None, selection: str | None = None, space: str | None = None,
+             seed: Any = None, digest: str | None = None) -> str:
+    """``pipeline-darts-pt-nb201-s1-3fa2c0``: what tells runs apart in the runs table."""
+    parts = [stage, method, selection, space, None if seed is None else f"s{seed}", digest]
+    return "-".join(str(p) for p in parts if p not in (None, ""))
+
+
+def metric_label(edge_name: str) -> str:
+    """An edge name as MLflow allows it in a metric name: ``3<-1`` -> ``3_from_1``,
+    ``normal 2<-0`` -> ``normal_2_from_0``."""
+    return edge_name.replace("<-", "_from_").replace(" ", "_")
+
+
+# Per-epoch scalars: the headline ones unprefixed (they open the run's chart page), the optimiser
+# schedules and timing in their own groups.
+HEADLINE = ("train_loss", "train_acc", "val_loss", "val_acc", "hessian_eig", "skip_weight_mean")
+SCHEDULES = ("w_lr", "tau", "perturb_epsilon")
+
+
+def epoch_metrics(record: dict[str, Any], space: str | None = None) -> dict[str, float]:
+    """One search epoch as MLflow metrics: losses, accuracies, eigenvalue, skip weight; the mean
+    mixing weight of every op over the edges that offer it (``alpha/<op>``); per-edge entropy and
+    max weight labelled by edge (``edge_entropy/3_from_1``); ``schedule/*`` and ``time/*``."""
+    out = {k: float(record[k]) for k in HEADLINE if isinstance(record.get(k), (int, float))}
+    out.update({f"schedule/{k}": float(record[k]) for k in SCHEDULES if isinstance(record.get(k), (int, float))})
+    if isinstance(record.get("seconds"), (int, float)):
+        out["time/epoch_seconds"] = float(record["seconds"])
+    sp = None
+    if space:
+        from nas.spaces import get_space
+
+        sp = get_space(space)
+    names = list(sp.edge_names) if sp else []
+    weights = record.get("weights")
+    if sp and weights and len(weights) == len(sp.edge_ops):
+        for op, value in op_means(weights, sp.edge_ops).items():
+            out[f"alpha/{op}"] = value
+    for key in ("edge_entropy", "edge_max_weight"):
+        for i, v in enumerate(record.get(key, []) or []):
+            label = metric_label(names[i]) if i < len(names) else str(i)
+            out[f"{key}/{label}"] = float(v)
     return out
+
+
+def op_means(weights: list[list[float]], edge_ops: Any) -> dict[str, float]:
+    """Mean mixing weight of each op over the edges that offer it (ops in first-seen order)."""
+    sums: dict[str, list[float]] = {}
+    for w, ops in zip(weights, edge_ops):
+        if len(w) != len(ops):  # a progressively pruned edge: its ops are no longer the space's
+            continue
+        for op, v in zip(ops, w):
+            sums.setdefault(op, []).append(float(v))
+    return {op: sum(v) / len(v) for op, v in sums.items()}
 
 
 def alpha_history_npz(history: list[dict[str, Any]]) -> bytes:
@@ -247,27 +407,48 @@ def _png_bytes(fig) -> bytes:
 
 
 def alpha_heatmap_png(result: dict[str, Any]) -> bytes:
-    """Mixing weight of each op (rows) over the epochs (columns), mean over edges, beside the
-    final per-edge weights."""
+    """Left: each op's mean mixing weight minus the uniform weight, over the epochs (a diverging
+    scale centred on 0, so differences of 0.001 show).  Right: the final weights per edge."""
     import numpy as np
 
+    from nas.spaces import get_space
+
     plt = _plt()
+    sp = get_space(result["space"])
     hist = [h for h in result["history"] if "weights" in h]
-    ops = result.get("ops") or [str(i) for i in range(len(hist[0]["weights"][0]))]
-    width = max(len(h["weights"][0]) for h in hist)
-    mean = np.array([np.mean(np.array(h["weights"]), axis=0) if len(h["weights"][0]) == width
-                     else np.full(width, np.nan) for h in hist]).T
-    final = np.array(result["weights"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
-    im = axes[0].imshow(mean, aspect="auto", cmap="viridis", vmin=0, vmax=max(1e-6, float(np.nanmax(mean))))
-    axes[0].set_yticks(range(len(ops)), ops if len(ops) == width else range(width), fontsize=7)
+    per_epoch = [op_means(h["weights"], sp.edge_ops) for h in hist]
+    ops = list(dict.fromkeys(op for m in per_epoch for op in m))
+    n_ops = {op: sum(op in e for e in sp.edge_ops) for op in ops}
+    uniform = {op: float(np.mean([1.0 / len(e) for e in sp.edge_ops if op in e])) for op in ops}
+    dev = np.array([[m.get(op, np.nan) - uniform[op] for m in per_epoch] for op in ops])
+    epochs = [h["epoch"] for h in hist]
+    final = result["weights"]
+    width = max(len(w) for w in final)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * max(len(ops), width) + 2.2), dpi=110,
+                             gridspec_kw={"width_ratios": [3, 2]})
+    span = max(1e-6, float(np.nanmax(np.abs(dev))) if dev.size else 1e-6)
+    im = axes[0].imshow(dev, aspect="auto", cmap="RdBu_r", vmin=-span, vmax=span, interpolation="nearest",
+                        extent=(epochs[0] - 0.5, epochs[-1] + 0.5, len(ops) - 0.5, -0.5))
+    axes[0].set_yticks(range(len(ops)), [f"{op} ({n_ops[op]} edges)" if n_ops[op] != len(sp.edge_ops) else op
+                                         for op in ops], fontsize=7)
+    from matplotlib.ticker import MaxNLocator
+
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_xlabel("epoch")
-    axes[0].set_title("mean mixing weight over edges", fontsize=9)
-    fig.colorbar(im, ax=axes[0])
-    im2 = axes[1].imshow(final.T, aspect="auto", cmap="magma", vmin=0, vmax=1)
-    axes[1].set_yticks(range(len(ops)), ops if len(ops) == final.shape[1] else range(final.shape[1]), fontsize=7)
-    axes[1].set_xlabel("edge")
-    axes[1].set_title("final weights per edge", fontsize=9)
+    axes[0].set_title("mean mixing weight minus uniform, per op", fontsize=9)
+    fig.colorbar(im, ax=axes[0], label="weight - uniform")
+    grid = np.full((width, len(final)), np.nan)
+    for e, w in enumerate(final):
+        grid[:len(w), e] = w
+    # the colour scale spans the weights' own range, so that small differences show
+    lo, hi = float(np.nanmin(grid)), float(np.nanmax(grid))
+    im2 = axes[1].imshow(grid, aspect="auto", cmap="magma", vmin=lo, vmax=max(hi, lo + 1e-6), interpolation="nearest")
+    if all(tuple(e) == tuple(sp.edge_ops[0]) for e in sp.edge_ops):
+        axes[1].set_yticks(range(width), sp.edge_ops[0], fontsize=7)
+    else:
+        axes[1].set_yticks(range(width), [f"op {k}" for k in range(width)], fontsize=7)
+    axes[1].set_xticks(range(len(final)), list(sp.edge_names)[:len(final)], fontsize=6, rotation=90)
+    axes[1].set_title("final mixing weights per edge", fontsize=9)
     fig.colorbar(im2, ax=axes[1])
     fig.suptitle(f"{result.get('method')} on {result.get('space')}", fontsize=10)
     return _png_bytes(fig)
@@ -279,8 +460,8 @@ def cell_edges(space: str, genotype: str) -> list[tuple[list[tuple[int, int, str
 
     sp = get_space(space)
     geno = sp.parse_genotype(genotype)
-    if space == "nb201":
-        pairs = [(0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3)]
+    if not sp.genotype_json:  # one cell whose genotype is an op per edge (NAS-Bench-201)
+        pairs = [tuple(int(x) for x in name.split("<-"))[::-1] for name in sp.edge_names]
         return [([(s, d, op) for (s, d), op in zip(pairs, geno) if op != "none"], "cell")]
     js = sp.genotype_json(geno)
     cells = []
@@ -290,34 +471,59 @@ def cell_edges(space: str, genotype: str) -> list[tuple[list[tuple[int, int, str
     return cells
 
 
+# One colour per kind of op, the same in every drawing.
+OP_COLOURS = {"skip_connect": "#dd8452", "none": "#999999", "noise": "#c44e52", "avg_pool_3x3": "#8172b3",
+              "max_pool_3x3": "#937860", "nor_conv_1x1": "#55a868", "nor_conv_3x3": "#4c72b0",
+              "sep_conv_3x3": "#4c72b0", "sep_conv_5x5": "#64b5cd", "sep_conv_7x7": "#1f3d7a",
+              "dil_conv_3x3": "#55a868", "dil_conv_5x5": "#2d6e3e"}
+
+
 def cell_png(space: str, genotype: str) -> bytes:
-    import math as _m
+    """The cell(s) as graphs: nodes in a row, each edge an arc coloured by its op with the op's
+    name at the middle of the arc, a legend of the colours."""
+    from matplotlib.patches import Patch
 
     plt = _plt()
     cells = cell_edges(space, genotype)
-    fig, axes = plt.subplots(1, len(cells), figsize=(5 * len(cells), 3.6), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(1, len(cells), figsize=(6 * len(cells), 4.2), dpi=110, squeeze=False)
+    seen: dict[str, str] = {}
+    darts_like = len(cells) > 1
     for ax, (edges, title) in zip(axes.flat, cells):
-        nodes = sorted({n for s, d, _ in edges for n in (s, d)} | ({0, 1, 2, 3} if space == "nb201" else {0, 1}))
-        pos = {n: (i, 0.35 * _m.sin(i * 1.3)) for i, n in enumerate(nodes)}
+        nodes = sorted({n for s, d, _ in edges for n in (s, d)} | ({0, 1} if darts_like else {0, 1, 2, 3}))
+        pos = {n: (1.6 * i, 0.0) for i, n in enumerate(nodes)}
         for n, (x, y) in pos.items():
-            ax.add_patch(plt.Circle((x, y), 0.16, color="#4c72b0", zorder=3))
-            label = str(n) if space == "nb201" else ({0: "c_k-2", 1: "c_k-1"}.get(n, str(n - 2)))
+            ax.add_patch(plt.Circle((x, y), 0.22, color="#333333", zorder=3))
+            label = ({0: "k-2", 1: "k-1"}.get(n, str(n - 2))) if darts_like else str(n)
             ax.text(x, y, label, ha="center", va="center", color="white", fontsize=7, zorder=4)
         for k, (s, d, op) in enumerate(edges):
             (x0, y0), (x1, y1) = pos[s], pos[d]
-            rad = 0.25 + 0.12 * (k % 3)
-            ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                        arrowprops=dict(arrowstyle="->", connectionstyle=f"arc3,rad={rad}", lw=1.2,
-                                        color="#dd8452" if op == "skip_connect" else "#333333"))
-            mx, my = (x0 + x1) / 2, (y0 + y1) / 2 + rad * abs(x1 - x0) / 2
-            ax.text(mx, my, op, fontsize=6, ha="center", va="center",
-                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
-        ax.set_xlim(-0.5, len(nodes) - 0.5)
-        ax.set_ylim(-1.4, 1.4)
+            # arcs above the row for even edges, below for odd; longer arcs bulge more
+            sign = 1 if k % 2 == 0 else -1
+            rad = sign * (0.35 + 0.05 * (d - s))
+            colour = OP_COLOURS.get(op, "#333333")
+            seen[op] = colour
+            ax.annotate("", xy=(x1, y1), xytext=(x0, y0), zorder=2,
+                        arrowprops=dict(arrowstyle="-|>", connectionstyle=f"arc3,rad={rad}", lw=1.6, color=colour,
+                                        shrinkA=9, shrinkB=9))
+            # the middle of matplotlib's arc3 curve: the chord's midpoint + rad/2 * (dy, -dx)
+            dx, dy = x1 - x0, y1 - y0
+            mx, my = (x0 + x1) / 2 + rad * dy / 2, (y0 + y1) / 2 - rad * dx / 2
+            ax.text(mx, my, op, fontsize=6.5, ha="center", va="center", color=colour, zorder=5,
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec=colour, lw=0.6))
+        xs = [p[0] for p in pos.values()]
+        reach = 0.5 * 0.45 * (max(xs) - min(xs)) + 0.6
+        ax.set_xlim(min(xs) - 0.6, max(xs) + 0.6)
+        ax.set_ylim(-reach, reach)
         ax.set_aspect("equal")
         ax.axis("off")
-        ax.set_title(f"{space} {title}", fontsize=9)
-    return _png_bytes(fig)
+        ax.set_title(f"{space} {title} cell" if title != "cell" else f"{space} cell", fontsize=9)
+    fig.legend(handles=[Patch(color=c, label=op) for op, c in seen.items()], loc="lower center",
+               ncol=min(len(seen), 6), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def nb201_lookup(space: str, genotype: str) -> dict[str, Any] | None:

@@ -182,7 +182,8 @@ def _retrain(cfg: config_mod.RetrainConfig, resume: bool,
     if cfg.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.epochs * steps, initial=start * steps, unit="step", disable=None, desc="retrain")
+        bar = tqdm(total=cfg.epochs * steps, initial=start * steps, unit="step", disable=None, dynamic_ncols=True,
+                   desc=f"retrain epoch {min(start + 1, cfg.epochs)}/{cfg.epochs}")
     try:
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
@@ -205,6 +206,8 @@ def _retrain(cfg: config_mod.RetrainConfig, resume: bool,
                 msg += f"  test acc {rec['test_acc']:.4f}"
             if bar is not None and not bar.disable:
                 bar.write(msg, file=sys.stderr)
+                bar.set_description(f"retrain epoch {min(epoch + 2, cfg.epochs)}/{cfg.epochs}", refresh=False)
+                bar.set_postfix_str(f"train acc {acc:.3f}" + (f" test acc {rec['test_acc']:.3f}" if "test_acc" in rec else ""))
             else:
                 print(msg, file=sys.stderr, flush=True)
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
@@ -240,3 +243,26 @@ def _retrain(cfg: config_mod.RetrainConfig, resume: bool,
     }
     write_json(out / RESULT, result)
     return result
+
+
+def load_model(folder: str | Path) -> nn.Module:
+    """The trained network of a finished ``nas retrain`` folder (``result.json`` + ``model.pt``),
+    in eval mode on the CPU."""
+    from nas.utils import read_json
+
+    folder = Path(folder)
+    res_path = folder / RESULT
+    if not res_path.is_file():
+        raise NasError(f"{res_path}: retrain result not found (expected the output of 'nas retrain')")
+    res = read_json(res_path)
+    cfg, data = res.get("config", {}), res.get("dataset", {})
+    space = get_space(res["space"])
+    net = space.build_network(space.parse_genotype(res["genotype"]), cfg["channels"], cfg["cells"],
+                              data["num_classes"], data["channels"], auxiliary=(cfg.get("auxiliary_weight") or 0) > 0)
+    state = torch_load(folder / MODEL)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise NasError(f"{folder / MODEL}: weights do not fit the network of {res_path} "
+                       f"({str(exc).splitlines()[0][:150]})") from None
+    return net.eval()

@@ -12,8 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch and numpy load lazily: `nas --help` answers without them
+    import torch
 
 
 class NasError(Exception):
@@ -180,6 +182,8 @@ def torch_save(path: str | Path, obj: Any, digest: bool = True) -> Path:
     """Save ``obj`` atomically; with ``digest`` (checkpoints) the file carries its payload's SHA-256,
     verified by ``torch_load``.  ``digest=False`` writes the plain ``torch.save`` format (weights
     meant for other tools)."""
+    import torch
+
     if not digest:
         return atomic_write(path, lambda p: torch.save(obj, p))
     buf = io.BytesIO()
@@ -199,6 +203,8 @@ def torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> An
     """Load a checkpoint or tensor file safely (``weights_only=True``): no code runs on load.
 
     A file written with a digest (``torch_save``) is checked against it first."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise NasError(f"{path}: file not found")
@@ -231,6 +237,9 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -238,6 +247,8 @@ def seed_everything(seed: int) -> None:
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present, else CPU; anything else is passed to ``torch.device``."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -255,6 +266,8 @@ def generator_for(seed: int, *parts: int, device: torch.device | str = "cpu") ->
     Seeding each epoch's randomness from (seed, epoch) makes a resumed run draw exactly
     the batches and augmentations an uninterrupted run would.
     """
+    import torch
+
     h = hashlib.sha256(repr((seed, *parts)).encode()).digest()
     g = torch.Generator(device=device)
     g.manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))

@@ -21,6 +21,8 @@ for _k, _v in {"PREFECT_HOME": _STATE / "prefect", "PREFECT_RESULTS_LOCAL_STORAG
                "NAS_OPTUNA_STORAGE": f"sqlite:///{_STATE / 'optuna.db'}", "DO_NOT_TRACK": "1",
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
                "DVC_NO_ANALYTICS": "1", "PREFECT_LOGGING_LEVEL": "WARNING",
+               # the CLI tracks every stage in MLflow; the tests that check tracking switch it on
+               "NAS_MLFLOW": "0",
                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}.items():
     os.environ[_k] = str(_v)
 REPO = Path(__file__).resolve().parent.parent

@@ -47,7 +47,12 @@ def test_dvc_repro_metrics_params_plots(tmp_path):
     for stage in ("prepare", "search", "select", "retrain", "evaluate"):
         assert f"Running stage '{stage}'" in out
     metrics = json.loads((repo / "reports" / "pipeline" / "metrics.json").read_text())
-    assert metrics["method"] == "darts" and 0 <= metrics["test_acc"] <= 1
+    assert 0 <= metrics["test_acc"] <= 1 and metrics["nb201"]["cifar10"] > 0
+    assert all(isinstance(v, (int, float, dict)) for v in metrics.values())  # numbers only: no strings
+    summary = json.loads((repo / "reports" / "pipeline" / "summary.json").read_text())
+    assert summary["method"] == "darts" and summary["test_acc"] == metrics["test_acc"]
+    for name in ("alpha", "eigenvalue", "search_accuracy", "retrain_accuracy"):  # pictures that render offline
+        assert (repo / "reports" / "pipeline" / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     alpha = (repo / "reports" / "pipeline" / "plots" / "alpha.csv").read_text().splitlines()
     assert alpha[0].startswith("epoch,none,skip_connect") and len(alpha) == 1 + 3
     assert len((repo / "reports" / "pipeline" / "plots" / "eigenvalue.csv").read_text().splitlines()) == 1 + 3
@@ -64,4 +69,4 @@ def test_dvc_repro_metrics_params_plots(tmp_path):
     diff = _run(["dvc", "params", "diff"], repo)
     assert "retrain.epochs" in diff and "2" in diff and "1" in diff
     plots = _run(["dvc", "plots", "show", "--json"], repo)
-    assert "reports/pipeline/plots/alpha.csv" in plots
+    assert "reports/pipeline/plots/alpha.csv" in plots and "reports/pipeline/plots/alpha.png" in plots

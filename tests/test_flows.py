@@ -68,9 +68,10 @@ def test_pipeline_end_to_end_caches_and_partial_rerun(prefect_server, tiny_param
     assert states4["select"] == "Completed" and states4["retrain"] == "Completed"
 
 
-def test_pipeline_records_mlflow_runs(prefect_server, tiny_params, tmp_path):
+def test_pipeline_records_mlflow_runs(prefect_server, tiny_params, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
+    monkeypatch.setenv("NAS_MLFLOW", "1")
     res, _ = _run_pipeline(params=str(tiny_params()), out=str(tmp_path / "p"), method="sdarts-rs")
     client = MlflowClient()
     parent = client.get_run(res["mlflow_run"])
@@ -88,11 +89,27 @@ def test_pipeline_records_mlflow_runs(prefect_server, tiny_params, tmp_path):
     val = client.get_metric_history(search.info.run_id, "val_acc")
     assert [m.step for m in val] == [1, 2, 3]
     assert len(client.get_metric_history(search.info.run_id, "hessian_eig")) == 3
-    assert len(client.get_metric_history(search.info.run_id, "edge_entropy/5")) == 3
+    # edges are named by their nodes, ops by name; the schedules and timing have their own groups
+    assert len(client.get_metric_history(search.info.run_id, "edge_entropy/3_from_2")) == 3
+    assert len(client.get_metric_history(search.info.run_id, "edge_max_weight/1_from_0")) == 3
     assert len(client.get_metric_history(search.info.run_id, "skip_weight_mean")) == 3
+    assert len(client.get_metric_history(search.info.run_id, "schedule/w_lr")) == 3
+    ops = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+    first = {op: client.get_metric_history(search.info.run_id, f"alpha/{op}")[0].value for op in ops}
+    assert abs(sum(first.values()) - 1) < 1e-4  # the mean weights of the five ops sum to one
     assert search.data.params["search.method"] == "sdarts-rs"
-    # logging is batched: a small fraction of the search time even at this tiny size
-    assert search.data.metrics["mlflow_log_fraction"] < 0.5
+    # logging is batched: a small fraction of the search time even at this tiny size; it is a tag
+    # (bookkeeping), not a chart
+    assert float(search.data.tags["mlflow_log_fraction"]) < 0.5
+    assert not any(k.startswith("mlflow_log") for k in search.data.metrics)
+    # names tell runs apart: stage, method, selection, space, seed, config digest
+    assert parent.info.run_name.startswith("pipeline-sdarts-rs-magnitude-nb201-s0-")
+    assert search.info.run_name.startswith("search-sdarts-rs-nb201-s0-")
+    # the parent holds the key results
+    for key in ("test_acc", "params", "nb201_cifar10", "nb201_cifar100", "skip_edges", "final_eigenvalue"):
+        assert key in parent.data.metrics, key
+    assert parent.data.tags["genotype"] == res["genotype"]
+    assert {r.info.status for r in children} == {"FINISHED"} and parent.info.status == "FINISHED"
 
     def files(run, folder=None):
         return {f.path for f in client.list_artifacts(run.info.run_id, folder)}
@@ -100,7 +117,11 @@ def test_pipeline_records_mlflow_runs(prefect_server, tiny_params, tmp_path):
     assert files(search, "alpha") == {"alpha/alpha_history.npz", "alpha/alpha_heatmap.png"}
     assert files(search, "hessian") == {"hessian/hessian_spectra.json"}
     assert files(search, "genotype") == {"genotype/genotype.json", "genotype/cell.png", "genotype/nb201_lookup.json"}
-    assert files(stages["retrain"], "model") == {"model/model.pt"}
+    import mlflow.pytorch
+    import torch
+
+    net = mlflow.pytorch.load_model(f"runs:/{stages['retrain'].info.run_id}/model")
+    assert net(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
     local = client.download_artifacts(search.info.run_id, "alpha/alpha_history.npz", str(tmp_path))
     import numpy as np
 
@@ -108,12 +129,14 @@ def test_pipeline_records_mlflow_runs(prefect_server, tiny_params, tmp_path):
     assert arr["alpha"].shape == (3, 6, 5) and np.allclose(arr["weights"].sum(-1), 1, atol=1e-4)
 
 
-def test_sweep_prunes_and_resumes(prefect_server, tiny_params, tmp_path):
+def test_sweep_grows_every_run_prunes_and_keeps_one_parent(prefect_server, tiny_params, tmp_path, monkeypatch):
     import optuna
+    from mlflow.tracking import MlflowClient
 
     from flows.sweep import sweep_flow
     from nas import sweep
 
+    monkeypatch.setenv("NAS_MLFLOW", "1")
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     params = tiny_params(search={"epochs": 5})
     kw = dict(method="drnas", mode="retrain", study="t", storage=storage, params=str(params), out=str(tmp_path / "s"))
@@ -122,13 +145,30 @@ def test_sweep_prunes_and_resumes(prefect_server, tiny_params, tmp_path):
     assert len(states) == 3 and states[0] == "COMPLETE" and set(states) <= {"COMPLETE", "PRUNED"}
     values = {t["number"]: t["value"] for t in res["trials"]}
     assert len({t["drnas_lambda"] for t in res["trials"]}) == 3  # three different strengths sampled
-    # a rerun with a larger budget keeps the finished trials and runs only the missing one
-    res2 = sweep_flow(n_trials=4, **kw)
-    assert len(res2["new"]) == 1 and len(res2["trials"]) == 4
+    # a pruned trial's supernet accuracy is in its own column, never in the objective's
+    for t in res["trials"]:
+        assert t["supernet_val_acc"] is not None
+        assert (t["value"] is None) == (t["state"] == "PRUNED")
+    # the next run (the next night) adds its trials again and keeps the finished ones
+    res2 = sweep_flow(n_trials=2, **kw)
+    assert len(res2["new"]) == 2 and len(res2["trials"]) == 5
     assert {t["number"]: t["value"] for t in res2["trials"][:3]} == values
+    # max_trials caps the study's total
+    res3 = sweep_flow(n_trials=4, max_trials=6, **kw)
+    assert len(res3["new"]) == 1 and len(res3["trials"]) == 6
     study = optuna.load_study(study_name="t", storage=storage)
-    assert sweep.finished(study) == 4
+    assert sweep.finished(study) == 6
+    assert study.metric_names == ["holdout_val_acc_after_retrain"]
     assert (tmp_path / "s" / "trials.csv").is_file()
+    # one MLflow parent for the study, holding every trial of the three runs
+    client = MlflowClient()
+    parents = client.search_runs([client.get_experiment_by_name("nas").experiment_id],
+                                 f"tags.stage = 'sweep' and tags.study = 't' and tags.study_storage = '{storage}'")
+    assert len(parents) == 1 and parents[0].info.run_id == res["mlflow_run"] == res3["mlflow_run"]
+    assert parents[0].info.status == "FINISHED" and parents[0].data.metrics["trials_complete"] >= 1
+    trials = client.search_runs([parents[0].info.experiment_id],
+                                f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
+    assert len(trials) == 6
     # the benchmark objective is refused for a study made for the retrain objective
     with pytest.raises(Exception, match="was made for method 'drnas' mode 'retrain'"):
         sweep.open_study("t", storage, "drnas", "benchmark")
@@ -151,7 +191,7 @@ def test_sweep_pruner_stops_a_bad_trial(tmp_path, tiny_params):
         study.tell(t, 94.0)
     row = sweep.run_trial("p", storage, "drnas", "benchmark", str(tiny_params(search={"epochs": 5})), [],
                           str(tmp_path / "o"), track=False)
-    assert row["state"] == "PRUNED" and row["value"] is None
+    assert row["state"] == "PRUNED" and row["value"] is None and row["supernet_val_acc"] is not None
     trial = optuna.load_study(study_name="p", storage=storage).trials[2]
     assert trial.state == optuna.trial.TrialState.PRUNED and max(trial.intermediate_values) == 2
 

@@ -518,7 +518,7 @@ n = int(sys.argv[2])
 rows = []
 while True:
     row = sweep.run_trial(name="s", storage=sys.argv[1], method="drnas", mode="benchmark", params=sys.argv[3],
-                          sets=[], out=sys.argv[4], pruner="none", track=True, n_trials=n, worker=int(sys.argv[5]))
+                          sets=[], out=sys.argv[4], pruner="none", track=True, max_trials=n, worker=int(sys.argv[5]))
     if row is None:
         break
     rows.append(row)
@@ -534,7 +534,8 @@ def test_concurrent_sweep_workers_finish_exactly_the_requested_trials(tmp_path, 
     slow = tiny_params("slow.yaml", search={"epochs": 60, "hessian_every": 0})
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     env = {**os.environ, "PYTHONPATH": str(REPO), "NAS_NB201_TABLE": str(_table(tmp_path)),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'fresh-mlflow.db'}", "NAS_OPTUNA_HEARTBEAT": "3"}
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'fresh-mlflow.db'}", "NAS_OPTUNA_HEARTBEAT": "3",
+           "NAS_MLFLOW": "1"}
 
     def worker(i: int, n: int, params: Path = params) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-c", SWEEP_WORKER, storage, str(n), str(params),
