@@ -67,6 +67,16 @@ def benchmark(protocol: str = "params/cpu-proxy.yaml", data: str | None = None, 
             tr.log_file(run_id, path, "table")
         for path in rep["figures"]:
             tr.log_file(run_id, path, "figures")
+        for r in rows:  # one nested run per (method, selection, seed), comparable with pipeline runs
+            child = tr.start(tracking.run_name("grid", r["method"], r["selection"], "nb201", r["seed"], spec.name), {
+                "stage": "grid", "protocol": spec.name, "method": r["method"], "selection": r["selection"],
+                "seed": r["seed"], "space": "nb201", "genotype": r["genotype"]}, parent=run_id)
+            tr.log_metrics(child, {"nb201_cifar10": r["cifar10"], "nb201_cifar100": r["cifar100"],
+                                   "nb201_imagenet16-120": r["imagenet16-120"], "skip_edges": r["skip_edges"],
+                                   "search_minutes": r["search_minutes"], "select_minutes": r["select_minutes"],
+                                   **({"final_eigenvalue": r["final_eigenvalue"]}
+                                      if r.get("final_eigenvalue") is not None else {})})
+            tr.end(child)
         tr.end(run_id)
     return {"rows": rows, "report": {k: v for k, v in rep.items() if k != "summary"},
             "pids": sorted({res["pid"] for res in results}), "mlflow_run": run_id}

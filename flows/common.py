@@ -44,16 +44,20 @@ def stage_cache_key(context: Any, parameters: dict[str, Any]) -> str:
 
 @dataclass
 class StageFiles(CachePolicy):
-    """Prefect cache policy of a pipeline stage: the key is ``stage_cache_key`` (parameters, code
-    version, digests of the ``inputs`` files), and there is no key, so the stage runs, while any
-    file of its ``outputs`` parameter is missing.  A deleted run folder is therefore recomputed
-    instead of being reported ``Cached`` with results that no longer exist."""
+    """Prefect cache policy of a pipeline stage: its parameters, the code version and the digests
+    of its ``inputs`` files (``stage_cache_key``); never the flow-run id."""
 
     def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
                     **kwargs: Any) -> str | None:
-        if any(not Path(p).exists() for p in inputs.get("outputs") or []):
-            return None
         return stage_cache_key(task_ctx, inputs)
+
+
+def cache_options(outputs: list[str], refresh: bool = False) -> dict[str, Any]:
+    """Task options that make a cached result answer only while the stage's output files exist:
+    when one is missing (a deleted run folder) the stage runs again and its cache record is
+    replaced (``refresh_cache``), instead of being reported ``Cached`` with files that are gone."""
+    missing = [p for p in outputs if not Path(p).exists()]
+    return {"refresh_cache": True} if refresh or missing else {}
 
 
 def ready_local_prefect() -> None:

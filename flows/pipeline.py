@@ -22,7 +22,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
-from flows.common import StageFiles, not_a_config_error, ready_local_prefect
+from flows.common import StageFiles, cache_options, not_a_config_error, ready_local_prefect
 from nas import config as config_mod
 from nas import stages, tracking
 
@@ -143,23 +143,21 @@ def pipeline(method: str | None = None, selection: str | None = None, seed: int 
             "selection": cfgs["select"].method, "config_digest": digest})
         tracker.log_params(parent, {"params_file": params, "sets": " ".join(sets or []), "out": str(root)})
     opts = {"refresh_cache": True} if refresh else {}
+    # each stage's outputs: while one is missing the stage runs again instead of answering from cache
+    outs = {"search": [str(root / "search" / "result.json")], "select": [str(root / "select" / "selection.json")],
+            "retrain": [str(root / "retrain" / "result.json"), str(root / "retrain" / "model.pt")],
+            "evaluate": [str(root / "evaluate" / "metrics.json"), str(root / "evaluate" / "summary.json")]}
     try:
         prep = prepare_task.with_options(**opts)(d["prepare"], inputs=[])
-        # each stage's outputs: while one is missing the stage has no cache key and runs again
-        srch = search_task.with_options(**opts)(
-            d["search"], inputs=[prep["manifest"]], outputs=[str(root / "search" / "result.json")], track=track,
-            parent_run=parent)
-        sel = select_task.with_options(**opts)(
-            d["select"], inputs=[srch["result"]], outputs=[str(root / "select" / "selection.json")], track=track,
-            parent_run=parent)
-        rt = retrain_task.with_options(**opts)(
-            d["retrain"], inputs=[sel["selection"]],
-            outputs=[str(root / "retrain" / "result.json"), str(root / "retrain" / "model.pt")], track=track,
-            parent_run=parent)
-        metrics = evaluate_task.with_options(**opts)(
+        srch = search_task.with_options(**cache_options(outs["search"], refresh))(
+            d["search"], inputs=[prep["manifest"]], outputs=outs["search"], track=track, parent_run=parent)
+        sel = select_task.with_options(**cache_options(outs["select"], refresh))(
+            d["select"], inputs=[srch["result"]], outputs=outs["select"], track=track, parent_run=parent)
+        rt = retrain_task.with_options(**cache_options(outs["retrain"], refresh))(
+            d["retrain"], inputs=[sel["selection"]], outputs=outs["retrain"], track=track, parent_run=parent)
+        metrics = evaluate_task.with_options(**cache_options(outs["evaluate"], refresh))(
             str(root / "search"), sel["selection"], str(root / "retrain"), str(root / "evaluate"),
-            inputs=[srch["result"], sel["selection"], rt["result"]],
-            outputs=[str(root / "evaluate" / "metrics.json")])
+            inputs=[srch["result"], sel["selection"], rt["result"]], outputs=outs["evaluate"])
     except BaseException:
         if tracker:
             tracker.end(parent, ok=False)

@@ -141,7 +141,11 @@ def open_study(name: str, storage: str | None, method: str, mode: str, pruner: s
         study.set_user_attr("method", method)
         study.set_user_attr("mode", mode)
     if study.metric_names != [METRIC_NAMES[mode]]:
-        study.set_metric_names([METRIC_NAMES[mode]])
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # marked experimental, stable since Optuna 3.2
+            study.set_metric_names([METRIC_NAMES[mode]])
     return study
 
 

@@ -32,34 +32,20 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...], *args: Any) -> int:
-    """Multiply-accumulates of one forward pass (convolutions and linear layers)."""
-    total = 0
+    """Multiply-accumulates of one forward pass of one image: half the FLOPs that
+    ``torch.utils.flop_counter`` counts (convolutions and matrix products; it counts a
+    multiply-add as two FLOPs).  Batch norm, activations and pooling are not counted, as in the
+    papers' FLOP figures."""
+    from torch.utils.flop_counter import FlopCounterMode
 
-    def conv_hook(mod: nn.Conv2d, inp, out) -> None:
-        nonlocal total
-        k = mod.kernel_size[0] * mod.kernel_size[1]
-        total += out.numel() // out.shape[0] * (mod.in_channels // mod.groups) * k
-
-    def lin_hook(mod: nn.Linear, inp, out) -> None:
-        nonlocal total
-        total += mod.in_features * mod.out_features
-
-    hooks = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            hooks.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            hooks.append(m.register_forward_hook(lin_hook))
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(torch.zeros(1, *input_shape), *args)
     finally:
         model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return total
+    return counter.get_total_flops() // 2
 
 
 def saved_tensor_bytes(fn: Callable[[], Any]) -> int:

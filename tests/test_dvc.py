@@ -16,8 +16,8 @@ from conftest import REPO, TINY_PIPELINE
 pytestmark = pytest.mark.slow
 
 
-def _run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+def _run(cmd: list[str], cwd: Path, **extra: str) -> str:
+    env = {**os.environ, **extra, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t", "OMP_NUM_THREADS": "1"}
     p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
@@ -43,9 +43,21 @@ def test_dvc_repro_metrics_params_plots(tmp_path):
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "init"], repo)
 
-    out = _run(["dvc", "repro"], repo)
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = _run(["dvc", "repro"], repo, NAS_MLFLOW="1", MLFLOW_TRACKING_URI=db)
     for stage in ("prepare", "search", "select", "retrain", "evaluate"):
         assert f"Running stage '{stage}'" in out
+    # `dvc repro` is tracked in MLflow: one finished run per stage command, tagged source=dvc, and
+    # the evaluate run carries the pipeline's key results
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=db)
+    runs = client.search_runs([client.get_experiment_by_name("nas").experiment_id])
+    by_stage = {r.data.tags["stage"]: r for r in runs}
+    assert set(by_stage) == {"search", "select", "retrain", "evaluate"}
+    assert {r.data.tags["source"] for r in runs} == {"dvc"} and {r.info.status for r in runs} == {"FINISHED"}
+    assert by_stage["evaluate"].info.run_name.startswith("evaluate-darts-magnitude-nb201-s0-")
+    assert by_stage["evaluate"].data.metrics["nb201_cifar10"] > 0
     metrics = json.loads((repo / "reports" / "pipeline" / "metrics.json").read_text())
     assert 0 <= metrics["test_acc"] <= 1 and metrics["nb201"]["cifar10"] > 0
     assert all(isinstance(v, (int, float, dict)) for v in metrics.values())  # numbers only: no strings

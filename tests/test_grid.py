@@ -50,6 +50,14 @@ def test_grid_rows_table_figures_and_cache(protocol, tmp_path):
     assert figs == {"alpha_per_op.png", "eigenvalue.png", "pt_vs_magnitude.png", "alpha_vs_drop.png"}
     strength = json.loads((tmp_path / "g" / "darts-s1" / "strength" / "strength.json").read_text())
     assert len(strength["rows"]) == 6 * 5
+    # the curves behind the figures are kept beside the table: per-op means sum to one per epoch,
+    # the eigenvalue curve and the strength rows are the run's own
+    curves = json.loads((tmp_path / "r" / "curves.json").read_text())
+    assert set(curves) == {"darts/1", "darts/2"}
+    c = curves["darts/1"]
+    assert all(abs(sum(c["ops"][op][e] for op in c["ops"]) - 1) < 1e-5 for e in range(len(c["epochs"])))
+    res1 = json.loads((tmp_path / "g" / "darts-s1" / "search" / "result.json").read_text())
+    assert c["hessian"] == res1["hessian"]["top_eigenvalue"] and c["strength"]["spearman"] == strength["spearman"]
 
     # a second invocation reads every finished cell back: nothing is recomputed
     stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "g").rglob("result.json")}
@@ -68,6 +76,15 @@ def test_grid_rows_table_figures_and_cache(protocol, tmp_path):
     assert same(again) == same(rows)
     other = tmp_path / "g" / "darts-s1" / "search" / "result.json"
     assert other.stat().st_mtime_ns == stamp[other]
+
+    # the figures are redrawn from the committed files alone (runs.csv, curves.json): no run folders
+    import shutil
+
+    shutil.rmtree(tmp_path / "g")
+    for f in (tmp_path / "r" / "figures").iterdir():
+        f.unlink()
+    grid.write_report(spec)
+    assert {p.name for p in (tmp_path / "r" / "figures").iterdir()} == figs
 
 
 def test_changed_protocol_reruns_the_search(protocol, tmp_path):

@@ -33,6 +33,23 @@ def test_info_reports_params_and_flops():
     small = info_stage("nb201", BEST, resolution=16)
     assert 3.9 < info["macs"] / small["macs"] < 4.01
     assert info["flops"] == 2 * info["macs"]
+    # torch's FLOP counter agrees with a count by hand, layer by layer (conv: out pixels x
+    # in-channels/groups x kernel; linear: in x out)
+    net = nb201.build_network(nb201.parse_genotype(BEST), channels=16, cells=5, num_classes=10).eval()
+    total = [0]
+
+    def hook(mod, inp, out):
+        if isinstance(mod, torch.nn.Conv2d):
+            total[0] += out[0].numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+        else:
+            total[0] += mod.in_features * mod.out_features
+
+    for m in net.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        net(torch.zeros(1, 3, 32, 32))
+    assert info["macs"] == total[0]
 
 
 def test_every_table_genotype_round_trips():
