@@ -22,7 +22,6 @@ from nas import __version__
 from nas import config as config_mod
 from nas.utils import NasError
 
-
 EXAMPLES = {
     "prepare": """examples:
   nas prepare --dataset cifar10 --data data/raw/cifar-10-python.tar.gz

@@ -7,153 +7,196 @@ Unknown keys and wrong types are rejected with a one-line error naming the key.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from nas.utils import NasError, clip, cut
 
 
-@dataclass
-class DataConfig:
+def _number_as_text(value: Any) -> Any:
+    """A text key given a number (``--set device=0``, ``seed`` in a YAML file) keeps its text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+class _Config(BaseModel):
+    """A stage's settings: unknown keys, wrong types (no silent coercion: ``"3"`` is not an int, ``1``
+    is not a bool), NaN and inf, values out of their range and choices outside their list are
+    refused when the model is built; ``validate`` adds the checks between keys."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, validate_default=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _text(cls, value: Any, info: Any) -> Any:
+        field = cls.model_fields[info.field_name]
+        if field.annotation is str or field.annotation == (str | None):
+            return _number_as_text(value)
+        return value
+
+
+class DataConfig(_Config):
     """Where the images come from and how batches are drawn."""
 
-    dataset: str = "digits"  # digits (embedded) | cifar10 | cifar100 | svhn | imagefolder | prepared
-    data: str | None = None  # archive, folder or prepared .pt file; None = embedded default
-    cache_dir: str = "data/prepared"  # where decoded datasets are kept
-    subset: int = 0  # images per class kept from the training set (0 = all), class-balanced
-    resolution: int = 0  # resize images to this side length (0 = native)
-    batch_size: int = 64  # images per step (each of the w and the α step in a search)
-    augment: bool = True  # random crop with padding (+ flip where it fits the data)
-    crop_padding: int = -1  # -1 = 4 pixels at 32x32, scaled with the resolution
-    flip: bool | None = None  # None = decided by the dataset (no flips for digits)
-    eval_batch_size: int = 512  # images per forward pass when only evaluating
-    channels_last: bool = True  # NHWC memory format for batches and convolutions (about 1.4x faster on CPU)
+    dataset: str = Field("digits", description="digits (embedded) | cifar10 | cifar100 | svhn | imagefolder | prepared")
+    data: str | None = Field(None, description="archive, folder or prepared .pt file; None = embedded default")
+    cache_dir: str = Field("data/prepared", description="where decoded datasets are kept")
+    subset: int = Field(0, ge=0, le=10**7,
+                        description="images per class kept from the training set (0 = all), class-balanced")
+    resolution: int = Field(0, ge=0, le=1024, description="resize images to this side length (0 = native)")
+    batch_size: int = Field(64, ge=1, le=65536,
+                            description="images per step (each of the w and the α step in a search)")
+    augment: bool = Field(True, description="random crop with padding (+ flip where it fits the data)")
+    crop_padding: int = Field(-1, ge=-1, le=128, description="-1 = 4 pixels at 32x32, scaled with the resolution")
+    flip: bool | None = Field(None, description="None = decided by the dataset (no flips for digits)")
+    eval_batch_size: int = Field(512, ge=1, le=65536, description="images per forward pass when only evaluating")
+    channels_last: bool = Field(True,
+                                description="NHWC memory format (about 1.4x faster on CPU)")
 
 
-@dataclass
 class SearchConfig(DataConfig):
     """Supernet search: a space, a method, the bi-level optimisation."""
 
-    space: str = "nb201"  # nb201 | darts | s1 | s2 | s3 | s4
-    method: str = "darts"  # darts | snas | gdas | drnas | sdarts-rs | sdarts-adv | pc-darts | random | rsps
-    order: int = 1  # DARTS: 1 = first order, 2 = second order (unrolled)
-    epochs: int = 50  # search epochs
-    seed: int = 0  # seeds the data split, the subset, the supernet, the batches and the samples
-    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
-    out: str = "runs/search"  # run directory (result.json, checkpoint.pt)
-    train_portion: float = 0.5  # share of the training set that trains w; the rest trains alpha
-    channels: int | None = None  # C; None = the space's default (16)
-    cells: int | None = None  # NB201: cells per stage (5); DARTS spaces: cells in all (8)
+    space: str = Field("nb201", description="nb201 | darts | s1 | s2 | s3 | s4")
+    method: str = Field("darts",
+                        description="darts | snas | gdas | drnas | sdarts-rs | sdarts-adv | pc-darts | random | rsps")
+    order: Literal[1, 2] = Field(1, description="DARTS: 1 = first order, 2 = second order (unrolled)")
+    epochs: int = Field(50, ge=1, le=100_000, description="search epochs")
+    seed: int = Field(0, ge=0, le=2**63 - 1,
+                      description="seeds the data split, the subset, the supernet, the batches and the samples")
+    device: str = Field("auto", description="auto (CUDA when present) | cpu | cuda | cuda:N")
+    out: str = Field("runs/search", description="run directory (result.json, checkpoint.pt)")
+    train_portion: float = Field(0.5, gt=0.0, lt=1.0,
+                                 description="share of the training set that trains w; the rest trains alpha")
+    channels: int | None = Field(None, ge=1, le=4096, description="C; None = the space's default (16)")
+    cells: int | None = Field(None, ge=1, le=256,
+                              description="NB201: cells per stage (5); DARTS spaces: cells in all (8)")
     # w optimiser (NB201 reference search settings)
-    w_lr: float = 0.025  # SGD learning rate of the supernet weights w, cosine-annealed per epoch
-    w_lr_min: float = 0.001  # end of the cosine schedule
-    w_momentum: float = 0.9  # SGD momentum on w
-    w_weight_decay: float = 3e-4  # SGD weight decay on w
-    grad_clip: float = 5.0  # gradient-norm clip of the w step (0 = none)
+    w_lr: float = Field(0.025, gt=0.0, le=100.0,
+                        description="SGD learning rate of the supernet weights w, cosine-annealed per epoch")
+    w_lr_min: float = Field(0.001, ge=0.0, le=100.0, description="end of the cosine schedule")
+    w_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum on w")
+    w_weight_decay: float = Field(3e-4, ge=0.0, le=1.0, description="SGD weight decay on w")
+    grad_clip: float = Field(5.0, ge=0.0, description="gradient-norm clip of the w step (0 = none)")
     # alpha optimiser
-    a_lr: float = 3e-4  # Adam learning rate of α
-    a_beta1: float = 0.5  # Adam beta1 of α
-    a_beta2: float = 0.999  # Adam beta2 of α
-    a_weight_decay: float | None = None  # None = method default: 1e-3, 0 for drnas (its regulariser)
-    unrolled_eps: float = 0.01  # finite-difference step (scaled by 1/||dL_val/dw'||), DARTS paper
+    a_lr: float = Field(3e-4, ge=0.0, le=100.0, description="Adam learning rate of α")
+    a_beta1: float = Field(0.5, ge=0.0, lt=1.0, description="Adam beta1 of α")
+    a_beta2: float = Field(0.999, ge=0.0, lt=1.0, description="Adam beta2 of α")
+    a_weight_decay: float | None = Field(None, ge=0.0, le=1.0,
+                                         description="None = method default: 1e-3, 0 for drnas (its regulariser)")
+    unrolled_eps: float = Field(0.01, gt=0.0, le=100.0,
+                                description="finite-difference step (scaled by 1/||dL_val/dw'||), DARTS paper")
     # method seams (see nas/methods): perturbation, partial channels, temperatures, regularisers
-    perturb: str = "auto"  # auto (method default) | none | rs | adv
-    partial_channels: int = 0  # K of PC-DARTS; 0 = method default (4 for pc-darts, else 1)
-    edge_norm: bool | None = None  # PC-DARTS edge normalisation; None = on for pc-darts only
-    tau_max: float | None = None  # Gumbel temperature start; None = 10 (snas, gdas)
-    tau_min: float | None = None  # Gumbel temperature end; None = 1 (snas), 0.1 (gdas)
-    drnas_reg: str = "l2"  # l2 | kl | none
-    drnas_lambda: float = 1e-3  # strength of the DrNAS regulariser
-    rs_sigma: float = 0.3  # SDARTS-RS noise amplitude at the end of the ramp
-    adv_epsilon: float = 0.3  # SDARTS-ADV attack radius at the end of the ramp
-    eps_start: float = 0.03  # both ramp linearly from this value
-    adv_steps: int = 7  # SDARTS-ADV PGD steps per w step
-    progressive: bool = False  # DrNAS progressive: two stages, K k1 -> k2, ops pruned to `keep`
-    progressive_k1: int = 4  # DrNAS progressive: partial-channel K of the first stage
-    progressive_k2: int = 2  # ... and of the second stage
-    progressive_keep: int = 3  # ops kept per edge between the stages
-    arch_warmup: int | None = None  # epochs of frozen α at the start of each stage; None = 0, or 20% of a stage when progressive
-    rsps_candidates: int = 100  # RSPS: sampled architectures ranked by supernet validation accuracy
-    rsps_eval_batches: int = 1  # α-split batches per candidate
-    random_samples: int = 10  # random baseline: architectures trained from scratch
-    random_epochs: int = 5  # epochs per random architecture
-    fix_alpha: bool = False  # keep α at zero (uniform weights) and train w only: the "fix α" supernet for PT
+    perturb: Literal["auto", "none", "rs", "adv"] = Field("auto", description="auto (method default) | none | rs | adv")
+    partial_channels: int = Field(0, ge=0, le=4096,
+                                  description="K of PC-DARTS; 0 = method default (4 for pc-darts, else 1)")
+    edge_norm: bool | None = Field(None, description="PC-DARTS edge normalisation; None = on for pc-darts only")
+    tau_max: float | None = Field(None, gt=0.0, le=1e6, description="Gumbel temperature start; None = 10 (snas, gdas)")
+    tau_min: float | None = Field(None, gt=0.0, le=1e6,
+                                  description="Gumbel temperature end; None = 1 (snas), 0.1 (gdas)")
+    drnas_reg: Literal["l2", "kl", "none"] = Field("l2", description="l2 | kl | none")
+    drnas_lambda: float = Field(1e-3, ge=0.0, le=1e6, description="strength of the DrNAS regulariser")
+    rs_sigma: float = Field(0.3, ge=0.0, le=1e3, description="SDARTS-RS noise amplitude at the end of the ramp")
+    adv_epsilon: float = Field(0.3, ge=0.0, le=1e3, description="SDARTS-ADV attack radius at the end of the ramp")
+    eps_start: float = Field(0.03, ge=0.0, le=1e3, description="both ramp linearly from this value")
+    adv_steps: int = Field(7, ge=1, le=1000, description="SDARTS-ADV PGD steps per w step")
+    progressive: bool = Field(False, description="DrNAS progressive: two stages, K k1 -> k2, ops pruned to `keep`")
+    progressive_k1: int = Field(4, ge=1, le=4096, description="DrNAS progressive: partial-channel K of the first stage")
+    progressive_k2: int = Field(2, ge=1, le=4096, description="... and of the second stage")
+    progressive_keep: int = Field(3, ge=1, le=5, description="ops kept per edge between the stages")
+    arch_warmup: int | None = Field(None, ge=0, le=100_000,
+                                    description="epochs of frozen α at the start of each stage; "
+                                                "None = 0, or 20% of a stage when progressive")
+    rsps_candidates: int = Field(100, ge=1, le=10**6,
+                                 description="RSPS: sampled architectures ranked by supernet validation accuracy")
+    rsps_eval_batches: int = Field(1, ge=1, le=10**6, description="α-split batches per candidate")
+    random_samples: int = Field(10, ge=1, le=10**5, description="random baseline: architectures trained from scratch")
+    random_epochs: int = Field(5, ge=1, le=100_000, description="epochs per random architecture")
+    fix_alpha: bool = Field(False,
+                            description="keep α at zero (uniform weights), train w only: the fix-α supernet for PT")
     # sharpness: the top eigenvalue of the Hessian of L_val w.r.t. α
-    hessian_every: int = 0  # compute it every k epochs (0 = off)
-    hessian_batches: int = 1  # fixed, seeded α-split batches the loss is evaluated on
-    hessian_tol: float = 1e-3  # relative tolerance of the eigenvalue
-    hessian_method: str = "lanczos"  # lanczos | power
-    hessian_topk: int = 1  # eigenvalues kept per evaluation (lanczos)
+    hessian_every: int = Field(0, ge=0, le=100_000, description="compute it every k epochs (0 = off)")
+    hessian_batches: int = Field(1, ge=1, le=10**5,
+                                 description="fixed, seeded α-split batches the loss is evaluated on")
+    hessian_tol: float = Field(1e-3, gt=0.0, le=1.0, description="relative tolerance of the eigenvalue")
+    hessian_method: Literal["lanczos", "power"] = Field("lanczos", description="lanczos | power")
+    hessian_topk: int = Field(1, ge=1, le=10**6, description="eigenvalues kept per evaluation (lanczos)")
     # early stopping on the eigenvalue (RobustDARTS DARTS-ES); needs hessian_every = 1
-    early_stop: bool = False  # stop when the eigenvalue grows (DARTS-ES)
-    es_window: int = 5  # epochs in the local average
-    es_lookback: int = 5  # compare with the local average this many epochs earlier
-    es_factor: float = 1.3  # stop when the local average grew by more than this factor
-    es_start: int = 10  # first epoch at which stopping is considered
-    steps_per_epoch: int = 0  # 0 = one pass over the w split; >0 caps it (CPU budgets)
-    checkpoint_every: int = 1  # epochs between checkpoints
-    progress: bool = True  # a progress bar on a terminal
+    early_stop: bool = Field(False, description="stop when the eigenvalue grows (DARTS-ES)")
+    es_window: int = Field(5, ge=1, le=100_000, description="epochs in the local average")
+    es_lookback: int = Field(5, ge=1, le=100_000, description="compare with the local average this many epochs earlier")
+    es_factor: float = Field(1.3, gt=0.0, le=1e6,
+                             description="stop when the local average grew by more than this factor")
+    es_start: int = Field(10, ge=0, le=100_000, description="first epoch at which stopping is considered")
+    steps_per_epoch: int = Field(0, ge=0, le=10**8,
+                                 description="0 = one pass over the w split; >0 caps it (CPU budgets)")
+    checkpoint_every: int = Field(1, ge=1, le=100_000, description="epochs between checkpoints")
+    progress: bool = Field(True, description="a progress bar on a terminal")
 
 
-@dataclass
 class RetrainConfig(DataConfig):
     """Train a discrete architecture from scratch and evaluate it on the test split."""
 
-    space: str = "nb201"  # nb201 | darts | s1 | s2 | s3 | s4
-    genotype: str = ""  # the architecture to train (the space's genotype string)
-    epochs: int | None = None  # 200 (NB201) | 600 (DARTS)
-    seed: int = 0  # seeds the initialisation, the subset, the holdout split and the batches
-    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
-    out: str = "runs/retrain"  # run directory (result.json, model.pt, checkpoint.pt)
+    space: str = Field("nb201", description="nb201 | darts | s1 | s2 | s3 | s4")
+    genotype: str = Field("", description="the architecture to train (the space's genotype string)")
+    epochs: int | None = Field(None, ge=1, le=100_000, description="200 (NB201) | 600 (DARTS)")
+    seed: int = Field(0, ge=0, le=2**63 - 1,
+                      description="seeds the initialisation, the subset, the holdout split and the batches")
+    device: str = Field("auto", description="auto (CUDA when present) | cpu | cuda | cuda:N")
+    out: str = Field("runs/retrain", description="run directory (result.json, model.pt, checkpoint.pt)")
     # None = the space's default: NB201's benchmark recipe, or the DARTS evaluation recipe
-    channels: int | None = None  # 16 | 36
-    cells: int | None = None  # 5 per stage | 20
-    batch_size: int | None = None  # 256 | 96
-    lr: float | None = None  # 0.1 | 0.025, cosine-annealed to lr_min
-    lr_min: float = 0.0  # end of the cosine schedule
-    momentum: float = 0.9  # SGD momentum
-    nesterov: bool | None = None  # True | False
-    weight_decay: float | None = None  # 5e-4 | 3e-4
-    grad_clip: float | None = None  # 0 (none) | 5
-    auxiliary_weight: float | None = None  # 0 | 0.4 (DARTS auxiliary head at 2/3 depth)
-    drop_path: float | None = None  # 0 | 0.2, ramped linearly over the epochs
-    cutout: int | None = None  # 0 | 16 pixels
-    label_smoothing: float = 0.0  # label smoothing of the cross-entropy
-    eval_every: int = 0  # evaluate on the test split every k epochs (0 = only at the end)
-    holdout: float = 0.0  # share of the training images held out as a validation split (0 = none)
-    checkpoint_every: int = 1  # epochs between checkpoints
-    progress: bool = True  # a progress bar on a terminal
+    channels: int | None = Field(None, ge=1, le=4096, description="16 | 36")
+    cells: int | None = Field(None, ge=1, le=256, description="5 per stage | 20")
+    batch_size: int | None = Field(None, ge=1, le=65536, description="256 | 96")
+    lr: float | None = Field(None, gt=0.0, le=100.0, description="0.1 | 0.025, cosine-annealed to lr_min")
+    lr_min: float = Field(0.0, ge=0.0, le=100.0, description="end of the cosine schedule")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
+    nesterov: bool | None = Field(None, description="True | False")
+    weight_decay: float | None = Field(None, ge=0.0, le=1.0, description="5e-4 | 3e-4")
+    grad_clip: float | None = Field(None, ge=0.0, description="0 (none) | 5")
+    auxiliary_weight: float | None = Field(None, ge=0.0, le=100.0,
+                                           description="0 | 0.4 (DARTS auxiliary head at 2/3 depth)")
+    drop_path: float | None = Field(None, ge=0.0, lt=1.0, description="0 | 0.2, ramped linearly over the epochs")
+    cutout: int | None = Field(None, ge=0, le=1024, description="0 | 16 pixels")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="label smoothing of the cross-entropy")
+    eval_every: int = Field(0, ge=0, le=100_000,
+                            description="evaluate on the test split every k epochs (0 = only at the end)")
+    holdout: float = Field(0.0, ge=0.0, lt=1.0,
+                           description="share of the training images held out as a validation split (0 = none)")
+    checkpoint_every: int = Field(1, ge=1, le=100_000, description="epochs between checkpoints")
+    progress: bool = Field(True, description="a progress bar on a terminal")
 
 
-@dataclass
-class SelectConfig:
+class SelectConfig(_Config):
     """Selection of the final architecture from a finished search run."""
 
-    method: str = "magnitude"  # magnitude | pt
-    run: str = ""  # the search run directory
-    out: str | None = None  # where selection.json goes (none = not written)
-    seed: int = 0  # PT edge order
-    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
-    pt_tune_epochs: int = 5  # w-only fine-tuning epochs between PT decisions (the reference uses 5)
-    pt_batches: int = 0  # α-split batches per accuracy measurement (0 = the whole split)
-    pt_lr_factor: float = 0.1  # fine-tuning learning rate = w_lr * this
-    progress: bool = True  # a progress bar on a terminal
+    method: Literal["magnitude", "pt"] = Field("magnitude", description="magnitude | pt")
+    run: str = Field("", description="the search run directory")
+    out: str | None = Field(None, description="where selection.json goes (none = not written)")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="PT edge order")
+    device: str = Field("auto", description="auto (CUDA when present) | cpu | cuda | cuda:N")
+    pt_tune_epochs: int = Field(5, ge=0, le=100_000,
+                                description="w-only fine-tuning epochs between PT decisions (the reference uses 5)")
+    pt_batches: int = Field(0, ge=0, le=10**8,
+                            description="α-split batches per accuracy measurement (0 = the whole split)")
+    pt_lr_factor: float = Field(0.1, gt=0.0, le=100.0, description="fine-tuning learning rate = w_lr * this")
+    progress: bool = Field(True, description="a progress bar on a terminal")
 
 
-@dataclass
-class PrepareConfig:
+class PrepareConfig(_Config):
     """Decode a dataset once into a tensor file with a manifest."""
 
-    dataset: str = "digits"  # digits (embedded) | cifar10 | cifar100 | svhn | imagefolder | prepared
-    data: str | None = None  # archive, folder or prepared .pt file; None = embedded default
-    cache_dir: str = "data/prepared"  # where decoded datasets are kept
+    dataset: str = Field("digits", description="digits (embedded) | cifar10 | cifar100 | svhn | imagefolder | prepared")
+    data: str | None = Field(None, description="archive, folder or prepared .pt file; None = embedded default")
+    cache_dir: str = Field("data/prepared", description="where decoded datasets are kept")
+
+
 
 
 CONFIGS: dict[str, type] = {
@@ -162,51 +205,6 @@ CONFIGS: dict[str, type] = {
     "prepare": PrepareConfig,
     "select": SelectConfig,
 }
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
-
-
-def _coerce(key: str, value: Any, tp: Any, source: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(key, value, arg, source)
-            except NasError as exc:
-                errors.append(exc)
-        names = " or ".join(_type_name(a) for a in args)
-        raise NasError(f"{source}: key {key!r} expects {names}, got {clip(value, 100)}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            try:
-                number = float(value)
-            except OverflowError:  # an int too large for a float
-                raise NasError(f"{source}: key {key!r} expects a finite number, got {clip(value, 100)}") from None
-            if not math.isfinite(number):
-                raise NasError(f"{source}: key {key!r} expects a finite number, got {value!r}")
-            return number
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-    else:  # pragma: no cover - only the types above are used in configs
-        return value
-    raise NasError(f"{source}: key {key!r} expects {_type_name(tp)}, got {clip(value, 100)}")
 
 
 def _suggest(key: Any, known: Any) -> str:
@@ -288,14 +286,15 @@ def build_config(
 ) -> Any:
     """Defaults < YAML file < explicit ``overrides`` < ``--set`` items, all validated."""
     cls = CONFIGS[kind]
-    hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
 
     def apply(items: dict[str, Any], source: str) -> None:
         for key, value in items.items():
-            if key not in hints:
-                raise NasError(f"{source}: unknown key {clip(key, 60)} for '{kind}'{_suggest(key, hints)}")
-            values[key] = _coerce(key, value, hints[key], source)
+            if key not in cls.model_fields:
+                raise NasError(f"{source}: unknown key {clip(key, 60)} for '{kind}'{_suggest(key, cls.model_fields)}")
+            values[key] = value
+            sources[key] = source
 
     if config_file is not None:
         path = Path(config_file)
@@ -311,82 +310,87 @@ def build_config(
     for item in sets or []:
         key, value = parse_set(item)
         apply({key: value}, f"--set {cut(item)}")
-    cfg = cls(**values)
+    cfg = _build(cls, values, sources)
     validate(cfg)
     return cfg
 
 
-# Range of each numeric key: (low, high, low included, high included); None = unbounded.  A key
-# that is None in a config means "the default of the space or method" and is not checked here.
-RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
-    "subset": (0, 10**7, True, True),
-    "resolution": (0, 1024, True, True),
-    "crop_padding": (-1, 128, True, True),
-    "batch_size": (1, 65536, True, True),
-    "eval_batch_size": (1, 65536, True, True),
-    "epochs": (1, 100_000, True, True),
-    "seed": (0, 2**63 - 1, True, True),
-    "train_portion": (0.0, 1.0, False, False),
-    "channels": (1, 4096, True, True),
-    "cells": (1, 256, True, True),
-    "w_lr": (0.0, 100.0, False, True),
-    "w_lr_min": (0.0, 100.0, True, True),
-    "w_momentum": (0.0, 1.0, True, False),
-    "w_weight_decay": (0.0, 1.0, True, True),
-    "grad_clip": (0.0, None, True, True),
-    "a_lr": (0.0, 100.0, True, True),
-    "a_beta1": (0.0, 1.0, True, False),
-    "a_beta2": (0.0, 1.0, True, False),
-    "a_weight_decay": (0.0, 1.0, True, True),
-    "unrolled_eps": (0.0, 100.0, False, True),
-    "partial_channels": (0, 4096, True, True),
-    "tau_max": (0.0, 1e6, False, True),
-    "tau_min": (0.0, 1e6, False, True),
-    "drnas_lambda": (0.0, 1e6, True, True),
-    "rs_sigma": (0.0, 1e3, True, True),
-    "adv_epsilon": (0.0, 1e3, True, True),
-    "eps_start": (0.0, 1e3, True, True),
-    "adv_steps": (1, 1000, True, True),
-    "progressive_k1": (1, 4096, True, True),
-    "progressive_k2": (1, 4096, True, True),
-    "progressive_keep": (1, 5, True, True),
-    "arch_warmup": (0, 100_000, True, True),
-    "rsps_candidates": (1, 10**6, True, True),
-    "rsps_eval_batches": (1, 10**6, True, True),
-    "random_samples": (1, 10**5, True, True),
-    "random_epochs": (1, 100_000, True, True),
-    "hessian_every": (0, 100_000, True, True),
-    "hessian_batches": (1, 10**5, True, True),
-    "hessian_tol": (0.0, 1.0, False, True),
-    "hessian_topk": (1, 10**6, True, True),
-    "es_window": (1, 100_000, True, True),
-    "es_lookback": (1, 100_000, True, True),
-    "es_factor": (0.0, 1e6, False, True),
-    "es_start": (0, 100_000, True, True),
-    "steps_per_epoch": (0, 10**8, True, True),
-    "checkpoint_every": (1, 100_000, True, True),
-    # retrain
-    "lr": (0.0, 100.0, False, True),
-    "lr_min": (0.0, 100.0, True, True),
-    "momentum": (0.0, 1.0, True, False),
-    "weight_decay": (0.0, 1.0, True, True),
-    "auxiliary_weight": (0.0, 100.0, True, True),
-    "drop_path": (0.0, 1.0, True, False),
-    "cutout": (0, 1024, True, True),
-    "label_smoothing": (0.0, 1.0, True, False),
-    "eval_every": (0, 100_000, True, True),
-    "holdout": (0.0, 1.0, True, False),
-    # select
-    "pt_tune_epochs": (0, 100_000, True, True),
-    "pt_batches": (0, 10**8, True, True),
-    "pt_lr_factor": (0.0, 100.0, False, True),
-}
-CHOICES: dict[str, tuple[Any, ...]] = {
-    "order": (1, 2),
-    "perturb": ("auto", "none", "rs", "adv"),
-    "drnas_reg": ("l2", "kl", "none"),
-    "hessian_method": ("lanczos", "power"),
-}
+_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+
+def _build(cls: type, values: dict[str, Any], sources: dict[str, str]) -> Any:
+    """``cls(**values)``, with pydantic's first complaint turned into one line that names the key,
+    where it came from, what was expected and what was given."""
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        errors = exc.errors()
+        # for `int | None` keys pydantic reports one error per branch: the range one says most
+        err = next((e for e in errors if e["type"] in _RANGE_ERRORS | {"literal_error", "finite_number"}), errors[0])
+        key = str(err["loc"][0]) if err["loc"] else "?"
+        value = values.get(key)
+        source = sources.get(key, "config")
+        if err["type"] in _RANGE_ERRORS:
+            raise NasError(f"config: key {key!r} must be {_range_text(*RANGES[key])}, got {clip(value, 80)}") from None
+        if err["type"] == "literal_error":
+            raise NasError(f"config: key {key!r} must be one of {', '.join(map(str, CHOICES[key]))}, "
+                           f"got {clip(value, 80)}") from None
+        if err["type"] == "finite_number" or (isinstance(value, float) and not math.isfinite(value)):
+            raise NasError(f"{source}: key {key!r} expects a finite number, got {clip(value, 100)}") from None
+        if isinstance(value, int) and not isinstance(value, bool) and _type_text(key) == "float":
+            raise NasError(f"{source}: key {key!r} expects a finite number, got {clip(value, 100)}") from None
+        raise NasError(f"{source}: key {key!r} expects {_type_text(key)}, got {clip(value, 100)}") from None
+
+
+def _type_text(key: str) -> str:
+    """``int``, ``float or null``, ...: the type a key takes, as an error message names it."""
+    for cls in CONFIGS.values():
+        if key in cls.model_fields:
+            annotation = cls.model_fields[key].annotation
+            break
+    else:
+        return "?"
+    args = typing.get_args(annotation) or (annotation,)
+    return " or ".join("null" if a is type(None) else getattr(a, "__name__", str(a)) for a in args)
+
+
+def _field_ranges() -> dict[str, tuple[float | None, float | None, bool, bool]]:
+    """(low, high, low included, high included) of every numeric key, read off the models' fields."""
+    import annotated_types as at
+
+    out: dict[str, tuple[float | None, float | None, bool, bool]] = {}
+    for cls in CONFIGS.values():
+        for name, f in cls.model_fields.items():
+            lo = hi = None
+            lo_in = hi_in = True
+            for m in f.metadata:
+                if isinstance(m, at.Ge):
+                    lo, lo_in = m.ge, True
+                elif isinstance(m, at.Gt):
+                    lo, lo_in = m.gt, False
+                elif isinstance(m, at.Le):
+                    hi, hi_in = m.le, True
+                elif isinstance(m, at.Lt):
+                    hi, hi_in = m.lt, False
+            if lo is not None or hi is not None:
+                out[name] = (lo, hi, lo_in, hi_in)
+    return out
+
+
+def _field_choices() -> dict[str, tuple[Any, ...]]:
+    out: dict[str, tuple[Any, ...]] = {}
+    for cls in CONFIGS.values():
+        for name, f in cls.model_fields.items():
+            if typing.get_origin(f.annotation) is Literal:
+                out[name] = typing.get_args(f.annotation)
+    return out
+
+
+# Range of each numeric key and the choices of each choice key, as the models declare them (the
+# error messages and the tests read them here).  A key that is None means "the default of the
+# space or method" and is not checked.
+RANGES = _field_ranges()
+CHOICES = _field_choices()
 
 
 def _range_text(lo: float | None, hi: float | None, lo_in: bool, hi_in: bool) -> str:
@@ -398,22 +402,12 @@ def _range_text(lo: float | None, hi: float | None, lo_in: bool, hi_in: bool) ->
 
 
 def validate(cfg: Any) -> None:
-    """Range checks that a type check cannot express, for every key, before any work starts."""
+    """The checks between keys (and against the spaces, datasets and methods) that the models'
+    per-key types and ranges cannot express, before any work starts."""
     def need(cond: bool, key: str, what: str) -> None:
         if not cond:
             raise NasError(f"config: key {key!r} {what}, got {clip(getattr(cfg, key), 80)}")
 
-    values = dataclasses.asdict(cfg)
-    for key, value in values.items():
-        if value is None or isinstance(value, bool):
-            continue
-        if key in RANGES and isinstance(value, (int, float)):
-            lo, hi, lo_in, hi_in = RANGES[key]
-            ok = (value >= lo if lo_in else value > lo) if lo is not None else True
-            ok = ok and ((value <= hi if hi_in else value < hi) if hi is not None else True)
-            need(ok, key, "must be " + _range_text(lo, hi, lo_in, hi_in))
-        if key in CHOICES:
-            need(value in CHOICES[key], key, "must be one of " + ", ".join(map(str, CHOICES[key])))
     if hasattr(cfg, "out") and cfg.out is not None:
         need(str(cfg.out).strip() != "", "out", "must name a folder (an empty path would write into the current folder)")
     if hasattr(cfg, "cache_dir"):
@@ -440,32 +434,17 @@ def validate(cfg: Any) -> None:
             from nas.spaces import get_space
 
             get_space(cfg.space)
-    if isinstance(cfg, SelectConfig):
-        need(cfg.method in ("magnitude", "pt"), "method", "must be magnitude or pt")
 
 
 def key_help(kind: str) -> list[tuple[str, str, str, str]]:
-    """(key, type, default, meaning) of every key of a stage, the meaning taken from the comment
-    beside the key in this file (one source for the code and the help)."""
-    import inspect
-    import re
-
-    meanings: dict[str, str] = {}
-    for cls in reversed(CONFIGS[kind].__mro__):
-        if not dataclasses.is_dataclass(cls):
-            continue
-        for line in inspect.getsource(cls).splitlines():
-            m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
-            if m:
-                meanings[m.group(1)] = m.group(2).strip()
-    hints = typing.get_type_hints(CONFIGS[kind])
+    """(key, type, default, meaning) of every key of a stage, from the models' fields."""
     rows = []
-    for f in dataclasses.fields(CONFIGS[kind]):
+    for name, f in CONFIGS[kind].model_fields.items():
         default = f.default
-        shown = "auto" if default is None and f.name in _SPACE_DEFAULTS else \
+        shown = "auto" if default is None and name in _SPACE_DEFAULTS else \
             ("null" if default is None else str(default).lower() if isinstance(default, bool) else repr(default)
              if isinstance(default, str) else str(default))
-        rows.append((f.name, _type_name(hints[f.name]).replace(" | ", "|"), shown, meanings.get(f.name, "")))
+        rows.append((name, _type_text(name), shown, f.description or ""))
     return rows
 
 
@@ -487,32 +466,30 @@ def format_key_help(kind: str) -> str:
 
 def resolve_defaults(cfg: Any, defaults: dict[str, Any]) -> Any:
     """A copy of ``cfg`` whose ``None`` keys take the space's defaults."""
-    fill = {k: v for k, v in defaults.items() if hasattr(cfg, k) and getattr(cfg, k) is None}
-    return dataclasses.replace(cfg, **fill) if fill else cfg
+    fill = {k: v for k, v in defaults.items() if k in type(cfg).model_fields and getattr(cfg, k) is None}
+    return cfg.model_copy(update=fill) if fill else cfg
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    return cfg.model_dump()
 
 
-def config_fields(kind: str) -> list[dataclasses.Field]:
-    return list(dataclasses.fields(CONFIGS[kind]))
+def config_fields(kind: str) -> list[str]:
+    """The keys of a stage, in declaration order."""
+    return list(CONFIGS[kind].model_fields)
 
 
-__all__ = ["DataConfig", "SearchConfig", "RetrainConfig", "PrepareConfig", "build_config",
-           "to_dict", "field"]
+__all__ = ["DataConfig", "SearchConfig", "RetrainConfig", "PrepareConfig", "SelectConfig", "build_config",
+           "from_dict", "to_dict", "key_help"]
 
 
 def from_dict(kind: str, values: dict[str, Any], source: str = "config") -> Any:
     """A validated config of ``kind`` from a plain dict (as flows pass them); unknown keys are named."""
     cls = CONFIGS[kind]
-    hints = typing.get_type_hints(cls)
-    clean = {}
-    for key, value in values.items():
-        if key not in hints:
-            raise NasError(f"{source}: unknown key {clip(key, 60)} for '{kind}'{_suggest(key, hints)}")
-        clean[key] = _coerce(key, value, hints[key], source)
-    cfg = cls(**clean)
+    for key in values:
+        if key not in cls.model_fields:
+            raise NasError(f"{source}: unknown key {clip(key, 60)} for '{kind}'{_suggest(key, cls.model_fields)}")
+    cfg = _build(cls, dict(values), {k: source for k in values})
     validate(cfg)
     return cfg
 

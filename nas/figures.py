@@ -59,7 +59,7 @@ def pipeline_plots(folder: str | Path) -> list[Path]:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         out = folder / name.replace(".csv", ".png")
-        atomic_write(out, lambda p: fig.savefig(p, format="png"))
+        atomic_write(out, lambda p, fig=fig: fig.savefig(p, format="png"))
         plt.close(fig)
         written.append(out)
     return written

@@ -561,7 +561,7 @@ def draw_figures(spec: GridSpec, rows: list[dict[str, Any]], folder: Path) -> li
         ops = list(dict.fromkeys(r["op"] for _, st in pts for r in st["rows"]))
         fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
         colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        for i, (m, st) in enumerate(pts):
+        for i, (_, st) in enumerate(pts):
             for j, op in enumerate(ops):
                 sel = [r for r in st["rows"] if r["op"] == op]
                 if sel:

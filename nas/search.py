@@ -16,7 +16,6 @@ network is built per step.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 import time
@@ -180,7 +179,7 @@ class Search:
         if cfg.channels_last and cfg.channels // self.method.partial_channels < 4:
             # torch's CPU convolution backward in channels-last format corrupts memory for convolutions
             # with one output channel (seen with torch 2.13): such tiny supernets run in the plain format
-            cfg = dataclasses.replace(cfg, channels_last=False)
+            cfg = cfg.model_copy(update={"channels_last": False})
             self.cfg = cfg
         if self.method.progressive and self.space.name != "nb201":
             raise NasError(f"progressive DrNAS is implemented for the nb201 space, not {self.space.name!r}")

@@ -140,8 +140,7 @@ class Tracker:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             return run_id
-        return self.start(run_name("sweep", tags.get("method"), tags.get("selection"), study,
-                                   digest=config_digest({"storage": storage})),
+        return self.start(run_name("sweep", study, tags.get("selection"), digest=config_digest({"storage": storage})),
                           {**tags, "study": study, "study_storage": storage})
 
     def end(self, run_id: str, ok: bool = True) -> None:
@@ -279,10 +278,9 @@ class Tracker:
 
         import mlflow
         import mlflow.pytorch
+        import numpy as np
 
         from nas.train import load_model
-
-        import numpy as np
 
         net = load_model(folder)
         data = json.loads((Path(folder) / "result.json").read_text()).get("dataset", {})

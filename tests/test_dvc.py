@@ -82,3 +82,32 @@ def test_dvc_repro_metrics_params_plots(tmp_path):
     assert "retrain.epochs" in diff and "2" in diff and "1" in diff
     plots = _run(["dvc", "plots", "show", "--json"], repo)
     assert "reports/pipeline/plots/alpha.csv" in plots and "reports/pipeline/plots/alpha.png" in plots
+
+
+def test_committed_lock_matches_the_code_and_the_readme():
+    """The committed dvc.lock was written by `dvc repro` of the code and params as they are now,
+    and the README states what that run found (reports/pipeline/summary.json, committed)."""
+    dvc = Path(sys.executable).parent / "dvc"
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    p = subprocess.run([str(dvc), "status", "--json", "dvc.yaml"], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    status = json.loads(p.stdout or "{}")
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    drift = []
+    for stage, changes in status.items():
+        for change in changes:
+            if not isinstance(change, dict):
+                continue
+            for path, state in change.get("changed deps", {}).items():
+                in_git = any(t == path or t.startswith(path.rstrip("/") + "/") for t in tracked)
+                if in_git and state != "deleted":
+                    drift.append(f"{stage}: {path} {state}")
+    assert not drift, ("dvc.lock is stale; run `dvc repro`, commit dvc.lock and reports/pipeline, and update "
+                       f"the README's pipeline numbers: {drift}")
+    summary = json.loads((REPO / "reports" / "pipeline" / "summary.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## The pipeline: DVC"):readme.index("## Deployments (Prefect)")]
+    assert f"`{summary['genotype']}`" in section
+    assert f"{100 * summary['test_acc']:.2f}% digits test accuracy" in section
+    assert f"{summary['nb201']['cifar10']:.2f}% NAS-Bench-201 CIFAR-10 accuracy" in section
