@@ -17,7 +17,7 @@ disable_telemetry()
 
 REPO = Path(__file__).resolve().parent.parent
 # Parameters that never change what a stage computes.
-NOT_IN_KEY = {"progress", "track", "parent_run", "outputs"}
+NOT_IN_KEY = {"progress", "track", "parent_run", "outputs", "run_tags"}
 
 
 def file_digest(path: str | Path) -> str:

@@ -85,11 +85,14 @@ def select_task(cfg: dict[str, Any], inputs: list[str], outputs: list[str] | Non
 
 @task(name="retrain", **TASK_OPTS)
 def retrain_task(cfg: dict[str, Any], inputs: list[str], outputs: list[str] | None = None, track: bool = True,
-                 parent_run: str | None = None) -> dict[str, Any]:
+                 parent_run: str | None = None, run_tags: dict[str, Any] | None = None) -> dict[str, Any]:
     genotype = json.loads(Path(inputs[0]).read_text())["genotype"]
     rcfg = config_mod.from_dict("retrain", {**cfg, "genotype": genotype})
-    tags = {"stage": "retrain", "space": rcfg.space, "dataset": rcfg.dataset, "seed": rcfg.seed, "genotype": genotype}
-    with tracking.stage_run(_name("retrain", rcfg), tags, parent_run, track) as (tracker, run_id):
+    tags = {"stage": "retrain", "space": rcfg.space, "dataset": rcfg.dataset, "seed": rcfg.seed, "genotype": genotype,
+            **(run_tags or {})}
+    name = tracking.run_name("retrain", tags.get("method"), tags.get("selection"), rcfg.space, rcfg.seed,
+                             tracking.config_digest(config_mod.to_dict(rcfg)))
+    with tracking.stage_run(name, tags, parent_run, track) as (tracker, run_id):
         res = stages.resume_or_restart(stages.retrain_stage, rcfg)
         if tracker:
             tracker.log_retrain(run_id, res, Path(rcfg.out) / "model.pt")
@@ -154,7 +157,8 @@ def pipeline(method: str | None = None, selection: str | None = None, seed: int 
         sel = select_task.with_options(**cache_options(outs["select"], refresh))(
             d["select"], inputs=[srch["result"]], outputs=outs["select"], track=track, parent_run=parent)
         rt = retrain_task.with_options(**cache_options(outs["retrain"], refresh))(
-            d["retrain"], inputs=[sel["selection"]], outputs=outs["retrain"], track=track, parent_run=parent)
+            d["retrain"], inputs=[sel["selection"]], outputs=outs["retrain"], track=track, parent_run=parent,
+            run_tags={"method": cfgs["search"].method, "selection": cfgs["select"].method})
         metrics = evaluate_task.with_options(**cache_options(outs["evaluate"], refresh))(
             str(root / "search"), sel["selection"], str(root / "retrain"), str(root / "evaluate"),
             inputs=[srch["result"], sel["selection"], rt["result"]], outputs=outs["evaluate"])

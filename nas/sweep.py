@@ -271,9 +271,9 @@ def _run_trial(study, trial, key: str, lo: float, hi: float, method: str, mode: 
     if mode == "benchmark" and scfg.space != "nb201":
         raise NasError(f"sweep: mode 'benchmark' needs search.space nb201, got {scfg.space!r}")
     tracker = tracking.Tracker() if track and tracking.enabled() else None
-    run_id = tracker.start(f"trial-{trial.number}", {"stage": "trial", "method": method, "space": scfg.space,
-                                                     "dataset": scfg.dataset, "seed": scfg.seed, "objective": mode},
-                           parent=parent_run) if tracker else None
+    run_id = tracker.start(f"trial-{trial.number}-{method}-{key}={value:.3g}", {
+        "stage": "trial", "method": method, "space": scfg.space, "dataset": scfg.dataset, "seed": scfg.seed,
+        "objective": mode, "selection": sel_cfg.method}, parent=parent_run) if tracker else None
     if tracker:
         tracker.log_params(run_id, {key: value, "objective": mode, "study": study.study_name,
                                     "trial": trial.number})
@@ -321,6 +321,9 @@ def _run_trial(study, trial, key: str, lo: float, hi: float, method: str, mode: 
           file=sys.stderr, flush=True)
     if tracker:
         tracker.log_metrics(run_id, {"objective": objective})
+        look = tracking.nb201_lookup(scfg.space, row["genotype"])
+        if look:  # the trial's cell in the NAS-Bench-201 table, comparable with pipeline and grid runs
+            tracker.log_metrics(run_id, {f"nb201_{d}": v for d, v in look["all_datasets"].items()})
         tracker.set_tags(run_id, {"state": "COMPLETE", "genotype": row["genotype"]})
         tracker.end(run_id)
     return {**row, "state": "COMPLETE", "value": objective, "supernet_val_acc": reported[0]}

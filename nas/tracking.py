@@ -201,7 +201,7 @@ class Tracker:
         self.log_params(run_id, {f"search.{k}": v for k, v in cfg.items()})
         self.set_tags(run_id, {"method": result.get("method"), "space": result.get("space"),
                                "dataset": cfg.get("dataset"), "seed": cfg.get("seed"),
-                               "selection": result.get("selection")})
+                               "selection": result.get("selection"), "genotype": result.get("genotype")})
         if not live:
             for rec in result.get("history", []):
                 self.log_metrics(run_id, epoch_metrics(rec, result.get("space")), step=int(rec["epoch"]))
@@ -240,7 +240,8 @@ class Tracker:
         self.log_params(run_id, {f"select.{k}": v for k, v in cfg.items()})
         self.log_json(run_id, sel, "selection.json", "genotype")
         self.log_genotype(run_id, sel["space"], sel["genotype"])
-        self.set_tags(run_id, {"genotype": sel["genotype"]})
+        self.set_tags(run_id, {"genotype": sel["genotype"], "method": sel.get("search_method"),
+                               "space": sel.get("space")})
         metrics: dict[str, float] = {"skip_edges": str(sel["genotype"]).count("skip_connect")}
         if isinstance(sel.get("seconds"), (int, float)):
             metrics["select_seconds"] = sel["seconds"]
