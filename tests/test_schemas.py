@@ -102,9 +102,16 @@ def test_runs_table(tmp_path):
 
 
 def test_trials_table():
-    rows = [{"number": 0, "state": "COMPLETE", "value": 91.0, "method": "drnas", "mode": "retrain"},
-            {"number": 1, "state": "PRUNED", "value": None, "method": "drnas", "mode": "retrain"}]
+    rows = [{"number": 0, "state": "COMPLETE", "value": 91.0, "supernet_val_acc": 88.0, "method": "drnas",
+             "mode": "retrain"},
+            {"number": 1, "state": "PRUNED", "value": None, "supernet_val_acc": 41.5, "method": "drnas",
+             "mode": "retrain"}]
     assert len(schemas.validate_trials(rows, "t")) == 2
+    # a pruned trial's supernet accuracy never stands in the objective's column
+    rows[1]["value"] = 41.5
+    with pytest.raises(NasError, match="only a COMPLETE trial has an objective value"):
+        schemas.validate_trials(rows, "study t")
+    rows[1]["value"] = None
     rows[0]["value"] = None
     with pytest.raises(NasError, match="a COMPLETE trial has a value"):
         schemas.validate_trials(rows, "study t")

@@ -1,0 +1,117 @@
+"""MLflow tracking: stage runs end FINISHED or FAILED, one parent per study, names and metric labels
+that tell runs apart, pictures that show the differences, the CLI's runs."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("NAS_MLFLOW", "1")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def test_a_failing_stage_ends_its_run_failed(store):
+    from nas import tracking
+    from nas.utils import NasError
+
+    with pytest.raises(NasError, match="boom"):
+        with tracking.stage_run("select-pt-s0-abcdef", {"stage": "select"}) as (tracker, run_id):
+            assert tracker is not None
+            raise NasError("boom")
+    assert store.get_run(run_id).info.status == "FAILED"
+    with tracking.stage_run("select-pt-s0-abcdef", {"stage": "select"}) as (_, ok_id):
+        pass
+    assert store.get_run(ok_id).info.status == "FINISHED"
+
+
+def test_tracking_off_gives_no_run(monkeypatch):
+    from nas import tracking
+
+    monkeypatch.setenv("NAS_MLFLOW", "0")
+    with tracking.stage_run("x", {}) as (tracker, run_id):
+        assert tracker is None and run_id is None
+
+
+def test_one_parent_per_study(store):
+    from nas import tracking
+
+    tr = tracking.Tracker()
+    first = tr.study_run("drnas-retrain", "sqlite:///a.db", {"stage": "sweep", "method": "drnas",
+                                                             "selection": "magnitude"})
+    tr.end(first)
+    again = tr.study_run("drnas-retrain", "sqlite:///a.db", {"stage": "sweep", "method": "drnas"})
+    assert again == first and store.get_run(first).info.status == "RUNNING"
+    other = tr.study_run("drnas-retrain", "sqlite:///b.db", {"stage": "sweep", "method": "drnas"})
+    assert other != first  # the same study name in another database is another study
+    assert store.get_run(first).info.run_name.startswith("sweep-drnas-retrain-magnitude-")
+
+
+def test_run_names_digests_and_metric_labels():
+    from nas import tracking
+
+    a = tracking.config_digest({"method": "darts", "seed": 1, "out": "runs/a"})
+    assert a == tracking.config_digest({"method": "darts", "seed": 1, "out": "runs/b"})  # paths do not count
+    assert a != tracking.config_digest({"method": "darts", "seed": 2, "out": "runs/a"})
+    assert tracking.run_name("pipeline", "drnas", "pt", "nb201", 1, a) == f"pipeline-drnas-pt-nb201-s1-{a}"
+    rec = {"epoch": 3, "train_loss": 1.0, "val_acc": 0.5, "w_lr": 0.02, "seconds": 1.5,
+           "weights": [[0.1, 0.3, 0.2, 0.2, 0.2]] * 6, "edge_entropy": [1.0] * 6, "edge_max_weight": [0.3] * 6}
+    m = tracking.epoch_metrics(rec, "nb201")
+    assert m["alpha/skip_connect"] == pytest.approx(0.3) and m["alpha/none"] == pytest.approx(0.1)
+    assert m["edge_entropy/3_from_2"] == 1.0 and m["edge_max_weight/1_from_0"] == 0.3
+    assert m["schedule/w_lr"] == 0.02 and m["time/epoch_seconds"] == 1.5
+    assert not any("<" in k or k.startswith("mlflow_log") for k in m)
+    # the DARTS spaces: normal and reduction edges, per-edge op sets (S1-S4)
+    from nas.spaces import get_space
+
+    sp = get_space("s3")
+    rec = {"epoch": 1, "weights": [[1 / len(ops)] * len(ops) for ops in sp.edge_ops],
+           "edge_entropy": [0.5] * len(sp.edge_ops)}
+    m = tracking.epoch_metrics(rec, "s3")
+    assert "edge_entropy/normal_2_from_0" in m and "edge_entropy/reduce_5_from_4" in m
+    assert m["alpha/skip_connect"] == pytest.approx(1 / 3)
+
+
+def test_the_heatmap_and_the_cell_drawing_are_pictures():
+    from nas import tracking
+
+    hist = [{"epoch": e, "weights": [[0.2 + 0.001 * e, 0.2, 0.2, 0.2, 0.2 - 0.001 * e]] * 6} for e in range(1, 4)]
+    png = tracking.alpha_heatmap_png({"space": "nb201", "method": "darts", "history": hist,
+                                      "weights": hist[-1]["weights"]})
+    assert png[:4] == b"\x89PNG"
+    cell = tracking.cell_png("nb201", "|nor_conv_3x3~0|+|skip_connect~0|none~1|+|avg_pool_3x3~0|nor_conv_1x1~1|"
+                                      "skip_connect~2|")
+    assert cell[:4] == b"\x89PNG"
+    # edges without an op are not drawn; every other edge keeps its op and its colour
+    edges = tracking.cell_edges("nb201", "|nor_conv_3x3~0|+|skip_connect~0|none~1|+|avg_pool_3x3~0|"
+                                         "nor_conv_1x1~1|skip_connect~2|")[0][0]
+    assert (1, 2, "none") not in edges and (0, 1, "nor_conv_3x3") in edges and len(edges) == 5
+    assert all(op in tracking.OP_COLOURS for _, _, op in edges)
+
+
+def test_cli_stages_are_runs_and_the_model_loads(store, tiny_search, tmp_path):
+    import mlflow.pytorch
+    import torch
+
+    from nas.cli import main
+
+    assert main(["search", *sum((["--set", f"{k}={v}"] for k, v in tiny_search().items() if k != "progress"), []),
+                 "--no-progress"]) == 0
+    run = tmp_path / "run"
+    assert main(["retrain", "--selection", str(run / "result.json"), "--epochs", "1", "--set", "channels=4",
+                 "--set", "cells=1", "--set", f"cache_dir={tmp_path / 'cache'}", "--out", str(tmp_path / "rt"),
+                 "--no-progress", "--device", "cpu"]) == 0
+    assert main(["search", "--set", f"out={run}", "--set", "epochs=2"]) == 2  # refused: the folder holds a run
+    exp = store.get_experiment_by_name("nas").experiment_id
+    runs = {r.data.tags["stage"] + ":" + r.info.status: r for r in store.search_runs([exp])}
+    assert set(runs) == {"search:FINISHED", "retrain:FINISHED", "search:FAILED"}
+    search = runs["search:FINISHED"]
+    assert search.data.tags["source"] == "cli" and search.info.run_name.startswith("search-darts-nb201-s0-")
+    assert "alpha/nor_conv_3x3" in search.data.metrics and "genotype" in search.data.tags
+    net = mlflow.pytorch.load_model(f"runs:/{runs['retrain:FINISHED'].info.run_id}/model")
+    assert net(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
