@@ -275,6 +275,7 @@ class Tracker:
     def log_model(self, run_id: str, folder: str | Path) -> None:
         """The trained network of a retrain folder as an MLflow PyTorch model (``model``), so that
         ``mlflow.pytorch.load_model("runs:/<run>/model")`` returns it."""
+        import logging
         import warnings
 
         import mlflow
@@ -288,13 +289,20 @@ class Tracker:
         side = data.get("resolution") or 32
         example = np.zeros((1, data.get("channels", 3), side, side), dtype=np.float32)
         mlflow.set_tracking_uri(self.uri)
+
+        quiet = logging.getLogger("mlflow.pytorch")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # its note on pickled models: this model is the project's own code
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pip-requirement inference notes
-            with mlflow.start_run(run_id=run_id, nested=True):
+            try:
                 # pickled module (loads where the `nas` package is installed), with an input example
                 # so that the model's signature (normalised NCHW images -> logits) is recorded
-                mlflow.pytorch.log_model(net, name="model", serialization_format="pickle", input_example=example,
-                                         pip_requirements=[f"torch=={_torch_version()}", "nas-darts"])
+                with mlflow.start_run(run_id=run_id, nested=True):
+                    mlflow.pytorch.log_model(net, name="model", serialization_format="pickle", input_example=example,
+                                             pip_requirements=[f"torch=={_torch_version()}", "nas-darts"])
+            finally:
+                quiet.setLevel(level)
 
 
 def _torch_version() -> str:

@@ -8,9 +8,9 @@ export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELE
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-300}
 OUT=${OUT:-runs/quickstart}
 .venv/bin/python -m flows.pipeline --params params/pipeline.yaml --out "$OUT" "$@"
-GENO=$(.venv/bin/python -c "import json,sys; print(json.load(open(sys.argv[1]))['genotype'])" "$OUT/evaluate/metrics.json")
+GENO=$(.venv/bin/python -c "import json,sys; print(json.load(open(sys.argv[1]))['genotype'])" "$OUT/evaluate/summary.json")
 .venv/bin/nas info --genotype "$GENO"
 .venv/bin/nas lookup --genotype "$GENO" --dataset cifar10
 echo
-echo "metrics and plot tables: $OUT/evaluate/"
+echo "metrics, summary and plots: $OUT/evaluate/"
 echo "compare runs:            .venv/bin/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --port 5000"

@@ -299,3 +299,17 @@ def test_prepare_task_retries_a_transient_error(prefect_server, tmp_path, monkey
     res = pl.prepare_task.with_options(retry_delay_seconds=0, cache_key_fn=None, persist_result=False)(
         {"dataset": "digits", "cache_dir": str(tmp_path / "c")}, inputs=[])
     assert len(calls) == 2 and res["dataset"] == "digits"
+
+
+def test_quickstart_script_as_the_readme_runs_it(tmp_path):
+    """`bash scripts/quickstart.sh`: the flow on the embedded digits, then the cell's size and its
+    NAS-Bench-201 lookup, read from the run's summary."""
+    import subprocess
+
+    env = {**os.environ, "OUT": str(tmp_path / "qs"), "OMP_NUM_THREADS": "2"}
+    p = subprocess.run(["bash", "scripts/quickstart.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=1200, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    summary = json.loads((tmp_path / "qs" / "evaluate" / "summary.json").read_text())
+    assert f"genotype: {summary['genotype']}" in p.stdout
+    assert "params:" in p.stdout and "cifar10 test accuracy:" in p.stdout and "oracle 94.37" in p.stdout
