@@ -34,9 +34,8 @@ def _tracker(track: bool) -> tracking.Tracker | None:
 
 
 def _name(stage: str, cfg: Any, selection: str | None = None) -> str:
-    d = config_mod.to_dict(cfg)
-    return tracking.run_name(stage, getattr(cfg, "method", None) if stage != "select" else None, selection,
-                             getattr(cfg, "space", None), getattr(cfg, "seed", None), tracking.config_digest(d))
+    return tracking.stage_run_name(stage, config_mod.to_dict(cfg), getattr(cfg, "method", None)
+                                   if stage != "select" else None, selection)
 
 
 @task(name="prepare", retries=2, retry_delay_seconds=2, retry_condition_fn=not_a_config_error, **TASK_OPTS)
@@ -90,8 +89,7 @@ def retrain_task(cfg: dict[str, Any], inputs: list[str], outputs: list[str] | No
     rcfg = config_mod.from_dict("retrain", {**cfg, "genotype": genotype})
     tags = {"stage": "retrain", "space": rcfg.space, "dataset": rcfg.dataset, "seed": rcfg.seed, "genotype": genotype,
             **(run_tags or {})}
-    name = tracking.run_name("retrain", tags.get("method"), tags.get("selection"), rcfg.space, rcfg.seed,
-                             tracking.config_digest(config_mod.to_dict(rcfg)))
+    name = tracking.stage_run_name("retrain", config_mod.to_dict(rcfg), tags.get("method"), tags.get("selection"))
     with tracking.stage_run(name, tags, parent_run, track) as (tracker, run_id):
         res = stages.resume_or_restart(stages.retrain_stage, rcfg)
         if tracker:

@@ -209,9 +209,7 @@ def _tracked(stage: str, cfg: Any, tags: dict[str, Any], selection: str | None =
 
     from nas import tracking
 
-    d = config_mod.to_dict(cfg)
-    name = tracking.run_name(stage, tags.get("method"), selection, d.get("space"), d.get("seed"),
-                             tracking.config_digest(d))
+    name = tracking.stage_run_name(stage, config_mod.to_dict(cfg), tags.get("method"), selection)
     source = "dvc" if os.environ.get("DVC_ROOT") or os.environ.get("DVC_STAGE") else "cli"
     return tracking.stage_run(name, {"stage": stage, "source": source, **tags})
 

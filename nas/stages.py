@@ -141,7 +141,7 @@ def evaluate_stage(search_dir: str | Path, selection: str | Path, retrain_dir: s
                       in_channels=rt.get("dataset", {}).get("channels", 3),
                       resolution=rt.get("dataset", {}).get("resolution") or 32)
     eig = search_res.get("hessian", {}).get("top_eigenvalue") or []
-    from nas.tracking import config_digest
+    from nas.utils import config_digest
 
     digest = config_digest({"search": search_res.get("config", {}), "select": sel.get("config", {}),
                             "retrain": rt.get("config", {})})

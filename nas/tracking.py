@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from nas.utils import code_version
+from nas.utils import code_version, config_digest  # noqa: F401  (config_digest: part of this module's API)
 
 DEFAULT_DB = Path("runs") / "mlflow.db"
 EXPERIMENT = "nas"
@@ -312,27 +312,16 @@ def _torch_version() -> str:
 
 
 # ------------------------------------------------------------------------------------- helpers
-# Parts of a config that never change what a run computes: left out of the digest in run names.
-_NOT_IN_DIGEST = {"out", "run", "progress", "device", "cache_dir", "checkpoint_every", "eval_batch_size"}
-
-
-def config_digest(cfg: dict[str, Any]) -> str:
-    """Six hex digits that tell two configs apart (paths and bookkeeping keys left out)."""
-    import hashlib
-
-    def clean(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items() if k not in _NOT_IN_DIGEST}
-        return v
-
-    return hashlib.sha256(json.dumps(clean(cfg), sort_keys=True, default=str).encode()).hexdigest()[:6]
-
-
 def run_name(stage: str, method: str | None = None, selection: str | None = None, space: str | None = None,
              seed: Any = None, digest: str | None = None) -> str:
     """``pipeline-darts-pt-nb201-s1-3fa2c0``: what tells runs apart in the runs table."""
     parts = [stage, method, selection, space, None if seed is None else f"s{seed}", digest]
     return "-".join(str(p) for p in parts if p not in (None, ""))
+
+
+def stage_run_name(stage: str, cfg: dict[str, Any], method: str | None = None, selection: str | None = None) -> str:
+    """The run name of one stage from its config: ``search-darts-nb201-s0-<digest of cfg>``."""
+    return run_name(stage, method, selection, cfg.get("space"), cfg.get("seed"), config_digest(cfg))
 
 
 def metric_label(edge_name: str) -> str:

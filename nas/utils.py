@@ -275,6 +275,20 @@ def generator_for(seed: int, *parts: int, device: torch.device | str = "cpu") ->
 _CODE_VERSION: str | None = None
 
 
+# Parts of a config that never change what a run computes: left out of the digest in run names.
+_NOT_IN_DIGEST = {"out", "run", "progress", "device", "cache_dir", "checkpoint_every", "eval_batch_size"}
+
+
+def config_digest(cfg: dict[str, Any]) -> str:
+    """Six hex digits that tell two configs apart (paths and bookkeeping keys left out)."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items() if k not in _NOT_IN_DIGEST}
+        return v
+
+    return hashlib.sha256(json.dumps(clean(cfg), sort_keys=True, default=str).encode()).hexdigest()[:6]
+
+
 def code_version() -> str:
     """The package version and a digest of its source files: a cache key and an MLflow tag that
     changes whenever the code that computes a stage changes."""

@@ -30,6 +30,24 @@ def test_a_failing_stage_ends_its_run_failed(store):
     assert store.get_run(ok_id).info.status == "FINISHED"
 
 
+def test_an_epoch_is_one_batched_call(store):
+    """Every scalar of a search epoch goes to MLflow in one ``log_batch`` call."""
+    from nas import tracking
+
+    tr = tracking.Tracker()
+    run_id = tr.start("search-x", {"stage": "search"})
+    calls = []
+    real = tr.client.log_batch
+    tr.client.log_batch = lambda *a, **k: (calls.append(k.get("metrics")), real(*a, **k))[1]
+    log = tr.epoch_logger(run_id, "nb201")
+    rec = {"epoch": 1, "train_loss": 1.0, "val_acc": 0.5, "w_lr": 0.02, "seconds": 1.5,
+           "weights": [[0.2] * 5] * 6, "edge_entropy": [1.0] * 6, "edge_max_weight": [0.3] * 6}
+    log(rec)
+    log({**rec, "epoch": 2})
+    assert len(calls) == 2 and len(calls[0]) == len(tracking.epoch_metrics(rec, "nb201")) == 4 + 5 + 12
+    assert tr.log_seconds[run_id] > 0
+
+
 def test_tracking_off_gives_no_run(monkeypatch):
     from nas import tracking
 
