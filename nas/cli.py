@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -205,13 +206,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _tracked(stage: str, cfg: Any, tags: dict[str, Any], selection: str | None = None):
     """An MLflow run for one CLI stage (``NAS_MLFLOW=0`` switches it off); it ends FINISHED or
     FAILED whatever happens.  Runs from ``dvc repro`` are tagged ``source=dvc``."""
-    import os
-
     from nas import tracking
 
     name = tracking.stage_run_name(stage, config_mod.to_dict(cfg), tags.get("method"), selection)
-    source = "dvc" if os.environ.get("DVC_ROOT") or os.environ.get("DVC_STAGE") else "cli"
-    return tracking.stage_run(name, {"stage": stage, "source": source, **tags})
+    return tracking.stage_run(name, {"stage": stage, "source": _source(), **tags})
+
+
+def _source() -> str:
+    """``dvc`` under ``dvc repro`` (which sets ``DVC_STAGE`` for its commands), else ``cli``."""
+    return "dvc" if os.environ.get("DVC_STAGE") else "cli"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -300,11 +303,9 @@ def _run(args: argparse.Namespace) -> int:
         from nas import tracking
 
         if tracking.enabled():  # the pipeline's summary row: what `dvc repro` found, comparable in the UI
-            import os
-
             tags = {"stage": "evaluate", "method": m["method"], "selection": m["selection"], "space": m["space"],
                     "seed": m.get("seed"), "config_digest": m.get("config_digest"),
-                    "source": "dvc" if os.environ.get("DVC_STAGE") else "cli"}
+                    "source": _source()}
             name = tracking.run_name("evaluate", m["method"], m["selection"], m["space"], m.get("seed"),
                                      m.get("config_digest"))
             with tracking.stage_run(name, tags) as (tracker, run_id):
