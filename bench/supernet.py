@@ -11,7 +11,10 @@ The project runs in channels-last format, as its search does by default
 (``NAS_BENCH_CHANNELS_LAST=0`` measures the contiguous format instead).
 
 A step is one first-order α step (Adam on L_val) plus one w step (SGD on L_train), with the
-reference NB201 optimisers, on random CIFAR-shaped data.  Times are medians over interleaved
+reference NB201 optimisers, on random CIFAR-shaped data.  The project's step runs through
+``nas.precision.Runner`` as the search does, once per setting: fp32, bf16 and fp16 autocast, and
+``torch.compile`` in fp32 and bf16 (``--settings`` picks them; compiled settings are timed after
+their compilation, which the first run on a machine pays once and the inductor cache keeps).  Times are medians over interleaved
 repeats (project, xautodl, project, ...) after warm-up.  Peak memory is measured per
 implementation in its own process (CPU: growth of peak RSS; CUDA: max allocated).
 """
@@ -44,8 +47,11 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def build(impl: str, cfg: dict, device: str):
-    """(step function, w parameters) for one implementation."""
+SETTINGS = ("fp32", "bf16", "fp16", "fp32+compile", "bf16+compile")
+
+
+def build(impl: str, cfg: dict, device: str, setting: str = "fp32"):
+    """(step function, network) for one implementation (the project's in one precision/compile setting)."""
     torch.manual_seed(0)
     x = torch.randn(cfg["batch"], 3, cfg["size"], cfg["size"], device=device)
     y = torch.randint(0, 10, (cfg["batch"],), device=device)
@@ -66,22 +72,30 @@ def build(impl: str, cfg: dict, device: str):
         geno = nb201.parse_genotype("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|")
         net = nb201.build_network(geno, cfg["C"], cfg["N"], 10).to(device)
         w_params, a_params = list(net.parameters()), []
-
-        def fwd(inp):
-            return net(inp)
     else:
         from nas.supernet import Supernet
 
         net = Supernet(cfg["C"], cfg["N"], 10, 3).to(device)
         alpha = torch.nn.Parameter(1e-3 * torch.randn(6, 5, device=device))
         w_params, a_params = list(net.parameters()), [alpha]
-
-        def fwd(inp, detach=False):
-            w = alpha.softmax(-1)
-            return net(inp, w.detach() if detach else w)
     if impl != "xautodl" and CHANNELS_LAST:  # the project's search and retrain default
         net.to(memory_format=torch.channels_last)
         x, xa = (t.contiguous(memory_format=torch.channels_last) for t in (x, xa))
+    if impl != "xautodl":  # the project's forward: precision and compilation as in the search
+        from nas.precision import Precision, Runner
+
+        precision = Precision(setting.split("+")[0], device)
+        run = Runner(net, precision, "compile" in setting, "benchmark network")
+        scaler_w, scaler_a = precision.scaler(), precision.scaler()
+        if impl == "discrete":
+            def fwd(inp, detach=False):
+                return run(inp)
+        else:
+            def fwd(inp, detach=False):
+                w = alpha.softmax(-1)
+                return run(inp, w.detach() if detach else w)
+    else:
+        scaler_w = scaler_a = torch.amp.GradScaler(torch.device(device).type, enabled=False)
     w_opt = torch.optim.SGD(w_params, lr=0.025, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam(a_params, lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3) if a_params else None
 
@@ -89,15 +103,18 @@ def build(impl: str, cfg: dict, device: str):
         if a_opt is not None:
             # α step: gradients for α only
             loss_a = F.cross_entropy(fwd(xa), ya)
-            grads = torch.autograd.grad(loss_a, a_params)
+            grads = torch.autograd.grad(scaler_a.scale(loss_a), a_params)
             for p, g in zip(a_params, grads):
                 p.grad = g
-            a_opt.step()
+            scaler_a.step(a_opt)
+            scaler_a.update()
         w_opt.zero_grad(set_to_none=True)
         out = fwd(x, True) if impl == "project" else fwd(x)
-        F.cross_entropy(out, y).backward()
+        scaler_w.scale(F.cross_entropy(out, y)).backward()
+        scaler_w.unscale_(w_opt)
         torch.nn.utils.clip_grad_norm_(w_params, 5.0)
-        w_opt.step()
+        scaler_w.step(w_opt)
+        scaler_w.update()
 
     return step, net
 
@@ -113,9 +130,9 @@ def time_steps(step, n: int, device: str) -> float:
 
 
 
-def memory(impl: str, cfg: dict, device: str) -> float:
+def memory(impl: str, cfg: dict, device: str, setting: str = "fp32") -> float:
     """Peak memory of a few steps, in MB (run in a fresh process)."""
-    step, _ = build(impl, cfg, device)
+    step, _ = build(impl, cfg, device, setting)
     # measured from just after the model and data exist: activations, gradients, optimiser state
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -164,45 +181,64 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, default=3, help="steps per timed chunk")
     p.add_argument("--configs", default="reference,cpu-proxy")
+    p.add_argument("--settings", default=",".join(SETTINGS), help="the project's precision/compile settings")
     p.add_argument("--memory", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.memory:
-        impl, name = args.memory.split(":")
-        print(json.dumps({"mb": memory(impl, CONFIGS[name], args.device)}))
+        impl, name, setting = args.memory.split(":")
+        print(json.dumps({"mb": memory(impl, CONFIGS[name], args.device, setting)}))
         return
+    settings = args.settings.split(",")
+    for s in settings:
+        if s not in SETTINGS:
+            raise SystemExit(f"--settings: unknown setting {s!r} (expected some of {', '.join(SETTINGS)})")
     print(f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"project in {'channels-last' if CHANNELS_LAST else 'contiguous'} format")
     rate = conv_rate(args.device)
     print(f"dense 3x3 convolution: {rate / 1e9:.1f} GFLOP/s")
     for name in args.configs.split(","):
         cfg = CONFIGS[name]
-        impls = ["project", "xautodl", "discrete"]
-        steps = {i: build(i, cfg, args.device)[0] for i in impls}
-        for i in impls:  # warm-up
-            time_steps(steps[i], 2, args.device)
-        times: dict[str, list[float]] = {i: [] for i in impls}
-        for _ in range(args.repeats):
-            for i in impls:
-                times[i].append(time_steps(steps[i], args.steps, args.device))
-        med = {i: 1000 * statistics.median(t) for i, t in times.items()}
+        # (implementation, setting): the project's supernet and the discrete network in every setting
+        runs = [("xautodl", "fp32")] + [(i, s) for s in settings for i in ("project", "discrete")]
+        steps, t_compile = {}, {}
+        for key in runs:
+            steps[key] = build(key[0], cfg, args.device, key[1])[0]
+            t0 = time.perf_counter()
+            time_steps(steps[key], 2, args.device)  # warm-up (and compilation)
+            t_compile[key] = time.perf_counter() - t0
+        times: dict[tuple, list[float]] = {k: [] for k in runs}
+        for _ in range(args.repeats):  # interleaved
+            for k in runs:
+                times[k].append(time_steps(steps[k], args.steps, args.device))
+        med = {k: 1000 * statistics.median(t) for k, t in times.items()}
         mem = {}
-        for i in impls:
-            out = subprocess.run([sys.executable, __file__, "--memory", f"{i}:{name}", "--device", args.device],
-                                 capture_output=True, text=True, env=dict(os.environ))
-            mem[i] = json.loads(out.stdout.strip().splitlines()[-1])["mb"] if out.returncode == 0 else float("nan")
-        flops = step_flops("project", cfg, args.device)
-        flops_discrete = step_flops("discrete", cfg, args.device)
-        print(f"\n[{name}] C={cfg['C']} N={cfg['N']} batch={cfg['batch']} {cfg['size']}x{cfg['size']}")
-        print(f"  {'':<28}{'project':>10}{'xautodl':>10}{'ratio':>8}")
-        print(f"  {'search step (ms, median)':<28}{med['project']:>10.1f}{med['xautodl']:>10.1f}"
-              f"{med['project'] / med['xautodl']:>8.2f}")
-        print(f"  {'peak memory (MB)':<28}{mem['project']:>10.1f}{mem['xautodl']:>10.1f}"
-              f"{mem['project'] / mem['xautodl']:>8.2f}")
-        print(f"  discrete network train step: {med['discrete']:.1f} ms; supernet step / discrete step = "
-              f"{med['project'] / med['discrete']:.2f} (lecture bound K = 5); in FLOPs {flops / flops_discrete:.2f}")
-        achieved = flops / (med["project"] / 1000)
-        print(f"  search step: {flops / 1e9:.2f} GFLOP, {achieved / 1e9:.1f} GFLOP/s = "
-              f"{100 * achieved / rate:.0f}% of the dense-convolution rate")
+        for impl, setting in runs:
+            if "compile" in setting:
+                continue  # the compiler's own memory would be counted
+            out = subprocess.run([sys.executable, __file__, "--memory", f"{impl}:{name}:{setting}", "--device",
+                                  args.device], capture_output=True, text=True, env=dict(os.environ))
+            ok = out.returncode == 0
+            mem[(impl, setting)] = json.loads(out.stdout.strip().splitlines()[-1])["mb"] if ok else float("nan")
+        ref = ("xautodl", "fp32")
+        print(f"\n[{name}] C={cfg['C']} N={cfg['N']} batch={cfg['batch']} {cfg['size']}x{cfg['size']}; "
+              f"xautodl (fp32): {med[ref]:.1f} ms per search step, {mem[ref]:.0f} MB peak")
+        print(f"  {'project setting':<16}{'step ms':>9}{'x xautodl':>11}{'x fp32':>8}{'peak MB':>9}{'x xautodl':>11}"
+              f"{'discrete ms':>13}{'super/disc':>12}{'warm-up s':>11}")
+        base = med.get(("project", "fp32"))
+        for s in settings:
+            k, d = ("project", s), ("discrete", s)
+            m = mem.get(k)
+            mem_txt = f"{m:>9.0f}{m / mem[ref]:>11.2f}" if m is not None else f"{'-':>9}{'-':>11}"
+            rel = f"{med[k] / base:>8.2f}" if base else f"{'-':>8}"
+            print(f"  {s:<16}{med[k]:>9.1f}{med[k] / med[ref]:>11.2f}{rel}{mem_txt}"
+                  f"{med[d]:>13.1f}{med[k] / med[d]:>12.2f}{t_compile[k]:>11.1f}")
+        if "fp32" in settings:
+            flops = step_flops("project", cfg, args.device)
+            flops_discrete = step_flops("discrete", cfg, args.device)
+            achieved = flops / (med[("project", "fp32")] / 1000)
+            print(f"  fp32 search step: {flops / 1e9:.2f} GFLOP, {achieved / 1e9:.1f} GFLOP/s = "
+                  f"{100 * achieved / rate:.0f}% of the dense-convolution rate; supernet/discrete in FLOPs "
+                  f"{flops / flops_discrete:.2f} (lecture bound K = 5)")
 
 
 if __name__ == "__main__":

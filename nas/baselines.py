@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from nas import config as config_mod
+from nas.precision import Runner
 from nas.train import evaluate, train_epoch
 from nas.utils import generator_for, seed_everything, torch_save, write_json
 
@@ -46,11 +47,12 @@ def random_search(search: Search, resume: bool = False) -> dict[str, Any]:
             opt = torch.optim.SGD(net.parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum,
                                   weight_decay=cfg.w_weight_decay)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.random_epochs, eta_min=cfg.w_lr_min)
+            run, scaler = Runner(net, search.precision, cfg.compile, "network"), search.precision.scaler()
             for e in range(cfg.random_epochs):
                 loss, acc = train_epoch(net, w_stream, opt, generator_for(cfg.seed, 607, c, e, device=device),
-                                        cfg.grad_clip, 0.0, bar)
+                                        cfg.grad_clip, 0.0, bar, forward=run, scaler=scaler)
                 sched.step()
-            val_loss, val_acc = evaluate(net, eval_stream)
+            val_loss, val_acc = evaluate(run, eval_stream)
             rec = {"candidate": c + 1, "genotype": space.format_genotype(geno), "train_loss": loss,
                    "train_acc": acc, "val_loss": val_loss, "val_acc": val_acc,
                    "seconds": time.perf_counter() - t0}

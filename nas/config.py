@@ -58,6 +58,10 @@ class DataConfig(_Config):
     eval_batch_size: int = Field(512, ge=1, le=65536, description="images per forward pass when only evaluating")
     channels_last: bool = Field(True,
                                 description="NHWC memory format (about 1.4x faster on CPU)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="fp32 | bf16 | fp16: autocast of the network's forward (fp16 adds a gradient scaler); "
+                            "parameters, optimisers, losses, the Hessian and second-order steps stay fp32")
+    compile: bool = Field(False, description="torch.compile the network (falls back to eager with a warning)")
 
 
 class SearchConfig(DataConfig):

@@ -20,7 +20,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from torch import nn
 from nas import config as config_mod
 from nas.data import DataBundle, balanced_subset, load_bundle, search_split
 from nas.methods import Method, build_method
+from nas.precision import Precision, Runner
 from nas.rundir import check_resume, claim
 from nas.spaces import SearchSpace, get_space
 from nas.supernet import Mix
@@ -102,6 +103,21 @@ class SearchState:
     epoch: int  # epochs completed
     history: list[dict[str, Any]]
     early_stop: dict[str, int] | None = None
+    # the precision and compilation of the model's forward; the loss scalers of the w and the α
+    # step (active for fp16 only)
+    precision: Precision | None = None
+    compile: bool = False
+    w_scaler: torch.amp.GradScaler | None = None
+    a_scaler: torch.amp.GradScaler | None = None
+    _runner: Runner | None = field(default=None, repr=False)
+
+    @property
+    def forward(self) -> Runner:
+        """``model(x, mix)`` in the search's precision (compiled when asked), for whatever ``model`` is now."""
+        if self._runner is None or self._runner.module is not self.model:
+            precision = self.precision or Precision("fp32", next(self.model.parameters()).device)
+            self._runner = Runner(self.model, precision, self.compile, "supernet")
+        return self._runner
 
     @property
     def alpha(self) -> nn.Parameter:
@@ -184,6 +200,7 @@ class Search:
         if self.method.progressive and self.space.name != "nb201":
             raise NasError(f"progressive DrNAS is implemented for the nb201 space, not {self.space.name!r}")
         self.device = resolve_device(cfg.device)
+        self.precision = Precision(cfg.precision, self.device)
         self.out = Path(cfg.out)
         self.tuning = False  # set by PT selection: w-only fine-tuning epochs
         if self.method.progressive:
@@ -225,7 +242,9 @@ class Search:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=cfg.epochs, eta_min=cfg.w_lr_min)
         a_opt = torch.optim.Adam(arch.parameters(), lr=cfg.a_lr, betas=(cfg.a_beta1, cfg.a_beta2),
                                  weight_decay=self.method.a_weight_decay)
-        return SearchState(model, arch, w_opt, a_opt, sched, 0, [])
+        return SearchState(model, arch, w_opt, a_opt, sched, 0, [],
+                           precision=self.precision, compile=cfg.compile,
+                           w_scaler=self.precision.scaler(), a_scaler=self.precision.scaler())
 
     def _w_optimizer(self, model: nn.Module) -> torch.optim.SGD:
         cfg = self.cfg
@@ -279,6 +298,8 @@ class Search:
             "sched": st.sched.state_dict(),
             "history": st.history,
             "early_stop": st.early_stop,
+            **({"w_scaler": st.w_scaler.state_dict(), "a_scaler": st.a_scaler.state_dict()}
+               if st.w_scaler is not None and st.w_scaler.is_enabled() else {}),
         })
 
     def read_checkpoint(self) -> dict:
@@ -311,6 +332,9 @@ class Search:
         st.epoch = int(ck["epoch"])
         st.history = list(ck["history"])
         st.early_stop = ck.get("early_stop")
+        if "w_scaler" in ck and st.w_scaler is not None:
+            st.w_scaler.load_state_dict(ck["w_scaler"])
+            st.a_scaler.load_state_dict(ck["a_scaler"])
 
     # ----------------------------------------------------------------- the loop
     def run(self, resume: bool = False, callback: Callable[[SearchState], None] | None = None,
@@ -451,36 +475,42 @@ class Search:
             # α step
             if train_alpha:
                 penalty = method.mixing.penalty(st.arch.alpha)
-                if method.second_order:
+                if method.second_order:  # in fp32, on the plain module (see nas.precision)
                     grads, loss_v, logits_v = unrolled_alpha_grad(st.model, arch_params, mix, (xw, yw), (xa, ya),
                                                                   st.w_opt, cfg.unrolled_eps)
                     if penalty is not None:
                         grads[0] = grads[0] + torch.autograd.grad(penalty, [st.arch.alpha])[0]
                 else:
-                    logits_v = st.model(xa, mix())
+                    logits_v = st.forward(xa, mix())
                     loss_v = F.cross_entropy(logits_v, ya)
                     total = loss_v if penalty is None else loss_v + penalty
-                    grads = list(torch.autograd.grad(total, arch_params, allow_unused=True))
+                    grads = list(torch.autograd.grad(st.a_scaler.scale(total), arch_params, allow_unused=True))
                     grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, arch_params)]
                 st.a_opt.zero_grad(set_to_none=True)
                 for p, g in zip(arch_params, grads):
                     p.grad = g
-                st.a_opt.step()
+                if method.second_order:
+                    st.a_opt.step()
+                else:  # unscales (fp16), skips a step with inf/NaN gradients, adapts the scale
+                    st.a_scaler.step(st.a_opt)
+                    st.a_scaler.update()
                 loss_v = loss_v.detach()
             else:
                 with torch.no_grad():
-                    logits_v = st.model(xa, mix())
+                    logits_v = st.forward(xa, mix())
                     loss_v = F.cross_entropy(logits_v, ya)
             # w step on (possibly perturbed) detached mixing weights
             m = method.perturbation(
-                mix().detach(), lambda mm, x=xw, y=yw: F.cross_entropy(st.model(x, mm), y), epoch, epochs, gen_m)
+                mix().detach(), lambda mm, x=xw, y=yw: F.cross_entropy(st.forward(x, mm), y), epoch, epochs, gen_m)
             st.w_opt.zero_grad(set_to_none=True)
-            logits = st.model(xw, m)
+            logits = st.forward(xw, m)
             loss = F.cross_entropy(logits, yw)
-            loss.backward()
+            st.w_scaler.scale(loss).backward()
             if cfg.grad_clip > 0:
+                st.w_scaler.unscale_(st.w_opt)
                 nn.utils.clip_grad_norm_(st.model.parameters(), cfg.grad_clip)
-            st.w_opt.step()
+            st.w_scaler.step(st.w_opt)
+            st.w_scaler.update()
             with torch.no_grad():
                 sums += torch.stack([loss.detach() * len(yw), (logits.argmax(1) == yw).sum(),
                                      loss_v * len(ya), (logits_v.argmax(1) == ya).sum()]).float()
@@ -574,7 +604,7 @@ def rsps_select(search: Search, st: SearchState, a_stream) -> tuple[Any, list[di
         for b, (x, y) in enumerate(batches):
             if b >= cfg.rsps_eval_batches:
                 break
-            correct += float((st.model(x, mix).argmax(1) == y).sum())
+            correct += float((st.forward(x, mix).argmax(1) == y).sum())
             n += len(y)
         scored.append({"genotype": space.format_genotype(geno), "val_acc": correct / max(n, 1)})
     st.model.train()

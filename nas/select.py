@@ -57,7 +57,7 @@ def supernet_accuracy(st: SearchState, val, mix: Mix, batches: int = 0) -> float
     for b, (x, y) in enumerate(val.epoch(None, shuffle=False)):
         if batches and b >= batches:
             break
-        correct += float((st.model(x, mix).argmax(1) == y).sum())
+        correct += float((st.forward(x, mix).argmax(1) == y).sum())
         n += len(y)
     st.model.train()
     return correct / max(n, 1)
@@ -119,6 +119,8 @@ def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: co
         st.model.load_state_dict(resume_from["model"])
         st.arch.load_state_dict(resume_from["arch"])
         st.w_opt.load_state_dict(resume_from["w_opt"])
+        if "w_scaler" in resume_from:
+            st.w_scaler.load_state_dict(resume_from["w_scaler"])
         decisions = list(resume_from["decisions"])
         tune_epoch = int(resume_from["tune_epoch"])
 
@@ -171,7 +173,8 @@ def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: co
             torch_save(checkpoint, {**(header or {}), "format": "nas-pt-checkpoint-v1", "seconds": seconds,
                                     "model": st.model.state_dict(), "arch": st.arch.state_dict(),
                                     "w_opt": st.w_opt.state_dict(), "decisions": decisions,
-                                    "tune_epoch": tune_epoch})
+                                    "tune_epoch": tune_epoch,
+                                    **({"w_scaler": st.w_scaler.state_dict()} if st.w_scaler.is_enabled() else {})})
         if on_step is not None:
             on_step(k)
     return decisions, order

@@ -14,6 +14,7 @@ from torch import nn
 
 from nas import config as config_mod
 from nas.data import BatchStream, balanced_subset, load_bundle
+from nas.precision import Precision, Runner
 from nas.rundir import check_resume, claim
 from nas.spaces import get_space
 from nas.utils import NasError, generator_for, resolve_device, seed_everything, torch_load, torch_save, write_json
@@ -63,9 +64,11 @@ def saved_tensor_bytes(fn: Callable[[], Any]) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, stream: BatchStream, *args: Any) -> tuple[float, float]:
-    """(mean loss, accuracy in [0, 1]) over a stream, without augmentation."""
-    model.eval()
+def evaluate(model: nn.Module | Runner, stream: BatchStream, *args: Any) -> tuple[float, float]:
+    """(mean loss, accuracy in [0, 1]) over a stream, without augmentation; ``model`` is a network
+    or a ``Runner`` of one (its precision and compilation)."""
+    net = model.module if isinstance(model, Runner) else model
+    net.eval()
     loss_sum = torch.zeros((), device=stream.device)
     correct = torch.zeros((), device=stream.device)
     n = 0
@@ -74,29 +77,35 @@ def evaluate(model: nn.Module, stream: BatchStream, *args: Any) -> tuple[float, 
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
         n += len(y)
-    model.train()
+    net.train()
     return float(loss_sum) / max(n, 1), float(correct) / max(n, 1)
 
 
 def train_epoch(net: nn.Module, stream: BatchStream, opt: torch.optim.Optimizer, gen: torch.Generator,
                 grad_clip: float = 0.0, label_smoothing: float = 0.0, bar=None,
-                aux_weight: float = 0.0) -> tuple[float, float]:
+                aux_weight: float = 0.0, forward: Runner | None = None,
+                scaler: torch.amp.GradScaler | None = None) -> tuple[float, float]:
     """One pass of plain supervised training; returns (mean loss, accuracy).  A network that
-    returns ``(logits, aux_logits)`` in training adds ``aux_weight`` times the auxiliary loss."""
+    returns ``(logits, aux_logits)`` in training adds ``aux_weight`` times the auxiliary loss.
+    ``forward`` runs ``net`` in another precision or compiled; ``scaler`` scales the loss (fp16)."""
     net.train()
+    forward = forward or net
+    scaler = scaler or torch.amp.GradScaler(stream.device.type, enabled=False)
     sums = torch.zeros(2, device=stream.device)
     n = 0
     for x, y in stream.epoch(gen):
-        out = net(x)
+        out = forward(x)
         logits, aux = out if isinstance(out, tuple) else (out, None)
         loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
         if aux is not None and aux_weight > 0:
             loss = loss + aux_weight * F.cross_entropy(aux, y, label_smoothing=label_smoothing)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if grad_clip > 0:
+            scaler.unscale_(opt)
             nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         with torch.no_grad():
             sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum().float()])
         n += len(y)
@@ -149,6 +158,8 @@ def _retrain(cfg: config_mod.RetrainConfig, resume: bool,
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                           weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr_min)
+    precision = Precision(cfg.precision, device)
+    run, scaler = Runner(net, precision, cfg.compile, "network"), precision.scaler()
     history: list[dict[str, Any]] = []
     start = 0
     ck_path = out / CHECKPOINT
@@ -161,6 +172,8 @@ def _retrain(cfg: config_mod.RetrainConfig, resume: bool,
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
+        if "scaler" in ck:
+            scaler.load_state_dict(ck["scaler"])
         start, history = int(ck["epoch"]), list(ck["history"])
     out.mkdir(parents=True, exist_ok=True)
     steps = len(train)
@@ -178,13 +191,13 @@ def _retrain(cfg: config_mod.RetrainConfig, resume: bool,
             if hasattr(net, "drop_path_prob"):
                 net.drop_path_prob = cfg.drop_path * epoch / cfg.epochs  # DARTS ramps it linearly
             loss, acc = train_epoch(net, train, opt, gen, cfg.grad_clip, cfg.label_smoothing, bar,
-                                    aux_weight=cfg.auxiliary_weight)
+                                    aux_weight=cfg.auxiliary_weight, forward=run, scaler=scaler)
             sched.step()
             rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss, "train_acc": acc, "lr": lr}
             if (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or epoch + 1 == cfg.epochs:
-                rec["test_loss"], rec["test_acc"] = evaluate(net, test)
+                rec["test_loss"], rec["test_acc"] = evaluate(run, test)
                 if val is not None:
-                    rec["val_loss"], rec["val_acc"] = evaluate(net, val)
+                    rec["val_loss"], rec["val_acc"] = evaluate(run, val)
             rec["seconds"] = time.perf_counter() - t0
             history.append(rec)
             msg = f"epoch {epoch + 1}/{cfg.epochs}  train loss {rec['train_loss']:.3f} acc {rec['train_acc']:.3f}"
@@ -199,7 +212,8 @@ def _retrain(cfg: config_mod.RetrainConfig, resume: bool,
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
                 torch_save(ck_path, {"format": "nas-retrain-checkpoint-v1", "config": config_mod.to_dict(cfg),
                                      "data_sha256": bundle.prepared.manifest["sha256"], "epoch": epoch + 1, "model": net.state_dict(), "opt": opt.state_dict(),
-                                     "sched": sched.state_dict(), "history": history})
+                                     "sched": sched.state_dict(), "history": history,
+                                     **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {})})
             if callback is not None:
                 callback(epoch + 1, rec)
     finally:
@@ -208,9 +222,9 @@ def _retrain(cfg: config_mod.RetrainConfig, resume: bool,
     final = history[-1] if history else {}
     if "test_acc" not in final:
         final = dict(final)
-        final["test_loss"], final["test_acc"] = evaluate(net, test)
+        final["test_loss"], final["test_acc"] = evaluate(run, test)
         if val is not None:
-            final["val_loss"], final["val_acc"] = evaluate(net, val)
+            final["val_loss"], final["val_acc"] = evaluate(run, val)
     torch_save(out / MODEL, net.state_dict(), digest=False)  # plain format: loads with torch.load
     result = {
         "space": space.name,
