@@ -9,6 +9,9 @@
 - ``fp16``: autocast in float16 with a ``GradScaler`` on every optimiser step that backpropagates
   through the network (w, and α in a first-order search).
 
+On a CPU, bf16 and fp16 also flush denormal numbers to zero (``torch.set_flush_denormal``), which
+otherwise slow the half-precision kernels down by up to two orders of magnitude.
+
 What always stays in fp32: the parameters (w and α) and their optimisers, the logits handed to
 the loss (cast back before the cross-entropy), the losses, the second-order hypergradient (it
 takes differences of gradients at w ± r·∇, which half precision would round away) and the
@@ -46,6 +49,12 @@ class Precision:
         self.name = name
         self.device_type = torch.device(device).type
         self.dtype = _DTYPES[name]
+        if self.device_type == "cpu":
+            # Half-precision training on a CPU meets fp32 denormals (numbers below 1.2e-38) in the
+            # convolution and batch-norm kernels, which x86 computes up to 100x slower (a GDAS step
+            # in bf16: 25 s instead of 0.6 s).  Mixed precision flushes them to zero, for the whole
+            # process (the backward pass runs outside the autocast block); fp32 keeps IEEE denormals.
+            torch.set_flush_denormal(self.mixed)
 
     @property
     def mixed(self) -> bool:

@@ -16,6 +16,20 @@ class _Killed(Exception):
     pass
 
 
+@pytest.fixture(autouse=True)
+def _ieee_denormals_after():
+    yield
+    torch.set_flush_denormal(False)  # mixed precision switches flushing on for the process
+
+
+def test_mixed_precision_on_cpu_flushes_denormals_and_fp32_keeps_them():
+    tiny = torch.tensor([1e-39])  # an fp32 denormal
+    Precision("bf16", "cpu")
+    assert (tiny * 1.0).item() == 0.0
+    Precision("fp32", "cpu")
+    assert (tiny * 1.0).item() == pytest.approx(1e-39, rel=1e-3)
+
+
 def test_runner_autocasts_the_network_and_returns_fp32():
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
     x = torch.randn(2, 3, 6, 6)
