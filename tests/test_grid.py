@@ -125,11 +125,27 @@ def test_shipped_protocols_load():
     assert paper.report.endswith("paper")
 
 
-def test_committed_results_match_the_table():
+def test_the_bf16_protocol_is_cpu_proxy_in_bf16():
+    """The precision comparison is only fair while the two protocols differ in precision alone."""
+    from conftest import REPO
+
+    from nas import config as config_mod
+
+    files = {n: REPO / "params" / f"{n}.yaml" for n in ("cpu-proxy", "cpu-proxy-bf16")}
+    for stage in ("search", "select"):
+        a, b = (config_mod.to_dict(config_mod.build_config(stage, f)) for f in files.values())
+        assert {k for k in a if a[k] != b[k]} == ({"precision"} if stage == "search" else set())
+    specs = [grid.load_grid(f) for f in files.values()]
+    assert [(s.methods, s.seeds, s.selections, s.pt_methods, s.strength) for s in specs][0] == \
+        [(s.methods, s.seeds, s.selections, s.pt_methods, s.strength) for s in specs][1]
+
+
+@pytest.mark.parametrize("protocol", ["cpu-proxy", "cpu-proxy-bf16"])
+def test_committed_results_match_the_table(protocol):
     """The per-run CSV in the repository is valid and each row's accuracy is the table's."""
     from conftest import REPO
 
-    path = REPO / "data" / "results" / "cpu-proxy" / "runs.csv"
+    path = REPO / "data" / "results" / protocol / "runs.csv"
     rows = grid.read_runs_csv(path)
     table = load_table()
     assert rows
