@@ -13,7 +13,7 @@ GENO = "|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|skip_connect~0|nor_con
 
 
 class _Killed(Exception):
-    pass
+    """Raised from a callback: the run stops as if killed."""
 
 
 @pytest.fixture(autouse=True)
