@@ -144,3 +144,21 @@ def tiny_params(tmp_path: Path):
         path.write_text(yaml.safe_dump(doc))
         return path
     return make
+
+
+class Killed(Exception):
+    """Raised from a callback: the run stops as if killed."""
+
+
+def killed_then_resumed(run, cfg, at: int, **kw):
+    """Run ``run(cfg, callback=...)`` until its state reaches epoch ``at``, stop it there as if
+    killed, then ``run(cfg, resume=True)`` and return that result."""
+    def kill(state):
+        if state.epoch == at:
+            raise Killed
+
+    try:
+        run(cfg, callback=kill, **kw)
+    except Killed:
+        return run(cfg, resume=True, **kw)
+    raise AssertionError(f"the run finished without reaching epoch {at}")

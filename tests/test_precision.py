@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import Killed, killed_then_resumed
 
 from nas.config import build_config
 from nas.precision import Precision, Runner
@@ -10,10 +11,6 @@ from nas.train import retrain
 from nas.utils import NasError, torch_load
 
 GENO = "|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|skip_connect~0|nor_conv_1x1~1|nor_conv_3x3~2|"
-
-
-class _Killed(Exception):
-    """Raised from a callback: the run stops as if killed."""
 
 
 @pytest.fixture(autouse=True)
@@ -78,14 +75,8 @@ def test_mixed_precision_search_resumes_exactly(tiny_search, tmp_path, precision
     full = search(build_config("search", overrides=tiny_search(epochs=3, precision=precision,
                                                                out=str(tmp_path / "full"))))
 
-    def kill(state):
-        if state.epoch == 1:
-            raise _Killed
-
     cfg = build_config("search", overrides=tiny_search(epochs=3, precision=precision, out=str(tmp_path / "cut")))
-    with pytest.raises(_Killed):
-        search(cfg, callback=kill)
-    resumed = search(cfg, resume=True)
+    resumed = killed_then_resumed(search, cfg, at=1)
     assert resumed["alpha"] == full["alpha"]
     assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in full["history"]]
 
@@ -133,10 +124,10 @@ def test_compiled_search_is_deterministic_and_resumes(tiny_search, tmp_path, mon
     def kill(state):
         states.append(state)
         if state.epoch == 1:
-            raise _Killed
+            raise Killed
 
     cfg = build_config("search", overrides=tiny_search(epochs=3, compile=True, out=str(tmp_path / "cut")))
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         search(cfg, callback=kill)
     assert states[-1].forward.compiled
     resumed = search(cfg, resume=True)
@@ -160,9 +151,9 @@ def test_bf16_retrain_learns_resumes_and_saves_fp32_weights(tmp_path):
 
     def kill(epoch, rec):
         if epoch == 1:
-            raise _Killed
+            raise Killed
 
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         retrain(cfg("cut"), callback=kill)
     resumed = retrain(cfg("cut"), resume=True)
     assert resumed["test_acc"] == full["test_acc"]

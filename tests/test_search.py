@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from conftest import killed_then_resumed
 
 from nas.config import build_config
 from nas.search import CHECKPOINT, search
@@ -50,23 +51,18 @@ def test_second_order_differs_from_first_order(tiny_search, tmp_path):
     assert a["alpha"] != b["alpha"]
 
 
-class _Killed(Exception):
-    pass
-
-
 @pytest.mark.parametrize("order", [1, 2])
 def test_resume_after_interruption_gives_the_same_final_alpha(tiny_search, tmp_path, order):
     full = search(build_config("search", overrides=tiny_search(epochs=4, order=order, out=str(tmp_path / "full"))))
 
-    def kill_after_two(state):
-        if state.epoch == 2:
-            raise _Killed
-
     cfg = build_config("search", overrides=tiny_search(epochs=4, order=order, out=str(tmp_path / "cut")))
-    with pytest.raises(_Killed):
-        search(cfg, callback=kill_after_two)
-    assert not (tmp_path / "cut" / "result.json").exists()
-    resumed = search(cfg, resume=True)
+
+    def no_result_yet(c, **kw):
+        if kw.get("resume"):
+            assert not (tmp_path / "cut" / "result.json").exists()
+        return search(c, **kw)
+
+    resumed = killed_then_resumed(no_result_yet, cfg, at=2)
     assert resumed["alpha"] == full["alpha"]
     assert resumed["genotype"] == full["genotype"]
     assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in full["history"]]
