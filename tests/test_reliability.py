@@ -537,13 +537,16 @@ def test_concurrent_sweep_workers_finish_exactly_the_requested_trials(tmp_path, 
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'fresh-mlflow.db'}", "NAS_OPTUNA_HEARTBEAT": "3",
            "NAS_MLFLOW": "1"}
 
-    def worker(i: int, n: int, params: Path = params) -> subprocess.Popen:
+    def worker(i: int, n: int, params: Path = params, heartbeat: int = 3) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-c", SWEEP_WORKER, storage, str(n), str(params),
-                                 str(tmp_path / "trials"), str(i)], env=env, text=True,
+                                 str(tmp_path / "trials"), str(i)],
+                                env={**env, "NAS_OPTUNA_HEARTBEAT": str(heartbeat)}, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     # three workers on a fresh study and a fresh MLflow store: no crash, exactly 4 finished trials
-    procs = [worker(i, 4) for i in range(3)]
+    # (a long heartbeat here: three searches on 2 cores can starve a heartbeat thread for seconds,
+    # and a live trial must not be taken for a dead one; the kill below uses 3 s)
+    procs = [worker(i, 4, heartbeat=30) for i in range(3)]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [o[1][-1500:] for o in outs]
     study = optuna.load_study(study_name="s", storage=storage)
