@@ -1,0 +1,84 @@
+"""Golden runs: every method on NB201, S2 and the DARTS space, 2 epochs on the embedded digits at
+a fixed seed.  Their final α, mixing weights, genotype and losses are committed in
+``tests/golden/searches.json``; any change of the search's behaviour shows here.
+
+Recording (only after a deliberate change of behaviour): ``NAS_GOLDEN_RECORD=1 pytest tests/test_golden.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from nas.config import build_config
+from nas.search import search
+
+GOLDEN = Path(__file__).parent / "golden" / "searches.json"
+
+# (name, overrides): every method, plus the variants that take other paths through the loop
+CASES = {
+    "darts": {},
+    "darts-2nd": {"order": 2},
+    "snas": {},
+    "gdas": {},
+    "drnas": {},
+    "drnas-progressive": {"progressive": True, "epochs": 4, "arch_warmup": 1},
+    "sdarts-rs": {},
+    "sdarts-adv": {"adv_steps": 2},
+    "pc-darts": {},
+    "rsps": {"rsps_candidates": 3},
+    "random": {"random_samples": 2, "random_epochs": 1},
+}
+SPACES = {"nb201": {"cells": 1}, "s2": {"cells": 2}, "darts": {"cells": 2}}
+
+
+def _runs() -> list[tuple[str, str]]:
+    return [(space, case) for space in SPACES for case in CASES
+            if not (case == "drnas-progressive" and space != "nb201")]
+
+
+def _run(tmp_path: Path, space: str, case: str) -> dict:
+    overrides = dict(CASES[case])
+    method = "drnas" if case.startswith("drnas") else "darts" if case == "darts-2nd" else case
+    kw = dict(dataset="digits", cache_dir=str(tmp_path / "cache"), epochs=2, channels=8, batch_size=32,
+              steps_per_epoch=3, out=str(tmp_path / f"{space}-{case}"), device="cpu", progress=False, seed=7,
+              space=space, method=method, **SPACES[space])
+    kw.update(overrides)
+    res = search(build_config("search", overrides=kw))
+    return {"genotype": res["genotype"], "alpha": res["alpha"], "weights": res["weights"],
+            "train_loss": [h["train_loss"] for h in res["history"]],
+            "val_loss": [h.get("val_loss") for h in res["history"]]}
+
+
+def _close(a, b, tol: float) -> bool:
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y, tol) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or math.isclose(a, b, rel_tol=tol, abs_tol=tol)
+    return a == b
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict:
+    if os.environ.get("NAS_GOLDEN_RECORD"):
+        return {}
+    return json.loads(GOLDEN.read_text())
+
+
+@pytest.mark.parametrize("space,case", _runs())
+def test_search_matches_the_golden_run(golden, tmp_path, space, case):
+    got = _run(tmp_path, space, case)
+    key = f"{space}/{case}"
+    if os.environ.get("NAS_GOLDEN_RECORD"):
+        data = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
+        data[key] = got
+        GOLDEN.write_text(json.dumps(dict(sorted(data.items())), indent=1) + "\n")
+        return
+    want = golden[key]
+    assert got["genotype"] == want["genotype"]
+    for field in ("alpha", "weights", "train_loss", "val_loss"):
+        assert _close(got[field], want[field], 1e-6), f"{key}: {field} differs from the golden run"
