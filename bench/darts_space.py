@@ -27,9 +27,10 @@ DARTS_V2 = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_co
 
 def search_step(device: str):
     from nas.spaces import get_space
+    from nas.supernet import Supernet
 
     space = get_space("darts")
-    net = space.build_supernet(16, 8, 10, 3, 1).to(device).to(memory_format=torch.channels_last)
+    net = Supernet(space, 16, 8, 10, 3, 1).to(device).to(memory_format=torch.channels_last)
     alpha = torch.nn.Parameter(1e-3 * torch.randn(space.alpha_shape, device=device))
     w_opt = torch.optim.SGD(net.parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam([alpha], 3e-4, betas=(0.5, 0.999), weight_decay=1e-3)

@@ -55,25 +55,25 @@ def measure(args: argparse.Namespace, sets: list[str]) -> dict:
                                                "out": "/tmp/nas-bench-methods", "progress": False},
                        [*args.set, *sets])
     s = Search(cfg)
-    bundle, w_stream, a_stream = s._data()
-    st = s._state(bundle)
+    bundle, w_stream, a_stream = s.streams()
+    st = s.build_state(bundle)
     steps_full = len(w_stream)
     t0 = time.perf_counter()
     if cfg.compile:  # compile outside the measured memory (the compiler's own memory is not the step's)
-        s._epoch(st, w_stream, a_stream, args.warmup, None)
+        s.run_epoch(st, w_stream, a_stream, args.warmup, None)
     warmup_s = time.perf_counter() - t0
     rss0 = reset_peak_rss()  # from here on: activations, gradients, optimiser state
-    s._epoch(st, w_stream, a_stream, args.warmup, None)  # warm-up
+    s.run_epoch(st, w_stream, a_stream, args.warmup, None)  # warm-up
     times = []
     for r in range(args.repeats):
         t0 = time.perf_counter()
         st.epoch = r + 1
-        s._epoch(st, w_stream, a_stream, args.steps, None)
+        s.run_epoch(st, w_stream, a_stream, args.steps, None)
         times.append((time.perf_counter() - t0) / args.steps)
     peak = (vm("VmHWM") - rss0) if rss0 is not None else float("nan")
     # saved activations of one w step
     x, y = next(iter(w_stream.epoch(None)))
-    from nas.train import saved_tensor_bytes
+    from nas.loops import saved_tensor_bytes
 
     total = saved_tensor_bytes(lambda: F.cross_entropy(st.forward(x, s.mix(st, 0, None).detach()), y).backward())
     ms = 1000 * statistics.median(times)

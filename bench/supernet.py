@@ -73,9 +73,10 @@ def build(impl: str, cfg: dict, device: str, setting: str = "fp32"):
         net = nb201.build_network(geno, cfg["C"], cfg["N"], 10).to(device)
         w_params, a_params = list(net.parameters()), []
     else:
+        from nas.spaces import NB201 as nb201_space
         from nas.supernet import Supernet
 
-        net = Supernet(cfg["C"], cfg["N"], 10, 3).to(device)
+        net = Supernet(nb201_space, cfg["C"], cfg["N"], 10, 3).to(device)
         alpha = torch.nn.Parameter(1e-3 * torch.randn(6, 5, device=device))
         w_params, a_params = list(net.parameters()), [alpha]
     if impl != "xautodl" and CHANNELS_LAST:  # the project's search and retrain default

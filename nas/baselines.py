@@ -1,40 +1,42 @@
 """The random-search baseline: sample architectures uniformly, train each from scratch briefly
 on the w split, and keep the one with the best accuracy on the α split.
 
-It trains no supernet, so it is not a method of the search loop; it reuses the discrete
-training loop of ``nas.train``.  Progress is checkpointed after every candidate.
+It trains no supernet: the ``random`` method (``nas.methods.random``) runs this instead of the
+search loop, with the loop's data, precision and run folder (``engine``, a ``nas.search.Search``).
+It reuses the discrete training loop of ``nas.loops``.  Progress is checkpointed after every
+candidate.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from nas import config as config_mod
+from nas.loops import evaluate, train_epoch
 from nas.precision import Runner
-from nas.train import evaluate, train_epoch
+from nas.progress import log_line, progress_bar
+from nas.rng import rng_stream
+from nas.rundir import CHECKPOINT_FORMAT, SEARCH_CHECKPOINT, SEARCH_RESULT, search_result
 from nas.utils import generator_for, seed_everything, torch_save, write_json
 
-if TYPE_CHECKING:  # pragma: no cover
-    from nas.search import Search
 
-
-def random_search(search: Search, resume: bool = False) -> dict[str, Any]:
-    from nas.search import CHECKPOINT, RESULT, _log, _progress
-
+def random_search(search: Any, resume: bool = False) -> dict[str, Any]:
+    """Train ``random_samples`` sampled cells briefly and keep the best; writes the run folder's
+    ``result.json`` like a search (``resume`` continues after the last finished candidate).
+    ``search`` is the ``nas.search.Search`` of the run."""
     cfg, space, device = search.cfg, search.space, search.device
-    bundle, w_stream, a_stream = search._data()
+    bundle, w_stream, a_stream = search.streams()
     eval_stream = bundle.stream(a_stream.indices, cfg.eval_batch_size, augment=False)
     candidates: list[dict[str, Any]] = []
-    ck_path = search.out / CHECKPOINT
+    ck_path = search.out / SEARCH_CHECKPOINT
     if resume and ck_path.is_file():
         candidates = list(search.read_checkpoint()["history"])
     search.out.mkdir(parents=True, exist_ok=True)
-    gen = generator_for(cfg.seed, 606)
+    gen = generator_for(cfg.seed, rng_stream("random-candidates"))
     genotypes = [space.random_genotype(gen) for _ in range(cfg.random_samples)]
-    bar = _progress(cfg.progress, total=cfg.random_samples * cfg.random_epochs * len(w_stream),
+    bar = progress_bar(cfg.progress, total=cfg.random_samples * cfg.random_epochs * len(w_stream),
                     initial=len(candidates) * cfg.random_epochs * len(w_stream), desc="random")
     try:
         for c in range(len(candidates), cfg.random_samples):
@@ -49,7 +51,8 @@ def random_search(search: Search, resume: bool = False) -> dict[str, Any]:
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.random_epochs, eta_min=cfg.w_lr_min)
             run, scaler = Runner(net, search.precision, cfg.compile, "network"), search.precision.scaler()
             for e in range(cfg.random_epochs):
-                loss, acc = train_epoch(net, w_stream, opt, generator_for(cfg.seed, 607, c, e, device=device),
+                gen_e = generator_for(cfg.seed, rng_stream("random-batches"), c, e, device=device)
+                loss, acc = train_epoch(net, w_stream, opt, gen_e,
                                         cfg.grad_clip, 0.0, bar, forward=run, scaler=scaler)
                 sched.step()
             val_loss, val_acc = evaluate(run, eval_stream)
@@ -57,8 +60,8 @@ def random_search(search: Search, resume: bool = False) -> dict[str, Any]:
                    "train_acc": acc, "val_loss": val_loss, "val_acc": val_acc,
                    "seconds": time.perf_counter() - t0}
             candidates.append(rec)
-            _log(bar, f"candidate {c + 1}/{cfg.random_samples}  val acc {val_acc:.3f}  {rec['genotype']}")
-            torch_save(ck_path, {"format": "nas-search-checkpoint-v1", "config": config_mod.to_dict(cfg),
+            log_line(bar, f"candidate {c + 1}/{cfg.random_samples}  val acc {val_acc:.3f}  {rec['genotype']}")
+            torch_save(ck_path, {"format": CHECKPOINT_FORMAT, "config": cfg.model_dump(),
                                  "data_sha256": search.data_sha256, "epoch": c + 1, "history": candidates})
     finally:
         if bar is not None:
@@ -66,23 +69,8 @@ def random_search(search: Search, resume: bool = False) -> dict[str, Any]:
     best = max(range(len(candidates)), key=lambda i: (candidates[i]["val_acc"], -i))
     geno = space.parse_genotype(candidates[best]["genotype"])
     one_hot = space.genotype_weights(geno)
-    result = {
-        "space": space.name,
-        "method": "random",
-        "order": cfg.order,
-        "selection": "random",
-        "genotype": space.format_genotype(geno),
-        **({"genotype_json": space.genotype_json(geno)} if space.genotype_json else {}),
-        "ops": list(space.ops),
-        "edge_ops": [list(o) for o in space.edge_ops],
-        "alpha": None,
-        "weights": one_hot.tolist(),
-        "method_info": search.method.describe(),
-        "dataset": bundle.describe(cfg.dataset),
-        "device": str(device),
-        "seconds": sum(c["seconds"] for c in candidates),
-        "config": config_mod.to_dict(cfg),
-        "history": candidates,
-    }
-    write_json(search.out / RESULT, result)
+    result = search_result(space, search.method.describe(), cfg.model_dump(), geno, search.method.selection,
+                           alpha=None, weights=one_hot.tolist(), dataset=bundle.describe(cfg.dataset),
+                           device=str(device), seconds=sum(c["seconds"] for c in candidates), history=candidates)
+    write_json(search.out / SEARCH_RESULT, result)
     return result

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from nas.spaces import nb201
+from nas.spaces import get_space, nb201
 from nas.utils import NasError, clip
 
 COLUMNS = {
@@ -136,3 +136,14 @@ def load_table(path: str | Path | None = None) -> NB201Table:
     if not p.is_file():
         raise NasError(f"{p}: NAS-Bench-201 table not found")
     return _load(str(p.resolve()), p.stat().st_mtime_ns)
+
+
+def benchmark_lookup(space: str, genotype: str, dataset: str = "cifar10") -> dict[str, Any] | None:
+    """The lookup of a genotype in its space's benchmark table, or None for a space without one
+    (or when the table is not there)."""
+    if get_space(space).benchmark is None:
+        return None
+    try:
+        return load_table().lookup(genotype, dataset)
+    except NasError:
+        return None

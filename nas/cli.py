@@ -183,7 +183,7 @@ def _overrides(args: argparse.Namespace, keys: Sequence[str]) -> dict[str, Any]:
 
 
 def _maybe_lookup(space: str, genotype: str) -> dict[str, Any] | None:
-    from nas.stages import nb201_lookup
+    from nas.benchmarks import benchmark_lookup as nb201_lookup
 
     return nb201_lookup(space, genotype)
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nas.rng import rng_stream
 from nas.utils import (
     NasError,
     atomic_write,
@@ -535,7 +536,7 @@ def load_prepared(path: str | Path, verify: bool = True) -> Prepared:
 
 def balanced_subset(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:
     """Indices of up to ``per_class`` images of each class, chosen by a seeded permutation."""
-    g = generator_for(seed, 101)
+    g = generator_for(seed, rng_stream("subset"))
     chosen = []
     for c in torch.unique(labels).tolist():
         idx = torch.nonzero(labels == c).flatten()
@@ -546,7 +547,7 @@ def balanced_subset(labels: torch.Tensor, per_class: int, seed: int) -> torch.Te
 def search_split(n_or_idx: int | torch.Tensor, portion: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Disjoint (w, alpha) index sets from the training set, by a seeded permutation."""
     idx = torch.arange(n_or_idx) if isinstance(n_or_idx, int) else n_or_idx
-    perm = idx[torch.randperm(len(idx), generator=generator_for(seed, 202))]
+    perm = idx[torch.randperm(len(idx), generator=generator_for(seed, rng_stream("split")))]
     k = int(round(len(idx) * portion))
     if k == 0 or k == len(idx):
         raise NasError(f"train_portion {portion} leaves an empty w or alpha split of {len(idx)} images")
@@ -711,3 +712,13 @@ def load_bundle(cfg: Any, device: torch.device) -> DataBundle:
     flip = prep.manifest.get("flip", True) if cfg.flip is None else cfg.flip
     return DataBundle(prep, x, tx, prep.num_classes, prep.channels, size, prep.manifest["mean"],
                       prep.manifest["std"], bool(flip), padding, bool(getattr(cfg, "channels_last", False)))
+
+
+def search_streams(cfg: Any, device: torch.device) -> tuple[DataBundle, BatchStream, BatchStream]:
+    """A search's data: the (class-balanced ``subset`` of the) training images, split into the w
+    and the α part, as augmented batch streams."""
+    bundle = load_bundle(cfg, device)
+    labels = bundle.prepared.train_y
+    idx = balanced_subset(labels, cfg.subset, cfg.seed) if cfg.subset else torch.arange(len(labels))
+    w_idx, a_idx = search_split(idx, cfg.train_portion, cfg.seed)
+    return bundle, bundle.stream(w_idx, cfg.batch_size, cfg.augment), bundle.stream(a_idx, cfg.batch_size, cfg.augment)

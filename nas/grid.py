@@ -32,12 +32,19 @@ from pathlib import Path
 from typing import Any
 
 from nas import config as config_mod
-from nas.utils import NasError, atomic_write, check_output_dir, sha256_file, write_json
+from nas.benchmarks import load_table
+from nas.methods import METHOD_NAMES as METHODS
+from nas.methods import trains_alpha
+from nas.rundir import SEARCH_RESULT, read_search_result, same_config
+from nas.search import search
+from nas.select import op_strength
+from nas.spaces import get_space
+from nas.stages import resume_or_restart, select_stage
+from nas.tracking import op_means
+from nas.utils import NasError, RunLock, atomic_write, check_output_dir, sha256_file, write_json
 
 DATASETS = ("cifar10", "cifar100", "imagenet16-120")
 SELECTIONS = ("magnitude", "pt")
-# methods whose architecture is not read from α (random search, RSPS): one row, their own selection
-NO_ALPHA = ("random", "rsps")
 RUN_FIELDS = ["protocol", "method", "selection", "seed", "genotype", *DATASETS, "search_minutes",
               "select_minutes", "final_eigenvalue", "skip_edges"]
 
@@ -68,8 +75,6 @@ def load_grid(protocol: str | Path, out: str | None = None, report: str | None =
               methods: list[str] | None = None, seeds: list[int] | None = None,
               selections: list[str] | None = None) -> GridSpec:
     """Read and check a protocol's ``grid:`` section (arguments override it)."""
-    from nas.methods import METHOD_NAMES as METHODS
-
     path = Path(protocol)
     doc = config_mod.load_yaml(path, "protocol file")
     grid = doc.get("grid", {})
@@ -102,27 +107,17 @@ def load_grid(protocol: str | Path, out: str | None = None, report: str | None =
                     out or f"runs/grid/{name}", report or f"data/results/{name}")
 
 
-def _same_config(saved: dict[str, Any], now: dict[str, Any]) -> bool:
-    from nas.search import RESUME_FREE_KEYS
-
-    defaults = config_mod.to_dict(config_mod.SearchConfig())
-    return all(saved.get(k, defaults[k]) == v for k, v in now.items() if k not in RESUME_FREE_KEYS)
-
-
 def cached_search(cfg: config_mod.SearchConfig) -> tuple[dict[str, Any], bool]:
     """The search of ``cfg``: read back when ``<out>/result.json`` was written with the same config,
     otherwise run (resuming a checkpoint if one is there). Returns (result, was_cached)."""
-    from nas.search import RESULT, search
-    from nas.stages import read_search_result
-
-    path = Path(cfg.out) / RESULT
+    path = Path(cfg.out) / SEARCH_RESULT
     if path.is_file():
         try:
             res = read_search_result(path)  # schema-checked: a corrupt result is computed again
         except NasError as exc:
             print(f"{exc}; finishing the search again from its checkpoint", file=sys.stderr, flush=True)
             res = None
-        if res and _same_config(res.get("config", {}), config_mod.to_dict(cfg)):
+        if res and same_config(res.get("config", {}), config_mod.to_dict(cfg), config_mod.to_dict(config_mod.SearchConfig())):
             return res, True
     return search(cfg, resume=True), False
 
@@ -141,8 +136,6 @@ def cached_selection(sel_cfg: config_mod.SelectConfig, search_result: Path) -> t
             old = {}
         if old.get("search_digest") == digest and old.get("select_config") == key:
             return old, True
-    from nas.stages import resume_or_restart, select_stage
-
     # PT checkpoints each decision in its folder: an interrupted grid continues the selection
     sel = resume_or_restart(select_stage, sel_cfg)
     sel = {**sel, "search_digest": digest, "select_config": key}
@@ -166,8 +159,6 @@ def run_cell(protocol: str, method: str, seed: int, selections: list[str], out: 
     Returns one row per selection (``RUN_FIELDS``).  The cell's folder is claimed for the whole
     computation: a second grid on the same folder waits for it (``wait``) or gets ``CellBusy``,
     and then reads the finished cell back instead of computing it again."""
-    from nas.utils import RunLock
-
     cell = Path(out) / f"{method}-s{seed}"
     try:
         with RunLock(cell, wait=wait, what="grid cell"):
@@ -182,9 +173,6 @@ def _run_cell(protocol: str, method: str, seed: int, selections: list[str], out:
               pt_methods: list[str] | None, strength: bool, threads: int, progress: bool) -> list[dict[str, Any]]:
     import torch
 
-    from nas.benchmarks import load_table
-    from nas.search import RESULT
-
     if threads:
         torch.set_num_threads(threads)
     name = Path(protocol).stem
@@ -193,7 +181,7 @@ def _run_cell(protocol: str, method: str, seed: int, selections: list[str], out:
     if data:
         overrides["data"] = data
     cfg = config_mod.build_config("search", protocol, overrides)
-    if cfg.space != "nb201":
+    if get_space(cfg.space).benchmark is None:
         raise NasError(f"{protocol}: the benchmark grid needs search.space nb201 (the table is NAS-Bench-201's), "
                        f"got {cfg.space!r}")
     res, cached = cached_search(cfg)
@@ -203,31 +191,30 @@ def _run_cell(protocol: str, method: str, seed: int, selections: list[str], out:
     base = {"protocol": name, "method": method, "seed": seed, "search_minutes": res["seconds"] / 60,
             "final_eigenvalue": _final_eigenvalue(res)}
     rows = []
-    todo = [res["selection"]] if method in NO_ALPHA else list(selections)
+    own = not trains_alpha(method)  # one row, the method's own selection
+    todo = [res["selection"]] if own else list(selections)
     for selection in todo:
         if selection == "pt" and pt_methods is not None and method not in pt_methods:
             continue
-        if selection in ("magnitude", *NO_ALPHA):
+        if selection == "magnitude" or own:
             geno, minutes = res["genotype"], 0.0
         else:
             sel_cfg = config_mod.build_config("select", protocol, {
                 "method": selection, "run": str(cell / "search"), "out": str(cell / f"select-{selection}"),
                 "seed": seed, "progress": progress})
-            sel, was = cached_selection(sel_cfg, cell / "search" / RESULT)
+            sel, was = cached_selection(sel_cfg, cell / "search" / SEARCH_RESULT)
             geno, minutes = sel["genotype"], sel.get("seconds", 0.0) / 60
             print(f"[grid {name}] {method} seed {seed}: {selection} {'cached' if was else 'done'} -> {geno}",
                   file=sys.stderr, flush=True)
         accs = {d: table.accuracy(geno, d) for d in DATASETS}
         rows.append({**base, "selection": selection, "genotype": geno, **accs, "select_minutes": minutes,
                      "skip_edges": geno.count("skip_connect")})
-    if strength and method not in NO_ALPHA:
+    if strength and not own:
         sfile = cell / "strength" / "strength.json"
-        if not sfile.is_file() or json.loads(sfile.read_text()).get("search_digest") != sha256_file(cell / "search" / RESULT):
-            from nas.select import op_strength
-
+        if not sfile.is_file() or json.loads(sfile.read_text()).get("search_digest") != sha256_file(cell / "search" / SEARCH_RESULT):
             sel_cfg = config_mod.build_config("select", protocol, {"run": str(cell / "search"), "progress": progress})
             summary = op_strength(cell / "search", sel_cfg, cell / "strength")
-            write_json(sfile, {**summary, "search_digest": sha256_file(cell / "search" / RESULT)})
+            write_json(sfile, {**summary, "search_digest": sha256_file(cell / "search" / SEARCH_RESULT)})
     return [{k: r[k] for k in RUN_FIELDS} for r in rows]
 
 
@@ -382,8 +369,6 @@ def table_markdown(summary: list[dict[str, Any]], oracle: dict[str, float], titl
 
 def write_report(spec: GridSpec, rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Table (markdown + CSV), per-run CSV and figures under ``spec.report``; returns the paths."""
-    from nas.benchmarks import load_table
-
     report = Path(spec.report)
     runs_csv = report / "runs.csv"
     if rows:
@@ -427,13 +412,10 @@ def collect_curves(spec: GridSpec, folder: Path) -> dict[str, Any]:
     weight per epoch, the top-eigenvalue curve and the strength analysis.  They are read from the
     run directories and kept in ``curves.json`` beside the table, so the figures can be redrawn
     from committed data (``nas grid --report-only``) without the run directories."""
-    from nas.spaces import get_space
-    from nas.tracking import op_means
-
     path = folder / "curves.json"
     curves: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     for m in spec.methods:
-        if m in NO_ALPHA:
+        if not trains_alpha(m):
             continue
         for s in spec.seeds:
             res = _result(spec, m, s)
@@ -475,7 +457,7 @@ def draw_figures(spec: GridSpec, rows: list[dict[str, Any]], folder: Path) -> li
         plt.close(fig)
         written.append(str(folder / name))
 
-    methods = [m for m in spec.methods if m not in NO_ALPHA]
+    methods = [m for m in spec.methods if trains_alpha(m)]
     runs = {m: [curves[f"{m}/{s}"] for s in spec.seeds if f"{m}/{s}" in curves] for m in methods}
     runs = {m: r for m, r in runs.items() if r}
     # 1. each op's mean mixing weight over the epochs: mean over seeds, band = min..max over seeds
@@ -584,6 +566,4 @@ def draw_figures(spec: GridSpec, rows: list[dict[str, Any]], folder: Path) -> li
 
 
 def _oracle_c10() -> float:
-    from nas.benchmarks import load_table
-
     return load_table().oracle("cifar10")[1]

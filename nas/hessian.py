@@ -17,6 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from nas.rng import rng_stream
+from nas.utils import generator_for
+
 
 def hvp(loss_fn: Callable[[torch.Tensor], torch.Tensor], alpha: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """H v for H = ∇²_α loss_fn(α), by double backprop."""
@@ -113,13 +116,12 @@ def lanczos_top(loss_fn: Callable[[torch.Tensor], torch.Tensor], alpha: torch.Te
 
 def fixed_batches(stream, n_batches: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first ``n_batches`` batches of a seeded, unaugmented pass over ``stream``'s images."""
-    from nas.utils import generator_for
-
     aug = stream.augment
     stream.augment = False
     try:
         out = []
-        for b, batch in enumerate(stream.epoch(generator_for(seed, 707, device=stream.device))):
+        gen = generator_for(seed, rng_stream("hessian-batches"), device=stream.device)
+        for b, batch in enumerate(stream.epoch(gen)):
             if b >= n_batches:
                 break
             out.append(batch)

@@ -16,7 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from nas.utils import NasError, RunLock, clip
+from nas.schemas import validate_search_result
+from nas.spaces import get_space
+from nas.utils import NasError, RunLock, clip, read_json
 
 
 @contextmanager
@@ -65,3 +67,64 @@ def check_resume(path: Path, saved: dict[str, Any], now: dict[str, Any], default
     if saved_data is not None and data is not None and saved_data != data:
         raise NasError(f"{path}: cannot resume, the data changed (the checkpoint was trained on prepared data "
                        f"{saved_data[:12]}, this run reads {data[:12]}); use another --out or --force")
+
+
+# --------------------------------------------------------------------------- search runs
+
+SEARCH_CHECKPOINT = "checkpoint.pt"
+SEARCH_RESULT = "result.json"
+CHECKPOINT_FORMAT = "nas-search-checkpoint-v1"
+# Keys that may differ between an interrupted search and its resumption (and between a cached
+# search and the grid's request for it).  ``data`` may move: its content is checked through the
+# prepared file's SHA-256 instead.
+SEARCH_FREE_KEYS = frozenset({"out", "progress", "device", "cache_dir", "checkpoint_every", "data",
+                              "eval_batch_size"})
+# Files of a search run folder: a new run refuses a folder holding any of them (without --force).
+SEARCH_RUN_FILES = (SEARCH_CHECKPOINT, SEARCH_RESULT, "snapshots")
+
+
+def search_result(space: Any, method_info: dict[str, Any], config: dict[str, Any], genotype: Any, selection: str,
+                  alpha: Any, weights: Any, dataset: dict[str, Any], device: str, seconds: float,
+                  history: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """The ``result.json`` of a search (of the loop or of a baseline): what was searched, the
+    architecture it selected, and its history; ``extra`` keys follow."""
+    return {
+        "space": space.name,
+        "method": method_info["name"],
+        "order": config["order"],
+        "selection": selection,
+        "genotype": space.format_genotype(genotype),
+        **({"genotype_json": space.genotype_json(genotype)} if space.genotype_json else {}),
+        "ops": list(space.ops),
+        "edge_ops": [list(o) for o in space.edge_ops],
+        "alpha": alpha,
+        "weights": weights,
+        **({"mask": extra.pop("mask")} if "mask" in extra else {}),
+        "method_info": method_info,
+        "dataset": dataset,
+        "device": device,
+        "seconds": seconds,
+        "config": config,
+        "history": history,
+        **extra,
+    }
+
+
+def read_search_result(run: str | Path) -> dict[str, Any]:
+    """A search's ``result.json`` (or its run folder's), schema-checked: a one-line error names
+    the file and the key that is wrong."""
+    path = Path(run)
+    if path.is_dir():
+        path = path / SEARCH_RESULT
+    if not path.is_file():
+        raise NasError(f"{path}: search result not found (expected a run directory written by 'nas search')")
+    res = read_json(path)
+    space = get_space(res["space"]) if isinstance(res, dict) and isinstance(res.get("space"), str) else None
+    return validate_search_result(res, str(path), space.alpha_shape if space else None)
+
+
+def same_config(saved: dict[str, Any], now: dict[str, Any], defaults: dict[str, Any],
+                free: Iterable[str] = SEARCH_FREE_KEYS) -> bool:
+    """Whether a finished run's config is the one asked for now (``free`` keys aside; keys newer
+    than the run count as their default)."""
+    return config_difference(saved, now, defaults, free) is None

@@ -1,7 +1,19 @@
-"""The one bi-level search loop: alternate an α step on the α split and a w step on the w split.
+"""The search engine: the one bi-level loop, alternating an α step on the α split and a w step on
+the w split, over the one supernet of any space.
 
-Methods plug in through ``nas.methods.Method``: how the mixing weights come from α, how the w
-step's weights are perturbed, partial channels, and whether α is trained at all.
+Methods plug in through ``nas.methods.Method`` (how the mixing weights come from α, how the w
+step's weights are perturbed, partial channels, the stage schedule, whether α is trained, the
+final selection); the loop holds no method names.  Its public API, used by selection, the
+baselines, the grid and the benchmarks:
+
+- ``Search(cfg)``: the space, the method, the device;
+- ``streams()``: the search data (bundle, w stream, α stream); ``build_state(bundle)``: a fresh
+  ``SearchState`` (supernet, architecture, optimisers);
+- ``run_epoch(st, ...)``: one epoch (``alpha=False``: w only, as PT's fine-tuning);
+- ``read_checkpoint()`` / ``load_checkpoint(st, ck)`` / ``save_checkpoint(st)``;
+- ``mix(st, epoch, gen)``: training mixing weights; ``expected_mix(st)`` / ``expected(st)``:
+  deterministic ones; ``evaluate(st, stream, mix)``: supernet accuracy; ``hessian(st, stream)``;
+- ``run()``: a whole search, writing ``result.json`` and ``checkpoint.pt``.
 
 First order: ∇_α L_val(w, α).  Second order (DARTS, Liu et al. 2019, eq. 7-8): the gradient at
 the virtual step w' = w - ξ (μ·m + ∇_w L_train(w, α) + λ·w), i.e. the next SGD step of the w
@@ -17,7 +29,6 @@ network is built per step.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,66 +40,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas import config as config_mod
-from nas.data import DataBundle, balanced_subset, load_bundle, search_split
-from nas.methods import Method, build_method
+from nas import hessian as hessian_mod
+from nas.arch import Architecture
+from nas.data import BatchStream, DataBundle, search_streams
+from nas.methods import Method, Stage, build_method
+from nas.mix import Mix
 from nas.precision import Precision, Runner
-from nas.rundir import check_resume, claim
+from nas.progress import log_line, progress_bar
+from nas.rng import rng_stream
+from nas.rundir import (
+    CHECKPOINT_FORMAT,
+    SEARCH_CHECKPOINT,
+    SEARCH_FREE_KEYS,
+    SEARCH_RESULT,
+    SEARCH_RUN_FILES,
+    check_resume,
+    claim,
+    search_result,
+)
 from nas.spaces import SearchSpace, get_space
-from nas.supernet import Mix
+from nas.supernet import Supernet
 from nas.utils import NasError, generator_for, resolve_device, seed_everything, torch_load, torch_save, write_json
 
-CHECKPOINT = "checkpoint.pt"
-RESULT = "result.json"
-# Keys that may differ between an interrupted run and its resumption.
-# ``data`` may move: its content is checked through the prepared file's SHA-256 instead.
-RESUME_FREE_KEYS = {"out", "progress", "device", "cache_dir", "checkpoint_every", "data", "eval_batch_size"}
-# Files of a search run folder: a new run refuses a folder holding any of them (without --force).
-RUN_FILES = (CHECKPOINT, RESULT, "snapshots")
-
-
-class Architecture(nn.Module):
-    """The architecture parameters: α ``[edges, ops]``, optional edge-normalisation β ``[edges]``
-    (PC-DARTS), and the mask of ops still in the space (DrNAS progressive pruning)."""
-
-    def __init__(self, space: SearchSpace, edge_norm: bool, gen: torch.Generator):
-        super().__init__()
-        n_edges = space.alpha_shape[0]
-        self.alpha = nn.Parameter(1e-3 * torch.randn(space.alpha_shape, generator=gen))
-        self.beta = nn.Parameter(1e-3 * torch.randn(n_edges, generator=gen)) if edge_norm else None
-        self.register_buffer("mask", torch.ones(space.alpha_shape, dtype=torch.bool))
-        # PT selection: op decided per edge (-1 = not decided); decided edges are one-hot;
-        # removed edges (the DARTS-space topology step) contribute nothing
-        self.register_buffer("decided", torch.full((n_edges,), -1, dtype=torch.long))
-        self.register_buffer("removed", torch.zeros(n_edges, dtype=torch.bool))
-        self.groups = [list(g) for g in space.edge_groups]
-
-    def active_mask(self) -> torch.Tensor | None:
-        return None if bool(self.mask.all()) else self.mask
-
-    def override(self, mix: Mix) -> Mix:
-        """Replace the weights of decided edges by one-hot rows (and their hard index), and zero
-        removed edges."""
-        if bool((self.decided < 0).all()) and not bool(self.removed.any()):
-            return mix
-        rows = self.decided >= 0
-        one_hot = torch.zeros_like(mix.weights).scatter_(-1, self.decided.clamp(min=0)[:, None], 1.0)
-        mix.weights = torch.where(rows[:, None], one_hot, mix.weights)
-        if mix.index is not None:
-            mix.index = torch.where(rows, self.decided, mix.index)
-        if bool(self.removed.any()):
-            mix.weights = mix.weights * (~self.removed)[:, None]
-            keep = torch.ones_like(self.mask) if mix.mask is None else mix.mask
-            mix.mask = keep & ~self.removed[:, None]
-        return mix
-
-    def edge_scale(self) -> torch.Tensor | None:
-        """Softmax of β over the incoming edges of each node."""
-        if self.beta is None:
-            return None
-        parts = torch.empty_like(self.beta)
-        for g in self.groups:
-            parts[g] = torch.softmax(self.beta[g], dim=0)
-        return parts
+CHECKPOINT = SEARCH_CHECKPOINT
+RESULT = SEARCH_RESULT
+RESUME_FREE_KEYS = SEARCH_FREE_KEYS
 
 
 @dataclass
@@ -185,7 +161,7 @@ def _edge_stats(weights: torch.Tensor, edge_ops: tuple[tuple[str, ...], ...]) ->
 
 
 class Search:
-    """Set up and run one search from a ``SearchConfig``."""
+    """Set up and run one search from a ``SearchConfig`` (see the module's docstring for the API)."""
 
     def __init__(self, cfg: config_mod.SearchConfig):
         self.space: SearchSpace = get_space(cfg.space)
@@ -197,44 +173,34 @@ class Search:
             # with one output channel (seen with torch 2.13): such tiny supernets run in the plain format
             cfg = cfg.model_copy(update={"channels_last": False})
             self.cfg = cfg
-        if self.method.progressive and self.space.name != "nb201":
-            raise NasError(f"progressive DrNAS is implemented for the nb201 space, not {self.space.name!r}")
         self.device = resolve_device(cfg.device)
         self.precision = Precision(cfg.precision, self.device)
         self.out = Path(cfg.out)
-        self.tuning = False  # set by PT selection: w-only fine-tuning epochs
-        if self.method.progressive:
-            self.stage_epochs = [cfg.epochs // 2, cfg.epochs - cfg.epochs // 2]
-            if min(self.stage_epochs) < 1:
-                raise NasError("progressive search needs epochs >= 2 (two stages)")
-        else:
-            self.stage_epochs = [cfg.epochs]
+        self.stages: tuple[Stage, ...] = self.method.stages
+        self.stage_starts = [sum(s.epochs for s in self.stages[:i]) for i in range(len(self.stages))]
         self.train_alpha = self.method.train_alpha and not cfg.fix_alpha
-        if cfg.arch_warmup is not None:
-            self.warmup = cfg.arch_warmup
-        else:
-            self.warmup = int(0.2 * self.stage_epochs[0]) if self.method.progressive else 0
+        self.bundle: DataBundle | None = None
+        self.data_sha256: str | None = None
+        self._hessian_batches: list | None = None
 
     # ----------------------------------------------------------------- set-up
-    def _data(self) -> tuple[DataBundle, Any, Any]:
-        cfg = self.cfg
-        bundle = load_bundle(cfg, self.device)
-        labels = bundle.prepared.train_y
-        idx = balanced_subset(labels, cfg.subset, cfg.seed) if cfg.subset else torch.arange(len(labels))
-        w_idx, a_idx = search_split(idx, cfg.train_portion, cfg.seed)
-        w_stream = bundle.stream(w_idx, cfg.batch_size, cfg.augment)
-        a_stream = bundle.stream(a_idx, cfg.batch_size, cfg.augment)
+    def streams(self) -> tuple[DataBundle, BatchStream, BatchStream]:
+        """The search data: the bundle, the w split's and the α split's batch streams."""
+        bundle, w_stream, a_stream = search_streams(self.cfg, self.device)
+        self.bundle = bundle
         self.data_sha256 = bundle.prepared.manifest["sha256"]
         return bundle, w_stream, a_stream
 
-    def _state(self, bundle: DataBundle) -> SearchState:
+    def build_state(self, bundle: DataBundle) -> SearchState:
+        """A fresh supernet, architecture and optimisers, seeded from the config."""
         cfg = self.cfg
         seed_everything(cfg.seed)
-        model = self.space.build_supernet(cfg.channels, cfg.cells, bundle.num_classes, bundle.channels,
-                                          self.method.partial_channels).to(self.device)
+        model = Supernet(self.space, cfg.channels, cfg.cells, bundle.num_classes, bundle.channels,
+                         self.method.partial_channels).to(self.device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        arch = Architecture(self.space, self.method.edge_norm, generator_for(cfg.seed, 303)).to(self.device)
+        arch = Architecture(self.space, self.method.edge_norm,
+                            generator_for(cfg.seed, rng_stream("alpha-init"))).to(self.device)
         if cfg.fix_alpha:
             with torch.no_grad():
                 arch.alpha.zero_()  # uniform mixing weights, never trained
@@ -251,19 +217,25 @@ class Search:
         return torch.optim.SGD(model.parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum,
                                weight_decay=cfg.w_weight_decay)
 
-    def _next_stage(self, st: SearchState, prune: bool = True) -> None:
-        """DrNAS progressive: prune each edge to the strongest ``keep`` ops and pass more channels
-        through the ops (K k1 -> k2); the w optimiser's momentum is widened the same way."""
-        opts = self.method.options
-        if prune:
-            with torch.no_grad():
-                alpha = st.arch.alpha.masked_fill(~st.arch.mask, float("-inf"))
-                keep = alpha.topk(opts["progressive_keep"], dim=-1).indices
-                st.arch.mask.copy_(torch.zeros_like(st.arch.mask).scatter_(-1, keep, True))
-        gen = generator_for(self.cfg.seed, 404)
+    def stage_at(self, epoch: int) -> tuple[int, int]:
+        """(stage index, epoch within the stage) of a search epoch; later epochs (PT's fine-tuning)
+        belong to the last stage."""
+        i = max(k for k, start in enumerate(self.stage_starts) if epoch >= start)
+        return i, epoch - self.stage_starts[i]
+
+    def enter_stage(self, st: SearchState, index: int, prune: bool = True) -> None:
+        """Apply what stage ``index`` changes: prune each edge to its strongest ops and pass more
+        channels through the mixed ops; the w optimiser's momentum is widened the same way.
+        ``prune=False`` (resuming): only the shapes change, the values come from a checkpoint."""
+        stage = self.stages[index]
+        if prune and stage.keep_ops is not None:
+            st.arch.prune(stage.keep_ops)
+        if stage.partial_channels is None:
+            return
+        gen = generator_for(self.cfg.seed, rng_stream("widen"))
         changes: dict[int, tuple] = {}
         for cell in st.model.search_cells():
-            changes.update(cell.widen(opts["progressive_k2"], gen))
+            changes.update(cell.widen(stage.partial_channels, gen))
         if self.cfg.channels_last:
             st.model.to(memory_format=torch.channels_last)  # in place: parameters keep their identity
         old_opt, old_sched = st.w_opt, st.sched
@@ -271,25 +243,27 @@ class Search:
         new_of = {id(v[0]): (k, v) for k, v in changes.items()}
         st.w_opt = self._w_optimizer(st.model)
         st.w_opt.param_groups[0]["lr"] = old_opt.param_groups[0]["lr"]
-        from nas.supernet import widen_tensor
-
         for p in st.w_opt.param_groups[0]["params"]:
             if id(p) in new_of:
-                old_id, (_, out_idx, in_idx, blocks) = new_of[id(p)]
+                old_id, (_, grow) = new_of[id(p)]
                 buf = old_state.get(old_id, {}).get("momentum_buffer")
                 if buf is not None:
-                    st.w_opt.state[p]["momentum_buffer"] = widen_tensor(buf, blocks, out_idx, in_idx)
+                    st.w_opt.state[p]["momentum_buffer"] = grow(buf)
             elif old_state.get(id(p)):
                 st.w_opt.state[p] = old_state[id(p)]
         st.sched = torch.optim.lr_scheduler.CosineAnnealingLR(st.w_opt, T_max=self.cfg.epochs, eta_min=self.cfg.w_lr_min)
         st.sched.load_state_dict(old_sched.state_dict())
 
+    def steps_per_epoch(self, w_stream: BatchStream) -> int:
+        cfg = self.cfg
+        return len(w_stream) if cfg.steps_per_epoch <= 0 else min(cfg.steps_per_epoch, len(w_stream))
+
     # ----------------------------------------------------------------- checkpoints
     def save_checkpoint(self, st: SearchState) -> None:
         torch_save(self.out / CHECKPOINT, {
-            "format": "nas-search-checkpoint-v1",
+            "format": CHECKPOINT_FORMAT,
             "config": config_mod.to_dict(self.cfg),
-            "data_sha256": getattr(self, "data_sha256", None),
+            "data_sha256": self.data_sha256,
             "epoch": st.epoch,
             "model": st.model.state_dict(),
             "arch": st.arch.state_dict(),
@@ -303,19 +277,21 @@ class Search:
         })
 
     def read_checkpoint(self) -> dict:
+        """This run's checkpoint, refused when written with another config or other data."""
         path = self.out / CHECKPOINT
         ck = torch_load(path, map_location=self.device)
-        if not isinstance(ck, dict) or ck.get("format") != "nas-search-checkpoint-v1":
+        if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
             raise NasError(f"{path}: not a search checkpoint")
         if not isinstance(ck.get("config"), dict):
             raise NasError(f"{path}: not a search checkpoint (no config)")
         check_resume(path, ck["config"], config_mod.to_dict(self.cfg), config_mod.to_dict(type(self.cfg)()),
-                     RESUME_FREE_KEYS, ck.get("data_sha256"), getattr(self, "data_sha256", None))
+                     RESUME_FREE_KEYS, ck.get("data_sha256"), self.data_sha256)
         return ck
 
     def load_checkpoint(self, st: SearchState, ck: dict) -> None:
-        if self.method.progressive and int(ck["epoch"]) >= self.stage_epochs[0]:
-            self._next_stage(st, prune=False)  # the stage-2 shapes; values come from the checkpoint
+        for i in range(1, len(self.stages)):
+            if int(ck["epoch"]) >= self.stage_starts[i]:
+                self.enter_stage(st, i, prune=False)  # the stage's shapes; values come from the checkpoint
         st.model.load_state_dict(ck["model"])
         if "arch" in ck:
             # buffers added later (PT's decided/removed) keep their defaults on older checkpoints
@@ -340,44 +316,43 @@ class Search:
     def run(self, resume: bool = False, callback: Callable[[SearchState], None] | None = None,
             force: bool = False) -> dict[str, Any]:
         """Search, writing into ``cfg.out``.  A folder that already holds a run is continued with
-        ``resume``, started over with ``force``, and otherwise refused."""
-        with claim(self.out, resume, force, RUN_FILES, "search"):
-            if self.method.name == "random":
-                from nas.baselines import random_search
-
-                return random_search(self, resume=resume)
+        ``resume``, started over with ``force``, and otherwise refused.  A method with a search of
+        its own (``Method.run``: a baseline that trains no supernet) runs that instead."""
+        with claim(self.out, resume, force, SEARCH_RUN_FILES, "search"):
+            if self.method.run is not None:
+                return self.method.run(self, resume=resume)
             return self._run(resume, callback)
 
     def _run(self, resume: bool, callback: Callable[[SearchState], None] | None) -> dict[str, Any]:
         cfg = self.cfg
-        bundle, w_stream, a_stream = self._data()
-        st = self._state(bundle)
+        bundle, w_stream, a_stream = self.streams()
+        st = self.build_state(bundle)
         if resume and (self.out / CHECKPOINT).is_file():
             self.load_checkpoint(st, self.read_checkpoint())
         elif resume:
-            print(f"no checkpoint in {self.out}; starting from scratch", file=sys.stderr)
+            log_line(None, f"no checkpoint in {self.out}; starting from scratch")
         self.out.mkdir(parents=True, exist_ok=True)
-        steps = len(w_stream) if cfg.steps_per_epoch <= 0 else min(cfg.steps_per_epoch, len(w_stream))
-        bar = _progress(cfg.progress, total=cfg.epochs * steps, initial=st.epoch * steps,
-                        desc=f"search epoch {min(st.epoch + 1, cfg.epochs)}/{cfg.epochs}")
+        steps = self.steps_per_epoch(w_stream)
+        bar = progress_bar(cfg.progress, total=cfg.epochs * steps, initial=st.epoch * steps,
+                           desc=f"search epoch {min(st.epoch + 1, cfg.epochs)}/{cfg.epochs}")
         try:
             while st.epoch < cfg.epochs and st.early_stop is None:
-                record = self._epoch(st, w_stream, a_stream, steps, bar)
+                record = self.run_epoch(st, w_stream, a_stream, steps, bar)
                 if cfg.hessian_every and (st.epoch + 1) % cfg.hessian_every == 0:
                     record.update(self.hessian(st, a_stream))
                 st.history.append(record)
                 st.epoch += 1
                 st.sched.step()
-                if self.method.progressive and st.epoch == self.stage_epochs[0]:
-                    self._next_stage(st)  # before the checkpoint, so that it holds stage-2 shapes
-                _log(bar, epoch_line(record, cfg.epochs, self.space))
+                if st.epoch in self.stage_starts[1:]:
+                    self.enter_stage(st, self.stage_starts.index(st.epoch))  # before the checkpoint
+                log_line(bar, epoch_line(record, cfg.epochs, self.space))
                 if bar is not None:
                     bar.set_description(f"search epoch {min(st.epoch + 1, cfg.epochs)}/{cfg.epochs}", refresh=False)
                     bar.set_postfix_str(f"val acc {record['val_acc']:.3f}")
                 rollback = self._early_stop(st)
                 if rollback is not None:
-                    _log(bar, f"early stop at epoch {st.epoch}: the top eigenvalue grew by more than "
-                              f"{cfg.es_factor}x; returning the architecture of epoch {rollback}")
+                    log_line(bar, f"early stop at epoch {st.epoch}: the top eigenvalue grew by more than "
+                                  f"{cfg.es_factor}x; returning the architecture of epoch {rollback}")
                     self.save_checkpoint(st)
                     break
                 if st.epoch % cfg.checkpoint_every == 0 or st.epoch == cfg.epochs:
@@ -387,16 +362,14 @@ class Search:
         finally:
             if bar is not None:
                 bar.close()
-        return self.finish(st, bundle, a_stream)
+        return self.finish(st, a_stream)
 
-    def hessian(self, st: SearchState, a_stream) -> dict[str, Any]:
+    def hessian(self, st: SearchState, a_stream: BatchStream) -> dict[str, Any]:
         """Top eigenvalue(s) of ∇²_α L_val on fixed α-split batches."""
-        from nas.hessian import fixed_batches, sharpness
-
         cfg = self.cfg
-        if getattr(self, "_hessian_batches", None) is None:
-            self._hessian_batches = fixed_batches(a_stream, cfg.hessian_batches, cfg.seed)
-        eig = sharpness(st.model, self._hessian_batches, lambda a: self.expected_mix(st, a), st.arch.alpha,
+        if self._hessian_batches is None:
+            self._hessian_batches = hessian_mod.fixed_batches(a_stream, cfg.hessian_batches, cfg.seed)
+        eig = hessian_mod.sharpness(st.model, self._hessian_batches, lambda a: self.expected_mix(st, a), st.arch.alpha,
                         cfg.hessian_method, cfg.hessian_topk, seed=cfg.seed, tol=cfg.hessian_tol)
         out = {"hessian_eig": eig.value, "hessian_seconds": eig.seconds, "hessian_hvps": eig.iterations}
         if eig.top is not None:
@@ -408,8 +381,6 @@ class Search:
         cfg = self.cfg
         if not cfg.early_stop:
             return None
-        from nas.hessian import early_stop_epoch
-
         snap_dir = self.out / "snapshots"
         snap_dir.mkdir(parents=True, exist_ok=True)
         torch_save(snap_dir / f"epoch-{st.epoch}.pt", {"model": st.model.state_dict(), "arch": st.arch.state_dict()})
@@ -417,7 +388,7 @@ class Search:
         if old.exists():
             old.unlink()
         eigs = {h["epoch"]: h["hessian_eig"] for h in st.history if "hessian_eig" in h}
-        rollback = early_stop_epoch(eigs, st.epoch, cfg.es_window, cfg.es_lookback, cfg.es_factor, cfg.es_start)
+        rollback = hessian_mod.early_stop_epoch(eigs, st.epoch, cfg.es_window, cfg.es_lookback, cfg.es_factor, cfg.es_start)
         if rollback is None:
             return None
         snap = torch_load(snap_dir / f"epoch-{rollback}.pt", map_location=self.device)
@@ -443,22 +414,41 @@ class Search:
         return st.arch.override(m)
 
     def expected(self, st: SearchState) -> torch.Tensor:
+        """``expected_mix``'s weights on the CPU, without gradient."""
         with torch.no_grad():
             return self.expected_mix(st).weights.cpu()
 
-    def _epoch(self, st: SearchState, w_stream, a_stream, steps: int, bar) -> dict[str, Any]:
+    @torch.no_grad()
+    def evaluate(self, st: SearchState, stream: BatchStream, mix: Mix | None = None, batches: int = 0) -> float:
+        """Supernet accuracy with ``mix`` (default: ``expected_mix``) on (the first ``batches`` of)
+        ``stream``, in order and without augmentation; the model is left in training mode."""
+        mix = self.expected_mix(st) if mix is None else mix
+        st.model.eval()
+        correct, n = 0.0, 0
+        for b, (x, y) in enumerate(stream.epoch(None, shuffle=False)):
+            if batches and b >= batches:
+                break
+            correct += float((st.forward(x, mix).argmax(1) == y).sum())
+            n += len(y)
+        st.model.train()
+        return correct / max(n, 1)
+
+    def run_epoch(self, st: SearchState, w_stream: BatchStream, a_stream: BatchStream, steps: int, bar: Any = None,
+                  *, epoch: int | None = None, alpha: bool = True) -> dict[str, Any]:
+        """One epoch of ``steps`` (α step, w step) pairs; returns its history record.  ``epoch``
+        (default ``st.epoch``) seeds its randomness and schedules; ``alpha=False`` trains w only."""
         cfg, method, ops = self.cfg, self.method, self.space.edge_ops
         t0 = time.perf_counter()
-        epoch, epochs = st.epoch, cfg.epochs
+        epoch = st.epoch if epoch is None else epoch
+        epochs = cfg.epochs
         # Every random draw of an epoch derives from (seed, epoch): a resumed run repeats them.
-        torch.manual_seed(generator_for(cfg.seed, epoch, 4).initial_seed())
-        gen_w = generator_for(cfg.seed, epoch, 1, device=self.device)
-        gen_a = generator_for(cfg.seed, epoch, 2, device=self.device)
-        gen_m = generator_for(cfg.seed, epoch, 3, device=self.device)
+        torch.manual_seed(generator_for(cfg.seed, epoch, rng_stream("epoch-global")).initial_seed())
+        gen_w = generator_for(cfg.seed, epoch, rng_stream("epoch-w-batches"), device=self.device)
+        gen_a = generator_for(cfg.seed, epoch, rng_stream("epoch-a-batches"), device=self.device)
+        gen_m = generator_for(cfg.seed, epoch, rng_stream("epoch-mixing"), device=self.device)
         a_iter = _cycle(a_stream, gen_a)
-        stage = 1 if epoch < self.stage_epochs[0] else 2
-        stage_epoch = epoch if stage == 1 else epoch - self.stage_epochs[0]
-        train_alpha = self.train_alpha and stage_epoch >= self.warmup and not self.tuning
+        stage, stage_epoch = self.stage_at(epoch)
+        train_alpha = alpha and self.train_alpha and stage_epoch >= self.stages[stage].warmup
         arch_params = [p for p in st.arch.parameters()]
         st.model.train()
         sums = torch.zeros(4, device=self.device)  # train loss, train correct, val loss, val correct
@@ -521,14 +511,14 @@ class Search:
         s = sums.tolist()
         weights = self.expected(st)
         record = {
-            "epoch": st.epoch + 1,
+            "epoch": epoch + 1,
             "train_loss": s[0] / counts[0],
             "train_acc": s[1] / counts[0],
             "val_loss": s[2] / counts[1],
             "val_acc": s[3] / counts[1],
             "w_lr": lr,
             "alpha_trained": train_alpha,
-            "stage": stage,
+            "stage": stage + 1,
             "alpha": st.arch.alpha.detach().cpu().tolist(),
             "weights": weights.tolist(),
             "genotype": self.space.format_genotype(self.space.select_magnitude(weights)),
@@ -541,90 +531,33 @@ class Search:
             record["edge_scale"] = st.arch.edge_scale().detach().cpu().tolist()
         for v in (record["train_loss"], record["val_loss"]):
             if not math.isfinite(v):
-                raise NasError(f"search diverged at epoch {st.epoch + 1}: loss is {v} (lower w_lr or a_lr)")
+                raise NasError(f"search diverged at epoch {epoch + 1}: loss is {v} (lower w_lr or a_lr)")
         return record
 
-    def finish(self, st: SearchState, bundle: DataBundle, a_stream) -> dict[str, Any]:
-        weights = self.expected(st)
-        extra: dict[str, Any] = {}
-        if self.method.selection == "rsps":
-            val = bundle.stream(a_stream.indices, self.cfg.batch_size, augment=False)
-            geno, ranked = rsps_select(self, st, val)
-            extra["rsps_candidates"] = ranked
-            selection = "rsps"
-        else:
-            geno = self.space.select_magnitude(weights)
-            selection = "magnitude"
-        result = {
-            "space": self.space.name,
-            "method": self.method.name,
-            "order": self.cfg.order,
-            "selection": selection,
-            "genotype": self.space.format_genotype(geno),
-            **({"genotype_json": self.space.genotype_json(geno)} if self.space.genotype_json else {}),
-            "ops": list(self.space.ops),
-            "edge_ops": [list(o) for o in self.space.edge_ops],
-            "alpha": st.arch.alpha.detach().cpu().tolist(),
-            "weights": weights.tolist(),
-            "mask": st.arch.mask.cpu().tolist(),
-            "method_info": self.method.describe(),
-            "dataset": bundle.describe(self.cfg.dataset),
-            "device": str(self.device),
-            "seconds": sum(h["seconds"] for h in st.history),
-            "config": config_mod.to_dict(self.cfg),
-            "history": st.history,
-            **extra,
-        }
+    def finish(self, st: SearchState, a_stream: BatchStream) -> dict[str, Any]:
+        """Select the final architecture (the method's selection) and write ``result.json``."""
+        geno, extra = self.method.select(self, st, a_stream)
         if st.early_stop is not None:
-            result["early_stop"] = st.early_stop
+            extra["early_stop"] = st.early_stop
         eigs = [(h["epoch"], h["hessian_eig"]) for h in st.history if "hessian_eig" in h]
         if eigs:
-            result["hessian"] = {"epochs": [e for e, _ in eigs], "top_eigenvalue": [v for _, v in eigs],
-                                 "spectra": [h.get("hessian_top") for h in st.history if "hessian_eig" in h]}
+            extra["hessian"] = {"epochs": [e for e, _ in eigs], "top_eigenvalue": [v for _, v in eigs],
+                                "spectra": [h.get("hessian_top") for h in st.history if "hessian_eig" in h]}
         if st.arch.beta is not None:
-            result["edge_scale"] = st.arch.edge_scale().detach().cpu().tolist()
+            extra["edge_scale"] = st.arch.edge_scale().detach().cpu().tolist()
+        assert self.bundle is not None
+        result = search_result(
+            self.space, self.method.describe(), config_mod.to_dict(self.cfg), geno, self.method.selection,
+            alpha=st.arch.alpha.detach().cpu().tolist(), weights=self.expected(st).tolist(),
+            mask=st.arch.mask.cpu().tolist(), dataset=self.bundle.describe(self.cfg.dataset), device=str(self.device),
+            seconds=sum(h["seconds"] for h in st.history), history=st.history, **extra)
         write_json(self.out / RESULT, result)
         return result
-
-
-@torch.no_grad()
-def rsps_select(search: Search, st: SearchState, a_stream) -> tuple[Any, list[dict[str, Any]]]:
-    """RSPS selection: sample architectures uniformly and keep the one whose supernet accuracy on
-    ``rsps_eval_batches`` batches of the α split is highest (ties: first sampled)."""
-    cfg, space = search.cfg, search.space
-    gen = generator_for(cfg.seed, 505)
-    st.model.eval()
-    scored = []
-    for c in range(cfg.rsps_candidates):
-        geno = space.random_genotype(gen)
-        w = space.genotype_weights(geno).to(search.device)
-        mix = Mix(w, mask=w > 0)  # only the chosen op of each used edge is computed
-        correct, n = 0.0, 0
-        batches = a_stream.epoch(generator_for(cfg.seed, 506, c, device=search.device))
-        for b, (x, y) in enumerate(batches):
-            if b >= cfg.rsps_eval_batches:
-                break
-            correct += float((st.forward(x, mix).argmax(1) == y).sum())
-            n += len(y)
-        scored.append({"genotype": space.format_genotype(geno), "val_acc": correct / max(n, 1)})
-    st.model.train()
-    ranked = sorted(range(len(scored)), key=lambda i: (-scored[i]["val_acc"], i))
-    best = scored[ranked[0]]
-    return search.space.parse_genotype(best["genotype"]), [scored[i] for i in ranked]
 
 
 def _cycle(stream, gen):
     while True:
         yield from stream.epoch(gen)
-
-
-def _progress(enabled: bool, total: int, initial: int, desc: str = "search"):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    # disable=None: shown on a terminal, silent when stderr is redirected (CI, logs)
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=None, desc=desc)
 
 
 def epoch_line(record: dict[str, Any], epochs: int, space: Any) -> str:
@@ -635,13 +568,6 @@ def epoch_line(record: dict[str, Any], epochs: int, space: Any) -> str:
     if isinstance(record.get("hessian_eig"), (int, float)):
         line += f"  eig {record['hessian_eig']:.3g}"
     return line + f"  skip {skips}/{len(space.edge_ops)}  {record['seconds']:.1f}s"
-
-
-def _log(bar, msg: str) -> None:
-    if bar is not None and not bar.disable:
-        bar.write(msg, file=sys.stderr)
-    else:
-        print(msg, file=sys.stderr, flush=True)
 
 
 def search(cfg: config_mod.SearchConfig, resume: bool = False,

@@ -14,78 +14,53 @@ from __future__ import annotations
 import csv
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from nas import config as config_mod
+from nas.arch import without_edge, without_op
+from nas.rng import rng_stream
+from nas.rundir import SEARCH_CHECKPOINT, check_resume, claim, read_search_result
 from nas.search import Search, SearchState
-from nas.supernet import Mix
-from nas.utils import NasError, atomic_write, generator_for, torch_save, write_json
+from nas.spaces import get_space
+from nas.utils import (
+    NasError,
+    atomic_write,
+    check_output_dir,
+    generator_for,
+    sha256_file,
+    torch_load,
+    torch_save,
+    write_json,
+)
+
+__all__ = ["load_supernet", "pt_project", "pt_select", "op_strength", "select", "without_op", "without_edge"]
 
 
 def load_supernet(run: str | Path, device: str = "auto") -> tuple[Search, SearchState, Any, Any, Any]:
-    """Rebuild a finished search's supernet, architecture and data streams from its run directory."""
+    """Rebuild a finished search's supernet, architecture and data streams from its run directory:
+    (engine, state, w stream, α stream, unaugmented α-split stream for evaluation)."""
     run = Path(run)
-    ck_path = run / "checkpoint.pt"
+    ck_path = run / SEARCH_CHECKPOINT
     if not ck_path.is_file():
         raise NasError(f"{ck_path}: checkpoint not found (expected a run directory written by 'nas search')")
-    from nas.utils import torch_load
-
     ck = torch_load(ck_path)
     if not isinstance(ck, dict) or "config" not in ck:
         raise NasError(f"{ck_path}: not a search checkpoint")
     saved = dict(ck["config"])
-    if saved.get("method") == "random":
-        raise NasError(f"{run}: the random baseline trains no supernet to select from")
     saved.update(out=str(run), device=device, progress=False)
     cfg = config_mod.build_config("search", overrides=saved)
     search = Search(cfg)
-    bundle, w_stream, a_stream = search._data()
-    st = search._state(bundle)
+    if not search.method.trains_supernet:
+        raise NasError(f"{run}: the {search.method.name} baseline trains no supernet to select from")
+    bundle, w_stream, a_stream = search.streams()
+    st = search.build_state(bundle)
     search.load_checkpoint(st, ck)
     val = bundle.stream(a_stream.indices, cfg.eval_batch_size, augment=False)
     return search, st, w_stream, a_stream, val
-
-
-@torch.no_grad()
-def supernet_accuracy(st: SearchState, val, mix: Mix, batches: int = 0) -> float:
-    """Accuracy of the supernet with mixing weights ``mix`` on (the first ``batches`` of) ``val``."""
-    st.model.eval()
-    correct, n = 0.0, 0
-    for b, (x, y) in enumerate(val.epoch(None, shuffle=False)):
-        if batches and b >= batches:
-            break
-        correct += float((st.forward(x, mix).argmax(1) == y).sum())
-        n += len(y)
-    st.model.train()
-    return correct / max(n, 1)
-
-
-def without_op(mix: Mix, edge: int, op: int) -> Mix:
-    """``mix`` with op ``op`` of edge ``edge`` removed: its weight 0, the rest renormalised."""
-    w = mix.weights.clone()
-    w[edge, op] = 0.0
-    s = w[edge].sum()
-    w[edge] = w[edge] / s if s > 0 else w[edge]
-    return Mix(w, edge_scale=mix.edge_scale, mask=mix.mask)
-
-
-def candidate_ops(st: SearchState, edge: int, exclude: tuple[str, ...] = (), edge_ops=None) -> list[int]:
-    ks = [k for k in range(st.arch.mask.shape[1]) if bool(st.arch.mask[edge, k])]
-    if edge_ops is not None and exclude:
-        ks = [k for k in ks if edge_ops[edge][k] not in exclude]
-    return ks
-
-
-def without_edge(mix: Mix, edge: int) -> Mix:
-    """``mix`` with a whole edge removed (all its weights 0, nothing computed)."""
-    w = mix.weights.clone()
-    w[edge] = 0.0
-    mask = torch.ones_like(w, dtype=torch.bool) if mix.mask is None else mix.mask.clone()
-    mask[edge] = False
-    return Mix(w, edge_scale=mix.edge_scale, mask=mask)
 
 
 PT_CHECKPOINT = "pt-checkpoint.pt"
@@ -106,10 +81,10 @@ def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: co
     continues exactly where an interrupted selection stopped; ``header`` is stored with it.
     ``on_step(k)`` runs after step k (and its checkpoint)."""
     space = search.space
-    order = torch.randperm(space.alpha_shape[0], generator=generator_for(cfg.seed, 808)).tolist()
+    order = torch.randperm(space.alpha_shape[0], generator=generator_for(cfg.seed, rng_stream("pt-order"))).tolist()
     for group in st.w_opt.param_groups:
         group["lr"] = search.cfg.w_lr * cfg.pt_lr_factor
-    steps = len(w_stream) if search.cfg.steps_per_epoch <= 0 else min(search.cfg.steps_per_epoch, len(w_stream))
+    steps = search.steps_per_epoch(w_stream)
     decisions: list[dict[str, Any]] = []
     tune_epoch = 0
     groups = [g for g in space.edge_groups if len(g) > space.keep_edges_per_node] if space.keep_edges_per_node else []
@@ -126,27 +101,21 @@ def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: co
 
     def tune() -> None:
         nonlocal tune_epoch
-        search.tuning = True  # w-only epochs
-        try:
-            for _ in range(cfg.pt_tune_epochs):
-                saved_epoch = st.epoch
-                st.epoch = search.cfg.epochs + tune_epoch  # fresh, seeded randomness per tuning epoch
-                search._epoch(st, w_stream, a_stream, steps, None)
-                st.epoch = saved_epoch
-                tune_epoch += 1
-        finally:
-            search.tuning = False
+        for _ in range(cfg.pt_tune_epochs):
+            # w-only epochs, with fresh seeded randomness per tuning epoch
+            search.run_epoch(st, w_stream, a_stream, steps, None, epoch=search.cfg.epochs + tune_epoch, alpha=False)
+            tune_epoch += 1
 
     for k in range(len(decisions), len(plan)):
         kind, item = plan[k]
         with torch.no_grad():
             base_mix = search.expected_mix(st)
-        base = supernet_accuracy(st, val, base_mix, cfg.pt_batches)
+        base = search.evaluate(st, val, base_mix, cfg.pt_batches)
         if kind == "edge":
             e, ops = item, space.edge_ops[item]
             accs = {}
-            for op_k in candidate_ops(st, e, space.pt_exclude, space.edge_ops):
-                accs[ops[op_k]] = supernet_accuracy(st, val, without_op(base_mix, e, op_k), cfg.pt_batches)
+            for op_k in st.arch.candidate_ops(e, space.pt_exclude, space.edge_ops):
+                accs[ops[op_k]] = search.evaluate(st, val, without_op(base_mix, e, op_k), cfg.pt_batches)
             chosen = min(accs, key=lambda op: (accs[op], ops.index(op)))  # removal hurts most
             st.arch.decided[e] = ops.index(chosen)
             decisions.append({"edge": e, "name": space.edge_names[e], "base_acc": base, "acc_without": accs,
@@ -155,7 +124,7 @@ def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: co
                    f"{accs[chosen]:.4f} without it)")
         else:  # the topology step (DARTS spaces): per node, keep the edges whose removal hurts most
             group = item
-            accs_e = {e: supernet_accuracy(st, val, without_edge(base_mix, e), cfg.pt_batches) for e in group}
+            accs_e = {e: search.evaluate(st, val, without_edge(base_mix, e), cfg.pt_batches) for e in group}
             keep = sorted(group, key=lambda e: (accs_e[e], e))[: space.keep_edges_per_node]
             for e in group:
                 if e not in keep:
@@ -183,8 +152,6 @@ def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: co
 def _pt_header(run: str | Path, cfg: config_mod.SelectConfig) -> dict[str, Any]:
     """What a PT checkpoint must agree with to be resumed: the select config and the search it
     started from (the digest of the search checkpoint)."""
-    from nas.utils import sha256_file
-
     return {"config": config_mod.to_dict(cfg), "search_sha256": sha256_file(Path(run) / "checkpoint.pt")}
 
 
@@ -200,9 +167,6 @@ def pt_select(run: str | Path, cfg: config_mod.SelectConfig, resume: bool = Fals
     header = _pt_header(run, cfg)
     resume_from = None
     if checkpoint is not None and resume and checkpoint.is_file():
-        from nas.rundir import check_resume
-        from nas.utils import torch_load
-
         resume_from = torch_load(checkpoint)
         if not isinstance(resume_from, dict) or resume_from.get("format") != "nas-pt-checkpoint-v1":
             raise NasError(f"{checkpoint}: not a PT checkpoint")
@@ -224,7 +188,7 @@ def pt_select(run: str | Path, cfg: config_mod.SelectConfig, resume: bool = Fals
         "decisions": decisions,
         "edge_order": order,
         "tune_epochs": cfg.pt_tune_epochs,
-        "final_val_acc": supernet_accuracy(st, val, search.expected_mix(st), cfg.pt_batches),
+        "final_val_acc": search.evaluate(st, val, search.expected_mix(st), cfg.pt_batches),
         "seconds": time.perf_counter() - t0,
     }
 
@@ -234,19 +198,17 @@ def op_strength(run: str | Path, cfg: config_mod.SelectConfig, out: str | Path |
     removed from the untouched supernet; with Spearman's rank correlation between the two."""
     from scipy.stats import spearmanr
 
-    from nas.utils import check_output_dir
-
     if out is not None:
         check_output_dir(out)  # before the measurements, not after them
     search, st, _, _, val = load_supernet(run, cfg.device)
     space = search.space
     with torch.no_grad():
         mix = search.expected_mix(st)
-    base = supernet_accuracy(st, val, mix, cfg.pt_batches)
+    base = search.evaluate(st, val, mix, cfg.pt_batches)
     rows = []
     for e, name in enumerate(space.edge_names):
-        for k in candidate_ops(st, e):
-            acc = supernet_accuracy(st, val, without_op(mix, e, k), cfg.pt_batches)
+        for k in st.arch.candidate_ops(e):
+            acc = search.evaluate(st, val, without_op(mix, e, k), cfg.pt_batches)
             rows.append({"edge": name, "op": space.edge_ops[e][k], "alpha": float(st.arch.alpha[e, k].detach()),
                          "weight": float(mix.weights[e, k]), "acc_without": acc, "drop": base - acc})
     rho = spearmanr([r["weight"] for r in rows], [r["drop"] for r in rows])
@@ -299,22 +261,15 @@ def select(cfg: config_mod.SelectConfig, resume: bool = False, force: bool = Fal
     With ``cfg.out``, the folder is checked and claimed before any work starts; PT checkpoints each
     decided edge there (``pt-checkpoint.pt``): an interrupted PT is continued with ``resume``,
     started over with ``force``, and a second PT into the same folder is otherwise refused."""
-    from contextlib import nullcontext
-
-    from nas.rundir import claim
-    from nas.stages import read_search_result
-
     if not cfg.run:
         raise NasError("select: key 'run' is required (a search run directory)")
     res = read_search_result(cfg.run)  # checked (schema, finite weights) before anything is claimed
     lock = claim(cfg.out, resume, force, (PT_CHECKPOINT,), "selection") if cfg.out else nullcontext()
     with lock:
         if cfg.method == "magnitude":
-            if res.get("selection") in ("rsps", "random"):
+            if res.get("selection") != "magnitude":  # the method chose its architecture by other means
                 raise NasError(f"{cfg.run}: searched with {res['selection']!r}, which trains no α; its architecture "
                                f"({res['genotype']}) was selected by {res['selection']}, not by magnitude")
-            from nas.spaces import get_space
-
             space = get_space(res["space"])
             weights = torch.tensor(res["weights"])
             sel = {"space": space.name, "selection": "magnitude",

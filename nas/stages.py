@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from nas import config as config_mod
-from nas.benchmarks import load_table
+from nas.benchmarks import benchmark_lookup, load_table
 from nas.data import load_prepared, prepare
-from nas.search import RESULT as SEARCH_RESULT
+from nas.loops import count_macs, count_params
+from nas.rundir import SEARCH_RESULT, read_search_result
 from nas.search import search
+from nas.select import op_strength, select
 from nas.spaces import get_space
-from nas.train import count_macs, count_params, retrain
+from nas.train import retrain
 from nas.utils import NasError, read_json
 
 
@@ -30,19 +32,6 @@ def search_stage(cfg: config_mod.SearchConfig, resume: bool = False, callback: A
     """Search a supernet; ``callback(state)`` runs after each epoch (progress, tracking).  An ``out``
     folder holding a run is continued with ``resume``, started over with ``force``, else refused."""
     return search(cfg, resume=resume, callback=callback, force=force)
-
-
-def read_search_result(run: str | Path) -> dict[str, Any]:
-    path = Path(run)
-    if path.is_dir():
-        path = path / SEARCH_RESULT
-    if not path.is_file():
-        raise NasError(f"{path}: search result not found (expected a run directory written by 'nas search')")
-    from nas.schemas import validate_search_result
-
-    res = read_json(path)
-    space = get_space(res["space"]) if isinstance(res, dict) and isinstance(res.get("space"), str) else None
-    return validate_search_result(res, str(path), space.alpha_shape if space else None)
 
 
 def read_genotype(path: str | Path) -> dict[str, Any]:
@@ -63,26 +52,17 @@ def select_stage(cfg: config_mod.SelectConfig, resume: bool = False, force: bool
     """Choose the final architecture of a finished search (magnitude or PT); writes
     ``<out>/selection.json`` when ``out`` is set.  PT checkpoints each decided edge in ``out``:
     ``resume`` continues an interrupted PT, ``force`` starts it over."""
-    from nas.select import select
-
     return select(cfg, resume=resume, force=force)
 
 
 def strength_stage(cfg: config_mod.SelectConfig) -> dict[str, Any]:
     """α (or the Dirichlet mean) against the accuracy drop of removing each op, per edge and op."""
-    from nas.select import op_strength
-
     return op_strength(cfg.run, cfg, cfg.out)
 
 
 def nb201_lookup(space: str, genotype: str, dataset: str = "cifar10") -> dict[str, Any] | None:
-    """The NAS-Bench-201 lookup of a genotype, or None outside that space or without a table."""
-    if space != "nb201":
-        return None
-    try:
-        return load_table().lookup(genotype, dataset)
-    except NasError:
-        return None
+    """The benchmark lookup of a genotype, or None outside a space with a table."""
+    return benchmark_lookup(space, genotype, dataset)
 
 
 def lookup_stage(genotype: str, dataset: str = "cifar10", table: str | None = None) -> dict[str, Any]:

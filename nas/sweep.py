@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from nas import config as config_mod
+from nas.spaces import get_space
 from nas.utils import NasError
 
 # method -> (config key, low, high): sampled log-uniformly
@@ -268,7 +269,7 @@ def _run_trial(study, trial, key: str, lo: float, hi: float, method: str, mode: 
     root = Path(out) / f"trial-{trial.number:04d}"
     per = config_mod.pipeline_configs(params, root, [*sets, f"search.{key}={value}"], method=method)
     scfg, sel_cfg = per["search"], per["select"]
-    if mode == "benchmark" and scfg.space != "nb201":
+    if mode == "benchmark" and get_space(scfg.space).benchmark is None:
         raise NasError(f"sweep: mode 'benchmark' needs search.space nb201, got {scfg.space!r}")
     tracker = tracking.Tracker() if track and tracking.enabled() else None
     run_id = tracker.start(f"trial-{trial.number}-{method}-{key}={value:.3g}", {

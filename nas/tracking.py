@@ -523,6 +523,6 @@ def cell_png(space: str, genotype: str) -> bytes:
 
 
 def nb201_lookup(space: str, genotype: str) -> dict[str, Any] | None:
-    from nas.stages import nb201_lookup as lookup
+    from nas.benchmarks import benchmark_lookup
 
-    return lookup(space, genotype)
+    return benchmark_lookup(space, genotype)

@@ -5,18 +5,20 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import killed_then_resumed
 from torch import nn
 
 from nas.config import build_config
+from nas.loops import count_params
+from nas.mix import Mix
 from nas.search import Search, search
 from nas.select import pt_project, select
 from nas.spaces import get_space
 from nas.spaces.darts import CELL_EDGES, N_CELL_EDGES, parse_genotype
 from nas.spaces.darts_ops import make_darts_op
 from nas.stages import info_stage
-from nas.supernet import Mix
-from nas.train import count_params, retrain
-from nas.utils import NasError
+from nas.train import retrain
+from nas.utils import NasError, torch_load
 
 DARTS_V2 = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
             "('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)], "
@@ -148,9 +150,25 @@ def test_methods_work_on_the_darts_space(tmp_path, method, extra):
     get_space("darts").parse_genotype(res["genotype"])
 
 
-def test_progressive_is_refused_outside_nb201(tmp_path):
-    with pytest.raises(NasError, match="implemented for the nb201 space"):
-        search(_tiny(tmp_path, method="drnas", progressive=True))
+@pytest.mark.parametrize("space", ["darts", "s2"])
+def test_progressive_drnas_prunes_and_widens_on_the_darts_space(tmp_path, space):
+    kw = dict(space=space, method="drnas", progressive=True, channels=8, epochs=4, arch_warmup=1,
+              progressive_k1=4, progressive_k2=2, progressive_keep=2)
+    res = search(_tiny(tmp_path, **kw))
+    assert [r["stage"] for r in res["history"]] == [1, 1, 2, 2]
+    assert [r["alpha_trained"] for r in res["history"]] == [False, True, False, True]
+    mask = torch.tensor(res["mask"])
+    assert mask.sum(-1).tolist() == [2] * 28
+    w = torch.tensor(res["weights"])
+    assert (w[~mask] == 0).all()
+    # stage-2 mixed ops pass C/2 channels: a normal cell's sep_conv_3x3 depthwise conv has C/2 = 4 channels
+    ck = torch_load(tmp_path / "run" / "checkpoint.pt")
+    sep = get_space(space).edge_ops[0].index("sep_conv_3x3")
+    dw = ck["model"][f"net.cells.0.edges.0.candidates.{sep}.1.weight"]
+    assert dw.shape[0] == 8 // 2
+    # an interruption in stage 2 resumes to the uninterrupted result
+    resumed = killed_then_resumed(search, _tiny(tmp_path, **{**kw, "out": str(tmp_path / "again")}), at=3)
+    assert resumed["alpha"] == res["alpha"] and resumed["weights"] == res["weights"]
 
 
 class EdgeProbe(nn.Module):
@@ -169,8 +187,8 @@ class EdgeProbe(nn.Module):
 def test_pt_topology_keeps_the_edge_that_matters(tmp_path):
     cfg = _tiny(tmp_path)
     s = Search(cfg)
-    bundle, w_stream, a_stream = s._data()
-    st = s._state(bundle)
+    bundle, w_stream, a_stream = s.streams()
+    st = s.build_state(bundle)
     torch.manual_seed(0)
     probe = nn.Linear(64, 10)
     opt = torch.optim.Adam(probe.parameters(), 0.05)

@@ -6,12 +6,13 @@ import torch
 from nas.config import build_config
 from nas.hessian import dense_hessian, early_stop_epoch, top_eigenvalue, val_loss_fn
 from nas.search import search
+from nas.spaces import NB201
 from nas.supernet import Supernet
 
 
 def _problem(seed=0):
     torch.manual_seed(seed)
-    m = Supernet(4, 1, 3, 1).double()
+    m = Supernet(NB201, 4, 1, 3, 1).double()
     alpha = (0.5 * torch.randn(6, 5)).double()
     x, y = torch.randn(16, 1, 6, 6, dtype=torch.double), torch.randint(0, 3, (16,))
     return val_loss_fn(m, [(x, y)], lambda a: a.softmax(-1)), alpha

@@ -8,7 +8,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from nas.config import build_config
 from nas.methods import Dirichlet, GumbelHard, GumbelSoftmax, build_method
 from nas.methods.perturb import AdversarialPerturbation, RandomSmoothing, project_capped_simplex
-from nas.supernet import Mix, NB201SearchCell, ReferenceSearchCell, Supernet
+from nas.mix import Mix
+from nas.spaces import NB201, CellSlot, nb201
+from nas.supernet import FusedCell, MixedCell, Supernet
+from nas.supernet.fused import copy_to_reference
 from nas.utils import NasError
 
 
@@ -37,7 +40,7 @@ def test_hard_gumbel_samples_are_one_hot_with_softmax_frequencies():
 
 def test_straight_through_gradients_reach_every_alpha():
     torch.manual_seed(0)
-    net = Supernet(4, 1, 3, 1)
+    net = Supernet(NB201, 4, 1, 3, 1)
     alpha = torch.zeros(6, 5, requires_grad=True)
     m = GumbelHard().sample(alpha, None, 0, 10, torch.Generator().manual_seed(0))
     loss = F.cross_entropy(net(torch.randn(4, 1, 6, 6), m), torch.tensor([0, 1, 2, 0]))
@@ -63,7 +66,7 @@ def _flops(cell, x, mix):
 def test_gdas_computes_one_op_per_edge():
     torch.manual_seed(0)
     c, hw = 8, 6
-    cell = NB201SearchCell(c)
+    cell = FusedCell(c, nb201.OPS, nb201.EDGES)
     x = torch.randn(2, c, hw, hw)
     conv3 = 2 * 2 * c * c * 9 * hw * hw  # flops of one 3x3 conv edge (2 per MAC)
     conv1 = conv3 // 9
@@ -77,8 +80,8 @@ def test_gdas_computes_one_op_per_edge():
 
 def test_hard_path_equals_the_weighted_sum_with_one_hot_weights():
     torch.manual_seed(0)
-    fused, ref = NB201SearchCell(6).double(), ReferenceSearchCell(6).double()
-    ref.load_from_fused(fused)
+    fused, ref = FusedCell(6, nb201.OPS, nb201.EDGES).double(), MixedCell(NB201, CellSlot(0, (6,), 6)).double()
+    copy_to_reference(fused, ref)
     x = torch.randn(2, 6, 5, 5, dtype=torch.double, requires_grad=True)
     index = torch.tensor([3, 0, 2, 1, 4, 3])
     w = F.one_hot(index, 5).double()
@@ -93,9 +96,9 @@ def test_hard_path_equals_the_weighted_sum_with_one_hot_weights():
 @pytest.mark.parametrize("k", [2, 4])
 def test_partial_channel_cell_matches_the_per_edge_reference(k):
     torch.manual_seed(k)
-    fused = NB201SearchCell(8, partial_channels=k).double()
-    ref = ReferenceSearchCell(8, partial_channels=k).double()
-    ref.load_from_fused(fused)
+    fused = FusedCell(8, nb201.OPS, nb201.EDGES, k).double()
+    ref = MixedCell(NB201, CellSlot(0, (8,), 8), k).double()
+    copy_to_reference(fused, ref)
     x = torch.randn(2, 8, 5, 5, dtype=torch.double, requires_grad=True)
     w = torch.rand(6, 5, dtype=torch.double).softmax(-1).requires_grad_()
     scale = torch.rand(6, dtype=torch.double, requires_grad=True)
@@ -108,7 +111,7 @@ def test_partial_channel_cell_matches_the_per_edge_reference(k):
 
 
 def _activation_bytes(net, x, mix):
-    from nas.train import saved_tensor_bytes
+    from nas.loops import saved_tensor_bytes
 
     return saved_tensor_bytes(lambda: F.cross_entropy(net(x, mix), torch.zeros(len(x), dtype=torch.long)).backward())
 
@@ -117,13 +120,13 @@ def test_partial_channels_use_less_activation_memory():
     torch.manual_seed(0)
     x = torch.randn(8, 3, 16, 16)
     w = Mix(torch.full((6, 5), 0.2))
-    full = _activation_bytes(Supernet(16, 2, 10, 3), x, w)
-    pc = _activation_bytes(Supernet(16, 2, 10, 3, partial_channels=4), x, w)
+    full = _activation_bytes(Supernet(NB201, 16, 2, 10, 3), x, w)
+    pc = _activation_bytes(Supernet(NB201, 16, 2, 10, 3, partial_channels=4), x, w)
     assert pc < 0.6 * full
 
 
 def test_edge_normalisation_is_a_softmax_over_incoming_edges():
-    from nas.search import Architecture
+    from nas.arch import Architecture
     from nas.spaces import get_space
 
     arch = Architecture(get_space("nb201"), True, torch.Generator().manual_seed(0))
@@ -188,7 +191,7 @@ def test_capped_simplex_projection_is_the_nearest_feasible_point():
 
 def _toy():
     torch.manual_seed(0)
-    net = Supernet(4, 1, 3, 1)
+    net = Supernet(NB201, 4, 1, 3, 1)
     x, y = torch.randn(16, 1, 6, 6), torch.randint(0, 3, (16,))
     w = Mix(_alpha().softmax(-1))
     return net, x, y, w

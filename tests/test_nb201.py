@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from nas.benchmarks import load_table
+from nas.loops import count_params
 from nas.spaces import get_space, nb201
 from nas.stages import info_stage
-from nas.train import count_params
 from nas.utils import NasError
 
 BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"

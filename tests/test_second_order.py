@@ -5,12 +5,13 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from nas.search import unrolled_alpha_grad
+from nas.spaces import NB201
 from nas.supernet import Supernet
 
 
 def _problem(seed=0):
     torch.manual_seed(seed)
-    model = Supernet(channels=2, cells=1, num_classes=3, in_channels=1).double()
+    model = Supernet(NB201, channels=2, cells=1, num_classes=3, in_channels=1).double()
     alpha = torch.nn.Parameter(0.3 * torch.randn(6, 5, dtype=torch.double))
     xw, xa = torch.randn(6, 1, 4, 4, dtype=torch.double), torch.randn(6, 1, 4, 4, dtype=torch.double)
     yw, ya = torch.randint(0, 3, (6,)), torch.randint(0, 3, (6,))

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from nas.config import build_config
+from nas.mix import Mix
 from nas.search import Search, search
 from nas.select import op_strength, pt_project, select, without_op
-from nas.supernet import Mix
 from nas.utils import NasError
 
 
@@ -42,8 +42,8 @@ def _fit_probe(bundle, idx):
 def test_pt_keeps_the_op_that_matters_where_magnitude_does_not(tiny_search):
     cfg = build_config("search", overrides=tiny_search())
     s = Search(cfg)
-    bundle, w_stream, a_stream = s._data()
-    st = s._state(bundle)
+    bundle, w_stream, a_stream = s.streams()
+    st = s.build_state(bundle)
     st.model = ProbeNet(_fit_probe(bundle, w_stream.indices))
     with torch.no_grad():
         st.arch.alpha.zero_()

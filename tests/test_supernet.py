@@ -1,14 +1,15 @@
 import torch
 
-from nas.spaces import nb201
-from nas.supernet import NB201SearchCell, ReferenceSearchCell, Supernet
+from nas.spaces import NB201, CellSlot, nb201
+from nas.supernet import FusedCell, MixedCell, Supernet
+from nas.supernet.fused import copy_to_reference
 
 
 def _pair(c=6, seed=0):
     torch.manual_seed(seed)
-    fused = NB201SearchCell(c).double()
-    ref = ReferenceSearchCell(c).double()
-    ref.load_from_fused(fused)
+    fused = FusedCell(c, nb201.OPS, nb201.EDGES).double()
+    ref = MixedCell(NB201, CellSlot(0, (c,), c)).double()
+    copy_to_reference(fused, ref)
     return fused, ref
 
 
@@ -31,14 +32,14 @@ def test_fused_conv_weight_gradients_match_per_edge_gradients():
     x = torch.randn(2, 4, 5, 5, dtype=torch.double)
     w = torch.rand(6, 5, dtype=torch.double)  # unnormalised weights work as well
     ga = torch.autograd.grad(fused(x, w).square().sum(), [c.weight for c in fused.convs["nor_conv_3x3"]])
-    ref_convs = [ref.edges[nb201.EDGE_INDEX[(i, j)]][3][1].weight for j in range(3) for i in range(j + 1, 4)]
+    ref_convs = [ref.edges[nb201.EDGE_INDEX[(i, j)]].candidates[3][1].weight for j in range(3) for i in range(j + 1, 4)]
     gb = torch.autograd.grad(ref(x, w).square().sum(), ref_convs)
     torch.testing.assert_close(torch.cat(ga), torch.cat(gb), rtol=1e-9, atol=1e-10)
 
 
 def test_fused_and_reference_supernets_have_equal_parameter_counts():
-    a = Supernet(8, 2, 10, 3)
-    b = Supernet(8, 2, 10, 3, reference=True)
+    a = Supernet(NB201, 8, 2, 10, 3)
+    b = Supernet(NB201, 8, 2, 10, 3, reference=True)
     assert sum(p.numel() for p in a.parameters()) == sum(p.numel() for p in b.parameters())
 
 
@@ -52,10 +53,10 @@ def test_none_weight_has_zero_gradient_and_skip_weight_does_not():
 
 
 def test_search_cells_have_no_affine_bn_or_running_stats():
-    net = Supernet(4, 1, 10, 3)
-    for cell in (m for m in net.modules() if isinstance(m, NB201SearchCell)):
+    net = Supernet(NB201, 4, 1, 10, 3)
+    for cell in (m for m in net.modules() if isinstance(m, FusedCell)):
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in cell.modules())
-    ref = Supernet(4, 1, 10, 3, reference=True)
-    for cell in (m for m in ref.modules() if isinstance(m, ReferenceSearchCell)):
+    ref = Supernet(NB201, 4, 1, 10, 3, reference=True)
+    for cell in (m for m in ref.modules() if isinstance(m, MixedCell)):
         bns = [m for m in cell.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         assert bns and all(not b.affine and b.running_mean is None for b in bns)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from nas.supernet import Mix
+from nas.mix import Mix
 
 
 def project_capped_simplex(y: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, iters: int = 60) -> torch.Tensor:

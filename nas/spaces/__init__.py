@@ -3,73 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from nas.spaces import nb201
+from nas.spaces import darts, nb201
+from nas.spaces.base import CellSlot, SearchSpace
+from nas.spaces.ops import make_op
 from nas.utils import NasError, clip
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    """Everything the search loop and the stages need to know about a space."""
-
-    name: str
-    edge_ops: tuple[tuple[str, ...], ...]  # candidate ops of every edge (one α row each)
-    edge_names: tuple[str, ...]
-    edge_groups: tuple[tuple[int, ...], ...]  # edges that enter the same node (PC-DARTS edge normalisation)
-    parse_genotype: Callable[[str], Any]
-    format_genotype: Callable[[Any], str]
-    build_network: Callable[..., nn.Module]  # (genotype, channels, cells, num_classes, in_channels, **kw)
-    build_supernet: Callable[..., nn.Module]  # (channels, cells, num_classes, in_channels, partial_channels)
-    select_magnitude: Callable[[torch.Tensor], Any]  # mixing weights [edges, ops] -> genotype
-    random_genotype: Callable[[torch.Generator], Any]
-    search_defaults: dict[str, Any] = field(default_factory=dict)
-    retrain_defaults: dict[str, Any] = field(default_factory=dict)
-    pt_exclude: tuple[str, ...] = ()  # ops PT never keeps on an edge
-    keep_edges_per_node: int = 0  # PT topology step: edges kept per node (0 = every edge stays)
-    genotype_json: Callable[[Any], Any] | None = None
-
-    @property
-    def alpha_shape(self) -> tuple[int, int]:
-        return (len(self.edge_ops), len(self.edge_ops[0]))
-
-    @property
-    def ops(self) -> tuple[str, ...]:
-        """All op names of the space, in first-seen order."""
-        seen: dict[str, None] = {}
-        for row in self.edge_ops:
-            for op in row:
-                seen.setdefault(op, None)
-        return tuple(seen)
-
-    def genotype_weights(self, geno: Any) -> torch.Tensor:
-        """One-hot mixing weights of a genotype; edges the genotype does not use are all-zero rows."""
-        w = torch.zeros(self.alpha_shape)
-        if self.name == "nb201":
-            for e, op in enumerate(geno):
-                w[e, self.edge_ops[e].index(op)] = 1.0
-            return w
-        from nas.spaces.darts import CELL_EDGES, N_CELL_EDGES
-
-        for c, genes in enumerate((geno.normal, geno.reduce)):
-            for n, (op, j) in enumerate(genes):
-                e = c * N_CELL_EDGES + CELL_EDGES.index((2 + n // 2, j))
-                if op not in self.edge_ops[e]:
-                    raise NasError(f"genotype: op {op!r} is not a candidate of edge {self.edge_names[e]} in space {self.name}")
-                w[e, self.edge_ops[e].index(op)] = 1.0
-        return w
-
 
 # --------------------------------------------------------------------------- NAS-Bench-201
 
-def _nb201_supernet(channels: int, cells: int, num_classes: int, in_channels: int, partial_channels: int = 1) -> nn.Module:
-    from nas.supernet import Supernet
+def _nb201_search_op(name: str, channels: int, stride: int = 1) -> nn.Module:
+    if stride != 1:
+        raise ValueError(f"NB201 cells have stride-1 edges only, got stride {stride}")
+    return make_op(name, channels, affine=False, track_running_stats=False)
 
-    return Supernet(channels, cells, num_classes, in_channels, partial_channels=partial_channels)
+
+def _nb201_macro(make_cell: Callable[[CellSlot], nn.Module], channels: int, cells: int, num_classes: int,
+                 in_channels: int) -> nn.Module:
+    return nb201.MacroNetwork(lambda c: make_cell(CellSlot(0, (c,), c)), channels, cells, num_classes, in_channels)
 
 
 def _nb201_magnitude(weights: torch.Tensor) -> nb201.Genotype:
@@ -97,9 +51,17 @@ NB201 = SearchSpace(
     parse_genotype=nb201.parse_genotype,
     format_genotype=nb201.format_genotype,
     build_network=_nb201_network,
-    build_supernet=_nb201_supernet,
     select_magnitude=_nb201_magnitude,
     random_genotype=_nb201_random,
+    genotype_edges=lambda geno: list(enumerate(geno)),
+    cell_edges=nb201.EDGES,
+    cell_inputs=1,
+    cell_concat=False,
+    cell_kinds=("cell",),
+    make_search_op=_nb201_search_op,
+    preprocess=lambda slot: [],
+    build_macro=_nb201_macro,
+    benchmark="nb201",
     search_defaults={"channels": 16, "cells": 5},
     retrain_defaults={"channels": 16, "cells": 5, "epochs": 200, "batch_size": 256, "lr": 0.1, "nesterov": True,
                       "weight_decay": 5e-4, "grad_clip": 0.0, "auxiliary_weight": 0.0, "drop_path": 0.0,
@@ -110,8 +72,6 @@ NB201 = SearchSpace(
 # --------------------------------------------------------------------------- DARTS and S1-S4
 
 def _darts_space(name: str) -> SearchSpace:
-    from nas.spaces import darts
-
     edge_ops = darts.space_edge_ops(name)
     n = darts.N_CELL_EDGES
     names = tuple(f"{cell} {i}<-{j}" for cell in ("normal", "reduce") for i, j in darts.CELL_EDGES)
@@ -121,8 +81,9 @@ def _darts_space(name: str) -> SearchSpace:
             groups.append(tuple(c * n + e for e, (to, _) in enumerate(darts.CELL_EDGES) if to == i))
     ops_all = tuple(sorted({op for row in edge_ops for op in row}))
 
-    def supernet(channels, cells, num_classes, in_channels, partial_channels=1):
-        return darts.DartsSupernet(edge_ops, channels, cells, num_classes, in_channels, partial_channels)
+    def genotype_edges(geno) -> list[tuple[int, str]]:
+        return [(c * n + darts.CELL_EDGES.index((2 + k // 2, j)), op)
+                for c, genes in enumerate((geno.normal, geno.reduce)) for k, (op, j) in enumerate(genes)]
 
     def random_genotype(gen: torch.Generator):
         # per node: 2 distinct inputs, each with a uniformly drawn non-none op of its edge
@@ -154,9 +115,16 @@ def _darts_space(name: str) -> SearchSpace:
         parse_genotype=lambda text: darts.parse_genotype(text, ops_all),
         format_genotype=darts.format_genotype,
         build_network=network,
-        build_supernet=supernet,
         select_magnitude=lambda w: darts.select_magnitude(w, edge_ops),
         random_genotype=random_genotype,
+        genotype_edges=genotype_edges,
+        cell_edges=darts.CELL_EDGES,
+        cell_inputs=2,
+        cell_concat=True,
+        cell_kinds=("normal", "reduce"),
+        make_search_op=lambda op, c, stride: darts.make_darts_op(op, c, stride, affine=False, search=True),
+        preprocess=darts.search_preprocess,
+        build_macro=darts.SearchMacro,
         search_defaults={"channels": 16, "cells": 8},
         retrain_defaults={"channels": 36, "cells": 20, "epochs": 600, "batch_size": 96, "lr": 0.025,
                           "nesterov": False, "weight_decay": 3e-4, "grad_clip": 5.0, "auxiliary_weight": 0.4,

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from nas.spaces.base import CellSlot
 from nas.spaces.darts_ops import FactorizedReduce, ReLUConvBN, make_darts_op
-from nas.supernet import Mix, as_mix, channel_shuffle
 from nas.utils import NasError, clip
 
 PRIMITIVES = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
@@ -203,80 +202,24 @@ def select_magnitude(weights: torch.Tensor, edge_ops: tuple[tuple[str, ...], ...
     return DartsGenotype(cells[0], tuple(CONCAT), cells[1], tuple(CONCAT))
 
 
-# --------------------------------------------------------------------------- the search network
+# --------------------------------------------------------------------------- the search skeleton
 
-class SearchMixedOp(nn.Module):
-    def __init__(self, channels: int, stride: int, ops: tuple[str, ...], partial_channels: int = 1):
-        super().__init__()
-        self.k = partial_channels
-        self.stride = stride
-        self.ops = ops
-        self.candidates = nn.ModuleList(make_darts_op(op, channels // partial_channels, stride, affine=False,
-                                                      search=True) for op in ops)
-
-    def _zeros(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, :, :: self.stride, :: self.stride].mul(0.0) if self.stride > 1 else x.mul(0.0)
-
-    def forward(self, x: torch.Tensor, w: torch.Tensor, index: int | None, active: list[bool] | None) -> torch.Tensor:
-        cp = x.shape[1] // self.k
-        xin = x[:, :cp] if self.k > 1 else x
-        if index is not None:
-            rest = w.sum() - w[index]  # zero in value; carries gradient to the other weights (as GDAS does)
-            y = self.candidates[index](xin) * w[index] + rest
-        else:
-            y = None
-            for k, (op, mod) in enumerate(zip(self.ops, self.candidates)):
-                if op == "none" or (active is not None and not active[k]):
-                    continue
-                term = mod(xin) * w[k]
-                y = term if y is None else y + term
-            if y is None:
-                y = self._zeros(xin)
-        if self.k > 1:
-            rest_ch = x[:, cp:]
-            if self.stride > 1:
-                rest_ch = F.max_pool2d(rest_ch, 2, 2)
-            y = channel_shuffle(torch.cat([y, rest_ch], dim=1), self.k)
-        return y
+def search_preprocess(slot: Any) -> list[nn.Module]:
+    """The search cell's input preprocessing (non-affine): the older input is halved when the
+    previous cell reduced; both are mapped to the cell's width by ReLU-1x1 conv-BN."""
+    c_pp, c_p = slot.inputs
+    c = slot.channels
+    pre0 = FactorizedReduce(c_pp, c, affine=False) if slot.reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0, False)
+    return [pre0, ReLUConvBN(c_p, c, 1, 1, 0, False)]
 
 
-class SearchCell(nn.Module):
-    def __init__(self, c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool,
-                 edge_ops: tuple[tuple[str, ...], ...], partial_channels: int = 1):
-        super().__init__()
-        self.reduction = reduction
-        self.pre0 = FactorizedReduce(c_pp, c, affine=False) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0, False)
-        self.pre1 = ReLUConvBN(c_p, c, 1, 1, 0, False)
-        self.edges = nn.ModuleList(
-            SearchMixedOp(c, 2 if reduction and j < 2 else 1, edge_ops[e], partial_channels)
-            for e, (_, j) in enumerate(CELL_EDGES))
+class SearchMacro(nn.Module):
+    """The DARTS search network around its cells: stem conv to 3C, ``cells`` cells with reductions
+    at 1/3 and 2/3 of the depth, global pooling, linear classifier.  ``make_cell(slot)`` builds a
+    cell; extra forward arguments (the mixing weights) are passed through to every cell."""
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, mix: Mix, offset: int) -> torch.Tensor:
-        states = [self.pre0(s0), self.pre1(s1)]
-        w = mix.weights[offset:offset + N_CELL_EDGES]
-        index = mix.index[offset:offset + N_CELL_EDGES].tolist() if mix.index is not None else None
-        active = mix.mask[offset:offset + N_CELL_EDGES].tolist() if mix.mask is not None else None
-        scale = mix.edge_scale[offset:offset + N_CELL_EDGES] if mix.edge_scale is not None else None
-        e = 0
-        for i in range(STEPS):
-            total = None
-            for j in range(i + 2):
-                y = self.edges[e](states[j], w[e], None if index is None else index[e],
-                                  None if active is None else active[e])
-                if scale is not None:
-                    y = y * scale[e]
-                total = y if total is None else total + y
-                e += 1
-            states.append(total)
-        return torch.cat(states[2:], dim=1)
-
-
-class DartsSupernet(nn.Module):
-    """The DARTS search network: stem conv to 3C, ``cells`` cells, reductions at 1/3 and 2/3 of the
-    depth; mixing weights ``[28, ops]`` (normal rows first)."""
-
-    def __init__(self, edge_ops: tuple[tuple[str, ...], ...], channels: int = 16, cells: int = 8,
-                 num_classes: int = 10, in_channels: int = 3, partial_channels: int = 1):
+    def __init__(self, make_cell: Any, channels: int = 16, cells: int = 8, num_classes: int = 10,
+                 in_channels: int = 3):
         super().__init__()
         c_curr = 3 * channels
         self.stem = nn.Sequential(nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
@@ -287,22 +230,17 @@ class DartsSupernet(nn.Module):
             reduction = i in (cells // 3, 2 * cells // 3)
             if reduction:
                 c_curr *= 2
-            ops = edge_ops[N_CELL_EDGES:] if reduction else edge_ops[:N_CELL_EDGES]
-            self.cells.append(SearchCell(c_pp, c_p, c_curr, reduction, reduction_prev, ops, partial_channels))
+            self.cells.append(make_cell(CellSlot(int(reduction), (c_pp, c_p), c_curr, reduction, reduction_prev)))
             reduction_prev = reduction
             c_pp, c_p = c_p, STEPS * c_curr
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_p, num_classes)
 
-    def forward(self, x: torch.Tensor, mix: Mix | torch.Tensor) -> torch.Tensor:
-        mix = as_mix(mix)
+    def forward(self, x: torch.Tensor, *cell_args: Any) -> torch.Tensor:
         s0 = s1 = self.stem(x)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, mix, N_CELL_EDGES if cell.reduction else 0)
+            s0, s1 = s1, cell(s0, s1, *cell_args)
         return self.classifier(self.pool(s1).flatten(1))
-
-    def search_cells(self) -> list[nn.Module]:
-        return []  # progressive widening is implemented for NB201 cells only
 
 
 # --------------------------------------------------------------------------- the evaluation network

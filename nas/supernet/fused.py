@@ -1,12 +1,8 @@
-"""The supernet: the macro network with mixed cells, fed mixing weights from outside.
+"""The fused fast path of a mixed cell: same function as ``MixedCell``, less work.
 
-The supernet holds only w.  The architecture parameters live in the search loop's
-``Architecture``; a method turns them into a ``Mix`` (mixing weights ``[edges, ops]`` and, for
-some methods, a hard path or edge scales) and every edge computes ``sum_k weights[e, k] * op_k(x)``.
-That keeps the method seams (softmax, Gumbel, Dirichlet, perturbations) outside the network.
-
-``NB201SearchCell`` computes the same function as the plain per-edge weighted sum
-(``ReferenceSearchCell``) but shares work among the edges that leave one node:
+It applies to cells of one input node whose output is the last node, whose every node feeds every
+later node, and whose ops are among ``FUSABLE_OPS`` (the NAS-Bench-201 cell).  It shares work
+among the edges that leave one node:
 - ``none`` is never computed (its output is zero, so neither value nor gradient changes);
 - ``skip_connect`` and ``avg_pool_3x3`` of a node are computed once for all its out-edges;
 - the ReLU in front of every convolution runs once per node, and the convolutions of all
@@ -14,46 +10,21 @@ That keeps the method seams (softmax, Gumbel, Dirichlet, perturbations) outside 
   statistics, no affine, so fusing does not change it).
 With a hard path (GDAS, RSPS) only the sampled op of each edge is computed.  With partial
 channels (PC-DARTS) only the first C/K channels of a node go through the ops; the rest bypass
-them, and the result is channel-shuffled.
+them, and the result is channel-shuffled.  ``MixedCell`` is its test oracle.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.spaces import nb201
-from nas.spaces.ops import make_op
+from nas.mix import Mix, as_mix
+from nas.supernet.cell import channel_shuffle
 
-
-@dataclass
-class Mix:
-    """What a supernet forward pass needs from the architecture.
-
-    - ``weights``: ``[edges, ops]`` mixing weights;
-    - ``index``: ``[edges]`` op chosen per edge for hard paths (only that op is computed);
-    - ``edge_scale``: ``[edges]`` multipliers of whole edges (PC-DARTS edge normalisation);
-    - ``mask``: ``[edges, ops]`` ops still in the space (pruned ops have weight 0 and are skipped).
-    """
-
-    weights: torch.Tensor
-    index: torch.Tensor | None = None
-    edge_scale: torch.Tensor | None = None
-    mask: torch.Tensor | None = None
-
-    def detach(self) -> Mix:
-        return replace(self, weights=self.weights.detach(),
-                       edge_scale=None if self.edge_scale is None else self.edge_scale.detach())
-
-    def with_weights(self, weights: torch.Tensor) -> Mix:
-        return replace(self, weights=weights)
-
-
-def as_mix(m: Mix | torch.Tensor) -> Mix:
-    return m if isinstance(m, Mix) else Mix(m)
+FUSABLE_OPS = frozenset({"none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"})
 
 
 def _bn(x: torch.Tensor) -> torch.Tensor:
@@ -61,15 +32,20 @@ def _bn(x: torch.Tensor) -> torch.Tensor:
     return F.batch_norm(x, None, None, training=True, momentum=0.0, eps=1e-5)
 
 
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    b, c, h, w = x.shape
-    return x.reshape(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+def fusable(space) -> bool:
+    """Whether the fused cell computes this space's cells."""
+    edges = set(space.cell_edges)
+    n = 1 + max(i for i, _ in edges)
+    complete = edges == {(i, j) for i in range(1, n) for j in range(i)}
+    return (space.cell_inputs == 1 and not space.cell_concat and len(space.cell_kinds) == 1 and complete
+            and len(set(space.edge_ops)) == 1 and set(space.edge_ops[0]) <= FUSABLE_OPS)
 
 
-class NB201SearchCell(nn.Module):
-    """Mixed NB201 cell with work shared across the out-edges of each node."""
+class FusedCell(nn.Module):
+    """A mixed cell with work shared across the out-edges of each node."""
 
-    def __init__(self, channels: int, ops: tuple[str, ...] = nb201.OPS, partial_channels: int = 1):
+    def __init__(self, channels: int, ops: tuple[str, ...], cell_edges: tuple[tuple[int, int], ...],
+                 partial_channels: int = 1):
         super().__init__()
         if channels % partial_channels:
             raise ValueError(f"channels {channels} not divisible by partial_channels {partial_channels}")
@@ -77,7 +53,8 @@ class NB201SearchCell(nn.Module):
         self.channels = channels
         self.k = partial_channels
         cp = channels // partial_channels
-        n = nb201.NUM_NODES
+        self.num_nodes = n = 1 + max(i for i, _ in cell_edges)
+        self.edge_index = {e: k for k, e in enumerate(cell_edges)}
         self.convs = nn.ModuleDict()
         for op in ops:
             if op.startswith("nor_conv_"):
@@ -92,7 +69,7 @@ class NB201SearchCell(nn.Module):
 
     def forward(self, x: torch.Tensor, mix: Mix | torch.Tensor) -> torch.Tensor:
         mix = as_mix(mix)
-        n = nb201.NUM_NODES
+        n = self.num_nodes
         cp = self.part
         w_rows = mix.weights.unbind(0)
         index = mix.index.tolist() if mix.index is not None else None
@@ -105,7 +82,7 @@ class NB201SearchCell(nn.Module):
             h = nodes[j]
             h_op = h[:, :cp] if self.k > 1 else h
             targets = list(range(j + 1, n))
-            edges = [nb201.EDGE_INDEX[(i, j)] for i in targets]
+            edges = [self.edge_index[(i, j)] for i in targets]
             outs = self._edge_outputs(h_op, j, edges, w_rows, index, mask)
             for i, e, y in zip(targets, edges, outs):
                 s = scale[e] if scale is not None else None
@@ -188,8 +165,8 @@ class NB201SearchCell(nn.Module):
     def widen(self, partial_channels: int, gen: torch.Generator | None = None) -> dict[int, tuple]:
         """Pass more channels through the ops (K -> smaller K), as DrNAS's progressive search does:
         each edge's conv grows by copying randomly chosen existing input and output channels
-        (Net2Wider).  Returns ``{id(old weight): (new param, out_idx, in_idx, blocks)}`` so that the
-        caller can widen optimiser state the same way."""
+        (Net2Wider).  Returns ``{id(old weight): (new param, grow)}``, ``grow`` widening a tensor of
+        the old weight's shape the same way (for the optimiser's state)."""
         old_part, self.k = self.part, partial_channels
         new_part = self.part
         if self.channels % partial_channels or new_part < old_part:
@@ -204,8 +181,12 @@ class NB201SearchCell(nn.Module):
                 new = widen_tensor(old.data, blocks, out_idx, in_idx)
                 conv.weight = nn.Parameter(new)
                 conv.in_channels, conv.out_channels = new_part, new_part * blocks
-                changes[id(old)] = (conv.weight, out_idx, in_idx, blocks)
+                changes[id(old)] = (conv.weight, _grower(blocks, out_idx, in_idx))
         return changes
+
+
+def _grower(blocks: int, out_idx: torch.Tensor, in_idx: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda t: widen_tensor(t, blocks, out_idx, in_idx)
 
 
 def widen_tensor(t: torch.Tensor, blocks: int, out_idx: torch.Tensor, in_idx: torch.Tensor) -> torch.Tensor:
@@ -218,64 +199,14 @@ def widen_tensor(t: torch.Tensor, blocks: int, out_idx: torch.Tensor, in_idx: to
     return per.reshape(-1, *t.shape[1:]).contiguous()
 
 
-class ReferenceSearchCell(nn.Module):
-    """The straightforward mixed cell (one module per op per edge), kept as the fidelity oracle.
-    Partial channels and edge scales follow the PC-DARTS reference formulation per edge."""
-
-    def __init__(self, channels: int, ops: tuple[str, ...] = nb201.OPS, partial_channels: int = 1):
-        super().__init__()
-        self.ops = ops
-        self.k = partial_channels
-        cp = channels // partial_channels
-        self.edges = nn.ModuleList(
-            nn.ModuleList(make_op(op, cp, affine=False, track_running_stats=False) for op in ops)
-            for _ in nb201.EDGES)
-
-    def forward(self, x: torch.Tensor, mix: Mix | torch.Tensor) -> torch.Tensor:
-        mix = as_mix(mix)
-        weights = mix.weights
-        cp = x.shape[1] // self.k
-        nodes = [x]
-        for i in range(1, nb201.NUM_NODES):
-            total = 0
-            for j in range(i):
-                e = nb201.EDGE_INDEX[(i, j)]
-                h = nodes[j]
-                xin = h[:, :cp]
-                y = sum(w * op(xin) for w, op in zip(weights[e], self.edges[e]))
-                if self.k > 1:
-                    y = channel_shuffle(torch.cat([y, h[:, cp:]], dim=1), self.k)
-                if mix.edge_scale is not None:
-                    y = mix.edge_scale[e] * y
-                total = total + y
-            nodes.append(total)
-        return nodes[-1]
-
-    def load_from_fused(self, fused: NB201SearchCell) -> None:
-        """Copy a fused cell's conv weights into the per-edge modules (for equivalence tests)."""
-        c = fused.part
-        for op, convs in fused.convs.items():
-            k = fused.op_index[op]
-            for j, conv in enumerate(convs):
-                for t, i in enumerate(range(j + 1, nb201.NUM_NODES)):
-                    e = nb201.EDGE_INDEX[(i, j)]
-                    self.edges[e][k][1].weight.data.copy_(conv.weight.data[t * c:(t + 1) * c])
-
-
-class Supernet(nn.Module):
-    """An NB201 macro network whose cells are mixed cells sharing one ``Mix``."""
-
-    def __init__(self, channels: int = 16, cells: int = 5, num_classes: int = 10, in_channels: int = 3,
-                 reference: bool = False, partial_channels: int = 1):
-        super().__init__()
-        cell = ReferenceSearchCell if reference else NB201SearchCell
-        self.net = nb201.MacroNetwork(lambda c: cell(c, nb201.OPS, partial_channels), channels, cells,
-                                      num_classes, in_channels)
-        self.num_edges = len(nb201.EDGES)
-        self.num_ops = len(nb201.OPS)
-
-    def forward(self, x: torch.Tensor, mix: Mix | torch.Tensor) -> torch.Tensor:
-        return self.net(x, as_mix(mix))
-
-    def search_cells(self) -> list[NB201SearchCell]:
-        return [m for m in self.modules() if isinstance(m, NB201SearchCell)]
+@torch.no_grad()
+def copy_to_reference(fused: FusedCell, reference: nn.Module) -> None:
+    """Copy a fused cell's conv weights into the per-edge ops of a ``MixedCell`` of the same space
+    (the equivalence tests' oracle)."""
+    c = fused.part
+    for op, convs in fused.convs.items():
+        k = fused.op_index[op]
+        for j, conv in enumerate(convs):
+            for t, i in enumerate(range(j + 1, fused.num_nodes)):
+                e = fused.edge_index[(i, j)]
+                reference.edges[e].candidates[k][1].weight.copy_(conv.weight[t * c:(t + 1) * c])

@@ -1,0 +1,10 @@
+"""DARTS (Liu et al. 2019): softmax over α, first or second order (``order``)."""
+
+from nas.methods.base import Method
+from nas.methods.mixing import Softmax
+
+DEFAULTS: dict = {}
+
+
+def build(cfg, seams: dict) -> Method:
+    return Method(name="darts", mixing=Softmax(), **seams)

@@ -1,0 +1,11 @@
+"""PC-DARTS (Xu et al. 2020): DARTS on C/4 partial channels with edge normalisation (the
+defaults of ``partial_channels`` and ``edge_norm`` for this method)."""
+
+from nas.methods.base import Method
+from nas.methods.mixing import Softmax
+
+DEFAULTS = {"partial_channels": 4, "edge_norm": True}
+
+
+def build(cfg, seams: dict) -> Method:
+    return Method(name="pc-darts", mixing=Softmax(), **seams)

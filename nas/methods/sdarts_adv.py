@@ -1,0 +1,11 @@
+"""SDARTS-ADV (Chen & Hsieh 2020): DARTS whose w step trains on adversarially perturbed mixing
+weights (a PGD attack of radius ``adv_epsilon``, see ``nas.methods.perturb``)."""
+
+from nas.methods.base import Method
+from nas.methods.mixing import Softmax
+
+DEFAULTS = {"perturb": "adv"}
+
+
+def build(cfg, seams: dict) -> Method:
+    return Method(name="sdarts-adv", mixing=Softmax(), **seams)

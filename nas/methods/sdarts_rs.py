@@ -1,0 +1,11 @@
+"""SDARTS-RS (Chen & Hsieh 2020): DARTS whose w step trains on randomly perturbed mixing
+weights (uniform noise of amplitude ``rs_sigma``, see ``nas.methods.perturb``)."""
+
+from nas.methods.base import Method
+from nas.methods.mixing import Softmax
+
+DEFAULTS = {"perturb": "rs"}
+
+
+def build(cfg, seams: dict) -> Method:
+    return Method(name="sdarts-rs", mixing=Softmax(), **seams)
