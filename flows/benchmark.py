@@ -55,9 +55,9 @@ def benchmark(protocol: str = "params/cpu-proxy.yaml", data: str | None = None, 
     rep = grid.write_report(spec, rows)
     create_markdown_artifact(key=f"nas-benchmark-{spec.name}".lower().replace("_", "-"), markdown=rep["markdown"],
                              description=f"NAS-Bench-201 table of protocol {spec.name}")
+    tr = tracking.tracker(track)
     run_id = None
-    if track and tracking.enabled():
-        tr = tracking.Tracker()
+    if tr.active:  # one nested run per row: nothing to build when tracking is off
         run_id = tr.start(f"benchmark-{spec.name}", {"stage": "benchmark", "protocol": spec.name, "space": "nb201"})
         tr.log_params(run_id, {"protocol": protocol, "methods": ",".join(spec.methods),
                                "seeds": ",".join(map(str, spec.seeds)), "selections": ",".join(spec.selections)})

@@ -29,10 +29,6 @@ from nas import stages, tracking
 TASK_OPTS: dict[str, Any] = dict(cache_policy=StageFiles(), persist_result=True, result_serializer="json")
 
 
-def _tracker(track: bool) -> tracking.Tracker | None:
-    return tracking.Tracker() if track and tracking.enabled() else None
-
-
 def _name(stage: str, cfg: Any, selection: str | None = None) -> str:
     return tracking.stage_run_name(stage, config_mod.to_dict(cfg), getattr(cfg, "method", None)
                                    if stage != "select" else None, selection)
@@ -56,16 +52,14 @@ def search_task(cfg: dict[str, Any], inputs: list[str], outputs: list[str] | Non
     with tracking.stage_run(_name("search", scfg), tags, parent_run, track) as (tracker, run_id):
         progress_id = create_progress_artifact(progress=0.0, key="search-progress",
                                                description=f"{scfg.method} search on {scfg.space}: epochs done")
-        log_epoch = tracker.epoch_logger(run_id, scfg.space) if tracker else None
+        log_epoch = tracker.epoch_logger(run_id, scfg.space)
 
         def on_epoch(st: Any) -> None:
-            if log_epoch is not None:
-                log_epoch(st.history[-1])
+            log_epoch(st.history[-1])
             update_progress_artifact(progress_id, progress=100.0 * st.epoch / scfg.epochs)
 
         res = stages.resume_or_restart(stages.search_stage, scfg, callback=on_epoch)
-        if tracker:
-            tracker.log_search(run_id, res, live=True)
+        tracker.log_search(run_id, res, live=True)
     return {"result": str(Path(scfg.out) / "result.json"), "genotype": res["genotype"], "seconds": res["seconds"],
             "mlflow_run": run_id}
 
@@ -77,8 +71,7 @@ def select_task(cfg: dict[str, Any], inputs: list[str], outputs: list[str] | Non
     with tracking.stage_run(_name("select", scfg, scfg.method), {"stage": "select", "selection": scfg.method,
                                                                  "seed": scfg.seed}, parent_run, track) as (tracker, run_id):
         sel = stages.resume_or_restart(stages.select_stage, scfg)
-        if tracker:
-            tracker.log_selection(run_id, config_mod.to_dict(scfg), sel)
+        tracker.log_selection(run_id, config_mod.to_dict(scfg), sel)
     return {"selection": str(Path(scfg.out) / "selection.json"), "genotype": sel["genotype"], "mlflow_run": run_id}
 
 
@@ -92,8 +85,7 @@ def retrain_task(cfg: dict[str, Any], inputs: list[str], outputs: list[str] | No
     name = tracking.stage_run_name("retrain", config_mod.to_dict(rcfg), tags.get("method"), tags.get("selection"))
     with tracking.stage_run(name, tags, parent_run, track) as (tracker, run_id):
         res = stages.resume_or_restart(stages.retrain_stage, rcfg)
-        if tracker:
-            tracker.log_retrain(run_id, res, Path(rcfg.out) / "model.pt")
+        tracker.log_retrain(run_id, res, Path(rcfg.out) / "model.pt")
     return {"result": str(Path(rcfg.out) / "result.json"), "test_acc": res["test_acc"], "mlflow_run": run_id}
 
 
@@ -134,15 +126,13 @@ def pipeline(method: str | None = None, selection: str | None = None, seed: int 
                                            sets, method=method, selection=selection, seed=seed)
     d = {k: config_mod.to_dict(v) for k, v in cfgs.items()}
     root = Path(cfgs["search"].out).parent
-    tracker = _tracker(track)
-    parent = None
-    if tracker:
-        s = cfgs["search"]
-        digest = tracking.config_digest({k: v for k, v in d.items()})
-        parent = tracker.start(tracking.run_name("pipeline", s.method, cfgs["select"].method, s.space, s.seed, digest), {
-            "stage": "pipeline", "method": s.method, "space": s.space, "dataset": s.dataset, "seed": s.seed,
-            "selection": cfgs["select"].method, "config_digest": digest})
-        tracker.log_params(parent, {"params_file": params, "sets": " ".join(sets or []), "out": str(root)})
+    tracker = tracking.tracker(track)
+    s = cfgs["search"]
+    digest = tracking.config_digest({k: v for k, v in d.items()})
+    parent = tracker.start(tracking.run_name("pipeline", s.method, cfgs["select"].method, s.space, s.seed, digest), {
+        "stage": "pipeline", "method": s.method, "space": s.space, "dataset": s.dataset, "seed": s.seed,
+        "selection": cfgs["select"].method, "config_digest": digest})
+    tracker.log_params(parent, {"params_file": params, "sets": " ".join(sets or []), "out": str(root)})
     opts = {"refresh_cache": True} if refresh else {}
     # each stage's outputs: while one is missing the stage runs again instead of answering from cache
     outs = {"search": [str(root / "search" / "result.json")], "select": [str(root / "select" / "selection.json")],
@@ -161,17 +151,14 @@ def pipeline(method: str | None = None, selection: str | None = None, seed: int 
             str(root / "search"), sel["selection"], str(root / "retrain"), str(root / "evaluate"),
             inputs=[srch["result"], sel["selection"], rt["result"]], outputs=outs["evaluate"])
     except BaseException:
-        if tracker:
-            tracker.end(parent, ok=False)
+        tracker.end(parent, ok=False)
         raise
-    links: dict[str, str | None] = {}
     ui = os.environ.get("NAS_MLFLOW_UI", "http://127.0.0.1:5000")
-    if tracker:
-        tracker.log_summary(parent, metrics)
-        tracker.set_tags(parent, {"search_run": srch["mlflow_run"], "retrain_run": rt["mlflow_run"]})
-        tracker.end(parent)
-        links = {"pipeline": tracker.url(parent), "search": srch["mlflow_run"] and tracker.url(srch["mlflow_run"]),
-                 "retrain": rt["mlflow_run"] and tracker.url(rt["mlflow_run"])}
+    tracker.log_summary(parent, metrics)
+    tracker.set_tags(parent, {"search_run": srch["mlflow_run"], "retrain_run": rt["mlflow_run"]})
+    tracker.end(parent)
+    links = {"pipeline": tracker.url(parent), "search": srch["mlflow_run"] and tracker.url(srch["mlflow_run"]),
+             "retrain": rt["mlflow_run"] and tracker.url(rt["mlflow_run"])}
     create_markdown_artifact(key="nas-pipeline-summary", markdown=summary_markdown(metrics, links, ui),
                              description="genotype, NB201 lookup, test accuracy, MLflow links")
     return {**metrics, "out": str(root), "mlflow_run": parent}

@@ -72,9 +72,9 @@ def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrai
     before = sweep.finished(st)
     cap = "" if max_trials is None else f" (study capped at {max_trials})"
     print(f"study {name}: {before} finished trials, adding {n_trials}{cap}; objective {sweep.METRIC_NAMES[mode]}")
-    tracker = tracking.Tracker() if track and tracking.enabled() else None
+    tracker = tracking.tracker(track)
     parent = tracker.study_run(name, storage or sweep.default_storage(), {
-        "stage": "sweep", "method": method, "objective": mode, "selection": "magnitude"}) if tracker else None
+        "stage": "sweep", "method": method, "objective": mode, "selection": "magnitude"})
     out = out or f"runs/sweep/{name}"
     kw = dict(name=name, storage=storage, method=method, mode=mode, params=params, sets=list(sets or []), out=out,
               pruner=pruner, seed=seed, track=track, parent_run=parent, threads=threads, max_trials=max_trials)
@@ -99,8 +99,7 @@ def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrai
             if not rows:
                 break  # every trial of the wave failed (recorded as FAIL): stop instead of failing forever
     except BaseException:
-        if tracker:
-            tracker.end(parent, ok=False)
+        tracker.end(parent, ok=False)
         raise
     st = sweep.open_study(name, storage, method, mode, pruner, seed)
     csv_path = sweep.write_trials_csv(st, Path(out) / "trials.csv")
@@ -121,21 +120,20 @@ def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrai
     md = "\n".join(lines) + "\n"
     create_markdown_artifact(key=f"nas-sweep-{name}".lower().replace("_", "-"), markdown=md,
                              description="Optuna trials of the regularisation strength")
-    if tracker:
-        tracker.log_params(parent, {"study": name, "storage": storage or sweep.default_storage(),
-                                    "objective": mode, "pruner": pruner})
-        tracker.log_file(parent, csv_path, "sweep")
-        counts = {s_: sum(r["state"] == s_ for r in table) for s_ in ("COMPLETE", "PRUNED", "FAIL")}
-        tracker.log_metrics(parent, {"trials_complete": counts["COMPLETE"], "trials_pruned": counts["PRUNED"],
-                                     "trials_failed": counts["FAIL"]})
-        if best:
-            tracker.log_metrics(parent, {"best_value": best["value"], f"best_{key}": best[key]})
-            if best.get("genotype"):
-                tracker.set_tags(parent, {"genotype": best["genotype"], "space": best.get("space")})
-                look = tracking.nb201_lookup(best.get("space") or "", best["genotype"])
-                if look:  # the best trial's cell in the NAS-Bench-201 table, as the pipeline reports it
-                    tracker.log_metrics(parent, {f"nb201_{d}": v for d, v in look["all_datasets"].items()})
-        tracker.end(parent)
+    tracker.log_params(parent, {"study": name, "storage": storage or sweep.default_storage(),
+                                "objective": mode, "pruner": pruner})
+    tracker.log_file(parent, csv_path, "sweep")
+    counts = {s_: sum(r["state"] == s_ for r in table) for s_ in ("COMPLETE", "PRUNED", "FAIL")}
+    tracker.log_metrics(parent, {"trials_complete": counts["COMPLETE"], "trials_pruned": counts["PRUNED"],
+                                 "trials_failed": counts["FAIL"]})
+    if best:
+        tracker.log_metrics(parent, {"best_value": best["value"], f"best_{key}": best[key]})
+        if best.get("genotype"):
+            tracker.set_tags(parent, {"genotype": best["genotype"], "space": best.get("space")})
+            look = tracking.nb201_lookup(best.get("space") or "", best["genotype"]) if tracker.active else None
+            if look:  # the best trial's cell in the NAS-Bench-201 table, as the pipeline reports it
+                tracker.log_metrics(parent, {f"nb201_{d}": v for d, v in look["all_datasets"].items()})
+    tracker.end(parent)
     return {"study": name, "trials": table, "new": new, "best": best, "csv": str(csv_path), "mlflow_run": parent}
 
 

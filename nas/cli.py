@@ -234,8 +234,7 @@ def _run(args: argparse.Namespace) -> int:
         with _tracked("search", cfg, tags) as (tracker, run_id):
             res = stages.search_stage(cfg, resume=args.resume, force=args.force,
                                       callback=_epoch_logger(tracker, run_id, cfg.space))
-            if tracker:
-                tracker.log_search(run_id, res, live=True)
+            tracker.log_search(run_id, res, live=True)
         look = _maybe_lookup(res["space"], res["genotype"])
         lines = [f"genotype: {res['genotype']}", f"result:   {cfg.out}/result.json",
                  f"seconds:  {res['seconds']:.1f}"]
@@ -251,8 +250,7 @@ def _run(args: argparse.Namespace) -> int:
                                       args.sets)
         with _tracked("select", cfg, {"selection": cfg.method, "seed": cfg.seed}, cfg.method) as (tracker, run_id):
             sel = stages.select_stage(cfg, resume=args.resume, force=args.force)
-            if tracker:
-                tracker.log_selection(run_id, config_mod.to_dict(cfg), sel)
+            tracker.log_selection(run_id, config_mod.to_dict(cfg), sel)
         lines = [f"genotype: {sel['genotype']}"]
         if sel["selection"] == "pt":
             lines.append(f"magnitude would give: {sel['magnitude_genotype']}  (PT took {sel['seconds']:.1f}s)")
@@ -325,8 +323,7 @@ def _run(args: argparse.Namespace) -> int:
         tags = {"space": cfg.space, "dataset": cfg.dataset, "seed": cfg.seed, "genotype": cfg.genotype}
         with _tracked("retrain", cfg, tags) as (tracker, run_id):
             res = stages.retrain_stage(cfg, resume=args.resume, force=args.force)
-            if tracker:
-                tracker.log_retrain(run_id, res, f"{cfg.out}/model.pt")
+            tracker.log_retrain(run_id, res, f"{cfg.out}/model.pt")
         out = {k: res[k] for k in ("space", "genotype", "params", "test_acc", "test_loss", "epochs", "seconds")}
         out["result"] = f"{cfg.out}/result.json"
         _print(out, args.json, [f"genotype: {res['genotype']}", f"params:   {res['params']:,}",
@@ -336,8 +333,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _epoch_logger(tracker: Any, run_id: str | None, space: str) -> Any:
-    if tracker is None:
-        return None
     log = tracker.epoch_logger(run_id, space)
     return lambda st: log(st.history[-1])
 

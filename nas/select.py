@@ -11,7 +11,6 @@ strength?" comparison (``op_strength``).
 
 from __future__ import annotations
 
-import csv
 import sys
 import time
 from contextlib import nullcontext
@@ -34,6 +33,7 @@ from nas.utils import (
     sha256_file,
     torch_load,
     torch_save,
+    write_csv,
     write_json,
 )
 
@@ -221,16 +221,6 @@ def op_strength(run: str | Path, cfg: config_mod.SelectConfig, out: str | Path |
         scatter(out / "strength.png", rows, f"{search.method.name}: weight vs accuracy drop "
                                             f"(Spearman {summary['spearman']:.2f})")
     return summary
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    def w(p: Path) -> None:
-        with open(p, "w", newline="") as f:
-            wr = csv.DictWriter(f, fieldnames=list(rows[0]))
-            wr.writeheader()
-            wr.writerows(rows)
-
-    atomic_write(path, w)
 
 
 def scatter(path: Path, rows: list[dict[str, Any]], title: str) -> None:

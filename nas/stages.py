@@ -17,7 +17,7 @@ from nas.search import search
 from nas.select import op_strength, select
 from nas.spaces import get_space
 from nas.train import retrain
-from nas.utils import NasError, read_json
+from nas.utils import NasError, config_digest, read_json, write_csv, write_json
 
 
 def prepare_stage(cfg: config_mod.PrepareConfig) -> dict[str, Any]:
@@ -97,8 +97,6 @@ def evaluate_stage(search_dir: str | Path, selection: str | Path, retrain_dir: s
     ``plots/eigenvalue.csv``, ``plots/search_accuracy.csv``, ``plots/retrain_accuracy.csv``, and
     the same four as pictures (``plots/*.png``, which render without a network)."""
     from nas.schemas import validate_history
-    from nas.utils import atomic_write, write_json
-
     search_res = read_search_result(search_dir)
     sel_path = Path(selection)
     if sel_path.is_dir():
@@ -121,8 +119,6 @@ def evaluate_stage(search_dir: str | Path, selection: str | Path, retrain_dir: s
                       in_channels=rt.get("dataset", {}).get("channels", 3),
                       resolution=rt.get("dataset", {}).get("resolution") or 32)
     eig = search_res.get("hessian", {}).get("top_eigenvalue") or []
-    from nas.utils import config_digest
-
     digest = config_digest({"search": search_res.get("config", {}), "select": sel.get("config", {}),
                             "retrain": rt.get("config", {})})
     metrics: dict[str, Any] = {
@@ -147,8 +143,7 @@ def evaluate_stage(search_dir: str | Path, selection: str | Path, retrain_dir: s
     plots = out / "plots"
 
     def table(name: str, header: list[str], rows: list[list[Any]]) -> None:
-        text = ",".join(header) + "\n" + "".join(",".join(_fmt(v) for v in r) + "\n" for r in rows)
-        atomic_write(plots / name, lambda p: p.write_text(text))
+        write_csv(plots / name, [dict(zip(header, r)) for r in rows], header, "{:.6g}", lineterminator="\n")
 
     ops = list(search_res.get("ops", []))
     if history and ops and all(len(h["weights"][0]) == len(ops) for h in history):
@@ -165,10 +160,6 @@ def evaluate_stage(search_dir: str | Path, selection: str | Path, retrain_dir: s
 
     pipeline_plots(plots)
     return metrics
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
 def resume_or_restart(stage: Any, cfg: Any, **kwargs: Any) -> dict[str, Any]:

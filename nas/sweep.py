@@ -24,7 +24,7 @@ from typing import Any
 
 from nas import config as config_mod
 from nas.spaces import get_space
-from nas.utils import NasError
+from nas.utils import NasError, write_csv
 
 # method -> (config key, low, high): sampled log-uniformly
 STRENGTHS: dict[str, tuple[str, float, float]] = {
@@ -271,13 +271,11 @@ def _run_trial(study, trial, key: str, lo: float, hi: float, method: str, mode: 
     scfg, sel_cfg = per["search"], per["select"]
     if mode == "benchmark" and get_space(scfg.space).benchmark is None:
         raise NasError(f"sweep: mode 'benchmark' needs search.space nb201, got {scfg.space!r}")
-    tracker = tracking.Tracker() if track and tracking.enabled() else None
+    tracker = tracking.tracker(track)
     run_id = tracker.start(f"trial-{trial.number}-{method}-{key}={value:.3g}", {
         "stage": "trial", "method": method, "space": scfg.space, "dataset": scfg.dataset, "seed": scfg.seed,
-        "objective": mode, "selection": sel_cfg.method}, parent=parent_run) if tracker else None
-    if tracker:
-        tracker.log_params(run_id, {key: value, "objective": mode, "study": study.study_name,
-                                    "trial": trial.number})
+        "objective": mode, "selection": sel_cfg.method}, parent=parent_run)
+    tracker.log_params(run_id, {key: value, "objective": mode, "study": study.study_name, "trial": trial.number})
 
     reported: list[float | None] = [None]  # the last supernet accuracy reported (the pruning signal)
 
@@ -285,8 +283,7 @@ def _run_trial(study, trial, key: str, lo: float, hi: float, method: str, mode: 
         rec = st.history[-1]
         reported[0] = 100.0 * rec["val_acc"]
         trial.report(reported[0], step=st.epoch)
-        if tracker:
-            tracker.log_metrics(run_id, {"supernet_val_acc": 100.0 * rec["val_acc"]}, step=st.epoch)
+        tracker.log_metrics(run_id, {"supernet_val_acc": 100.0 * rec["val_acc"]}, step=st.epoch)
         if trial.should_prune():
             raise optuna.TrialPruned(f"supernet val acc {100 * rec['val_acc']:.2f} at epoch {st.epoch}")
 
@@ -308,25 +305,22 @@ def _run_trial(study, trial, key: str, lo: float, hi: float, method: str, mode: 
     except optuna.TrialPruned as exc:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         print(f"trial {trial.number}: {key}={value:.4g} pruned ({exc})", file=sys.stderr, flush=True)
-        if tracker:
-            tracker.set_tags(run_id, {"state": "PRUNED"})
-            tracker.end(run_id)
+        tracker.set_tags(run_id, {"state": "PRUNED"})
+        tracker.end(run_id)
         return {**row, "state": "PRUNED", "value": None, "supernet_val_acc": reported[0]}
     except BaseException:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        if tracker:
-            tracker.end(run_id, ok=False)
+        tracker.end(run_id, ok=False)
         raise
     study.tell(trial, objective)
     print(f"trial {trial.number}: {key}={value:.4g} -> {objective:.2f} ({mode}) {row['genotype']}",
           file=sys.stderr, flush=True)
-    if tracker:
-        tracker.log_metrics(run_id, {"objective": objective})
-        look = tracking.nb201_lookup(scfg.space, row["genotype"])
-        if look:  # the trial's cell in the NAS-Bench-201 table, comparable with pipeline and grid runs
-            tracker.log_metrics(run_id, {f"nb201_{d}": v for d, v in look["all_datasets"].items()})
-        tracker.set_tags(run_id, {"state": "COMPLETE", "genotype": row["genotype"]})
-        tracker.end(run_id)
+    tracker.log_metrics(run_id, {"objective": objective})
+    look = tracking.nb201_lookup(scfg.space, row["genotype"]) if tracker.active else None
+    if look:  # the trial's cell in the NAS-Bench-201 table, comparable with pipeline and grid runs
+        tracker.log_metrics(run_id, {f"nb201_{d}": v for d, v in look["all_datasets"].items()})
+    tracker.set_tags(run_id, {"state": "COMPLETE", "genotype": row["genotype"]})
+    tracker.end(run_id)
     return {**row, "state": "COMPLETE", "value": objective, "supernet_val_acc": reported[0]}
 
 
@@ -352,16 +346,5 @@ def trials_table(study) -> list[dict[str, Any]]:
 
 
 def write_trials_csv(study, path: str | Path) -> Path:
-    import csv
-
-    from nas.utils import atomic_write
-
     rows = trials_table(study)
-
-    def w(p: Path) -> None:
-        with open(p, "w", newline="") as f:
-            wr = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["number"])
-            wr.writeheader()
-            wr.writerows(rows)
-
-    return atomic_write(path, w)
+    return write_csv(path, rows, list(rows[0]) if rows else ["number"])

@@ -82,6 +82,27 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     return path
 
 
+def write_csv(path: str | Path, rows: list[dict[str, Any]], fields: list[str] | None = None,
+              float_format: str | None = None, lineterminator: str = "\r\n") -> Path:
+    """Write ``rows`` as a CSV with a header (``fields``, default: the first row's keys), atomically;
+    floats are written with ``float_format`` (e.g. ``"{:.4f}"``) when given."""
+    import csv
+
+    fields = fields or (list(rows[0]) if rows else [])
+
+    def cell(v: Any) -> Any:
+        return float_format.format(v) if float_format and isinstance(v, float) else v
+
+    def w(p: Path) -> None:
+        with open(p, "w", newline="") as f:
+            wr = csv.DictWriter(f, fieldnames=fields, lineterminator=lineterminator)
+            wr.writeheader()
+            for r in rows:
+                wr.writerow({k: cell(r.get(k)) for k in fields})
+
+    return atomic_write(path, w)
+
+
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     """Delete the ``.<name>.*.tmp`` files that writes killed part-way left in ``folder``.
 

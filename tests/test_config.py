@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from nas.config import SearchConfig, build_config, parse_set
@@ -79,3 +81,16 @@ def test_missing_and_malformed_config_files(tmp_path):
     bad.write_text("epochs: [1,\n")
     with pytest.raises(NasError, match="bad.yaml: not valid YAML"):
         build_config("search", bad)
+
+
+def test_every_params_file_declares_the_regularisation_strengths():
+    """So that ``dvc params diff`` and the MLflow params show them; the values are the defaults."""
+    import yaml
+
+    from nas.config import SearchConfig
+
+    repo = Path(__file__).resolve().parent.parent
+    for path in sorted((repo / "params").glob("*.yaml")):
+        search = yaml.safe_load(path.read_text())["search"]
+        for key in ("rs_sigma", "adv_epsilon", "eps_start", "adv_steps", "drnas_reg", "drnas_lambda"):
+            assert search.get(key) == SearchConfig.model_fields[key].default, f"{path.name}: search.{key}"

@@ -128,8 +128,9 @@ def test_keys_that_may_change_on_resume(tmp_path):
 
 def test_a_resolution_that_would_not_fit_in_memory_is_refused(monkeypatch):
     import nas.data
+    import nas.data.stream
 
-    monkeypatch.setattr(nas.data, "available_memory", lambda: 8 << 30)
+    monkeypatch.setattr(nas.data.stream, "available_memory", lambda: 8 << 30)
     manifest = {"counts": {"train": 50_000, "test": 10_000}, "channels": 3}
     nas.data.check_memory(manifest, 32, 4, 64, "cifar10.pt")  # the usual case passes
     with pytest.raises(NasError, match=r"cifar10.pt: resolution 1024 with crop padding 4 needs about 178.1 GiB "

@@ -53,7 +53,7 @@ def test_tracking_off_gives_no_run(monkeypatch):
 
     monkeypatch.setenv("NAS_MLFLOW", "0")
     with tracking.stage_run("x", {}) as (tracker, run_id):
-        assert tracker is None and run_id is None
+        assert isinstance(tracker, tracking.NullTracker) and not tracker.active and run_id is None
 
 
 def test_one_parent_per_study(store):
@@ -133,3 +133,21 @@ def test_cli_stages_are_runs_and_the_model_loads(store, tiny_search, tmp_path):
     assert "alpha/nor_conv_3x3" in search.data.metrics and "genotype" in search.data.tags
     net = mlflow.pytorch.load_model(f"runs:/{runs['retrain:FINISHED'].info.run_id}/model")
     assert net(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+
+
+def test_the_null_tracker_answers_every_tracker_call_with_nothing():
+    from nas import tracking
+
+    t = tracking.tracker(track=False)
+    assert not t.active and tracking.Tracker.active
+    public = [n for n in vars(tracking.Tracker) if not n.startswith("_") and callable(getattr(tracking.Tracker, n))]
+    assert {"start", "end", "log_search", "log_selection", "log_retrain", "log_metrics"} <= set(public)
+    for name in public:
+        if name == "epoch_logger":
+            assert getattr(t, name)("run")({"epoch": 1, "train_loss": 1.0}) is None
+        else:
+            assert getattr(t, name)("run", {}) is None
+    with pytest.raises(AttributeError):
+        t.no_such_call  # noqa: B018
+    with tracking.stage_run("a run", {"stage": "search"}, track=False) as (tr, run_id):
+        assert run_id is None and not tr.active

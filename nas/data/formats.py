@@ -1,44 +1,22 @@
-"""Datasets: formats -> one prepared uint8 tensor file -> augmented batches on the device.
-
-Formats read:
-- ``digits``: scikit-learn's 8x8 handwritten digits (ships with the package; the embedded default);
-- ``cifar10`` / ``cifar100``: the official python archives (pickled batches), as ``.tar.gz`` or an
-  extracted folder, unpickled with a restricted unpickler;
-- ``imagefolder``: ``root/{train,test}/<class>/*.{png,jpg,jpeg}``, as a folder or a tar archive.
-``cifar10``/``cifar100`` also accept an image folder with the CIFAR class names.
-
-A dataset is decoded once into ``<cache_dir>/<name>-<digest>.pt`` (uint8 NCHW tensors) with a JSON
-manifest beside it (classes, counts, checksum, source, channel statistics).  Batches are then
-cut, cropped, flipped and normalised on the compute device with tensor ops only.
-"""
+"""Dataset formats read into one in-memory form (``RawDataset``): the embedded digits, CIFAR
+archives (restricted unpickling), SVHN, image folders; archives are checked before anything is
+extracted, and every size is bounded before it is read."""
 
 from __future__ import annotations
 
 import io
-import json
 import os
 import pickle
 import tarfile
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from nas.rng import rng_stream
 from nas.utils import (
     NasError,
-    atomic_write,
-    check_output_dir,
-    generator_for,
-    read_json,
-    sha256_file,
-    torch_load,
-    write_json,
 )
 
 FORMAT_VERSION = 1
@@ -52,6 +30,20 @@ DATASETS = ("digits", "cifar10", "cifar100", "svhn", "imagefolder", "prepared")
 MAX_CIFAR_MEMBER_BYTES = {"cifar10": 64 << 20, "cifar100": 256 << 20}
 MAX_IMAGE_FILE_BYTES = 64 << 20
 MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+def available_memory() -> int:
+    """Bytes of memory the system can still hand out (``MemAvailable``), or the physical memory."""
+    meminfo = Path("/proc/meminfo")
+    lines = meminfo.read_text().splitlines() if meminfo.is_file() else []  # Linux only
+    for line in lines:
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
 
 
 # --------------------------------------------------------------------------- safe archives
@@ -382,343 +374,3 @@ def read_raw(dataset: str, data: str | None) -> RawDataset:
     return read_image_folder(path)
 
 
-# --------------------------------------------------------------------------- prepare / load
-
-def source_digest(dataset: str, data: str | None) -> str:
-    """Cheap identity of a data source: file checksum, or a listing digest for folders."""
-    import hashlib
-
-    h = hashlib.sha256(f"v{FORMAT_VERSION}:{dataset}".encode())
-    if dataset == "digits":
-        import sklearn
-
-        h.update(f"sklearn-{sklearn.__version__}".encode())
-    elif data:
-        p = Path(data)
-        if p.is_file():
-            h.update(sha256_file(p).encode())
-        elif p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file():
-                    st = f.stat()
-                    h.update(f"{f.relative_to(p)}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()
-
-
-def prepare(dataset: str = "digits", data: str | None = None, cache_dir: str | Path = "data/prepared",
-            out: str | Path | None = None) -> Path:
-    """Decode a dataset once into a uint8 tensor file plus a manifest; returns the tensor path.
-
-    Reuses an existing prepared file whose manifest checksum matches.  Writes are atomic.
-    """
-    if dataset == "prepared":
-        if not data:
-            raise NasError("dataset 'prepared' needs --data PATH to a prepared .pt file")
-        load_prepared(data)  # validates
-        return Path(data)
-    digest = source_digest(dataset, data)
-    target = Path(out) if out else Path(cache_dir) / f"{dataset}-{digest[:12]}.pt"
-    check_output_dir(target.parent, "cache_dir")
-    # one writer at a time: processes that prepare the same dataset at once (grid cells, Dask
-    # workers) wait here and then reuse the first one's files
-    from filelock import FileLock
-
-    with FileLock(str(target.parent / f".{target.stem}.lock")):
-        return _prepare_locked(dataset, data, digest, target)
-
-
-def _cache_valid(target: Path, manifest_path: Path, digest: str) -> bool:
-    """A prepared file from the same source whose checksum matches its manifest; an unreadable
-    manifest counts as absent (the dataset is prepared again)."""
-    if not (target.is_file() and manifest_path.is_file()):
-        return False
-    try:
-        m = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, OSError):
-        return False
-    return m.get("source_digest") == digest and m.get("sha256") == sha256_file(target)
-
-
-def _prepare_locked(dataset: str, data: str | None, digest: str, target: Path) -> Path:
-    manifest_path = target.with_suffix(".json")
-    if _cache_valid(target, manifest_path, digest):
-        return target
-    try:
-        raw = read_raw(dataset, data)
-    except (tarfile.TarError, EOFError, zlib.error) as exc:
-        raise NasError(f"{data}: truncated or corrupt archive ({type(exc).__name__})") from None
-    tensors = {
-        "train_x": torch.from_numpy(np.ascontiguousarray(raw.train_x)),
-        "train_y": torch.from_numpy(raw.train_y),
-        "test_x": torch.from_numpy(np.ascontiguousarray(raw.test_x)),
-        "test_y": torch.from_numpy(raw.test_y),
-    }
-    x = tensors["train_x"].float()
-    mean = x.mean(dim=(0, 2, 3)).tolist()
-    std = x.std(dim=(0, 2, 3)).clamp_min(1.0).tolist()
-    atomic_write(target, lambda p: torch.save(tensors, p))
-    n_cls = len(raw.classes)
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "dataset": dataset,
-        "source": raw.source,
-        "source_path": str(data) if data else None,
-        "source_digest": digest,
-        "classes": raw.classes,
-        "num_classes": n_cls,
-        "channels": int(raw.train_x.shape[1]),
-        "height": int(raw.train_x.shape[2]),
-        "width": int(raw.train_x.shape[3]),
-        "counts": {"train": int(len(raw.train_y)), "test": int(len(raw.test_y))},
-        "class_counts": {
-            "train": np.bincount(raw.train_y, minlength=n_cls).tolist(),
-            "test": np.bincount(raw.test_y, minlength=n_cls).tolist(),
-        },
-        "mean": mean,
-        "std": std,
-        "flip": raw.flip,
-        "sha256": sha256_file(target),
-    }
-    write_json(manifest_path, manifest)
-    return target
-
-
-@dataclass
-class Prepared:
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    manifest: dict
-    path: Path
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.manifest["num_classes"])
-
-    @property
-    def channels(self) -> int:
-        return int(self.manifest["channels"])
-
-
-MANIFEST_KEYS = ("format_version", "classes", "num_classes", "channels", "height", "width",
-                 "counts", "mean", "std", "sha256")
-
-
-def load_prepared(path: str | Path, verify: bool = True) -> Prepared:
-    path = Path(path)
-    mpath = path.with_suffix(".json")
-    if not mpath.is_file():
-        raise NasError(f"{mpath}: manifest not found beside {path.name} (run 'nas prepare')")
-    manifest = read_json(mpath)
-    for key in MANIFEST_KEYS:
-        if key not in manifest:
-            raise NasError(f"{mpath}: manifest lacks key {key!r}")
-    if manifest["format_version"] != FORMAT_VERSION:
-        raise NasError(f"{mpath}: format_version {manifest['format_version']}, expected {FORMAT_VERSION}")
-    from nas.schemas import validate_manifest
-
-    validate_manifest(manifest, str(mpath))
-    if verify and sha256_file(path) != manifest["sha256"]:
-        raise NasError(f"{path}: checksum does not match its manifest (file changed or truncated)")
-    t = torch_load(path)
-    for key in ("train_x", "train_y", "test_x", "test_y"):
-        if not isinstance(t, dict) or key not in t:
-            raise NasError(f"{path}: prepared file lacks tensor {key!r}")
-    for split in ("train", "test"):
-        x, y = t[f"{split}_x"], t[f"{split}_y"]
-        if x.dtype != torch.uint8 or x.ndim != 4 or len(x) != len(y) or len(x) != manifest["counts"][split]:
-            raise NasError(f"{path}: {split} tensors do not match the manifest counts/shape")
-    return Prepared(t["train_x"], t["train_y"], t["test_x"], t["test_y"], manifest, path)
-
-
-# --------------------------------------------------------------------------- subsets and splits
-
-def balanced_subset(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:
-    """Indices of up to ``per_class`` images of each class, chosen by a seeded permutation."""
-    g = generator_for(seed, rng_stream("subset"))
-    chosen = []
-    for c in torch.unique(labels).tolist():
-        idx = torch.nonzero(labels == c).flatten()
-        chosen.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
-    return torch.sort(torch.cat(chosen)).values
-
-
-def search_split(n_or_idx: int | torch.Tensor, portion: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Disjoint (w, alpha) index sets from the training set, by a seeded permutation."""
-    idx = torch.arange(n_or_idx) if isinstance(n_or_idx, int) else n_or_idx
-    perm = idx[torch.randperm(len(idx), generator=generator_for(seed, rng_stream("split")))]
-    k = int(round(len(idx) * portion))
-    if k == 0 or k == len(idx):
-        raise NasError(f"train_portion {portion} leaves an empty w or alpha split of {len(idx)} images")
-    return perm[:k], perm[k:]
-
-
-# --------------------------------------------------------------------------- batches on the device
-
-def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
-    if size <= 0 or (x.shape[-1] == size and x.shape[-2] == size):
-        return x
-    mode = "area" if size < x.shape[-1] else "bilinear"
-    kw = {} if mode == "area" else {"align_corners": False}
-    out = []
-    per_image = 4 * x.shape[1] * max(size * size, x.shape[-1] * x.shape[-2])  # float32 bytes in and out
-    for chunk in x.split(max(1, min(4096, (256 << 20) // per_image))):
-        out.append(F.interpolate(chunk.float(), size=(size, size), mode=mode, **kw).round_().clamp_(0, 255).to(torch.uint8))
-    return torch.cat(out)
-
-
-class BatchStream:
-    """Batches of one index set, drawn and augmented on the device.
-
-    Images stay uint8 on the device; a batch is gathered, randomly cropped from a
-    zero-padded copy (per-sample offsets, one advanced-indexing gather), optionally
-    flipped, and normalised, with no per-sample Python.
-    """
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, *, mean: list[float],
-                 std: list[float], batch_size: int, augment: bool, padding: int, flip: bool,
-                 drop_last: bool = False, channels_last: bool = False, cutout: int = 0):
-        self.x, self.y = x, y
-        self.device = x.device
-        self.indices = indices.to(self.device)
-        self.batch_size = batch_size
-        self.augment = augment
-        self.padding = padding
-        self.flip = flip
-        self.drop_last = drop_last
-        self.cutout = cutout
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
-        self.inv_std = 1.0 / torch.tensor(std, device=self.device).view(1, -1, 1, 1)
-
-    def __len__(self) -> int:
-        n = len(self.indices)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def batch(self, idx: torch.Tensor, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        xb = self.x[idx]
-        if self.augment and gen is not None:
-            xb = self._augment(xb, gen)
-        xb = (xb.float() - self.mean) * self.inv_std
-        if self.augment and gen is not None and self.cutout > 0:
-            xb = self._cutout(xb, gen)
-        return xb.contiguous(memory_format=self.memory_format), self.y[idx]
-
-    def _cutout(self, xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Zero a ``cutout``-sided square (clipped at the border) around a random centre per image,
-        after normalisation, as the DARTS training code does."""
-        b, _, h, w = xb.shape
-        cy = torch.randint(0, h, (b,), device=self.device, generator=gen)
-        cx = torch.randint(0, w, (b,), device=self.device, generator=gen)
-        half = self.cutout // 2
-        rows = torch.arange(h, device=self.device)[None, :]
-        cols = torch.arange(w, device=self.device)[None, :]
-        in_r = (rows >= (cy[:, None] - half)) & (rows < (cy[:, None] + half))
-        in_c = (cols >= (cx[:, None] - half)) & (cols < (cx[:, None] + half))
-        hole = in_r[:, :, None] & in_c[:, None, :]
-        return xb * (~hole)[:, None].to(xb.dtype)
-
-    def _augment(self, xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        b, c, h, w = xb.shape
-        p = self.padding
-        if p > 0:
-            padded = F.pad(xb, (p, p, p, p))
-            oy = torch.randint(0, 2 * p + 1, (b,), device=self.device, generator=gen)
-            ox = torch.randint(0, 2 * p + 1, (b,), device=self.device, generator=gen)
-            rows = (oy[:, None] + torch.arange(h, device=self.device))[:, None, :, None]
-            cols = (ox[:, None] + torch.arange(w, device=self.device))[:, None, None, :]
-            bi = torch.arange(b, device=self.device)[:, None, None, None]
-            ci = torch.arange(c, device=self.device)[None, :, None, None]
-            xb = padded[bi, ci, rows, cols]
-        if self.flip:
-            mask = torch.rand(b, device=self.device, generator=gen) < 0.5
-            xb = torch.where(mask[:, None, None, None], xb.flip(3), xb)
-        return xb
-
-    def epoch(self, gen: torch.Generator | None, shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self.indices
-        if shuffle and gen is not None:
-            order = order[torch.randperm(len(order), device=self.device, generator=gen)]
-        for i in range(len(self)):
-            yield self.batch(order[i * self.batch_size:(i + 1) * self.batch_size], gen)
-
-
-@dataclass
-class DataBundle:
-    """What a stage needs: streams for w, alpha (or train) and test, plus shape facts."""
-
-    prepared: Prepared
-    x: torch.Tensor  # device, uint8, resized
-    test_x: torch.Tensor
-    num_classes: int
-    channels: int
-    size: int
-    mean: list[float]
-    std: list[float]
-    flip: bool
-    padding: int
-    channels_last: bool = False
-
-    def describe(self, name: str) -> dict[str, Any]:
-        """What a run's result.json records about its data."""
-        return {"name": name, "source": self.prepared.manifest["source"], "num_classes": self.num_classes,
-                "resolution": self.size, "channels": self.channels, "prepared": str(self.prepared.path),
-                "train_images": len(self.prepared.train_y), "test_images": len(self.prepared.test_y)}
-
-    def stream(self, indices: torch.Tensor, batch_size: int, augment: bool, test: bool = False,
-               drop_last: bool = False, cutout: int = 0) -> BatchStream:
-        x = self.test_x if test else self.x
-        y = (self.prepared.test_y if test else self.prepared.train_y).to(x.device)
-        return BatchStream(x, y, indices, mean=self.mean, std=self.std, batch_size=batch_size,
-                           augment=augment, padding=self.padding, flip=self.flip, drop_last=drop_last,
-                           channels_last=self.channels_last, cutout=cutout)
-
-
-def available_memory() -> int:
-    """Bytes of memory the system can still hand out (``MemAvailable``), or the physical memory."""
-    meminfo = Path("/proc/meminfo")
-    lines = meminfo.read_text().splitlines() if meminfo.is_file() else []  # Linux only
-    for line in lines:
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62
-
-
-def check_memory(manifest: dict, size: int, padding: int, batch_size: int, what: str) -> None:
-    """Refuse, before allocating, a resolution or crop padding whose tensors would not fit in
-    memory: the resized uint8 images plus one padded float batch."""
-    n = int(manifest["counts"]["train"]) + int(manifest["counts"]["test"])
-    c = int(manifest["channels"])
-    need = n * c * size * size + 3 * 4 * batch_size * c * (size + 2 * padding) ** 2
-    have = available_memory()
-    if need > have:
-        raise NasError(f"{what}: resolution {size} with crop padding {padding} needs about {need / 2**30:.1f} GiB "
-                       f"for {n} images, more than the {have / 2**30:.1f} GiB available")
-
-
-def load_bundle(cfg: Any, device: torch.device) -> DataBundle:
-    """Prepare (or reuse) the dataset named by a DataConfig and move it to ``device``."""
-    path = prepare(cfg.dataset, cfg.data, cfg.cache_dir)
-    prep = load_prepared(path)
-    size = cfg.resolution or prep.manifest["height"]
-    padding = cfg.crop_padding if cfg.crop_padding >= 0 else max(1, round(4 * size / 32))
-    check_memory(prep.manifest, size, padding, max(cfg.batch_size or 1, cfg.eval_batch_size), str(path))
-    x = resize_uint8(prep.train_x, size).to(device)
-    tx = resize_uint8(prep.test_x, size).to(device)
-    flip = prep.manifest.get("flip", True) if cfg.flip is None else cfg.flip
-    return DataBundle(prep, x, tx, prep.num_classes, prep.channels, size, prep.manifest["mean"],
-                      prep.manifest["std"], bool(flip), padding, bool(getattr(cfg, "channels_last", False)))
-
-
-def search_streams(cfg: Any, device: torch.device) -> tuple[DataBundle, BatchStream, BatchStream]:
-    """A search's data: the (class-balanced ``subset`` of the) training images, split into the w
-    and the α part, as augmented batch streams."""
-    bundle = load_bundle(cfg, device)
-    labels = bundle.prepared.train_y
-    idx = balanced_subset(labels, cfg.subset, cfg.seed) if cfg.subset else torch.arange(len(labels))
-    w_idx, a_idx = search_split(idx, cfg.train_portion, cfg.seed)
-    return bundle, bundle.stream(w_idx, cfg.batch_size, cfg.augment), bundle.stream(a_idx, cfg.batch_size, cfg.augment)

@@ -1,0 +1,183 @@
+"""A grid's figures: α per op over the epochs, eigenvalues, α against the accuracy drop, PT against
+magnitude; drawn from the per-run curves kept beside the table (``curves.json``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from nas.benchmarks import load_table
+from nas.grid.spec import GridSpec
+from nas.methods import trains_alpha
+from nas.spaces import get_space
+from nas.tracking import op_means
+from nas.utils import atomic_write
+
+
+def _result(spec: GridSpec, method: str, seed: int) -> dict[str, Any] | None:
+    p = Path(spec.out) / f"{method}-s{seed}" / "search" / "result.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def collect_curves(spec: GridSpec, folder: Path) -> dict[str, Any]:
+    """The per-run curves the figures are drawn from, keyed ``method/seed``: each op's mean mixing
+    weight per epoch, the top-eigenvalue curve and the strength analysis.  They are read from the
+    run directories and kept in ``curves.json`` beside the table, so the figures can be redrawn
+    from committed data (``nas grid --report-only``) without the run directories."""
+    path = folder / "curves.json"
+    curves: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    for m in spec.methods:
+        if not trains_alpha(m):
+            continue
+        for s in spec.seeds:
+            res = _result(spec, m, s)
+            if res is None:
+                continue
+            edge_ops = get_space(res["space"]).edge_ops
+            per_epoch = [op_means(h["weights"], edge_ops) for h in res["history"]]
+            entry: dict[str, Any] = {
+                "epochs": [h["epoch"] for h in res["history"]],
+                "ops": {op: [e.get(op) for e in per_epoch] for op in dict.fromkeys(o for e in per_epoch for o in e)},
+            }
+            if "hessian" in res:
+                entry["hessian_epochs"] = res["hessian"]["epochs"]
+                entry["hessian"] = res["hessian"]["top_eigenvalue"]
+            strength = Path(spec.out) / f"{m}-s{s}" / "strength" / "strength.json"
+            if strength.is_file():
+                st = json.loads(strength.read_text())
+                entry["strength"] = {"spearman": st["spearman"],
+                                     "rows": [{k: r[k] for k in ("edge", "op", "weight", "drop")} for r in st["rows"]]}
+            curves[f"{m}/{s}"] = entry
+    if curves:
+        atomic_write(path, lambda p: p.write_text(json.dumps(curves, indent=1, sort_keys=True) + "\n"))
+    return curves
+
+
+def draw_figures(spec: GridSpec, rows: list[dict[str, Any]], folder: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+    curves = collect_curves(spec, folder.parent)
+
+    def save(fig, name: str) -> None:
+        atomic_write(folder / name, lambda p: fig.savefig(p, format="png"))
+        plt.close(fig)
+        written.append(str(folder / name))
+
+    methods = [m for m in spec.methods if trains_alpha(m)]
+    runs = {m: [curves[f"{m}/{s}"] for s in spec.seeds if f"{m}/{s}" in curves] for m in methods}
+    runs = {m: r for m, r in runs.items() if r}
+    # 1. each op's mean mixing weight over the epochs: mean over seeds, band = min..max over seeds
+    if runs:
+        cols = min(3, len(runs))
+        nrows = math.ceil(len(runs) / cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(4.4 * cols, 3.3 * nrows), dpi=110, squeeze=False,
+                                 sharey=True)
+        for ax, (m, rs) in zip(axes.flat, runs.items()):
+            n = min(len(r["epochs"]) for r in rs)
+            xs = rs[0]["epochs"][:n]
+            for op in rs[0]["ops"]:
+                ys = np.array([[np.nan if v is None else v for v in r["ops"].get(op, [None] * n)[:n]] for r in rs])
+                style = {"lw": 2.2} if op in ("skip_connect", "nor_conv_3x3") else {"lw": 1.0, "alpha": 0.85}
+                line, = ax.plot(xs, np.nanmean(ys, 0), label=op, **style)
+                if len(rs) > 1:
+                    ax.fill_between(xs, np.nanmin(ys, 0), np.nanmax(ys, 0), color=line.get_color(), alpha=0.15, lw=0)
+            ax.set_title(f"{m} (mean of {len(rs)} seeds)", fontsize=9)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+        for ax in axes[:, 0]:
+            ax.set_ylabel("mean mixing weight over edges")
+        for ax in list(axes.flat)[len(runs):]:
+            ax.axis("off")
+        axes.flat[0].legend(fontsize=7)
+        fig.suptitle(f"{spec.name}: op weights during search (lines: mean over seeds; bands: min to max)",
+                     fontsize=10)
+        fig.tight_layout()
+        save(fig, "alpha_per_op.png")
+    # 2. dominant Hessian eigenvalue over the epochs: mean over seeds, band = min..max, log scale
+    fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=110)
+    drawn = False
+    for m, rs in runs.items():
+        hs = [r for r in rs if r.get("hessian")]
+        if not hs:
+            continue
+        n = min(len(r["hessian"]) for r in hs)
+        xs = hs[0]["hessian_epochs"][:n]
+        ys = np.array([r["hessian"][:n] for r in hs])
+        line, = ax.plot(xs, ys.mean(0), marker="o", ms=3, label=f"{m} ({len(hs)} seeds)")
+        if len(hs) > 1:
+            ax.fill_between(xs, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15, lw=0)
+        drawn = True
+    if drawn:
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(r"$\lambda_{\max}\,(\nabla^2_\alpha \mathcal{L}_{val})$")
+        ax.set_title(f"{spec.name}: sharpness during search (mean over seeds; bands: min to max)", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        save(fig, "eigenvalue.png")
+    else:
+        plt.close(fig)
+    # 3. PT vs magnitude on the same supernets
+    pairs = []
+    for m in methods:
+        for s in spec.seeds:
+            mag = [r for r in rows if r["method"] == m and int(r["seed"]) == s and r["selection"] == "magnitude"]
+            pt = [r for r in rows if r["method"] == m and int(r["seed"]) == s and r["selection"] == "pt"]
+            if mag and pt:
+                pairs.append((m, s, float(mag[0]["cifar10"]), float(pt[0]["cifar10"])))
+    if pairs:
+        fig, ax = plt.subplots(figsize=(6.0, 4.2), dpi=110)
+        labels = [f"{m}\nseed {s}" for m, s, _, _ in pairs]
+        x = range(len(pairs))
+        ax.bar([i - 0.2 for i in x], [p[2] for p in pairs], width=0.4, label="magnitude")
+        ax.bar([i + 0.2 for i in x], [p[3] for p in pairs], width=0.4, label="PT")
+        ax.axhline(table_oracle := _oracle_c10(), color="k", ls="--", lw=0.8, label=f"oracle {table_oracle:.2f}")
+        ax.set_xticks(list(x), labels, fontsize=7)
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("NB201 CIFAR-10 test accuracy (%)")
+        ax.set_title(f"{spec.name}: PT vs magnitude on the same supernets", fontsize=10)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
+        fig.tight_layout()
+        save(fig, "pt_vs_magnitude.png")
+    # 4. α vs accuracy drop (the strength analysis of each method's first seed that has one):
+    #    colour = method, marker = op
+    pts = [(m, next(r["strength"] for r in rs if "strength" in r)) for m, rs in runs.items()
+           if any("strength" in r for r in rs)]
+    if pts:
+        markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
+        ops = list(dict.fromkeys(r["op"] for _, st in pts for r in st["rows"]))
+        fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, (_, st) in enumerate(pts):
+            for j, op in enumerate(ops):
+                sel = [r for r in st["rows"] if r["op"] == op]
+                if sel:
+                    ax.scatter([r["weight"] for r in sel], [100 * r["drop"] for r in sel], s=22,
+                               color=colours[i % len(colours)], marker=markers[j % len(markers)], alpha=0.85)
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], ls="", marker="o", color=colours[i % len(colours)],
+                          label=f"{m}: Spearman's ρ = {st['spearman']:.2f}") for i, (m, st) in enumerate(pts)]
+        handles += [Line2D([], [], ls="", marker=markers[j % len(markers)], color="grey", label=op)
+                    for j, op in enumerate(ops)]
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.set_xlabel("mixing weight of the op")
+        ax.set_ylabel("supernet val. accuracy drop without the op (points)", fontsize=8)
+        ax.set_title(f"{spec.name}: α vs accuracy drop (Spearman's rank correlation ρ)", fontsize=10)
+        ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        fig.tight_layout()
+        save(fig, "alpha_vs_drop.png")
+    return written
+
+
+def _oracle_c10() -> float:
+    return load_table().oracle("cifar10")[1]

@@ -1,0 +1,110 @@
+"""A grid's report: the per-run CSV, the summary table (markdown, CSV, metrics) and its figures."""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from nas.benchmarks import load_table
+from nas.grid.figures import draw_figures
+from nas.grid.spec import DATASETS, RUN_FIELDS, GridSpec
+from nas.schemas import validate_runs
+from nas.utils import NasError, atomic_write, check_output_dir, write_csv, write_json
+
+
+def write_runs_csv(path: Path, rows: list[dict[str, Any]], merge: bool = False) -> None:
+    """The per-run CSV, sorted; with ``merge`` the rows already in the file for other cells stay.
+    Writers hold ``<path>.lock``, so that concurrent merges (two grids) lose no row."""
+    from filelock import FileLock
+
+    path = Path(path)
+    check_output_dir(path.parent, "report")
+    with FileLock(str(path) + ".lock"):
+        _write_runs_csv(path, rows, merge)
+
+
+def _write_runs_csv(path: Path, rows: list[dict[str, Any]], merge: bool) -> None:
+    keep: dict[tuple, dict[str, Any]] = {}
+    if merge and path.is_file():
+        for r in read_runs_csv(path):
+            keep[(r["protocol"], r["method"], r["selection"], int(r["seed"]))] = r
+    for r in rows:
+        keep[(r["protocol"], r["method"], r["selection"], int(r["seed"]))] = r
+    write_csv(path, [keep[k] for k in sorted(keep)], RUN_FIELDS, "{:.4f}")
+
+
+def read_runs_csv(path: Path) -> list[dict[str, Any]]:
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return validate_runs(rows, str(path))
+
+
+def _mean_std(vals: list[float]) -> tuple[float, float]:
+    vals = [v for v in vals if not math.isnan(v)]
+    if not vals:
+        return math.nan, math.nan
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def summarise(rows: Iterable[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
+    """One row per (method, selection): mean ± std of the three datasets, search minutes, runs."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["selection"]), []).append(r)
+    order = {m: i for i, m in enumerate(methods)}
+    out = []
+    for (method, selection), rs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1])):
+        row: dict[str, Any] = {"method": method, "selection": selection, "runs": len(rs),
+                               "seeds": " ".join(str(r["seed"]) for r in sorted(rs, key=lambda r: int(r["seed"])))}
+        for d in DATASETS:
+            row[f"{d}_mean"], row[f"{d}_std"] = _mean_std([float(r[d]) for r in rs])
+        row["search_minutes"] = _mean_std([float(r["search_minutes"]) for r in rs])[0]
+        row["select_minutes"] = _mean_std([float(r["select_minutes"]) for r in rs])[0]
+        out.append(row)
+    return out
+
+
+def table_markdown(summary: list[dict[str, Any]], oracle: dict[str, float], title: str) -> str:
+    head = ("| method | selection | runs | CIFAR-10 | CIFAR-100 | ImageNet16-120 | search (min) | selection (min) |\n"
+            "|---|---|---|---|---|---|---|---|\n")
+    lines = [f"**{title}**", "", head.rstrip("\n")]
+    for r in summary:
+        cells = [f"{r[f'{d}_mean']:.2f} ± {r[f'{d}_std']:.2f}" for d in DATASETS]
+        lines.append(f"| {r['method']} | {r['selection']} | {r['runs']} | " + " | ".join(cells)
+                     + f" | {r['search_minutes']:.1f} | {r['select_minutes']:.1f} |")
+    lines.append("| oracle (best in table) | - | - | " + " | ".join(f"{oracle[d]:.2f}" for d in DATASETS) + " | - | - |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(spec: GridSpec, rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Table (markdown + CSV), per-run CSV and figures under ``spec.report``; returns the paths."""
+    report = Path(spec.report)
+    runs_csv = report / "runs.csv"
+    if rows:
+        write_runs_csv(runs_csv, rows, merge=True)
+    if not runs_csv.is_file():
+        raise NasError(f"{runs_csv}: no finished runs to report")
+    all_rows = [r for r in read_runs_csv(runs_csv) if r["protocol"] == spec.name]
+    summary = summarise(all_rows, spec.methods)
+    table = load_table()
+    oracle = {d: table.oracle(d)[1] for d in DATASETS}
+    md = table_markdown(summary, oracle, f"NAS-Bench-201, protocol {spec.name}: test accuracy (%) of the "
+                                         f"selected cell, mean ± std over seeds")
+    atomic_write(report / "table.md", lambda p: p.write_text(md))
+
+    oracle_row = {"method": "oracle", "selection": "-", "runs": 0, "seeds": "",
+                  **{f"{d}_mean": f"{oracle[d]:.4f}" for d in DATASETS},
+                  **{f"{d}_std": "0" for d in DATASETS}, "search_minutes": "", "select_minutes": ""}
+    write_csv(report / "table.csv", [*summary, oracle_row], list(summary[0]), "{:.4f}")
+    figures = draw_figures(spec, all_rows, report / "figures")
+    metrics = {f"{r['method']}/{r['selection']}/{d}": r[f"{d}_mean"] for r in summary for d in DATASETS}
+    write_json(report / "metrics.json", {"protocol": spec.name, "runs": len(all_rows), "table": metrics})
+    return {"table_md": str(report / "table.md"), "table_csv": str(report / "table.csv"), "runs_csv": str(runs_csv),
+            "figures": figures, "summary": summary, "markdown": md}
+
+

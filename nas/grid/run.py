@@ -1,0 +1,208 @@
+"""Running a grid: one cached cell per (method, seed), a process pool over the cells."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nas import config as config_mod
+from nas.benchmarks import load_table
+from nas.grid.report import write_report, write_runs_csv
+from nas.grid.spec import DATASETS, RUN_FIELDS, GridSpec
+from nas.methods import trains_alpha
+from nas.rundir import SEARCH_RESULT, read_search_result, same_config
+from nas.search import search
+from nas.select import op_strength
+from nas.spaces import get_space
+from nas.stages import resume_or_restart, select_stage
+from nas.utils import NasError, RunLock, check_output_dir, sha256_file, write_json
+
+
+def cached_search(cfg: config_mod.SearchConfig) -> tuple[dict[str, Any], bool]:
+    """The search of ``cfg``: read back when ``<out>/result.json`` was written with the same config,
+    otherwise run (resuming a checkpoint if one is there). Returns (result, was_cached)."""
+    path = Path(cfg.out) / SEARCH_RESULT
+    if path.is_file():
+        try:
+            res = read_search_result(path)  # schema-checked: a corrupt result is computed again
+        except NasError as exc:
+            print(f"{exc}; finishing the search again from its checkpoint", file=sys.stderr, flush=True)
+            res = None
+        if res and same_config(res.get("config", {}), config_mod.to_dict(cfg), config_mod.to_dict(config_mod.SearchConfig())):
+            return res, True
+    return search(cfg, resume=True), False
+
+
+def cached_selection(sel_cfg: config_mod.SelectConfig, search_result: Path) -> tuple[dict[str, Any], bool]:
+    """A selection on a finished search, reused when it was made from the same ``result.json``
+    with the same selection config."""
+
+    out = Path(sel_cfg.out) / "selection.json"
+    digest = sha256_file(search_result)
+    key = {k: v for k, v in config_mod.to_dict(sel_cfg).items() if k not in ("out", "progress", "device", "run")}
+    if out.is_file():
+        try:
+            old = json.loads(out.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if old.get("search_digest") == digest and old.get("select_config") == key:
+            return old, True
+    # PT checkpoints each decision in its folder: an interrupted grid continues the selection
+    sel = resume_or_restart(select_stage, sel_cfg)
+    sel = {**sel, "search_digest": digest, "select_config": key}
+    write_json(out, sel)
+    return sel, False
+
+
+def _final_eigenvalue(res: dict[str, Any]) -> float:
+    eig = res.get("hessian", {}).get("top_eigenvalue") or []
+    return float(eig[-1]) if eig else math.nan
+
+
+class CellBusy(NasError):
+    """Another process is computing this cell."""
+
+
+def run_cell(protocol: str, method: str, seed: int, selections: list[str], out: str, data: str | None = None,
+             pt_methods: list[str] | None = None, strength: bool = False, threads: int = 0,
+             progress: bool = False, wait: bool = True) -> list[dict[str, Any]]:
+    """Search one (method, seed) of a protocol, select with each selection, look the genotypes up.
+    Returns one row per selection (``RUN_FIELDS``).  The cell's folder is claimed for the whole
+    computation: a second grid on the same folder waits for it (``wait``) or gets ``CellBusy``,
+    and then reads the finished cell back instead of computing it again."""
+    cell = Path(out) / f"{method}-s{seed}"
+    try:
+        with RunLock(cell, wait=wait, what="grid cell"):
+            return _run_cell(protocol, method, seed, selections, out, data, pt_methods, strength, threads, progress)
+    except NasError as exc:
+        if not wait and "another process is writing" in str(exc):
+            raise CellBusy(f"{cell}: computed by another grid process") from None
+        raise
+
+
+def _run_cell(protocol: str, method: str, seed: int, selections: list[str], out: str, data: str | None,
+              pt_methods: list[str] | None, strength: bool, threads: int, progress: bool) -> list[dict[str, Any]]:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    name = Path(protocol).stem
+    cell = Path(out) / f"{method}-s{seed}"
+    overrides: dict[str, Any] = {"method": method, "seed": seed, "out": str(cell / "search"), "progress": progress}
+    if data:
+        overrides["data"] = data
+    cfg = config_mod.build_config("search", protocol, overrides)
+    if get_space(cfg.space).benchmark is None:
+        raise NasError(f"{protocol}: the benchmark grid needs search.space nb201 (the table is NAS-Bench-201's), "
+                       f"got {cfg.space!r}")
+    res, cached = cached_search(cfg)
+    print(f"[grid {name}] {method} seed {seed}: search {'cached' if cached else 'done'} "
+          f"({res['seconds'] / 60:.1f} min) -> {res['genotype']}", file=sys.stderr, flush=True)
+    table = load_table()
+    base = {"protocol": name, "method": method, "seed": seed, "search_minutes": res["seconds"] / 60,
+            "final_eigenvalue": _final_eigenvalue(res)}
+    rows = []
+    own = not trains_alpha(method)  # one row, the method's own selection
+    todo = [res["selection"]] if own else list(selections)
+    for selection in todo:
+        if selection == "pt" and pt_methods is not None and method not in pt_methods:
+            continue
+        if selection == "magnitude" or own:
+            geno, minutes = res["genotype"], 0.0
+        else:
+            sel_cfg = config_mod.build_config("select", protocol, {
+                "method": selection, "run": str(cell / "search"), "out": str(cell / f"select-{selection}"),
+                "seed": seed, "progress": progress})
+            sel, was = cached_selection(sel_cfg, cell / "search" / SEARCH_RESULT)
+            geno, minutes = sel["genotype"], sel.get("seconds", 0.0) / 60
+            print(f"[grid {name}] {method} seed {seed}: {selection} {'cached' if was else 'done'} -> {geno}",
+                  file=sys.stderr, flush=True)
+        accs = {d: table.accuracy(geno, d) for d in DATASETS}
+        rows.append({**base, "selection": selection, "genotype": geno, **accs, "select_minutes": minutes,
+                     "skip_edges": geno.count("skip_connect")})
+    if strength and not own:
+        sfile = cell / "strength" / "strength.json"
+        if not sfile.is_file() or json.loads(sfile.read_text()).get("search_digest") != sha256_file(cell / "search" / SEARCH_RESULT):
+            sel_cfg = config_mod.build_config("select", protocol, {"run": str(cell / "search"), "progress": progress})
+            summary = op_strength(cell / "search", sel_cfg, cell / "strength")
+            write_json(sfile, {**summary, "search_digest": sha256_file(cell / "search" / SEARCH_RESULT)})
+    return [{k: r[k] for k in RUN_FIELDS} for r in rows]
+
+
+def _run_cell_kwargs(kw: dict[str, Any]) -> list[dict[str, Any]]:
+    return run_cell(**kw)
+
+
+def cell_kwargs(spec: GridSpec, data: str | None, threads: int = 0, progress: bool = False) -> list[dict[str, Any]]:
+    # the strength analysis runs on each method's first seed only
+    return [dict(protocol=spec.protocol, method=m, seed=s, selections=spec.selections, out=spec.out, data=data,
+                 pt_methods=spec.pt_methods, strength=spec.strength and s == spec.seeds[0], threads=threads,
+                 progress=progress)
+            for m, s in spec.cells()]
+
+
+def run_grid(spec: GridSpec, data: str | None = None, workers: int = 1, threads: int = 0,
+             on_rows: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+    """Run every cell (``workers`` processes, ``threads`` torch threads each), then write the report.
+    Cells already finished are read back from their run directories."""
+    check_output_dir(spec.out, "out")  # both folders are checked before any cell runs
+    check_output_dir(spec.report, "report")
+    jobs = cell_kwargs(spec, data, threads)
+    rows: list[dict[str, Any]] = []
+
+    def collect(new: list[dict[str, Any]]) -> None:
+        rows.extend(new)
+        write_runs_csv(Path(spec.report) / "runs.csv", rows, merge=True)
+        if on_rows is not None:
+            on_rows(new)
+
+    failures: list[str] = []
+    busy: list[dict[str, Any]] = []
+
+    def failed(kw: dict[str, Any], exc: BaseException) -> None:
+        if isinstance(exc, CellBusy):  # another grid computes it: come back to it at the end
+            busy.append(kw)
+            return
+        msg = f"{kw['method']} seed {kw['seed']}: {type(exc).__name__}: {exc}"
+        failures.append(msg)
+        print(f"[grid {spec.name}] FAILED {msg}", file=sys.stderr, flush=True)
+
+    first = [{**kw, "wait": False} for kw in jobs]
+    _run_jobs(first, workers, collect, failed)
+    if busy:  # cells another grid was computing: wait for it, then read them back
+        again = [{**kw, "wait": True} for kw in busy]
+        busy.clear()
+        _run_jobs(again, workers, collect, failed)
+    if rows or (Path(spec.report) / "runs.csv").is_file():
+        write_report(spec, rows)
+    if failures:
+        raise NasError(f"grid {spec.name}: {len(failures)} of {len(jobs)} cells failed (first: {failures[0]}); "
+                       f"rerun the same command to retry them, finished cells are kept")
+    return rows
+
+
+def _run_jobs(jobs: list[dict[str, Any]], workers: int, collect: Callable, failed: Callable) -> None:
+    if workers <= 1:
+        for kw in jobs:
+            try:
+                collect(run_cell(**kw))
+            except Exception as exc:  # one failing cell must not stop the others
+                failed(kw, exc)
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # spawn: workers start clean (no CUDA context or thread pool inherited from this process)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(_run_cell_kwargs, kw): kw for kw in jobs}
+            for fut in as_completed(futures):
+                try:
+                    collect(fut.result())
+                except Exception as exc:
+                    failed(futures[fut], exc)
+
+
