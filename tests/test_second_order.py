@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from nas.search import unrolled_alpha_grad
 from nas.spaces import NB201
 from nas.supernet import Supernet
+from nas.unrolled import unrolled_alpha_grad
 
 
 def _problem(seed=0):
