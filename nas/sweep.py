@@ -23,15 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from nas import config as config_mod
+from nas.methods import tuned_strengths
 from nas.spaces import get_space
 from nas.utils import NasError, write_csv
 
-# method -> (config key, low, high): sampled log-uniformly
-STRENGTHS: dict[str, tuple[str, float, float]] = {
-    "sdarts-adv": ("adv_epsilon", 0.03, 1.0),
-    "sdarts-rs": ("rs_sigma", 0.03, 1.0),
-    "drnas": ("drnas_lambda", 1e-4, 1e-1),
-}
+# method -> (config key, low, high): sampled log-uniformly; declared by each method (``TUNED``)
+STRENGTHS: dict[str, tuple[str, float, float]] = tuned_strengths()
 MODES = ("retrain", "benchmark")
 # What the objective is, as the study names it (optuna-dashboard and the trials table show it).
 METRIC_NAMES = {"retrain": "holdout_val_acc_after_retrain", "benchmark": "nb201_cifar10_test_acc"}

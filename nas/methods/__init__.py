@@ -20,7 +20,7 @@ from nas.spaces import get_space
 from nas.utils import NasError, clip
 
 __all__ = ["Mixing", "Softmax", "GumbelSoftmax", "GumbelHard", "Dirichlet", "UniformPath", "Method", "Stage",
-           "build_method", "METHOD_NAMES", "REGISTRY", "Perturbation", "trains_alpha"]
+           "build_method", "METHOD_NAMES", "REGISTRY", "Perturbation", "trains_alpha", "tuned_strengths"]
 
 REGISTRY: dict[str, ModuleType] = {
     "darts": darts,
@@ -34,6 +34,11 @@ REGISTRY: dict[str, ModuleType] = {
     "rsps": rsps,
 }
 METHOD_NAMES = tuple(REGISTRY)
+
+
+def tuned_strengths() -> dict[str, tuple[str, float, float]]:
+    """Method -> the regularisation strength `nas sweep` tunes: (config key, low, high)."""
+    return {name: module.TUNED for name, module in REGISTRY.items() if hasattr(module, "TUNED")}
 
 
 def trains_alpha(name: str) -> bool:
