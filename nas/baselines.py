@@ -74,3 +74,67 @@ def random_search(search: Any, resume: bool = False) -> dict[str, Any]:
                            device=str(device), seconds=sum(c["seconds"] for c in candidates), history=candidates)
     write_json(search.out / SEARCH_RESULT, result)
     return result
+
+
+# --------------------------------------------------------------------------- NASWOT
+
+def naswot_score(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The training-free score of NASWOT (Mellor et al. 2021): log |K_H|, where K_H[i, j] counts
+    the ReLU units of the untrained network on which images i and j of the batch agree (both
+    active or both inactive), over every ReLU that the loss depends on (a ReLU whose output reaches
+    no loss, behind a ``none`` edge, is left out, as the reference code does with its backward
+    hooks)."""
+    codes: dict[torch.nn.Module, torch.Tensor] = {}
+    reached: set[torch.nn.Module] = set()
+    hooks = []
+
+    def forward_hook(module, inputs, output):
+        codes[module] = (inputs[0].detach().flatten(1) > 0).float()
+        if output.requires_grad:  # called back only when the loss depends on this output
+            output.register_hook(lambda grad, m=module: reached.add(m))
+
+    for m in net.modules():
+        if isinstance(m, torch.nn.ReLU):
+            hooks.append(m.register_forward_hook(forward_hook))
+    try:
+        net.train()
+        logits = net(x)
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        torch.nn.functional.cross_entropy(logits, y).backward()
+    finally:
+        for h in hooks:
+            h.remove()
+    k = torch.zeros(len(x), len(x), dtype=torch.float64, device=x.device)
+    for m, c in codes.items():
+        if m in reached:
+            c = c.double()
+            k += c @ c.T + (1 - c) @ (1 - c).T
+    return float(torch.linalg.slogdet(k).logabsdet)
+
+
+def naswot_search(search: Any, resume: bool = False) -> dict[str, Any]:
+    """Score ``naswot_samples`` uniformly sampled cells with ``naswot_score`` on one batch of
+    ``naswot_batch`` images of the w split and keep the highest; no training at all.  Writes the
+    run folder's ``result.json`` like a search; ``resume`` is accepted and starts over (it takes
+    seconds)."""
+    cfg, space, device = search.cfg, search.space, search.device
+    t0 = time.perf_counter()
+    bundle, w_stream, _ = search.streams()
+    batch_stream = bundle.stream(w_stream.indices, cfg.naswot_batch, cfg.augment)
+    x, y = next(iter(batch_stream.epoch(generator_for(cfg.seed, rng_stream("naswot-batch"), device=device))))
+    gen = generator_for(cfg.seed, rng_stream("naswot-candidates"))
+    candidates = []
+    for c in range(cfg.naswot_samples):
+        geno = space.random_genotype(gen)
+        seed_everything(cfg.seed * 1000 + c)
+        net = space.build_network(geno, cfg.channels, cfg.cells, bundle.num_classes, bundle.channels).to(device)
+        candidates.append({"candidate": c + 1, "genotype": space.format_genotype(geno), "score": naswot_score(net, x, y)})
+    best = max(range(len(candidates)), key=lambda i: (candidates[i]["score"], -i))
+    geno = space.parse_genotype(candidates[best]["genotype"])
+    search.out.mkdir(parents=True, exist_ok=True)
+    result = search_result(space, search.method.describe(), cfg.model_dump(), geno, search.method.selection,
+                           alpha=None, weights=space.genotype_weights(geno).tolist(),
+                           dataset=bundle.describe(cfg.dataset), device=str(device),
+                           seconds=time.perf_counter() - t0, history=candidates)
+    write_json(search.out / SEARCH_RESULT, result)
+    return result

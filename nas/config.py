@@ -122,6 +122,9 @@ class SearchConfig(DataConfig):
     rsps_eval_batches: int = Field(1, ge=1, le=10**6, description="α-split batches per candidate")
     random_samples: int = Field(10, ge=1, le=10**5, description="random baseline: architectures trained from scratch")
     random_epochs: int = Field(5, ge=1, le=100_000, description="epochs per random architecture")
+    naswot_samples: int = Field(10, ge=1, le=10**6,
+                                description="naswot: sampled architectures, the best by training-free score is kept")
+    naswot_batch: int = Field(128, ge=2, le=4096, description="naswot: images of the batch the score is taken on")
     fix_alpha: bool = Field(False,
                             description="keep α at zero (uniform weights), train w only: the fix-α supernet for PT")
     # sharpness: the top eigenvalue of the Hessian of L_val w.r.t. α

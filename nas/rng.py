@@ -27,6 +27,8 @@ STREAMS: dict[str, int] = {
     "random-candidates": 606,     # the random baseline's sampled cells
     "random-batches": 607,        # ... and their training batches
     "hessian-batches": 707,       # the fixed batches of the Hessian eigenvalue
+    "naswot-candidates": 750,     # NASWOT's sampled cells
+    "naswot-batch": 751,          # ... and the batch that scores them
     "pt-order": 808,              # the order in which PT decides the edges
 }
 

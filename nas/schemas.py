@@ -152,7 +152,7 @@ def validate_search_result(res: Any, source: str, alpha_shape: tuple[int, int] |
     for key in ("space", "weights", "genotype"):
         if key not in res:
             raise NasError(f"{source}: missing key {key!r}")
-    no_alpha = res.get("selection") in ("random", "rsps")
+    no_alpha = res.get("alpha") is None  # a baseline without a supernet: one-hot rows of the cell it chose
     w = res["weights"]
     rows = _rows(w)
     if rows is None:
@@ -165,7 +165,7 @@ def validate_search_result(res: Any, source: str, alpha_shape: tuple[int, int] |
     history = res.get("history", [])
     if not isinstance(history, list):
         raise NasError(f"{source}: 'history' must be a list of epochs")
-    if not no_alpha or res.get("selection") == "rsps":
+    if not no_alpha:
         validate_history(history, f"{source} history")
     return res
 
@@ -181,7 +181,7 @@ def runs_schema():
     return pa.DataFrameSchema({
         "protocol": pa.Column(str),
         "method": pa.Column(str, pa.Check.str_length(min_value=1)),
-        "selection": pa.Column(str, pa.Check.isin(["magnitude", "pt", "random", "rsps"])),
+        "selection": pa.Column(str, pa.Check.isin(["magnitude", "pt", "random", "rsps", "naswot"])),
         "seed": pa.Column(int),
         "genotype": pa.Column(str, pa.Check.str_matches(r"^\|.*\|$")),
         "cifar10": pa.Column(float, acc),

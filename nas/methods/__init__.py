@@ -12,7 +12,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from nas.methods import darts, drnas, gdas, pcdarts, random, rsps, sdarts_adv, sdarts_rs, snas
+from nas.methods import darts, drnas, gdas, naswot, pcdarts, random, rsps, sdarts_adv, sdarts_rs, snas
 from nas.methods.base import Method, Stage
 from nas.methods.mixing import Dirichlet, GumbelHard, GumbelSoftmax, Mixing, Softmax, UniformPath
 from nas.methods.perturb import AdversarialPerturbation, NoPerturbation, Perturbation, RandomSmoothing
@@ -32,6 +32,7 @@ REGISTRY: dict[str, ModuleType] = {
     "pc-darts": pcdarts,
     "random": random,
     "rsps": rsps,
+    "naswot": naswot,
 }
 METHOD_NAMES = tuple(REGISTRY)
 
