@@ -81,10 +81,12 @@ def test_genotype_round_trips_in_both_forms():
 @pytest.mark.parametrize("text,msg", [
     (DARTS_V2.replace("'dil_conv_3x3', 2", "'conv_9x9', 2"), "unknown op 'conv_9x9'"),
     (DARTS_V2.replace("('dil_conv_3x3', 2)", "('dil_conv_3x3', 5)"), "input 5 must be in 0..4"),
-    (DARTS_V2.replace("('sep_conv_3x3', 0), ", "", 1), "needs 8"),
+    (DARTS_V2.replace("('sep_conv_3x3', 0), ", "", 1), "needs an even number"),
     ("Genome(normal=[])", "expected Genotype"),
-    ('{"normal": [["sep_conv_3x3", 0]]}', "needs 8"),
-    (DARTS_V2.replace("normal_concat=[2, 3, 4, 5]", "normal_concat=[2, 3]"), "normal_concat must be"),
+    ('{"normal": [["sep_conv_3x3", 0]]}', "needs an even number"),
+    ('{"normal": [], "reduce": []}', "needs an even number"),
+    (DARTS_V2.replace("normal_concat=[2, 3, 4, 5]", "normal_concat=[2, 6]"), r"normal_concat must list distinct nodes of 0\.\.5"),
+    (DARTS_V2.replace("normal_concat=[2, 3, 4, 5]", "normal_concat=[3, 3]"), "normal_concat must list distinct"),
 ])
 def test_bad_genotypes_are_named(text, msg):
     with pytest.raises(NasError, match=msg):
@@ -258,3 +260,45 @@ def test_svhn_mat_files(tmp_path):
     (tmp_path / "test_32x32.mat").write_bytes(b"garbage")
     with pytest.raises(NasError, match="test_32x32.mat: not a readable .mat file"):
         read_svhn(tmp_path)
+
+
+# The NASNet and AmoebaNet cells of the DARTS code's genotypes: 5 intermediate nodes, concatenations
+# of some nodes only, and the ops sep_conv_7x7 and conv_7x1_1x7.
+NASNET = ("Genotype(normal=[('sep_conv_5x5', 1), ('sep_conv_3x3', 0), ('sep_conv_5x5', 0), ('sep_conv_3x3', 0), "
+          "('avg_pool_3x3', 1), ('skip_connect', 0), ('avg_pool_3x3', 0), ('avg_pool_3x3', 0), ('sep_conv_3x3', 1), "
+          "('skip_connect', 1)], normal_concat=[2, 3, 4, 5, 6], reduce=[('sep_conv_5x5', 1), ('sep_conv_7x7', 0), "
+          "('max_pool_3x3', 1), ('sep_conv_7x7', 0), ('avg_pool_3x3', 1), ('sep_conv_5x5', 0), ('skip_connect', 3), "
+          "('avg_pool_3x3', 2), ('sep_conv_3x3', 2), ('max_pool_3x3', 1)], reduce_concat=[4, 5, 6])")
+AMOEBANET = ("Genotype(normal=[('avg_pool_3x3', 0), ('max_pool_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_5x5', 2), "
+             "('sep_conv_3x3', 0), ('avg_pool_3x3', 3), ('sep_conv_3x3', 1), ('skip_connect', 1), "
+             "('skip_connect', 0), ('avg_pool_3x3', 1)], normal_concat=[4, 5, 6], reduce=[('avg_pool_3x3', 0), "
+             "('sep_conv_3x3', 1), ('max_pool_3x3', 0), ('sep_conv_7x7', 2), ('sep_conv_7x7', 0), "
+             "('avg_pool_3x3', 1), ('max_pool_3x3', 0), ('max_pool_3x3', 1), ('conv_7x1_1x7', 0), "
+             "('sep_conv_3x3', 5)], reduce_concat=[3, 4, 6])")
+DARTS_V1 = ("Genotype(normal=[('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('skip_connect', 0), ('sep_conv_3x3', 1), "
+            "('skip_connect', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('skip_connect', 2)], "
+            "normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), "
+            "('max_pool_3x3', 0), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), "
+            "('avg_pool_3x3', 0)], reduce_concat=[2, 3, 4, 5])")
+
+
+@pytest.mark.parametrize("text,params", [
+    # parameter counts of the DARTS code's NetworkCIFAR(36, 10, 20) for these genotypes, auxiliary
+    # head excluded, as its count_parameters_in_MB counts them
+    (NASNET, 3_830_950), (AMOEBANET, 3_145_078), (DARTS_V1, 3_169_414), (DARTS_V2, 3_349_342),
+])
+def test_the_darts_code_genotypes_build_with_its_parameter_counts(text, params):
+    info = info_stage("darts", text)
+    assert info["params"] == params
+    geno = parse_genotype(text)
+    assert parse_genotype(get_space("darts").format_genotype(geno)) == geno
+    assert parse_genotype(json.dumps(geno.to_json())) == geno
+    net = get_space("darts").build_network(geno, 4, 5, 10, 3, auxiliary=True)
+    net.train()
+    logits, aux = net(torch.randn(2, 3, 32, 32))  # the auxiliary head reads 8x8 features
+    assert logits.shape == (2, 10) and aux.shape == (2, 10)
+
+
+def test_a_five_node_genotype_is_not_a_point_of_the_search_space():
+    with pytest.raises(NasError, match="5 intermediate nodes is not in space darts"):
+        get_space("darts").genotype_weights(parse_genotype(NASNET))

@@ -79,9 +79,12 @@ def _darts_space(name: str) -> SearchSpace:
     for c in range(2):
         for i in range(2, 2 + darts.STEPS):
             groups.append(tuple(c * n + e for e, (to, _) in enumerate(darts.CELL_EDGES) if to == i))
-    ops_all = tuple(sorted({op for row in edge_ops for op in row}))
 
     def genotype_edges(geno) -> list[tuple[int, str]]:
+        for genes in (geno.normal, geno.reduce):
+            if len(genes) != 2 * darts.STEPS:
+                raise NasError(f"genotype: a cell with {len(genes) // 2} intermediate nodes is not in space {name} "
+                               f"({darts.STEPS} per cell)")
         return [(c * n + darts.CELL_EDGES.index((2 + k // 2, j)), op)
                 for c, genes in enumerate((geno.normal, geno.reduce)) for k, (op, j) in enumerate(genes)]
 
@@ -112,7 +115,7 @@ def _darts_space(name: str) -> SearchSpace:
         edge_ops=edge_ops,
         edge_names=names,
         edge_groups=tuple(groups),
-        parse_genotype=lambda text: darts.parse_genotype(text, ops_all),
+        parse_genotype=darts.parse_genotype,  # every op the evaluation network builds
         format_genotype=darts.format_genotype,
         build_network=network,
         select_magnitude=lambda w: darts.select_magnitude(w, edge_ops),

@@ -27,6 +27,10 @@ STEPS = 4
 CELL_EDGES = tuple((i, j) for i in range(2, 2 + STEPS) for j in range(i))  # (to, from), 14 edges
 N_CELL_EDGES = len(CELL_EDGES)
 CONCAT = [2, 3, 4, 5]
+MAX_STEPS = 16  # the most intermediate nodes a genotype may have (NASNet and AmoebaNet have 5)
+# ops the evaluation network builds: the search ops, S4's noise, and the ops of the NASNet and
+# AmoebaNet cells of the DARTS code's genotypes
+EVAL_OPS = PRIMITIVES + ("noise", "sep_conv_7x7", "conv_7x1_1x7")
 
 _SHORT = {"skip": "skip_connect", "max": "max_pool_3x3", "avg": "avg_pool_3x3", "sep3": "sep_conv_3x3",
           "dil3": "dil_conv_3x3", "dil5": "dil_conv_5x5"}
@@ -93,8 +97,10 @@ def _validate(fields: dict[str, Any], text: str, ops: set[str]) -> DartsGenotype
         if key not in fields:
             raise NasError(f"genotype {clip(text, 60)}: missing {key!r}")
         genes = fields[key]
-        if not isinstance(genes, (list, tuple)) or len(genes) != 2 * STEPS:
-            raise NasError(f"genotype: {key!r} needs {2 * STEPS} (op, input) pairs, got {clip(genes)}")
+        if (not isinstance(genes, (list, tuple)) or not genes or len(genes) % 2
+                or len(genes) > 2 * MAX_STEPS):
+            raise NasError(f"genotype: {key!r} needs an even number (2 to {2 * MAX_STEPS}) of (op, input) pairs, "
+                           f"two per intermediate node, got {clip(genes)}")
         parsed = []
         for n, gene in enumerate(genes):
             if not isinstance(gene, (list, tuple)) or len(gene) != 2:
@@ -109,9 +115,13 @@ def _validate(fields: dict[str, Any], text: str, ops: set[str]) -> DartsGenotype
                                f"for node {node}")
             parsed.append((op, j))
         out[key] = tuple(parsed)
-        concat = fields.get(f"{key}_concat", CONCAT)
-        if not isinstance(concat, (list, tuple)) or list(concat) != CONCAT:
-            raise NasError(f"genotype: {key}_concat must be {CONCAT}, got {clip(concat)}")
+        nodes = 2 + len(genes) // 2
+        concat = fields.get(f"{key}_concat", list(range(2, nodes)))
+        if (not isinstance(concat, (list, tuple)) or not concat
+                or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < nodes for c in concat)
+                or len(set(concat)) != len(concat)):
+            raise NasError(f"genotype: {key}_concat must list distinct nodes of 0..{nodes - 1} (the cell has "
+                           f"{nodes - 2} intermediate nodes), got {clip(concat)}")
         out[f"{key}_concat"] = tuple(concat)
     return DartsGenotype(out["normal"], out["normal_concat"], out["reduce"], out["reduce_concat"])
 
@@ -126,12 +136,12 @@ def _range(node: ast.Call, field: str) -> list[int]:
     if len(values) == 3 and values[2] == 0:
         raise NasError(f"genotype: field {field!r}: range() step must not be zero")
     r = range(*values)
-    if len(r) > 4 * STEPS:
-        raise NasError(f"genotype: field {field!r}: range of {len(r)} nodes, expected {CONCAT}")
+    if len(r) > 2 + MAX_STEPS:
+        raise NasError(f"genotype: field {field!r}: range of {len(r)} nodes, more than a cell has")
     return list(r)
 
 
-def parse_genotype(text: str, ops: tuple[str, ...] = PRIMITIVES + ("noise",)) -> DartsGenotype:
+def parse_genotype(text: str, ops: tuple[str, ...] = EVAL_OPS) -> DartsGenotype:
     """Parse ``Genotype(normal=[('sep_conv_3x3', 0), ...], normal_concat=[2, 3, 4, 5], reduce=[...],
     reduce_concat=[2, 3, 4, 5])`` or the JSON form ``{"normal": [["sep_conv_3x3", 0], ...], ...}``."""
     if not isinstance(text, str):
@@ -264,7 +274,7 @@ class EvalCell(nn.Module):
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float) -> torch.Tensor:
         states = [self.pre0(s0), self.pre1(s1)]
-        for i in range(STEPS):
+        for i in range(len(self.ops) // 2):
             hs = []
             for t in (2 * i, 2 * i + 1):
                 op = self.ops[t]

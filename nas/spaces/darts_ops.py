@@ -81,6 +81,19 @@ class SepConv(nn.Sequential):
         )
 
 
+class Conv7x1x1x7(nn.Sequential):
+    """ReLU, a 1x7 then a 7x1 convolution (the stride split between them), BN: an op of the NASNet
+    and AmoebaNet cells."""
+
+    def __init__(self, c: int, stride: int, affine: bool = True):
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(c, c, (1, 7), stride=(1, stride), padding=(0, 3), bias=False),
+            nn.Conv2d(c, c, (7, 1), stride=(stride, 1), padding=(3, 0), bias=False),
+            nn.BatchNorm2d(c, affine=affine),
+        )
+
+
 def make_darts_op(name: str, channels: int, stride: int, affine: bool = True, search: bool = False) -> nn.Module:
     """One DARTS-space op.  In the search network (``search=True``) pools are followed by a
     non-affine BN, as in the DARTS search code."""
@@ -99,6 +112,10 @@ def make_darts_op(name: str, channels: int, stride: int, affine: bool = True, se
         return SepConv(c, c, 3, stride, 1, affine)
     elif name == "sep_conv_5x5":
         return SepConv(c, c, 5, stride, 2, affine)
+    elif name == "sep_conv_7x7":
+        return SepConv(c, c, 7, stride, 3, affine)
+    elif name == "conv_7x1_1x7":
+        return Conv7x1x1x7(c, stride, affine)
     elif name == "dil_conv_3x3":
         return DilConv(c, c, 3, stride, 2, 2, affine)
     elif name == "dil_conv_5x5":
@@ -110,4 +127,4 @@ def make_darts_op(name: str, channels: int, stride: int, affine: bool = True, se
     return op
 
 
-__all__ = ["ReLUConvBN", "FactorizedReduce", "SepConv", "DilConv", "DartsZero", "Noise", "make_darts_op"]
+__all__ = ["ReLUConvBN", "FactorizedReduce", "SepConv", "DilConv", "Conv7x1x1x7", "DartsZero", "Noise", "make_darts_op"]
