@@ -36,6 +36,9 @@ EXAMPLES = {
     "select": """examples:
   nas select --run runs/digits-darts                                 # magnitude: the largest weight per edge
   nas select --method pt --run runs/digits-darts --out runs/digits-darts-pt --set pt_tune_epochs=2""",
+    "landscape": """examples:
+  nas landscape --run runs/search --out runs/search/landscape
+  nas landscape --run runs/darts --run runs/sdarts-rs --run runs/sdarts-adv --out runs/landscape --points 11""",
     "strength": """examples:
   nas strength --run runs/digits-darts --out runs/digits-darts-strength""",
     "retrain": """examples:
@@ -122,6 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="directory for strength.csv/.json/.png")
     p.add_argument("--device")
     _common(p, "select")
+
+    p = sub.add_parser("landscape", help="L_val of finished supernets around their α along two random directions",
+                       description="L_val of finished supernets around their α along two random directions "
+                                   "(edge rows of unit norm); a contour per run, side by side",
+                       epilog=EXAMPLES["landscape"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", action="append", required=True, help="search run directory (repeat for several)")
+    p.add_argument("--out", required=True, help="folder for landscape.json/.csv/.png (one subfolder per run)")
+    p.add_argument("--points", type=int, default=11, help="grid points per direction")
+    p.add_argument("--radius", type=float, default=1.0, help="the grid spans [-radius, radius] along each direction")
+    p.add_argument("--batches", type=int, default=4, help="α-split batches per loss evaluation")
+    p.add_argument("--seed", type=int, default=0, help="seed of the two directions")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("grid", help="the benchmark grid of a protocol: methods x seeds x selections, table and figures")
     p.add_argument("--protocol", default="params/cpu-proxy.yaml", help="protocol params file (cpu-proxy, paper)")
@@ -267,6 +283,12 @@ def _run(args: argparse.Namespace) -> int:
                [f"supernet validation accuracy {r['base_acc']:.4f}; Spearman(weight, accuracy drop) = "
                 f"{r['spearman']:.3f} (p = {r['p_value']:.3g}) over {len(r['rows'])} ops"]
                + ([f"table and plot in {cfg.out}"] if cfg.out else []))
+    elif args.command == "landscape":
+        res = stages.landscape_stage(args.run, args.out, args.points, args.radius, args.batches, args.seed,
+                                     args.device)
+        _print({"landscapes": res["landscapes"], "figure": res["figure"]}, args.json,
+               [f"{r['method']} ({r['run']}): L_val(α) {r['center_loss']:.4f}, max rise {r['max_rise']:.4f}, "
+                f"mean rise {r['mean_rise']:.4f}" for r in res["landscapes"]] + [f"figure: {res['figure']}"])
     elif args.command == "grid":
         from nas import grid
 

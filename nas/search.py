@@ -12,7 +12,8 @@ baselines, the grid and the benchmarks:
 - ``run_epoch(st, ...)``: one epoch (``alpha=False``: w only, as PT's fine-tuning);
 - ``read_checkpoint()`` / ``load_checkpoint(st, ck)`` / ``save_checkpoint(st)``;
 - ``mix(st, epoch, gen)``: training mixing weights; ``expected_mix(st)`` / ``expected(st)``:
-  deterministic ones; ``evaluate(st, stream, mix)``: supernet accuracy; ``hessian(st, stream)``;
+  deterministic ones; ``evaluate(st, stream, mix)``: supernet accuracy (``measure``: loss and
+  accuracy); ``hessian(st, stream)``;
 - ``run()``: a whole search, writing ``result.json`` and ``checkpoint.pt``.
 
 First order: ∇_α L_val(w, α); second order: ``nas.unrolled``.
@@ -363,20 +364,27 @@ class Search:
         with torch.no_grad():
             return self.expected_mix(st).weights.cpu()
 
-    @torch.no_grad()
     def evaluate(self, st: SearchState, stream: BatchStream, mix: Mix | None = None, batches: int = 0) -> float:
         """Supernet accuracy with ``mix`` (default: ``expected_mix``) on (the first ``batches`` of)
         ``stream``, in order and without augmentation; the model is left in training mode."""
+        return self.measure(st, stream, mix, batches)[1]
+
+    @torch.no_grad()
+    def measure(self, st: SearchState, stream: BatchStream, mix: Mix | None = None,
+                batches: int = 0) -> tuple[float, float]:
+        """(mean cross-entropy loss, accuracy) of the supernet as ``evaluate`` takes it."""
         mix = self.expected_mix(st) if mix is None else mix
         st.model.eval()
-        correct, n = 0.0, 0
+        loss, correct, n = 0.0, 0.0, 0
         for b, (x, y) in enumerate(stream.epoch(None, shuffle=False)):
             if batches and b >= batches:
                 break
-            correct += float((st.forward(x, mix).argmax(1) == y).sum())
+            logits = st.forward(x, mix)
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += float((logits.argmax(1) == y).sum())
             n += len(y)
         st.model.train()
-        return correct / max(n, 1)
+        return loss / max(n, 1), correct / max(n, 1)
 
     def run_epoch(self, st: SearchState, w_stream: BatchStream, a_stream: BatchStream, steps: int, bar: Any = None,
                   *, epoch: int | None = None, alpha: bool = True) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from typing import Any
 from nas import config as config_mod
 from nas.benchmarks import benchmark_lookup, load_table
 from nas.data import load_prepared, prepare
+from nas.landscape import draw as draw_landscapes
+from nas.landscape import landscape
 from nas.loops import count_macs, count_params
 from nas.rundir import SEARCH_RESULT, read_search_result
 from nas.search import search
@@ -58,6 +60,21 @@ def select_stage(cfg: config_mod.SelectConfig, resume: bool = False, force: bool
 def strength_stage(cfg: config_mod.SelectConfig) -> dict[str, Any]:
     """α (or the Dirichlet mean) against the accuracy drop of removing each op, per edge and op."""
     return op_strength(cfg.run, cfg, cfg.out)
+
+
+def landscape_stage(runs: list[str], out: str | Path, points: int = 11, radius: float = 1.0, batches: int = 4,
+                    seed: int = 0, device: str = "auto") -> dict[str, Any]:
+    """The loss landscape of each run around its α (``<out>/<run name>/``) and one figure with a
+    contour per run (``<out>/landscape.png``), on a shared colour scale."""
+    out = Path(out)
+    names = [Path(r).name or str(i) for i, r in enumerate(runs)]
+    if len(set(names)) != len(names):
+        names = [f"{i}-{n}" for i, n in enumerate(names)]
+    results = [landscape(r, points, radius, batches, seed, device, out / n) for r, n in zip(runs, names)]
+    draw_landscapes(results, out / "landscape.png")
+    slim = [{k: v for k, v in r.items() if k not in ("loss", "axis")} for r in results]
+    write_json(out / "landscapes.json", slim)
+    return {"landscapes": slim, "figure": str(out / "landscape.png")}
 
 
 def nb201_lookup(space: str, genotype: str, dataset: str = "cifar10") -> dict[str, Any] | None:
