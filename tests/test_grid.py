@@ -47,7 +47,8 @@ def test_grid_rows_table_figures_and_cache(protocol, tmp_path):
     csv_rows = grid.read_runs_csv(tmp_path / "r" / "runs.csv")
     assert len(csv_rows) == 6
     figs = {p.name for p in (tmp_path / "r" / "figures").iterdir()}
-    assert figs == {"alpha_per_op.png", "eigenvalue.png", "pt_vs_magnitude.png", "alpha_vs_drop.png"}
+    assert figs == {"alpha_per_op.png", "eigenvalue.png", "pt_vs_magnitude.png", "alpha_vs_drop.png",
+                    "sharpness_over_epochs.png"}
     strength = json.loads((tmp_path / "g" / "darts-s1" / "strength" / "strength.json").read_text())
     assert len(strength["rows"]) == 6 * 5
     # the curves behind the figures are kept beside the table: per-op means sum to one per epoch,
@@ -58,6 +59,9 @@ def test_grid_rows_table_figures_and_cache(protocol, tmp_path):
     assert all(abs(sum(c["ops"][op][e] for op in c["ops"]) - 1) < 1e-5 for e in range(len(c["epochs"])))
     res1 = json.loads((tmp_path / "g" / "darts-s1" / "search" / "result.json").read_text())
     assert c["hessian"] == res1["hessian"]["top_eigenvalue"] and c["strength"]["spearman"] == strength["spearman"]
+    # the sharpness panels: the supernet's validation accuracy and the NB201 accuracy of α's cell per epoch
+    assert c["val_acc"] == [h["val_acc"] for h in res1["history"]]
+    assert c["selected_cifar10"] == [load_table().accuracy(h["genotype"], "cifar10") for h in res1["history"]]
 
     # a second invocation reads every finished cell back: nothing is recomputed
     stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "g").rglob("result.json")}

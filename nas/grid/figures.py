@@ -44,6 +44,10 @@ def collect_curves(spec: GridSpec, folder: Path) -> dict[str, Any]:
             if "hessian" in res:
                 entry["hessian_epochs"] = res["hessian"]["epochs"]
                 entry["hessian"] = res["hessian"]["top_eigenvalue"]
+            entry["val_acc"] = [h["val_acc"] for h in res["history"]]
+            if get_space(res["space"]).benchmark is not None:  # the cell α selects at each epoch, looked up
+                table = load_table()
+                entry["selected_cifar10"] = [table.accuracy(h["genotype"], "cifar10") for h in res["history"]]
             strength = Path(spec.out) / f"{m}-s{s}" / "strength" / "strength.json"
             if strength.is_file():
                 st = json.loads(strength.read_text())
@@ -176,7 +180,49 @@ def draw_figures(spec: GridSpec, rows: list[dict[str, Any]], folder: Path) -> li
         ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         fig.tight_layout()
         save(fig, "alpha_vs_drop.png")
+    # 5. the sharpness figure's three panels against the epoch (runs whose curves hold them)
+    tracked = {m: [r for r in rs if r.get("selected_cifar10")] for m, rs in runs.items()}
+    tracked = {m: rs for m, rs in tracked.items() if rs}
+    if tracked:
+        save(epoch_panels(tracked, f"{spec.name}: supernet, selected cell and sharpness during the search "
+                                   "(mean over seeds; bands: min to max)"), "sharpness_over_epochs.png")
     return written
+
+
+def epoch_panels(runs: dict[str, list[dict[str, Any]]], title: str) -> Any:
+    """Three panels against the search epoch, one line per method (mean over its runs, band min to
+    max): the supernet's validation error, the NB201 CIFAR-10 test error of the cell α selects at
+    that epoch, and the dominant Hessian eigenvalue."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.8), dpi=110)
+    for m, rs in runs.items():
+        n = min(len(r["epochs"]) for r in rs)
+        xs = rs[0]["epochs"][:n]
+        series = [(axes[0], np.array([[100 * (1 - v) for v in r["val_acc"][:n]] for r in rs]), xs),
+                  (axes[1], np.array([[100 - v for v in r["selected_cifar10"][:n]] for r in rs]), xs)]
+        hs = [r for r in rs if r.get("hessian")]
+        if hs:
+            k = min(len(r["hessian"]) for r in hs)
+            series.append((axes[2], np.array([r["hessian"][:k] for r in hs]), hs[0]["hessian_epochs"][:k]))
+        colour = None
+        for ax, ys, x in series:
+            line, = ax.plot(x, ys.mean(0), lw=1.4, color=colour, label=f"{m} ({len(ys)})")
+            colour = line.get_color()
+            if len(ys) > 1:
+                ax.fill_between(x, ys.min(0), ys.max(0), color=colour, alpha=0.15, lw=0)
+    labels = ["supernet validation error (%)", "NB201 CIFAR-10 test error of α's cell (%)",
+              r"$\lambda_{\max}\,(\nabla^2_\alpha \mathcal{L}_{val})$"]
+    for ax, label in zip(axes, labels):
+        ax.set_xlabel("search epoch")
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[2].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def _oracle_c10() -> float:
