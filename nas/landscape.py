@@ -75,7 +75,8 @@ def draw(results: list[dict[str, Any]], path: str | Path) -> None:
     top = max(float(z.max()) for z in rises)
     bottom = min(float(z.min()) for z in rises)
     levels = np.linspace(bottom, top if top > bottom else bottom + 1e-6, 15)
-    fig, axes = plt.subplots(1, len(results), figsize=(3.6 * len(results) + 0.8, 3.4), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(3.9 * len(results) + 1.0, 3.6), dpi=120, squeeze=False,
+                             layout="constrained")
     for ax, r, z in zip(axes[0], results, rises):
         grid = np.array(r["axis"])
         cs = ax.contourf(grid, grid, z.T, levels=levels, cmap="viridis")
