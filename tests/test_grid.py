@@ -29,7 +29,7 @@ def protocol(tmp_path):
 
 
 def test_grid_rows_table_figures_and_cache(protocol, tmp_path):
-    spec = grid.load_grid(protocol(), str(tmp_path / "g"), str(tmp_path / "r"))
+    spec = grid.load_grid(protocol(landscape=True), str(tmp_path / "g"), str(tmp_path / "r"))
     rows = grid.run_grid(spec)
     # darts: magnitude + pt per seed; random: its own selection per seed
     assert sorted((r["method"], r["selection"], r["seed"]) for r in rows) == [
@@ -48,7 +48,7 @@ def test_grid_rows_table_figures_and_cache(protocol, tmp_path):
     assert len(csv_rows) == 6
     figs = {p.name for p in (tmp_path / "r" / "figures").iterdir()}
     assert figs == {"alpha_per_op.png", "eigenvalue.png", "pt_vs_magnitude.png", "alpha_vs_drop.png",
-                    "sharpness_over_epochs.png"}
+                    "sharpness_over_epochs.png", "landscape.png"}
     strength = json.loads((tmp_path / "g" / "darts-s1" / "strength" / "strength.json").read_text())
     assert len(strength["rows"]) == 6 * 5
     # the curves behind the figures are kept beside the table: per-op means sum to one per epoch,
@@ -62,6 +62,9 @@ def test_grid_rows_table_figures_and_cache(protocol, tmp_path):
     # the sharpness panels: the supernet's validation accuracy and the NB201 accuracy of α's cell per epoch
     assert c["val_acc"] == [h["val_acc"] for h in res1["history"]]
     assert c["selected_cifar10"] == [load_table().accuracy(h["genotype"], "cifar10") for h in res1["history"]]
+    # the landscape of the first seed's supernet, as `nas landscape` measures it
+    land = json.loads((tmp_path / "g" / "darts-s1" / "landscape" / "landscape.json").read_text())
+    assert c["landscape"]["loss"] == land["loss"] and len(land["loss"]) == 11 and "landscape" not in curves["darts/2"]
 
     # a second invocation reads every finished cell back: nothing is recomputed
     stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "g").rglob("result.json")}
@@ -110,6 +113,7 @@ def test_changed_protocol_reruns_the_search(protocol, tmp_path):
     ({"selections": ["best"]}, "unknown selection 'best'"),
     ({"seeds": "1,2"}, "key 'grid.seeds' expects a non-empty list of int"),
     ({"colour": 1}, "unknown key 'grid.colour'"),
+    ({"landscape": "yes"}, "key 'grid.landscape' expects bool"),
 ])
 def test_bad_protocols_are_named(protocol, section, msg):
     with pytest.raises(NasError, match=msg):

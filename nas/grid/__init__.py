@@ -9,6 +9,7 @@ section, an optional ``select:`` section (PT settings) and a ``grid:`` section::
       selections: [magnitude, pt]
       pt_methods: [darts, sdarts-rs]   # PT is applied to these supernets only (default: all)
       strength: true                   # α vs accuracy-drop table on the first seed's supernet
+      landscape: true                  # L_val around α on the first seed's supernet (figures/landscape.png)
 
 One cell of the grid is one (method, seed): a search, then each selection on the same supernet,
 then the NB201 lookups on all three datasets.  A cell is cached on disk: a search whose

@@ -10,6 +10,7 @@ from typing import Any
 
 from nas.benchmarks import load_table
 from nas.grid.spec import GridSpec
+from nas.landscape import draw as draw_landscapes
 from nas.methods import trains_alpha
 from nas.spaces import get_space
 from nas.tracking import op_means
@@ -53,6 +54,11 @@ def collect_curves(spec: GridSpec, folder: Path) -> dict[str, Any]:
                 st = json.loads(strength.read_text())
                 entry["strength"] = {"spearman": st["spearman"],
                                      "rows": [{k: r[k] for k in ("edge", "op", "weight", "drop")} for r in st["rows"]]}
+            land = Path(spec.out) / f"{m}-s{s}" / "landscape" / "landscape.json"
+            if land.is_file():
+                lj = json.loads(land.read_text())
+                entry["landscape"] = {k: lj[k] for k in ("axis", "loss", "center_loss", "max_rise", "mean_rise",
+                                                         "radius", "points", "batches", "seed")}
             curves[f"{m}/{s}"] = entry
     if curves:
         atomic_write(path, lambda p: p.write_text(json.dumps(curves, indent=1, sort_keys=True) + "\n"))
@@ -186,6 +192,12 @@ def draw_figures(spec: GridSpec, rows: list[dict[str, Any]], folder: Path) -> li
     if tracked:
         save(epoch_panels(tracked, f"{spec.name}: supernet, selected cell and sharpness during the search "
                                    "(mean over seeds; bands: min to max)"), "sharpness_over_epochs.png")
+    # 6. the loss landscape around α (each method's first seed that has one), shared colour scale
+    lands = [{"method": m, **next(r["landscape"] for r in rs if r.get("landscape"))}
+             for m, rs in runs.items() if any(r.get("landscape") for r in rs)]
+    if lands:
+        draw_landscapes(lands, folder / "landscape.png")
+        written.append(str(folder / "landscape.png"))
     return written
 
 

@@ -13,6 +13,7 @@ from nas import config as config_mod
 from nas.benchmarks import load_table
 from nas.grid.report import write_report, write_runs_csv
 from nas.grid.spec import DATASETS, RUN_FIELDS, GridSpec
+from nas.landscape import landscape as loss_landscape
 from nas.methods import trains_alpha
 from nas.rundir import SEARCH_RESULT, read_search_result, same_config
 from nas.search import search
@@ -69,7 +70,7 @@ class CellBusy(NasError):
 
 def run_cell(protocol: str, method: str, seed: int, selections: list[str], out: str, data: str | None = None,
              pt_methods: list[str] | None = None, strength: bool = False, threads: int = 0,
-             progress: bool = False, wait: bool = True) -> list[dict[str, Any]]:
+             progress: bool = False, wait: bool = True, landscape: bool = False) -> list[dict[str, Any]]:
     """Search one (method, seed) of a protocol, select with each selection, look the genotypes up.
     Returns one row per selection (``RUN_FIELDS``).  The cell's folder is claimed for the whole
     computation: a second grid on the same folder waits for it (``wait``) or gets ``CellBusy``,
@@ -77,7 +78,8 @@ def run_cell(protocol: str, method: str, seed: int, selections: list[str], out: 
     cell = Path(out) / f"{method}-s{seed}"
     try:
         with RunLock(cell, wait=wait, what="grid cell"):
-            return _run_cell(protocol, method, seed, selections, out, data, pt_methods, strength, threads, progress)
+            return _run_cell(protocol, method, seed, selections, out, data, pt_methods, strength, threads, progress,
+                             landscape)
     except NasError as exc:
         if not wait and "another process is writing" in str(exc):
             raise CellBusy(f"{cell}: computed by another grid process") from None
@@ -85,7 +87,8 @@ def run_cell(protocol: str, method: str, seed: int, selections: list[str], out: 
 
 
 def _run_cell(protocol: str, method: str, seed: int, selections: list[str], out: str, data: str | None,
-              pt_methods: list[str] | None, strength: bool, threads: int, progress: bool) -> list[dict[str, Any]]:
+              pt_methods: list[str] | None, strength: bool, threads: int, progress: bool,
+              landscape: bool = False) -> list[dict[str, Any]]:
     import torch
 
     if threads:
@@ -130,6 +133,12 @@ def _run_cell(protocol: str, method: str, seed: int, selections: list[str], out:
             sel_cfg = config_mod.build_config("select", protocol, {"run": str(cell / "search"), "progress": progress})
             summary = op_strength(cell / "search", sel_cfg, cell / "strength")
             write_json(sfile, {**summary, "search_digest": sha256_file(cell / "search" / SEARCH_RESULT)})
+    if landscape and not own:
+        lfile = cell / "landscape" / "landscape.json"
+        digest = sha256_file(cell / "search" / SEARCH_RESULT)
+        if not lfile.is_file() or json.loads(lfile.read_text()).get("search_digest") != digest:
+            res_l = loss_landscape(cell / "search", out=cell / "landscape")
+            write_json(lfile, {**res_l, "search_digest": digest})
     return [{k: r[k] for k in RUN_FIELDS} for r in rows]
 
 
@@ -138,10 +147,10 @@ def _run_cell_kwargs(kw: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def cell_kwargs(spec: GridSpec, data: str | None, threads: int = 0, progress: bool = False) -> list[dict[str, Any]]:
-    # the strength analysis runs on each method's first seed only
+    # the strength analysis and the landscape run on each method's first seed only
     return [dict(protocol=spec.protocol, method=m, seed=s, selections=spec.selections, out=spec.out, data=data,
                  pt_methods=spec.pt_methods, strength=spec.strength and s == spec.seeds[0], threads=threads,
-                 progress=progress)
+                 progress=progress, landscape=spec.landscape and s == spec.seeds[0])
             for m, s in spec.cells()]
 
 

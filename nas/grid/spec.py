@@ -27,6 +27,7 @@ class GridSpec:
     strength: bool
     out: str  # run directories (caches)
     report: str  # table, CSV, figures
+    landscape: bool = False  # L_val around α on each α-trained method's first seed (figures/landscape.png)
 
     def cells(self) -> list[tuple[str, int]]:
         return [(m, s) for m in self.methods for s in self.seeds]
@@ -47,7 +48,7 @@ def load_grid(protocol: str | Path, out: str | None = None, report: str | None =
     grid = doc.get("grid", {})
     if not isinstance(grid, dict):
         raise NasError(f"{path}: key 'grid' expects a mapping")
-    known = {"methods", "seeds", "selections", "pt_methods", "strength"}
+    known = {"methods", "seeds", "selections", "pt_methods", "strength", "landscape"}
     for key in grid:
         if key not in known:
             raise NasError(f"{path}: unknown key 'grid.{key}' (known: {', '.join(sorted(known))})")
@@ -66,11 +67,14 @@ def load_grid(protocol: str | Path, out: str | None = None, report: str | None =
     strength = grid.get("strength", False)
     if not isinstance(strength, bool):
         raise NasError(f"{path}: key 'grid.strength' expects bool, got {strength!r}")
+    landscape = grid.get("landscape", False)
+    if not isinstance(landscape, bool):
+        raise NasError(f"{path}: key 'grid.landscape' expects bool, got {landscape!r}")
     # the search and select sections must be valid too, before any work starts
     config_mod.build_config("search", path)
     config_mod.build_config("select", path)
     name = path.stem
     return GridSpec(str(path), name, list(methods), [int(s) for s in seeds], list(selections), pt_methods, strength,
-                    out or f"runs/grid/{name}", report or f"data/results/{name}")
+                    out or f"runs/grid/{name}", report or f"data/results/{name}", landscape)
 
 
