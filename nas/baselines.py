@@ -66,12 +66,20 @@ def random_search(search: Any, resume: bool = False) -> dict[str, Any]:
     finally:
         if bar is not None:
             bar.close()
-    best = max(range(len(candidates)), key=lambda i: (candidates[i]["val_acc"], -i))
+    return _keep_best(search, bundle, candidates, "val_acc", sum(c["seconds"] for c in candidates))
+
+
+def _keep_best(search: Any, bundle: Any, candidates: list[dict[str, Any]], key: str,
+               seconds: float) -> dict[str, Any]:
+    """Write the run folder's ``result.json`` for the candidate with the highest ``key`` (ties: the
+    first sampled), its one-hot weights standing for α."""
+    space = search.space
+    best = max(range(len(candidates)), key=lambda i: (candidates[i][key], -i))
     geno = space.parse_genotype(candidates[best]["genotype"])
-    one_hot = space.genotype_weights(geno)
-    result = search_result(space, search.method.describe(), cfg.model_dump(), geno, search.method.selection,
-                           alpha=None, weights=one_hot.tolist(), dataset=bundle.describe(cfg.dataset),
-                           device=str(device), seconds=sum(c["seconds"] for c in candidates), history=candidates)
+    result = search_result(space, search.method.describe(), search.cfg.model_dump(), geno, search.method.selection,
+                           alpha=None, weights=space.genotype_weights(geno).tolist(),
+                           dataset=bundle.describe(search.cfg.dataset), device=str(search.device), seconds=seconds,
+                           history=candidates)
     write_json(search.out / SEARCH_RESULT, result)
     return result
 
@@ -124,17 +132,21 @@ def naswot_search(search: Any, resume: bool = False) -> dict[str, Any]:
     x, y = next(iter(batch_stream.epoch(generator_for(cfg.seed, rng_stream("naswot-batch"), device=device))))
     gen = generator_for(cfg.seed, rng_stream("naswot-candidates"))
     candidates = []
-    for c in range(cfg.naswot_samples):
-        geno = space.random_genotype(gen)
-        seed_everything(cfg.seed * 1000 + c)
-        net = space.build_network(geno, cfg.channels, cfg.cells, bundle.num_classes, bundle.channels).to(device)
-        candidates.append({"candidate": c + 1, "genotype": space.format_genotype(geno), "score": naswot_score(net, x, y)})
-    best = max(range(len(candidates)), key=lambda i: (candidates[i]["score"], -i))
-    geno = space.parse_genotype(candidates[best]["genotype"])
+    bar = progress_bar(cfg.progress, total=cfg.naswot_samples, initial=0, desc="naswot")
+    try:
+        for c in range(cfg.naswot_samples):
+            geno = space.random_genotype(gen)
+            seed_everything(cfg.seed * 1000 + c)
+            net = space.build_network(geno, cfg.channels, cfg.cells, bundle.num_classes, bundle.channels).to(device)
+            candidates.append({"candidate": c + 1, "genotype": space.format_genotype(geno),
+                               "score": naswot_score(net, x, y)})
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
     search.out.mkdir(parents=True, exist_ok=True)
-    result = search_result(space, search.method.describe(), cfg.model_dump(), geno, search.method.selection,
-                           alpha=None, weights=space.genotype_weights(geno).tolist(),
-                           dataset=bundle.describe(cfg.dataset), device=str(device),
-                           seconds=time.perf_counter() - t0, history=candidates)
-    write_json(search.out / SEARCH_RESULT, result)
+    result = _keep_best(search, bundle, candidates, "score", time.perf_counter() - t0)
+    log_line(None, f"naswot: best of {cfg.naswot_samples} cells, score {max(c['score'] for c in candidates):.2f}: "
+                   f"{result['genotype']}")
     return result

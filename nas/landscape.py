@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from nas.progress import progress_bar
 from nas.rng import rng_stream
 from nas.select import load_supernet
 from nas.utils import NasError, atomic_write, check_output_dir, generator_for, write_csv, write_json
@@ -28,9 +29,10 @@ def directions(shape: tuple[int, int], seed: int) -> tuple[torch.Tensor, torch.T
 
 
 def landscape(run: str | Path, points: int = 11, radius: float = 1.0, batches: int = 4, seed: int = 0,
-              device: str = "auto", out: str | Path | None = None) -> dict[str, Any]:
+              device: str = "auto", out: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
     """The landscape of the search in ``run``; with ``out``, ``landscape.json``, ``landscape.csv``
-    and ``landscape.png`` are written there.  Returns the grid, the losses and their summary."""
+    and ``landscape.png`` are written there.  Returns the grid, the losses and their summary.
+    ``progress`` shows a bar over the ``points``² evaluations on a terminal."""
     if points < 2 or radius <= 0 or batches < 1:
         raise NasError(f"landscape: points must be >= 2, radius > 0 and batches >= 1, got {points}, {radius}, {batches}")
     if out is not None:
@@ -40,14 +42,21 @@ def landscape(run: str | Path, points: int = 11, radius: float = 1.0, batches: i
     d1, d2 = (d.to(alpha) for d in directions(tuple(alpha.shape), seed))
     axis = torch.linspace(-radius, radius, points, dtype=torch.float64).tolist()
     losses = []
-    with torch.no_grad():
-        for a in axis:
-            row = []
-            for b in axis:
-                mix = search.expected_mix(st, alpha + a * d1 + b * d2)
-                row.append(search.measure(st, val, mix, batches)[0])
-            losses.append(row)
-        center = search.measure(st, val, search.expected_mix(st, alpha), batches)[0]
+    bar = progress_bar(progress, total=points * points, initial=0, desc=f"landscape {Path(run).name}")
+    try:
+        with torch.no_grad():
+            for a in axis:
+                row = []
+                for b in axis:
+                    mix = search.expected_mix(st, alpha + a * d1 + b * d2)
+                    row.append(search.measure(st, val, mix, batches)[0])
+                    if bar is not None:
+                        bar.update(1)
+                losses.append(row)
+            center = search.measure(st, val, search.expected_mix(st, alpha), batches)[0]
+    finally:
+        if bar is not None:
+            bar.close()
     flat = [v for r in losses for v in r]
     result = {
         "run": str(run), "method": search.method.name, "space": search.space.name, "seed": seed,

@@ -63,14 +63,14 @@ def strength_stage(cfg: config_mod.SelectConfig) -> dict[str, Any]:
 
 
 def landscape_stage(runs: list[str], out: str | Path, points: int = 11, radius: float = 1.0, batches: int = 4,
-                    seed: int = 0, device: str = "auto") -> dict[str, Any]:
+                    seed: int = 0, device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """The loss landscape of each run around its α (``<out>/<run name>/``) and one figure with a
     contour per run (``<out>/landscape.png``), on a shared colour scale."""
     out = Path(out)
     names = [Path(r).name or str(i) for i, r in enumerate(runs)]
     if len(set(names)) != len(names):
         names = [f"{i}-{n}" for i, n in enumerate(names)]
-    results = [landscape(r, points, radius, batches, seed, device, out / n) for r, n in zip(runs, names)]
+    results = [landscape(r, points, radius, batches, seed, device, out / n, progress) for r, n in zip(runs, names)]
     draw_landscapes(results, out / "landscape.png")
     slim = [{k: v for k, v in r.items() if k not in ("loss", "axis")} for r in results]
     write_json(out / "landscapes.json", slim)
