@@ -1,5 +1,6 @@
 """A grid's figures: α per op over the epochs, eigenvalues, α against the accuracy drop, PT against
-magnitude; drawn from the per-run curves kept beside the table (``curves.json``)."""
+magnitude, the sharpness panels over the epochs and the loss landscapes; drawn from the per-run
+curves kept beside the table (``curves.json``)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def _result(spec: GridSpec, method: str, seed: int) -> dict[str, Any] | None:
 
 def collect_curves(spec: GridSpec, folder: Path) -> dict[str, Any]:
     """The per-run curves the figures are drawn from, keyed ``method/seed``: each op's mean mixing
-    weight per epoch, the top-eigenvalue curve and the strength analysis.  They are read from the
+    weight per epoch, the top-eigenvalue curve, the supernet's validation accuracy and the NB201
+    accuracy of α's cell per epoch, the strength analysis and the landscape.  They are read from the
     run directories and kept in ``curves.json`` beside the table, so the figures can be redrawn
     from committed data (``nas grid --report-only``) without the run directories."""
     path = folder / "curves.json"
@@ -36,8 +38,8 @@ def collect_curves(spec: GridSpec, folder: Path) -> dict[str, Any]:
             res = _result(spec, m, s)
             if res is None:
                 continue
-            edge_ops = get_space(res["space"]).edge_ops
-            per_epoch = [op_means(h["weights"], edge_ops) for h in res["history"]]
+            space = get_space(res["space"])
+            per_epoch = [op_means(h["weights"], space.edge_ops) for h in res["history"]]
             entry: dict[str, Any] = {
                 "epochs": [h["epoch"] for h in res["history"]],
                 "ops": {op: [e.get(op) for e in per_epoch] for op in dict.fromkeys(o for e in per_epoch for o in e)},
@@ -46,7 +48,7 @@ def collect_curves(spec: GridSpec, folder: Path) -> dict[str, Any]:
                 entry["hessian_epochs"] = res["hessian"]["epochs"]
                 entry["hessian"] = res["hessian"]["top_eigenvalue"]
             entry["val_acc"] = [h["val_acc"] for h in res["history"]]
-            if get_space(res["space"]).benchmark is not None:  # the cell α selects at each epoch, looked up
+            if space.benchmark is not None:  # the cell α selects at each epoch, looked up
                 table = load_table()
                 entry["selected_cifar10"] = [table.accuracy(h["genotype"], "cifar10") for h in res["history"]]
             strength = Path(spec.out) / f"{m}-s{s}" / "strength" / "strength.json"
