@@ -144,6 +144,9 @@ class SearchConfig(DataConfig):
     steps_per_epoch: int = Field(0, ge=0, le=10**8,
                                  description="0 = one pass over the w split; >0 caps it (CPU budgets)")
     checkpoint_every: int = Field(1, ge=1, le=100_000, description="epochs between checkpoints")
+    keep_every: int = Field(0, ge=0, le=100_000,
+                            description="also keep the supernet of every k-th epoch (epochs/epoch-E.pt) for "
+                                        "selection at that epoch (select key `epoch`); 0 = only the last")
     progress: bool = Field(True, description="a progress bar on a terminal")
 
 
@@ -185,6 +188,9 @@ class SelectConfig(_Config):
 
     method: Literal["magnitude", "pt"] = Field("magnitude", description="magnitude | pt")
     run: str = Field("", description="the search run directory")
+    epoch: int = Field(0, ge=0, le=100_000,
+                       description="select from the supernet kept at this search epoch (search key keep_every); "
+                                   "0 = the final one")
     out: str | None = Field(None, description="where selection.json goes (none = not written)")
     seed: int = Field(0, ge=0, le=2**63 - 1, description="PT edge order")
     device: str = Field("auto", description="auto (CUDA when present) | cpu | cuda | cuda:N")

@@ -79,8 +79,22 @@ CHECKPOINT_FORMAT = "nas-search-checkpoint-v1"
 # prepared file's SHA-256 instead.
 SEARCH_FREE_KEYS = frozenset({"out", "progress", "device", "cache_dir", "checkpoint_every", "data",
                               "eval_batch_size"})
+KEPT_DIR = "epochs"  # the supernets kept every `keep_every` epochs
 # Files of a search run folder: a new run refuses a folder holding any of them (without --force).
-SEARCH_RUN_FILES = (SEARCH_CHECKPOINT, SEARCH_RESULT, "snapshots")
+SEARCH_RUN_FILES = (SEARCH_CHECKPOINT, SEARCH_RESULT, "snapshots", KEPT_DIR)
+
+
+def kept_checkpoint(run: str | Path, epoch: int) -> Path:
+    """The search checkpoint kept at the end of ``epoch`` (search key ``keep_every``)."""
+    return Path(run) / KEPT_DIR / f"epoch-{epoch}.pt"
+
+
+def kept_epochs(run: str | Path) -> list[int]:
+    """The epochs whose supernet a search run kept, in order."""
+    folder = Path(run) / KEPT_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.stem.split("-")[1]) for p in folder.glob("epoch-*.pt") if p.stem.split("-")[1].isdigit())
 
 
 def search_result(space: Any, method_info: dict[str, Any], config: dict[str, Any], genotype: Any, selection: str,

@@ -22,6 +22,7 @@ First order: ∇_α L_val(w, α); second order: ``nas.unrolled``.
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,12 +50,22 @@ from nas.rundir import (
     SEARCH_RUN_FILES,
     check_resume,
     claim,
+    kept_checkpoint,
     search_result,
 )
 from nas.spaces import SearchSpace, get_space
 from nas.supernet import Supernet
 from nas.unrolled import unrolled_alpha_grad
-from nas.utils import NasError, generator_for, resolve_device, seed_everything, torch_load, torch_save, write_json
+from nas.utils import (
+    NasError,
+    atomic_write,
+    generator_for,
+    resolve_device,
+    seed_everything,
+    torch_load,
+    torch_save,
+    write_json,
+)
 
 CHECKPOINT = SEARCH_CHECKPOINT
 RESULT = SEARCH_RESULT
@@ -301,8 +312,12 @@ class Search:
                                   f"{cfg.es_factor}x; returning the architecture of epoch {rollback}")
                     self.save_checkpoint(st)
                     break
-                if st.epoch % cfg.checkpoint_every == 0 or st.epoch == cfg.epochs:
+                keep = bool(cfg.keep_every) and st.epoch % cfg.keep_every == 0
+                if st.epoch % cfg.checkpoint_every == 0 or st.epoch == cfg.epochs or keep:
                     self.save_checkpoint(st)
+                if keep:  # a copy of this epoch's checkpoint, for selection at this epoch
+                    atomic_write(kept_checkpoint(self.out, st.epoch),
+                                 lambda p: shutil.copyfile(self.out / CHECKPOINT, p))
                 if callback is not None:
                     callback(st)
         finally:

@@ -22,7 +22,7 @@ import torch
 from nas import config as config_mod
 from nas.arch import without_edge, without_op
 from nas.rng import rng_stream
-from nas.rundir import SEARCH_CHECKPOINT, check_resume, claim, read_search_result
+from nas.rundir import SEARCH_CHECKPOINT, check_resume, claim, kept_checkpoint, kept_epochs, read_search_result
 from nas.search import Search, SearchState
 from nas.spaces import get_space
 from nas.utils import (
@@ -40,11 +40,25 @@ from nas.utils import (
 __all__ = ["load_supernet", "pt_project", "pt_select", "op_strength", "select", "without_op", "without_edge"]
 
 
-def load_supernet(run: str | Path, device: str = "auto") -> tuple[Search, SearchState, Any, Any, Any]:
-    """Rebuild a finished search's supernet, architecture and data streams from its run directory:
-    (engine, state, w stream, α stream, unaugmented α-split stream for evaluation)."""
+def supernet_checkpoint(run: str | Path, epoch: int = 0) -> Path:
+    """The checkpoint a selection reads: the final one, or the one kept at ``epoch``."""
     run = Path(run)
-    ck_path = run / SEARCH_CHECKPOINT
+    if not epoch:
+        return run / SEARCH_CHECKPOINT
+    path = kept_checkpoint(run, epoch)
+    if not path.is_file():
+        kept = kept_epochs(run)
+        raise NasError(f"{path}: no supernet kept at epoch {epoch} (kept: {', '.join(map(str, kept)) or 'none'}; "
+                       f"search with keep_every set to keep them)")
+    return path
+
+
+def load_supernet(run: str | Path, device: str = "auto", epoch: int = 0) -> tuple[Search, SearchState, Any, Any, Any]:
+    """Rebuild a search's supernet, architecture and data streams from its run directory, as it was
+    at the end (or at ``epoch``, when kept): (engine, state, w stream, α stream, unaugmented α-split
+    stream for evaluation)."""
+    run = Path(run)
+    ck_path = supernet_checkpoint(run, epoch)
     if not ck_path.is_file():
         raise NasError(f"{ck_path}: checkpoint not found (expected a run directory written by 'nas search')")
     ck = torch_load(ck_path)
@@ -152,7 +166,7 @@ def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: co
 def _pt_header(run: str | Path, cfg: config_mod.SelectConfig) -> dict[str, Any]:
     """What a PT checkpoint must agree with to be resumed: the select config and the search it
     started from (the digest of the search checkpoint)."""
-    return {"config": config_mod.to_dict(cfg), "search_sha256": sha256_file(Path(run) / "checkpoint.pt")}
+    return {"config": config_mod.to_dict(cfg), "search_sha256": sha256_file(supernet_checkpoint(run, cfg.epoch))}
 
 
 def pt_select(run: str | Path, cfg: config_mod.SelectConfig, resume: bool = False,
@@ -160,7 +174,7 @@ def pt_select(run: str | Path, cfg: config_mod.SelectConfig, resume: bool = Fals
     """Perturbation-based selection on a finished supernet; returns the decisions and genotype.
     With ``cfg.out`` set, each decided edge is checkpointed there; ``resume`` continues from it."""
     t0 = time.perf_counter()
-    search, st, w_stream, a_stream, val = load_supernet(run, cfg.device)
+    search, st, w_stream, a_stream, val = load_supernet(run, cfg.device, cfg.epoch)
     space = search.space
     magnitude = space.format_genotype(space.select_magnitude(search.expected(st)))
     checkpoint = Path(cfg.out) / PT_CHECKPOINT if cfg.out else None
@@ -185,6 +199,7 @@ def pt_select(run: str | Path, cfg: config_mod.SelectConfig, resume: bool = Fals
         "magnitude_genotype": magnitude,
         "search_method": search.method.name,
         "run": str(run),
+        "epoch": st.epoch,
         "decisions": decisions,
         "edge_order": order,
         "tune_epochs": cfg.pt_tune_epochs,
@@ -200,7 +215,7 @@ def op_strength(run: str | Path, cfg: config_mod.SelectConfig, out: str | Path |
 
     if out is not None:
         check_output_dir(out)  # before the measurements, not after them
-    search, st, _, _, val = load_supernet(run, cfg.device)
+    search, st, _, _, val = load_supernet(run, cfg.device, cfg.epoch)
     space = search.space
     with torch.no_grad():
         mix = search.expected_mix(st)
@@ -244,6 +259,13 @@ def scatter(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     plt.close(fig)
 
 
+def _epoch_record(res: dict[str, Any], cfg: config_mod.SelectConfig) -> dict[str, Any]:
+    for h in res.get("history", []):
+        if h.get("epoch") == cfg.epoch:
+            return h
+    raise NasError(f"{cfg.run}: the search has no epoch {cfg.epoch} (it ran {len(res.get('history', []))} epochs)")
+
+
 def select(cfg: config_mod.SelectConfig, resume: bool = False, force: bool = False,
            on_step: Any = None) -> dict[str, Any]:
     """The selection stage: ``magnitude`` re-derives the genotype from result.json; ``pt`` runs PT.
@@ -261,10 +283,11 @@ def select(cfg: config_mod.SelectConfig, resume: bool = False, force: bool = Fal
                 raise NasError(f"{cfg.run}: searched with {res['selection']!r}, which trains no α; its architecture "
                                f"({res['genotype']}) was selected by {res['selection']}, not by magnitude")
             space = get_space(res["space"])
-            weights = torch.tensor(res["weights"])
+            weights = torch.tensor(res["weights"] if not cfg.epoch else _epoch_record(res, cfg)["weights"])
             sel = {"space": space.name, "selection": "magnitude",
                    "genotype": space.format_genotype(space.select_magnitude(weights)),
-                   "run": str(cfg.run), "search_method": res.get("method")}
+                   "run": str(cfg.run), "search_method": res.get("method"),
+                   **({"epoch": cfg.epoch} if cfg.epoch else {})}
         elif cfg.method == "pt":
             sel = pt_select(cfg.run, cfg, resume=resume, on_step=on_step)
         else:

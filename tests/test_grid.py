@@ -29,7 +29,8 @@ def protocol(tmp_path):
 
 
 def test_grid_rows_table_figures_and_cache(protocol, tmp_path):
-    spec = grid.load_grid(protocol(landscape=True), str(tmp_path / "g"), str(tmp_path / "r"))
+    spec = grid.load_grid(protocol(landscape=True, curve={"methods": ["darts"], "seeds": [1], "every": 1}),
+                          str(tmp_path / "g"), str(tmp_path / "r"))
     rows = grid.run_grid(spec)
     # darts: magnitude + pt per seed; random: its own selection per seed
     assert sorted((r["method"], r["selection"], r["seed"]) for r in rows) == [
@@ -48,7 +49,7 @@ def test_grid_rows_table_figures_and_cache(protocol, tmp_path):
     assert len(csv_rows) == 6
     figs = {p.name for p in (tmp_path / "r" / "figures").iterdir()}
     assert figs == {"alpha_per_op.png", "eigenvalue.png", "pt_vs_magnitude.png", "alpha_vs_drop.png",
-                    "sharpness_over_epochs.png", "landscape.png"}
+                    "sharpness_over_epochs.png", "landscape.png", "search_epochs.png"}
     strength = json.loads((tmp_path / "g" / "darts-s1" / "strength" / "strength.json").read_text())
     assert len(strength["rows"]) == 6 * 5
     # the curves behind the figures are kept beside the table: per-op means sum to one per epoch,
@@ -65,6 +66,15 @@ def test_grid_rows_table_figures_and_cache(protocol, tmp_path):
     # the landscape of the first seed's supernet, as `nas landscape` measures it
     land = json.loads((tmp_path / "g" / "darts-s1" / "landscape" / "landscape.json").read_text())
     assert c["landscape"]["loss"] == land["loss"] and len(land["loss"]) == 11 and "landscape" not in curves["darts/2"]
+    # the selections against the search epoch: seed 1 kept epochs 1 and 2; the final PT is the row's own
+    sc = c["selection_curve"]
+    assert [(r["epoch"], r["selection"]) for r in sc] == [(1, "magnitude"), (1, "pt"), (2, "magnitude"), (2, "pt")]
+    assert sc[0]["genotype"] == res1["history"][0]["genotype"] and sc[2]["genotype"] == res1["genotype"]
+    pt1 = next(r for r in rows if r["method"] == "darts" and r["seed"] == 1 and r["selection"] == "pt")
+    assert sc[3]["genotype"] == pt1["genotype"] and all(r["cifar10"] == table.accuracy(r["genotype"], "cifar10") for r in sc)
+    early = json.loads((tmp_path / "g" / "darts-s1" / "select-pt-e1" / "selection.json").read_text())
+    assert early["epoch"] == 1 and early["magnitude_genotype"] == res1["history"][0]["genotype"]
+    assert "selection_curve" not in curves["darts/2"] and not (tmp_path / "g" / "darts-s2" / "search" / "epochs").exists()
 
     # a second invocation reads every finished cell back: nothing is recomputed
     stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "g").rglob("result.json")}
@@ -114,6 +124,8 @@ def test_changed_protocol_reruns_the_search(protocol, tmp_path):
     ({"seeds": "1,2"}, "key 'grid.seeds' expects a non-empty list of int"),
     ({"colour": 1}, "unknown key 'grid.colour'"),
     ({"landscape": "yes"}, "key 'grid.landscape' expects bool"),
+    ({"curve": {"every": 0}}, "key 'grid.curve.every' expects a positive int"),
+    ({"curve": {"every": 5, "methods": ["snas"]}}, "grid.curve.methods names 'snas', which is not in grid.methods"),
 ])
 def test_bad_protocols_are_named(protocol, section, msg):
     with pytest.raises(NasError, match=msg):

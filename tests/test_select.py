@@ -107,3 +107,26 @@ def test_magnitude_selection_is_refused_for_runs_without_alpha(tiny_search, tmp_
         select(build_config("select", sets=[f"run={tmp_path / 'run'}"]))
     with pytest.raises(NasError, match="search result not found"):
         select(build_config("select", sets=[f"run={tmp_path / 'nothing'}"]))
+
+
+def test_selection_at_a_kept_epoch_reads_that_epochs_supernet(tiny_search, tmp_path):
+    """keep_every keeps each k-th epoch's checkpoint; a selection at that epoch starts from it."""
+    from nas.utils import torch_load
+
+    res = search(build_config("search", overrides=tiny_search(epochs=3, keep_every=2)))
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "epochs").iterdir()) == ["epoch-2.pt"]
+    kept = torch_load(run / "epochs" / "epoch-2.pt")
+    assert kept["epoch"] == 2 and len(kept["history"]) == 2
+    # magnitude at epoch 2: the genotype α selected at the end of epoch 2, not the final one
+    mag = select(build_config("select", sets=[f"run={run}", "epoch=2"]))
+    assert mag["genotype"] == res["history"][1]["genotype"] and mag["epoch"] == 2
+    # PT at epoch 2 starts from that supernet: its magnitude reading is epoch 2's
+    sets = ["method=pt", "pt_tune_epochs=0", "pt_batches=1", f"run={run}", "device=cpu"]
+    pt = select(build_config("select", sets=[*sets, "epoch=2"]))
+    assert pt["epoch"] == 2 and pt["magnitude_genotype"] == res["history"][1]["genotype"]
+    assert select(build_config("select", sets=sets))["epoch"] == 3
+    with pytest.raises(NasError, match=r"epoch-1\.pt: no supernet kept at epoch 1 \(kept: 2; search with keep_every"):
+        select(build_config("select", sets=[*sets, "epoch=1"]))
+    with pytest.raises(NasError, match="the search has no epoch 7"):
+        select(build_config("select", sets=[f"run={run}", "epoch=7"]))

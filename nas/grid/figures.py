@@ -61,6 +61,9 @@ def collect_curves(spec: GridSpec, folder: Path) -> dict[str, Any]:
                 lj = json.loads(land.read_text())
                 entry["landscape"] = {k: lj[k] for k in ("axis", "loss", "center_loss", "max_rise", "mean_rise",
                                                          "radius", "points", "batches", "seed")}
+            cfile = Path(spec.out) / f"{m}-s{s}" / "curve.json"
+            if cfile.is_file():  # selections of the supernets kept during the search
+                entry["selection_curve"] = json.loads(cfile.read_text())["rows"]
             curves[f"{m}/{s}"] = entry
     if curves:
         atomic_write(path, lambda p: p.write_text(json.dumps(curves, indent=1, sort_keys=True) + "\n"))
@@ -194,13 +197,49 @@ def draw_figures(spec: GridSpec, rows: list[dict[str, Any]], folder: Path) -> li
     if tracked:
         save(epoch_panels(tracked, f"{spec.name}: supernet, selected cell and sharpness during the search "
                                    "(mean over seeds; bands: min to max)"), "sharpness_over_epochs.png")
-    # 6. the loss landscape around α (each method's first seed that has one), shared colour scale
+    # 6. "performance improves with more searching epochs": magnitude and PT against the epoch
+    kept = {m: [r["selection_curve"] for r in rs if r.get("selection_curve")] for m, rs in runs.items()}
+    kept = {m: cs for m, cs in kept.items() if cs}
+    if kept:
+        save(selection_epochs(kept, f"{spec.name}: the selected cell against the search epoch "
+                                    "(mean over seeds; bands: min to max)"), "search_epochs.png")
+    # 7. the loss landscape around α (each method's first seed that has one), shared colour scale
     lands = [{"method": m, **next(r["landscape"] for r in rs if r.get("landscape"))}
              for m, rs in runs.items() if any(r.get("landscape") for r in rs)]
     if lands:
         draw_landscapes(lands, folder / "landscape.png")
         written.append(str(folder / "landscape.png"))
     return written
+
+
+def selection_epochs(curves: dict[str, list[list[dict[str, Any]]]], title: str) -> Any:
+    """NB201 CIFAR-10 test accuracy of the magnitude and PT selections made on the supernets kept
+    during the search, against the search epoch: one line per (method, selection), mean over the
+    seeds that kept them, band min to max."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (m, runs) in enumerate(curves.items()):
+        for selection, style in (("magnitude", "--"), ("pt", "-")):
+            series = [{r["epoch"]: r["cifar10"] for r in rows if r["selection"] == selection} for rows in runs]
+            epochs = sorted(set.intersection(*(set(s) for s in series)))
+            if not epochs:
+                continue
+            ys = np.array([[s[e] for e in epochs] for s in series])
+            ax.plot(epochs, ys.mean(0), style, marker="o", ms=4, color=colours[i % len(colours)],
+                    label=f"{m}, {'PT' if selection == 'pt' else 'magnitude'} ({len(ys)} seeds)")
+            if len(ys) > 1:
+                ax.fill_between(epochs, ys.min(0), ys.max(0), color=colours[i % len(colours)], alpha=0.12, lw=0)
+    ax.axhline(oracle := _oracle_c10(), color="k", ls=":", lw=0.8, label=f"oracle {oracle:.2f}")
+    ax.set_xlabel("search epoch of the supernet selected from")
+    ax.set_ylabel("NB201 CIFAR-10 test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def epoch_panels(runs: dict[str, list[dict[str, Any]]], title: str) -> Any:

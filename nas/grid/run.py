@@ -15,7 +15,7 @@ from nas.grid.report import write_report, write_runs_csv
 from nas.grid.spec import DATASETS, RUN_FIELDS, GridSpec
 from nas.landscape import landscape as loss_landscape
 from nas.methods import trains_alpha
-from nas.rundir import SEARCH_RESULT, read_search_result, same_config
+from nas.rundir import SEARCH_RESULT, kept_epochs, read_search_result, same_config
 from nas.search import search
 from nas.select import op_strength
 from nas.spaces import get_space
@@ -70,7 +70,8 @@ class CellBusy(NasError):
 
 def run_cell(protocol: str, method: str, seed: int, selections: list[str], out: str, data: str | None = None,
              pt_methods: list[str] | None = None, strength: bool = False, threads: int = 0,
-             progress: bool = False, wait: bool = True, landscape: bool = False) -> list[dict[str, Any]]:
+             progress: bool = False, wait: bool = True, landscape: bool = False,
+             curve_every: int = 0) -> list[dict[str, Any]]:
     """Search one (method, seed) of a protocol, select with each selection, look the genotypes up.
     Returns one row per selection (``RUN_FIELDS``).  The cell's folder is claimed for the whole
     computation: a second grid on the same folder waits for it (``wait``) or gets ``CellBusy``,
@@ -79,7 +80,7 @@ def run_cell(protocol: str, method: str, seed: int, selections: list[str], out: 
     try:
         with RunLock(cell, wait=wait, what="grid cell"):
             return _run_cell(protocol, method, seed, selections, out, data, pt_methods, strength, threads, progress,
-                             landscape)
+                             landscape, curve_every)
     except NasError as exc:
         if not wait and "another process is writing" in str(exc):
             raise CellBusy(f"{cell}: computed by another grid process") from None
@@ -88,7 +89,7 @@ def run_cell(protocol: str, method: str, seed: int, selections: list[str], out: 
 
 def _run_cell(protocol: str, method: str, seed: int, selections: list[str], out: str, data: str | None,
               pt_methods: list[str] | None, strength: bool, threads: int, progress: bool,
-              landscape: bool = False) -> list[dict[str, Any]]:
+              landscape: bool = False, curve_every: int = 0) -> list[dict[str, Any]]:
     import torch
 
     if threads:
@@ -96,6 +97,8 @@ def _run_cell(protocol: str, method: str, seed: int, selections: list[str], out:
     name = Path(protocol).stem
     cell = Path(out) / f"{method}-s{seed}"
     overrides: dict[str, Any] = {"method": method, "seed": seed, "out": str(cell / "search"), "progress": progress}
+    if curve_every:
+        overrides["keep_every"] = curve_every
     if data:
         overrides["data"] = data
     cfg = config_mod.build_config("search", protocol, overrides)
@@ -139,7 +142,41 @@ def _run_cell(protocol: str, method: str, seed: int, selections: list[str], out:
         if not lfile.is_file() or json.loads(lfile.read_text()).get("search_digest") != digest:
             res_l = loss_landscape(cell / "search", out=cell / "landscape")
             write_json(lfile, {**res_l, "search_digest": digest})
+    if curve_every and not own:
+        epoch_curve(protocol, cell, res, seed, progress, table)
     return [{k: r[k] for k in RUN_FIELDS} for r in rows]
+
+
+CURVE = "curve.json"
+
+
+def epoch_curve(protocol: str, cell: Path, res: dict[str, Any], seed: int, progress: bool, table: Any) -> list[dict]:
+    """The magnitude and PT selections of the supernets the search kept, looked up in the benchmark:
+    one row per (epoch, selection), written to ``<cell>/curve.json``.  PT on the final supernet is
+    the cell's own PT selection (shared, cached); each PT is cached and resumable like it."""
+    name = Path(protocol).stem
+    search_dir = cell / "search"
+    final = res["history"][-1]["epoch"]
+    rows = []
+    for epoch in [*kept_epochs(search_dir), final]:
+        if rows and epoch == rows[-1]["epoch"]:
+            continue
+        at = 0 if epoch == final else epoch
+        for selection in ("magnitude", "pt"):
+            sel_cfg = config_mod.build_config("select", protocol, {
+                "method": selection, "run": str(search_dir), "epoch": at, "seed": seed, "progress": progress,
+                "out": None if selection == "magnitude" else str(cell / ("select-pt" if not at else f"select-pt-e{epoch}"))})
+            if selection == "magnitude":
+                geno = select_stage(sel_cfg)["genotype"]
+            else:
+                sel, was = cached_selection(sel_cfg, search_dir / SEARCH_RESULT)
+                geno = sel["genotype"]
+                print(f"[grid {name}] {cell.name}: pt at epoch {epoch} {'cached' if was else 'done'} -> {geno}",
+                      file=sys.stderr, flush=True)
+            rows.append({"epoch": epoch, "selection": selection, "genotype": geno,
+                         "cifar10": table.accuracy(geno, "cifar10")})
+    write_json(cell / CURVE, {"search_digest": sha256_file(search_dir / SEARCH_RESULT), "rows": rows})
+    return rows
 
 
 def _run_cell_kwargs(kw: dict[str, Any]) -> list[dict[str, Any]]:
@@ -150,7 +187,8 @@ def cell_kwargs(spec: GridSpec, data: str | None, threads: int = 0, progress: bo
     # the strength analysis and the landscape run on each method's first seed only
     return [dict(protocol=spec.protocol, method=m, seed=s, selections=spec.selections, out=spec.out, data=data,
                  pt_methods=spec.pt_methods, strength=spec.strength and s == spec.seeds[0], threads=threads,
-                 progress=progress, landscape=spec.landscape and s == spec.seeds[0])
+                 progress=progress, landscape=spec.landscape and s == spec.seeds[0],
+                 curve_every=spec.curve_every(m, s))
             for m, s in spec.cells()]
 
 

@@ -28,9 +28,16 @@ class GridSpec:
     out: str  # run directories (caches)
     report: str  # table, CSV, figures
     landscape: bool = False  # L_val around α on each α-trained method's first seed (figures/landscape.png)
+    # selection against the search epoch: {"methods": [...], "seeds": [...], "every": k} (figures/search_epochs.png)
+    curve: dict[str, Any] | None = None
 
     def cells(self) -> list[tuple[str, int]]:
         return [(m, s) for m in self.methods for s in self.seeds]
+
+    def curve_every(self, method: str, seed: int) -> int:
+        """Every how many epochs the (method, seed) search keeps its supernet for the epoch curve (0 = not)."""
+        c = self.curve
+        return c["every"] if c and method in c["methods"] and seed in c["seeds"] else 0
 
 
 def _list(raw: Any, key: str, source: str, kind: type) -> list:
@@ -48,7 +55,7 @@ def load_grid(protocol: str | Path, out: str | None = None, report: str | None =
     grid = doc.get("grid", {})
     if not isinstance(grid, dict):
         raise NasError(f"{path}: key 'grid' expects a mapping")
-    known = {"methods", "seeds", "selections", "pt_methods", "strength", "landscape"}
+    known = {"methods", "seeds", "selections", "pt_methods", "strength", "landscape", "curve"}
     for key in grid:
         if key not in known:
             raise NasError(f"{path}: unknown key 'grid.{key}' (known: {', '.join(sorted(known))})")
@@ -70,11 +77,31 @@ def load_grid(protocol: str | Path, out: str | None = None, report: str | None =
     landscape = grid.get("landscape", False)
     if not isinstance(landscape, bool):
         raise NasError(f"{path}: key 'grid.landscape' expects bool, got {landscape!r}")
+    curve = _curve(grid.get("curve"), str(path), methods, seeds)
     # the search and select sections must be valid too, before any work starts
     config_mod.build_config("search", path)
     config_mod.build_config("select", path)
     name = path.stem
     return GridSpec(str(path), name, list(methods), [int(s) for s in seeds], list(selections), pt_methods, strength,
-                    out or f"runs/grid/{name}", report or f"data/results/{name}", landscape)
+                    out or f"runs/grid/{name}", report or f"data/results/{name}", landscape, curve)
+
+
+def _curve(raw: Any, source: str, methods: list[str], seeds: list[int]) -> dict[str, Any] | None:
+    """``grid.curve``: which searches keep their supernet every ``every`` epochs, so that the
+    selections can be made and looked up against the search epoch."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"methods", "seeds", "every"} or "every" not in raw:
+        raise NasError(f"{source}: key 'grid.curve' expects a mapping with 'every' and optional 'methods', 'seeds', "
+                       f"got {raw!r}")
+    every = raw["every"]
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise NasError(f"{source}: key 'grid.curve.every' expects a positive int, got {every!r}")
+    cm = _list(raw.get("methods", methods), "curve.methods", source, str)
+    cs = _list(raw.get("seeds", seeds), "curve.seeds", source, int)
+    for m in cm:
+        if m not in methods:
+            raise NasError(f"{source}: grid.curve.methods names {m!r}, which is not in grid.methods")
+    return {"methods": list(cm), "seeds": [int(s) for s in cs], "every": every}
 
 
