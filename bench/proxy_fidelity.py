@@ -69,7 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocol", action="append", default=[], help="params file (repeatable)")
     p.add_argument("--set", dest="sets", action="append", default=[], help="search key=value for the protocols")
     p.add_argument("--runs", action="append", default=[], help="folder of grid cells (repeatable)")
+    p.add_argument("--study", default=None, help="folder of single search runs (<name>/result.json): one row each")
+    p.add_argument("--csv", default=None, help="with --study: also write its rows here")
     args = p.parse_args(argv)
+    if args.study:
+        return study(Path(args.study), protocols[0] if (protocols := args.protocol) else "params/cpu-proxy.yaml",
+                     args.csv)
     protocols = args.protocol or ["params/cpu-proxy.yaml"]
     ref = quantities(args.reference)
     rows = {Path(args.reference).stem: ref}
@@ -101,6 +106,41 @@ def main(argv: list[str] | None = None) -> int:
             means = {k: statistics.fmean(r[k] for r in rs) for k in keys}
             print(f"| {m} | {len(rs)} | {budget[m]:.3g} | " + " | ".join(f"{means[k]:.3f}" for k in keys)
                   + f" | {means['alpha path'] / budget[m]:.2f} |")
+    return 0
+
+
+KEYS = ("a_lr", "cells", "channels", "epochs", "subset", "resolution", "batch_size", "w_lr", "arch_warmup")
+
+
+def study(folder: Path, protocol: str, csv_path: str | None) -> int:
+    """One row per search run in ``folder``: what differs from ``protocol``, the cell and how far α went."""
+    from nas.benchmarks import load_table
+    from nas.config import build_config, to_dict
+    from nas.utils import write_csv
+
+    table = load_table()
+    base = to_dict(build_config("search", protocol))
+    rows = []
+    for r in sorted(folder.glob("*/result.json")):
+        res = json.loads(r.read_text())
+        cfg = res["config"]
+        diff = " ".join(f"{k}={cfg[k]}" for k in KEYS if cfg.get(k) != base.get(k)) or "-"
+        ops = res["genotype"].replace("+", "").strip("|").split("|")
+        real = realised(res)
+        rows.append({"run": r.parent.name, "method": res["method"], "seed": cfg["seed"], "changes": diff,
+                     "genotype": res["genotype"], "cifar10": table.accuracy(res["genotype"], "cifar10"),
+                     "skip_edges": sum(o.startswith("skip_connect") for o in ops),
+                     "none_edges": sum(o.startswith("none") for o in ops),
+                     "skip_weight": round(real["skip weight"], 4), "max_weight": round(real["max weight"], 4),
+                     "alpha_path": round(real["alpha path"], 4), "budget": round(quantities_from_config(cfg), 4),
+                     "train_acc": round(real["train acc"], 4), "minutes": round(res["seconds"] / 60, 2)})
+    cols = list(rows[0]) if rows else []
+    print("| " + " | ".join(cols) + " |")
+    print("|---" * len(cols) + "|")
+    for row in rows:
+        print("| " + " | ".join(str(row[c]) for c in cols) + " |")
+    if csv_path:
+        write_csv(Path(csv_path), rows)
     return 0
 
 
