@@ -121,13 +121,16 @@ def study(folder: Path, protocol: str, csv_path: str | None) -> int:
     table = load_table()
     base = to_dict(build_config("search", protocol))
     rows = []
-    for r in sorted(folder.glob("*/result.json")):
-        res = json.loads(r.read_text())
+    for run in sorted(p for p in folder.iterdir() if p.is_dir()):
+        res = read_run(run)
+        if res is None:
+            continue
         cfg = res["config"]
         diff = " ".join(f"{k}={cfg[k]}" for k in KEYS if cfg.get(k) != base.get(k)) or "-"
         ops = res["genotype"].replace("+", "").strip("|").split("|")
         real = realised(res)
-        rows.append({"run": r.parent.name, "method": res["method"], "seed": cfg["seed"], "changes": diff,
+        rows.append({"run": run.name, "method": res["method"], "seed": cfg["seed"], "changes": diff,
+                     "epochs_run": len(res["history"]),
                      "genotype": res["genotype"], "cifar10": table.accuracy(res["genotype"], "cifar10"),
                      "skip_edges": sum(o.startswith("skip_connect") for o in ops),
                      "none_edges": sum(o.startswith("none") for o in ops),
@@ -142,6 +145,24 @@ def study(folder: Path, protocol: str, csv_path: str | None) -> int:
     if csv_path:
         write_csv(Path(csv_path), rows)
     return 0
+
+
+def read_run(run: Path) -> dict | None:
+    """A search's result.json; for a search stopped early, the same fields from its checkpoint's
+    last epoch (``epochs_run`` then says how far it got)."""
+    if (run / "result.json").is_file():
+        return json.loads((run / "result.json").read_text())
+    if not (run / "checkpoint.pt").is_file():
+        return None
+    from nas.spaces import get_space
+    from nas.utils import torch_load
+
+    ck = torch_load(run / "checkpoint.pt")
+    last = ck["history"][-1]
+    space = get_space(ck["config"]["space"])
+    return {"method": ck["config"]["method"], "config": ck["config"], "history": ck["history"],
+            "genotype": last["genotype"], "alpha": last["alpha"], "weights": last["weights"],
+            "edge_ops": [list(o) for o in space.edge_ops], "seconds": sum(h["seconds"] for h in ck["history"])}
 
 
 def quantities_from_config(cfg: dict) -> float:

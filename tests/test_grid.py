@@ -171,3 +171,29 @@ def test_committed_results_match_the_table(protocol):
     assert rows
     for r in rows:
         assert r["cifar10"] == pytest.approx(table.accuracy(r["genotype"], "cifar10"), abs=1e-4)
+
+
+def test_proxy_fidelity_quantities():
+    """The step and α-travel arithmetic behind the proxy's justification (bench/proxy_fidelity.py)."""
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import proxy_fidelity as pf
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    ref = pf.quantities(str(REPO / "params" / "paper.yaml"))
+    assert (ref["w images"], ref["steps per epoch"], ref["alpha steps"], ref["cells in all"]) == (25000, 391, 19550, 17)
+    assert ref["alpha travel budget"] == pytest.approx(5.865)
+    proxy = pf.quantities(str(REPO / "params" / "cpu-proxy.yaml"), sets=["a_lr=0.0018"])
+    assert (proxy["w images"], proxy["steps per epoch"], proxy["alpha steps"], proxy["channels"]) == (5000, 79, 3160, 8)
+    assert proxy["alpha travel budget"] == pytest.approx(0.0018 * 3160) and proxy["w/alpha step ratio"] == 1
+    warm = pf.quantities(str(REPO / "params" / "cpu-proxy.yaml"), sets=["arch_warmup=10"])
+    assert warm["alpha steps"] == 30 * 79 and warm["w steps"] == 40 * 79
+    # the realised path of α: the sum of per-epoch moves, from the near-zero start
+    res = {"history": [{"alpha": [[0.0, 0.0]], "train_acc": 0.5}, {"alpha": [[0.5, -0.5]], "train_acc": 0.6}],
+           "alpha": [[0.5, -0.5]], "weights": [[0.7, 0.3]], "edge_ops": [["skip_connect", "none"]]}
+    r = pf.realised(res)
+    assert r["alpha path"] == pytest.approx(0.5) and r["final alpha spread"] == 1.0 and r["skip weight"] == 0.7
