@@ -229,13 +229,13 @@ def selection_epochs(curves: dict[str, list[list[dict[str, Any]]]], title: str) 
                 continue
             ys = np.array([[s[e] for e in epochs] for s in series])
             ax.plot(epochs, ys.mean(0), style, marker="o", ms=4, color=colours[i % len(colours)],
-                    label=f"{m}, {'PT' if selection == 'pt' else 'magnitude'} ({len(ys)} seeds)")
+                    label=f"{m}, {'PT' if selection == 'pt' else 'magnitude'} ({len(ys)} seed{'s' * (len(ys) > 1)})")
             if len(ys) > 1:
                 ax.fill_between(epochs, ys.min(0), ys.max(0), color=colours[i % len(colours)], alpha=0.12, lw=0)
     ax.axhline(oracle := _oracle_c10(), color="k", ls=":", lw=0.8, label=f"oracle {oracle:.2f}")
     ax.set_xlabel("search epoch of the supernet selected from")
     ax.set_ylabel("NB201 CIFAR-10 test accuracy (%)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
