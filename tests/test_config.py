@@ -90,7 +90,10 @@ def test_every_params_file_declares_the_regularisation_strengths():
     from nas.config import SearchConfig
 
     repo = Path(__file__).resolve().parent.parent
+    # the documented departures (README, "What the proxy keeps of the reference"): a CPU budget
+    deviations = {("cpu-proxy-c16.yaml", "adv_steps"): 1}
     for path in sorted((repo / "params").glob("*.yaml")):
         search = yaml.safe_load(path.read_text())["search"]
         for key in ("rs_sigma", "adv_epsilon", "eps_start", "adv_steps", "drnas_reg", "drnas_lambda"):
-            assert search.get(key) == SearchConfig.model_fields[key].default, f"{path.name}: search.{key}"
+            want = deviations.get((path.name, key), SearchConfig.model_fields[key].default)
+            assert search.get(key) == want, f"{path.name}: search.{key}"
