@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -54,28 +55,42 @@ def benchmark(protocol: str = "params/cpu-proxy.yaml", data: str | None = None, 
     rows = [r for res in results for r in res["rows"]]
     rep = grid.write_report(spec, rows)
     create_markdown_artifact(key=f"nas-benchmark-{spec.name}".lower().replace("_", "-"), markdown=rep["markdown"],
-                             description=f"NAS-Bench-201 table of protocol {spec.name}")
+                             description=f"{'retrained' if spec.retrain else 'NAS-Bench-201'} table of protocol "
+                                         f"{spec.name}")
     tr = tracking.tracker(track)
     run_id = None
     if tr.active:  # one nested run per row: nothing to build when tracking is off
-        run_id = tr.start(f"benchmark-{spec.name}", {"stage": "benchmark", "protocol": spec.name, "space": "nb201"})
+        spaces = ",".join(spec.spaces) if spec.spaces else ("nb201" if not spec.retrain else "")
+        run_id = tr.start(f"benchmark-{spec.name}", {"stage": "benchmark", "protocol": spec.name, "space": spaces})
         tr.log_params(run_id, {"protocol": protocol, "methods": ",".join(spec.methods),
                                "seeds": ",".join(map(str, spec.seeds)), "selections": ",".join(spec.selections)})
         for r in rep["summary"]:
-            tr.log_metrics(run_id, {f"{r['method']}.{r['selection']}.{d}_mean": r[f"{d}_mean"] for d in grid.DATASETS})
+            if spec.retrain:
+                tr.log_metrics(run_id, {f"{r['space']}.{r['method']}.{r['selection']}.test_error_mean":
+                                        r["test_error_mean"]})
+            else:
+                tr.log_metrics(run_id, {f"{r['method']}.{r['selection']}.{d}_mean": r[f"{d}_mean"]
+                                        for d in grid.DATASETS})
         for path in (rep["table_md"], rep["table_csv"], rep["runs_csv"]):
             tr.log_file(run_id, path, "table")
         for path in rep["figures"]:
             tr.log_file(run_id, path, "figures")
-        for r in rows:  # one nested run per (method, selection, seed), comparable with pipeline runs
-            child = tr.start(tracking.run_name("grid", r["method"], r["selection"], "nb201", r["seed"], spec.name), {
+        for r in rows:  # one nested run per (space, method, selection, seed), comparable with pipeline runs
+            space = r.get("space", "nb201")
+            child = tr.start(tracking.run_name("grid", r["method"], r["selection"], space, r["seed"], spec.name), {
                 "stage": "grid", "protocol": spec.name, "method": r["method"], "selection": r["selection"],
-                "seed": r["seed"], "space": "nb201", "genotype": r["genotype"]}, parent=run_id)
-            tr.log_metrics(child, {"nb201_cifar10": r["cifar10"], "nb201_cifar100": r["cifar100"],
-                                   "nb201_imagenet16-120": r["imagenet16-120"], "skip_edges": r["skip_edges"],
-                                   "search_minutes": r["search_minutes"], "select_minutes": r["select_minutes"],
+                "seed": r["seed"], "space": space, "genotype": r["genotype"]}, parent=run_id)
+            if spec.retrain:
+                numbers = {k: r[k] for k in ("test_acc", "test_error", "params_m", "normal_skip", "normal_noise",
+                                             "normal_none", "retrain_minutes")}
+            else:
+                numbers = {"nb201_cifar10": r["cifar10"], "nb201_cifar100": r["cifar100"],
+                           "nb201_imagenet16-120": r["imagenet16-120"], "skip_edges": r["skip_edges"]}
+            tr.log_metrics(child, {**numbers, "search_minutes": r["search_minutes"],
+                                   "select_minutes": r["select_minutes"],
                                    **({"final_eigenvalue": r["final_eigenvalue"]}
-                                      if r.get("final_eigenvalue") is not None else {})})
+                                      if r.get("final_eigenvalue") is not None and not math.isnan(r["final_eigenvalue"])
+                                      else {})})
             tr.end(child)
         tr.end(run_id)
     return {"rows": rows, "report": {k: v for k, v in rep.items() if k != "summary"},

@@ -316,7 +316,8 @@ def build_config(
         if kind in loaded and isinstance(loaded[kind], dict):
             loaded = loaded[kind]
         else:
-            loaded = {k: v for k, v in loaded.items() if not (k in CONFIGS and isinstance(v, dict))}
+            # the other stages' sections and a protocol's grid section are not ours
+            loaded = {k: v for k, v in loaded.items() if not ((k in CONFIGS or k == "grid") and isinstance(v, dict))}
         apply(loaded, str(path))
     if overrides:
         apply({k: v for k, v in overrides.items() if v is not None}, "command line")

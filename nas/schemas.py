@@ -181,7 +181,7 @@ def runs_schema():
     return pa.DataFrameSchema({
         "protocol": pa.Column(str),
         "method": pa.Column(str, pa.Check.str_length(min_value=1)),
-        "selection": pa.Column(str, pa.Check.isin(["magnitude", "pt", "random", "rsps", "naswot"])),
+        "selection": pa.Column(str, pa.Check.isin(["magnitude", "pt", "pt-fix", "random", "rsps", "naswot"])),
         "seed": pa.Column(int),
         "genotype": pa.Column(str, pa.Check.str_matches(r"^\|.*\|$")),
         "cifar10": pa.Column(float, acc),
@@ -206,6 +206,52 @@ def validate_runs(rows: list[dict[str, Any]], source: str) -> list[dict[str, Any
     for r in recs:
         r["seed"] = int(r["seed"])
         r["skip_edges"] = int(r["skip_edges"])
+        r["final_eigenvalue"] = float("nan") if r["final_eigenvalue"] is None else float(r["final_eigenvalue"])
+    return recs
+
+
+RETRAIN_COLUMNS = ["protocol", "space", "method", "selection", "seed", "genotype", "test_acc", "test_error",
+                   "params_m", "normal_skip", "normal_noise", "normal_none", "search_minutes", "select_minutes",
+                   "retrain_minutes", "final_eigenvalue"]
+
+
+def retrain_runs_schema():
+    pa = _pa()
+    count = pa.Check.in_range(0, 64)
+    return pa.DataFrameSchema({
+        "protocol": pa.Column(str),
+        "space": pa.Column(str, pa.Check.isin(["nb201", "darts", "s1", "s2", "s3", "s4"])),
+        "method": pa.Column(str, pa.Check.str_length(min_value=1)),
+        "selection": pa.Column(str, pa.Check.isin(["magnitude", "pt", "pt-fix", "random", "rsps", "naswot"])),
+        "seed": pa.Column(int),
+        "genotype": pa.Column(str, pa.Check.str_length(min_value=1)),
+        "test_acc": pa.Column(float, pa.Check.in_range(0.0, 100.0)),
+        "test_error": pa.Column(float, pa.Check.in_range(0.0, 100.0)),
+        "params_m": pa.Column(float, pa.Check.gt(0)),
+        "normal_skip": pa.Column(int, count),
+        "normal_noise": pa.Column(int, count),
+        "normal_none": pa.Column(int, count),
+        "search_minutes": pa.Column(float, pa.Check.ge(0)),
+        "select_minutes": pa.Column(float, pa.Check.ge(0)),
+        "retrain_minutes": pa.Column(float, pa.Check.ge(0)),
+        "final_eigenvalue": pa.Column(float, nullable=True),
+    }, checks=[pa.Check(lambda d: ((d["test_acc"] + d["test_error"]) - 100.0).abs().lt(1e-3),
+                        error="test_acc + test_error == 100")],
+        unique=["protocol", "space", "method", "selection", "seed"], coerce=True, strict=True)
+
+
+def validate_retrain_runs(rows: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
+    """The per-run table of a grid whose cells are retrained (S1-S4, the DARTS space); typed rows.
+    Row numbers in errors are CSV line numbers."""
+    if not rows:
+        return []
+    df = _frame(rows, source, RETRAIN_COLUMNS)
+    df = df.replace({"": None, "nan": None})
+    out = _check(retrain_runs_schema(), df, source, row_offset=2, row_word="line")
+    recs = out.to_dict("records")
+    for r in recs:
+        for k in ("seed", "normal_skip", "normal_noise", "normal_none"):
+            r[k] = int(r[k])
         r["final_eigenvalue"] = float("nan") if r["final_eigenvalue"] is None else float(r["final_eigenvalue"])
     return recs
 

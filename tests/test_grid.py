@@ -197,3 +197,95 @@ def test_proxy_fidelity_quantities():
            "alpha": [[0.5, -0.5]], "weights": [[0.7, 0.3]], "edge_ops": [["skip_connect", "none"]]}
     r = pf.realised(res)
     assert r["alpha path"] == pytest.approx(0.5) and r["final alpha spread"] == 1.0 and r["skip weight"] == 0.7
+
+
+def test_retraining_grid_over_the_robustdarts_spaces(tmp_path):
+    """S2 and S4 as one grid: DARTS with magnitude, PT and PT on the fix-α supernet, every selected
+    cell trained from scratch; the lecture-form table, the cells figure, and a cached second call."""
+    cache = str(tmp_path / "prep")
+    doc = {"search": {"space": "s2", "dataset": "digits", "cache_dir": cache, "epochs": 2, "channels": 4, "cells": 3,
+                      "batch_size": 16, "eval_batch_size": 32, "steps_per_epoch": 2, "hessian_every": 1},
+           "select": {"pt_tune_epochs": 0, "pt_batches": 1},
+           "retrain": {"dataset": "digits", "cache_dir": cache, "resolution": 32, "channels": 4, "cells": 3,
+                       "epochs": 1, "subset": 10, "batch_size": 32, "eval_batch_size": 256},
+           "grid": {"spaces": ["s2", "s4"], "methods": ["darts"], "seeds": [1],
+                    "selections": ["magnitude", "pt", "pt-fix"], "strength": True}}
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    spec = grid.load_grid(p, str(tmp_path / "g"), str(tmp_path / "r"))
+    assert spec.retrain and spec.cells() == [("s2", "darts", 1), ("s4", "darts", 1)]
+    rows = grid.run_grid(spec)
+    assert sorted((r["space"], r["selection"]) for r in rows) == [
+        ("s2", "magnitude"), ("s2", "pt"), ("s2", "pt-fix"), ("s4", "magnitude"), ("s4", "pt"), ("s4", "pt-fix")]
+    from nas.spaces import get_space
+
+    for r in rows:
+        cell = tmp_path / "g" / f"{r['space']}-darts-s1"
+        rt = json.loads((cell / f"retrain-{r['selection']}" / "result.json").read_text())
+        assert rt["genotype"] == r["genotype"] and rt["config"]["space"] == r["space"]
+        assert r["test_acc"] == pytest.approx(100 * rt["test_acc"]) and r["test_error"] == pytest.approx(100 - r["test_acc"])
+        normal = [op for op, _ in get_space(r["space"]).parse_genotype(r["genotype"]).normal]
+        assert (r["normal_skip"], r["normal_noise"]) == (normal.count("skip_connect"), normal.count("noise"))
+        assert r["retrain_minutes"] > 0 and r["params_m"] > 0
+    # the fix-α supernet: α never moved from zero, and PT made the pt-fix row from it
+    fix = json.loads((tmp_path / "g" / "s2-darts-s1" / "search-fix" / "result.json").read_text())
+    assert all(v == 0 for row in fix["alpha"] for v in row)
+    sel = json.loads((tmp_path / "g" / "s2-darts-s1" / "select-pt-fix" / "selection.json").read_text())
+    assert sel["genotype"] == next(r["genotype"] for r in rows if r["space"] == "s2" and r["selection"] == "pt-fix")
+    md = (tmp_path / "r" / "table.md").read_text()
+    s4 = {r["selection"]: r["test_error"] for r in rows if r["space"] == "s4"}
+    assert "| space | DARTS | DARTS+PT | DARTS+PT (fix α) |" in md
+    assert f"| s4 | {s4['magnitude']:.2f} ± 0.00 | {s4['pt']:.2f} ± 0.00 | {s4['pt-fix']:.2f} ± 0.00 |" in md
+    assert len(grid.read_runs_csv(tmp_path / "r" / "runs.csv")) == 6
+    figs = {f.name for f in (tmp_path / "r" / "figures").iterdir()}
+    assert {"cells.png", "alpha_per_op.png", "eigenvalue.png", "alpha_vs_drop.png"} <= figs
+    curves = json.loads((tmp_path / "r" / "curves.json").read_text())
+    assert set(curves) == {"s2/darts/1", "s4/darts/1"} and set(curves["s4/darts/1"]["ops"]) == {"noise", "sep_conv_3x3"}
+    # everything is cached: a second call trains nothing
+    stamp = {f: f.stat().st_mtime_ns for f in (tmp_path / "g").rglob("result.json")}
+    assert grid.run_grid(spec) == rows
+    assert all(f.stat().st_mtime_ns == t for f, t in stamp.items())
+
+
+def test_retraining_grid_settings_are_checked(protocol, tmp_path):
+    with pytest.raises(NasError, match="unknown space 's9' in grid.spaces"):
+        grid.load_grid(protocol(spaces=["s2", "s9"]))
+    with pytest.raises(NasError, match="key 'grid.retrain' is false, but a space of the grid has no lookup table"):
+        grid.load_grid(protocol(spaces=["s2"], retrain=False))
+    with pytest.raises(NasError, match="key 'grid.curve' looks the kept supernets' cells up"):
+        grid.load_grid(protocol(spaces=["s2"], curve={"every": 1}))
+    with pytest.raises(NasError, match="key 'grid.variants.darts' names the method 'darts' but runs 'snas'"):
+        grid.load_grid(protocol(variants={"darts": {"method": "snas"}}))
+    with pytest.raises(NasError, match="key 'grid.variants.d2': .*'ordr'"):
+        grid.load_grid(protocol(variants={"d2": {"method": "darts", "ordr": 2}}))
+    spec = grid.load_grid(protocol(methods=["darts-2nd"], variants={"darts-2nd": {"method": "darts", "order": 2}}))
+    assert spec.base_method("darts-2nd") == "darts" and spec.variants["darts-2nd"]["order"] == 2
+
+
+def test_the_darts_paper_grid_at_tiny_scale(tmp_path):
+    """params/darts-paper.yaml's own grid (its rows, variants, PT and retrains), with the search and
+    evaluation scaled down to the embedded digits: every lecture row runs end to end."""
+    from conftest import REPO
+
+    doc = yaml.safe_load((REPO / "params" / "darts-paper.yaml").read_text())
+    cache = str(tmp_path / "prep")
+    doc["search"].update(dataset="digits", cache_dir=cache, subset=10, epochs=2, channels=8, cells=3, batch_size=16,
+                         eval_batch_size=8, steps_per_epoch=1, hessian_every=0)
+    doc["select"].update(pt_tune_epochs=0, pt_batches=1)
+    doc["retrain"].update(dataset="digits", cache_dir=cache, resolution=32, channels=4, cells=3, epochs=1, subset=5,
+                          batch_size=32, eval_batch_size=256)
+    doc["grid"]["seeds"] = [1]
+    p = tmp_path / "darts-paper.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    spec = grid.load_grid(p, str(tmp_path / "g"), str(tmp_path / "r"))
+    rows = grid.run_grid(spec)
+    assert sorted((r["method"], r["selection"]) for r in rows) == sorted(
+        [(m, "magnitude") for m in spec.methods] + [("darts-1st", "pt"), ("sdarts-adv", "pt")])
+    # the variants ran with their own settings
+    res = {m: json.loads((tmp_path / "g" / f"{m}-s1" / "search" / "result.json").read_text())["config"]
+           for m in ("darts-2nd", "drnas-progressive", "pc-darts")}
+    assert res["darts-2nd"]["order"] == 2 and res["pc-darts"]["batch_size"] == 256
+    assert res["drnas-progressive"]["progressive"] and res["drnas-progressive"]["progressive_k1"] == 8
+    md = (tmp_path / "r" / "table.md").read_text()
+    assert "| space | darts-1st | darts-1st+PT | darts-2nd | snas |" in md
+    assert all(r["space"] == "darts" and 0 < r["test_error"] <= 100 for r in rows)

@@ -1,4 +1,5 @@
-"""The benchmark grid: methods x seeds x selections under a named protocol, on NAS-Bench-201.
+"""The benchmark grid: [spaces x] methods x seeds x selections under a named protocol; on
+NAS-Bench-201 the selected cells are looked up, on the other spaces they are trained from scratch.
 
 A protocol is a params file (``params/cpu-proxy.yaml``, ``params/paper.yaml``) with a ``search:``
 section, an optional ``select:`` section (PT settings) and a ``grid:`` section::
@@ -11,8 +12,11 @@ section, an optional ``select:`` section (PT settings) and a ``grid:`` section::
       strength: true                   # α vs accuracy-drop table on the first seed's supernet
       landscape: true                  # L_val around α on the first seed's supernet (figures/landscape.png)
 
-One cell of the grid is one (method, seed): a search, then each selection on the same supernet,
-then the NB201 lookups on all three datasets.  A cell is cached on disk: a search whose
+One cell of the grid is one (method, seed), or (space, method, seed) with ``spaces:``: a search,
+then each selection on the same supernet (``pt-fix``: PT on the same search with α held uniform),
+then the NB201 lookups on all three datasets, or with ``retrain`` (implied by a space without a
+table) each selected cell trained by the ``retrain:`` section and tested.  ``variants:`` names
+methods with settings of their own (``darts-2nd: {method: darts, order: 2}``).  A cell is cached on disk: a search whose
 ``result.json`` was written with the same config is never rerun (an interrupted one resumes from
 its checkpoint), and a selection is reused when the search result it was made from is unchanged.
 ``run_cell`` is the unit of work that both :func:`run_grid` (a local process pool) and the Prefect
@@ -24,10 +28,11 @@ Modules: ``spec`` (the protocol's grid section), ``run`` (cells, caches, the pro
 """
 
 from nas.grid.figures import collect_curves, draw_figures
-from nas.grid.report import read_runs_csv, summarise, table_markdown, write_report, write_runs_csv
-from nas.grid.run import CellBusy, cached_search, cached_selection, cell_kwargs, run_cell, run_grid
-from nas.grid.spec import DATASETS, RUN_FIELDS, SELECTIONS, GridSpec, load_grid
+from nas.grid.report import read_runs_csv, summarise, summarise_retrained, table_markdown, write_report, write_runs_csv
+from nas.grid.run import CellBusy, cached_retrain, cached_search, cached_selection, cell_kwargs, run_cell, run_grid
+from nas.grid.spec import DATASETS, RETRAIN_FIELDS, RUN_FIELDS, SELECTIONS, GridSpec, load_grid
 
-__all__ = ["DATASETS", "RUN_FIELDS", "SELECTIONS", "GridSpec", "load_grid", "CellBusy", "cached_search",
-           "cached_selection", "cell_kwargs", "run_cell", "run_grid", "read_runs_csv", "summarise",
+__all__ = ["DATASETS", "RUN_FIELDS", "RETRAIN_FIELDS", "SELECTIONS", "GridSpec", "load_grid", "CellBusy",
+           "cached_search", "cached_selection", "cached_retrain", "cell_kwargs", "run_cell", "run_grid",
+           "read_runs_csv", "summarise", "summarise_retrained",
            "table_markdown", "write_report", "write_runs_csv", "collect_curves", "draw_figures"]

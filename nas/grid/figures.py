@@ -18,8 +18,8 @@ from nas.tracking import op_means
 from nas.utils import atomic_write
 
 
-def _result(spec: GridSpec, method: str, seed: int) -> dict[str, Any] | None:
-    p = Path(spec.out) / f"{method}-s{seed}" / "search" / "result.json"
+def _result(spec: GridSpec, space: str | None, method: str, seed: int) -> dict[str, Any] | None:
+    p = spec.cell_dir(space, method, seed) / "search" / "result.json"
     return json.loads(p.read_text()) if p.is_file() else None
 
 
@@ -31,13 +31,14 @@ def collect_curves(spec: GridSpec, folder: Path) -> dict[str, Any]:
     from committed data (``nas grid --report-only``) without the run directories."""
     path = folder / "curves.json"
     curves: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-    for m in spec.methods:
-        if not trains_alpha(m):
+    for label, sp, m in spec.labels():
+        if not trains_alpha(spec.base_method(m)):
             continue
         for s in spec.seeds:
-            res = _result(spec, m, s)
+            res = _result(spec, sp, m, s)
             if res is None:
                 continue
+            cell = spec.cell_dir(sp, m, s)
             space = get_space(res["space"])
             per_epoch = [op_means(h["weights"], space.edge_ops) for h in res["history"]]
             entry: dict[str, Any] = {
@@ -51,20 +52,20 @@ def collect_curves(spec: GridSpec, folder: Path) -> dict[str, Any]:
             if space.benchmark is not None:  # the cell α selects at each epoch, looked up
                 table = load_table()
                 entry["selected_cifar10"] = [table.accuracy(h["genotype"], "cifar10") for h in res["history"]]
-            strength = Path(spec.out) / f"{m}-s{s}" / "strength" / "strength.json"
+            strength = cell / "strength" / "strength.json"
             if strength.is_file():
                 st = json.loads(strength.read_text())
                 entry["strength"] = {"spearman": st["spearman"],
                                      "rows": [{k: r[k] for k in ("edge", "op", "weight", "drop")} for r in st["rows"]]}
-            land = Path(spec.out) / f"{m}-s{s}" / "landscape" / "landscape.json"
+            land = cell / "landscape" / "landscape.json"
             if land.is_file():
                 lj = json.loads(land.read_text())
                 entry["landscape"] = {k: lj[k] for k in ("axis", "loss", "center_loss", "max_rise", "mean_rise",
                                                          "radius", "points", "batches", "seed")}
-            cfile = Path(spec.out) / f"{m}-s{s}" / "curve.json"
+            cfile = cell / "curve.json"
             if cfile.is_file():  # selections of the supernets kept during the search
                 entry["selection_curve"] = json.loads(cfile.read_text())["rows"]
-            curves[f"{m}/{s}"] = entry
+            curves[f"{label}/{s}"] = entry
     if curves:
         atomic_write(path, lambda p: p.write_text(json.dumps(curves, indent=1, sort_keys=True) + "\n"))
     return curves
@@ -86,7 +87,7 @@ def draw_figures(spec: GridSpec, rows: list[dict[str, Any]], folder: Path) -> li
         plt.close(fig)
         written.append(str(folder / name))
 
-    methods = [m for m in spec.methods if trains_alpha(m)]
+    methods = [label for label, _, m in spec.labels() if trains_alpha(spec.base_method(m))]
     runs = {m: [curves[f"{m}/{s}"] for s in spec.seeds if f"{m}/{s}" in curves] for m in methods}
     runs = {m: r for m, r in runs.items() if r}
     # 1. each op's mean mixing weight over the epochs: mean over seeds, band = min..max over seeds
@@ -141,9 +142,13 @@ def draw_figures(spec: GridSpec, rows: list[dict[str, Any]], folder: Path) -> li
         save(fig, "eigenvalue.png")
     else:
         plt.close(fig)
-    # 3. PT vs magnitude on the same supernets
+    # 3. PT vs magnitude on the same supernets (looked-up grids; a retraining grid draws its cells)
     pairs = []
-    for m in methods:
+    if spec.retrain:
+        drawn_cells = cells_figure(spec, rows)
+        if drawn_cells is not None:
+            save(drawn_cells, "cells.png")
+    for m in (methods if not spec.retrain else []):
         for s in spec.seeds:
             mag = [r for r in rows if r["method"] == m and int(r["seed"]) == s and r["selection"] == "magnitude"]
             pt = [r for r in rows if r["method"] == m and int(r["seed"]) == s and r["selection"] == "pt"]
@@ -210,6 +215,41 @@ def draw_figures(spec: GridSpec, rows: list[dict[str, Any]], folder: Path) -> li
         draw_landscapes(lands, folder / "landscape.png")
         written.append(str(folder / "landscape.png"))
     return written
+
+
+def cells_figure(spec: GridSpec, rows: list[dict[str, Any]]) -> Any:
+    """The selected normal and reduction cells of each space and selection (the first seed that has
+    the row; methods side by side): the "degenerated solutions" figure.  Parameter-free ops are
+    counted in each panel's title."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from nas.drawings import cell_png
+
+    first: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in sorted(rows, key=lambda r: int(r["seed"])):
+        first.setdefault((r["space"], r["method"], r["selection"]), r)
+    if not first:
+        return None
+    spaces = list(dict.fromkeys(k[0] for k in first))
+    cols = list(dict.fromkeys(k[1:] for k in first))
+    fig, axes = plt.subplots(len(spaces), len(cols), figsize=(4.6 * len(cols), 2.6 * len(spaces)), dpi=110,
+                             squeeze=False)
+    for i, sp in enumerate(spaces):
+        for j, (m, sel) in enumerate(cols):
+            ax = axes[i, j]
+            ax.axis("off")
+            r = first.get((sp, m, sel))
+            if r is None:
+                continue
+            ax.imshow(plt.imread(io.BytesIO(cell_png(sp, r["genotype"])), format="png"))
+            free = r["normal_skip"] + r["normal_noise"] + r["normal_none"]
+            ax.set_title(f"{sp}, {m} {sel}, seed {r['seed']}: {free} parameter-free ops in the normal cell, "
+                         f"test error {float(r['test_error']):.2f}%", fontsize=7)
+    fig.suptitle(f"{spec.name}: selected cells (normal and reduction)", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def selection_epochs(curves: dict[str, list[list[dict[str, Any]]]], title: str) -> Any:

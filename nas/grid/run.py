@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,14 +13,14 @@ from typing import Any
 from nas import config as config_mod
 from nas.benchmarks import load_table
 from nas.grid.report import write_report, write_runs_csv
-from nas.grid.spec import DATASETS, RUN_FIELDS, GridSpec
+from nas.grid.spec import DATASETS, RETRAIN_FIELDS, RUN_FIELDS, GridSpec, cell_dir
 from nas.landscape import landscape as loss_landscape
 from nas.methods import trains_alpha
 from nas.rundir import SEARCH_RESULT, kept_epochs, read_search_result, same_config
 from nas.search import search
 from nas.select import op_strength
 from nas.spaces import get_space
-from nas.stages import resume_or_restart, select_stage
+from nas.stages import resume_or_restart, retrain_stage, select_stage
 from nas.utils import NasError, RunLock, check_output_dir, sha256_file, write_json
 
 
@@ -59,6 +60,25 @@ def cached_selection(sel_cfg: config_mod.SelectConfig, search_result: Path) -> t
     return sel, False
 
 
+def cached_retrain(cfg: config_mod.RetrainConfig) -> tuple[dict[str, Any], bool]:
+    """The retrain of ``cfg``: read back when ``<out>/result.json`` was written with the same
+    config (after the space's defaults), otherwise run, resuming its checkpoint."""
+    from nas.train import RESULT, RESUME_FREE_KEYS
+
+    path = Path(cfg.out) / RESULT
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        now = config_mod.resolve_defaults(cfg, get_space(cfg.space).retrain_defaults)
+        if isinstance(old.get("config"), dict) and "test_acc" in old and same_config(
+                old["config"], config_mod.to_dict(now), config_mod.to_dict(config_mod.RetrainConfig()),
+                RESUME_FREE_KEYS):
+            return old, True
+    return resume_or_restart(retrain_stage, cfg), False
+
+
 def _final_eigenvalue(res: dict[str, Any]) -> float:
     eig = res.get("hessian", {}).get("top_eigenvalue") or []
     return float(eig[-1]) if eig else math.nan
@@ -71,16 +91,18 @@ class CellBusy(NasError):
 def run_cell(protocol: str, method: str, seed: int, selections: list[str], out: str, data: str | None = None,
              pt_methods: list[str] | None = None, strength: bool = False, threads: int = 0,
              progress: bool = False, wait: bool = True, landscape: bool = False,
-             curve_every: int = 0) -> list[dict[str, Any]]:
-    """Search one (method, seed) of a protocol, select with each selection, look the genotypes up.
-    Returns one row per selection (``RUN_FIELDS``).  The cell's folder is claimed for the whole
-    computation: a second grid on the same folder waits for it (``wait``) or gets ``CellBusy``,
-    and then reads the finished cell back instead of computing it again."""
-    cell = Path(out) / f"{method}-s{seed}"
+             curve_every: int = 0, space: str | None = None, retrain: bool = False,
+             variant: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Search one (space, method, seed) of a protocol, select with each selection, then look the
+    genotypes up (``RUN_FIELDS`` rows) or, with ``retrain``, train each from scratch and test it
+    (``RETRAIN_FIELDS`` rows).  ``variant`` holds a named variant's search settings.  The cell's
+    folder is claimed for the whole computation: a second grid on the same folder waits for it
+    (``wait``) or gets ``CellBusy``, and then reads the finished cell back instead of computing it again."""
+    cell = cell_dir(out, space, method, seed)
     try:
         with RunLock(cell, wait=wait, what="grid cell"):
             return _run_cell(protocol, method, seed, selections, out, data, pt_methods, strength, threads, progress,
-                             landscape, curve_every)
+                             landscape, curve_every, space, retrain, variant)
     except NasError as exc:
         if not wait and "another process is writing" in str(exc):
             raise CellBusy(f"{cell}: computed by another grid process") from None
@@ -89,47 +111,67 @@ def run_cell(protocol: str, method: str, seed: int, selections: list[str], out: 
 
 def _run_cell(protocol: str, method: str, seed: int, selections: list[str], out: str, data: str | None,
               pt_methods: list[str] | None, strength: bool, threads: int, progress: bool,
-              landscape: bool = False, curve_every: int = 0) -> list[dict[str, Any]]:
+              landscape: bool = False, curve_every: int = 0, space: str | None = None, retrain: bool = False,
+              variant: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     name = Path(protocol).stem
-    cell = Path(out) / f"{method}-s{seed}"
-    overrides: dict[str, Any] = {"method": method, "seed": seed, "out": str(cell / "search"), "progress": progress}
+    cell = cell_dir(out, space, method, seed)
+    tag = f"{space + ' ' if space else ''}{method} seed {seed}"
+    overrides: dict[str, Any] = {**(variant or {}), "seed": seed, "out": str(cell / "search"), "progress": progress}
+    overrides.setdefault("method", method)
+    if space:
+        overrides["space"] = space
     if curve_every:
         overrides["keep_every"] = curve_every
     if data:
         overrides["data"] = data
     cfg = config_mod.build_config("search", protocol, overrides)
-    if get_space(cfg.space).benchmark is None:
-        raise NasError(f"{protocol}: the benchmark grid needs search.space nb201 (the table is NAS-Bench-201's), "
-                       f"got {cfg.space!r}")
+    if get_space(cfg.space).benchmark is None and not retrain:
+        raise NasError(f"{protocol}: space {cfg.space!r} has no lookup table (only nb201 has): its cells must be "
+                       f"trained from scratch (grid.retrain: true)")
     res, cached = cached_search(cfg)
-    print(f"[grid {name}] {method} seed {seed}: search {'cached' if cached else 'done'} "
+    print(f"[grid {name}] {tag}: search {'cached' if cached else 'done'} "
           f"({res['seconds'] / 60:.1f} min) -> {res['genotype']}", file=sys.stderr, flush=True)
-    table = load_table()
+    table = None if retrain else load_table()
     base = {"protocol": name, "method": method, "seed": seed, "search_minutes": res["seconds"] / 60,
             "final_eigenvalue": _final_eigenvalue(res)}
     rows = []
-    own = not trains_alpha(method)  # one row, the method's own selection
+    own = not trains_alpha(cfg.method)  # one row, the method's own selection
     todo = [res["selection"]] if own else list(selections)
     for selection in todo:
-        if selection == "pt" and pt_methods is not None and method not in pt_methods:
+        if selection in ("pt", "pt-fix") and pt_methods is not None and method not in pt_methods:
             continue
+        row = dict(base)
         if selection == "magnitude" or own:
             geno, minutes = res["genotype"], 0.0
         else:
+            run_dir = cell / "search"
+            if selection == "pt-fix":  # the same search with α held at uniform, then PT on its supernet
+                fix_cfg = config_mod.build_config("search", protocol, {
+                    **overrides, "fix_alpha": True, "hessian_every": 0, "keep_every": 0,
+                    "out": str(cell / "search-fix")})
+                fix_res, was = cached_search(fix_cfg)
+                print(f"[grid {name}] {tag}: fix-α search {'cached' if was else 'done'}", file=sys.stderr, flush=True)
+                run_dir = cell / "search-fix"
+                row["search_minutes"], row["final_eigenvalue"] = fix_res["seconds"] / 60, math.nan
             sel_cfg = config_mod.build_config("select", protocol, {
-                "method": selection, "run": str(cell / "search"), "out": str(cell / f"select-{selection}"),
+                "method": "pt", "run": str(run_dir), "out": str(cell / f"select-{selection}"),
                 "seed": seed, "progress": progress})
-            sel, was = cached_selection(sel_cfg, cell / "search" / SEARCH_RESULT)
+            sel, was = cached_selection(sel_cfg, run_dir / SEARCH_RESULT)
             geno, minutes = sel["genotype"], sel.get("seconds", 0.0) / 60
-            print(f"[grid {name}] {method} seed {seed}: {selection} {'cached' if was else 'done'} -> {geno}",
+            print(f"[grid {name}] {tag}: {selection} {'cached' if was else 'done'} -> {geno}",
                   file=sys.stderr, flush=True)
-        accs = {d: table.accuracy(geno, d) for d in DATASETS}
-        rows.append({**base, "selection": selection, "genotype": geno, **accs, "select_minutes": minutes,
-                     "skip_edges": geno.count("skip_connect")})
+        row.update(selection=selection, genotype=geno, select_minutes=minutes)
+        if retrain:
+            row.update(_retrained(protocol, cfg.space, geno, seed, cell / f"retrain-{selection}", data, progress))
+            print(f"[grid {name}] {tag}: {selection} retrained, test error {row['test_error']:.2f}%",
+                  file=sys.stderr, flush=True)
+        else:
+            row.update({d: table.accuracy(geno, d) for d in DATASETS}, skip_edges=geno.count("skip_connect"))
+        rows.append(row)
     if strength and not own:
         sfile = cell / "strength" / "strength.json"
         if not sfile.is_file() or json.loads(sfile.read_text()).get("search_digest") != sha256_file(cell / "search" / SEARCH_RESULT):
@@ -142,9 +184,28 @@ def _run_cell(protocol: str, method: str, seed: int, selections: list[str], out:
         if not lfile.is_file() or json.loads(lfile.read_text()).get("search_digest") != digest:
             res_l = loss_landscape(cell / "search", out=cell / "landscape")
             write_json(lfile, {**res_l, "search_digest": digest})
-    if curve_every and not own:
+    if curve_every and not own and table is not None:
         epoch_curve(protocol, cell, res, seed, progress, table)
-    return [{k: r[k] for k in RUN_FIELDS} for r in rows]
+    fields = RETRAIN_FIELDS if retrain else RUN_FIELDS
+    return [{k: r[k] for k in fields} for r in rows]
+
+
+def _retrained(protocol: str, space: str, genotype: str, seed: int, folder: Path, data: str | None,
+               progress: bool) -> dict[str, Any]:
+    """Train a selected cell from scratch with the protocol's retrain section (cached, resumable);
+    its test numbers and the parameter-free ops of its normal cell."""
+    overrides: dict[str, Any] = {"space": space, "genotype": genotype, "seed": seed, "out": str(folder),
+                                 "progress": progress}
+    if data:
+        overrides["data"] = data
+    rt, _ = cached_retrain(config_mod.build_config("retrain", protocol, overrides))
+    parsed = get_space(space).parse_genotype(genotype)
+    normal = getattr(parsed, "normal", None)
+    ops = [op for op, _ in normal] if normal is not None else re.findall(r"\|(\w+)~", genotype)
+    acc = 100.0 * float(rt["test_acc"])
+    return {"space": space, "test_acc": acc, "test_error": 100.0 - acc, "params_m": rt["params"] / 1e6,
+            "normal_skip": ops.count("skip_connect"), "normal_noise": ops.count("noise"),
+            "normal_none": ops.count("none"), "retrain_minutes": rt["seconds"] / 60}
 
 
 CURVE = "curve.json"
@@ -185,11 +246,16 @@ def _run_cell_kwargs(kw: dict[str, Any]) -> list[dict[str, Any]]:
 
 def cell_kwargs(spec: GridSpec, data: str | None, threads: int = 0, progress: bool = False) -> list[dict[str, Any]]:
     # the strength analysis and the landscape run on each method's first seed only
-    return [dict(protocol=spec.protocol, method=m, seed=s, selections=spec.selections, out=spec.out, data=data,
-                 pt_methods=spec.pt_methods, strength=spec.strength and s == spec.seeds[0], threads=threads,
-                 progress=progress, landscape=spec.landscape and s == spec.seeds[0],
-                 curve_every=spec.curve_every(m, s))
-            for m, s in spec.cells()]
+    jobs = []
+    for sp, m, s in spec.cells():
+        kw = dict(protocol=spec.protocol, method=m, seed=s, selections=spec.selections, out=spec.out, data=data,
+                  pt_methods=spec.pt_methods, strength=spec.strength and s == spec.seeds[0], threads=threads,
+                  progress=progress, landscape=spec.landscape and s == spec.seeds[0],
+                  curve_every=spec.curve_every(m, s))
+        if sp or spec.retrain or m in spec.variants:  # (the one-space lookup grid's jobs stay as they were)
+            kw.update(space=sp, retrain=spec.retrain, variant=spec.variants.get(m))
+        jobs.append(kw)
+    return jobs
 
 
 def run_grid(spec: GridSpec, data: str | None = None, workers: int = 1, threads: int = 0,
@@ -214,7 +280,8 @@ def run_grid(spec: GridSpec, data: str | None = None, workers: int = 1, threads:
         if isinstance(exc, CellBusy):  # another grid computes it: come back to it at the end
             busy.append(kw)
             return
-        msg = f"{kw['method']} seed {kw['seed']}: {type(exc).__name__}: {exc}"
+        where = f"{kw['space']} " if kw.get("space") else ""
+        msg = f"{where}{kw['method']} seed {kw['seed']}: {type(exc).__name__}: {exc}"
         failures.append(msg)
         print(f"[grid {spec.name}] FAILED {msg}", file=sys.stderr, flush=True)
 

@@ -11,9 +11,14 @@ from nas.methods import METHOD_NAMES as METHODS
 from nas.utils import NasError
 
 DATASETS = ("cifar10", "cifar100", "imagenet16-120")
-SELECTIONS = ("magnitude", "pt")
+# pt-fix: PT on a supernet trained with α held at uniform (DARTS-PT's "fix α" column)
+SELECTIONS = ("magnitude", "pt", "pt-fix")
 RUN_FIELDS = ["protocol", "method", "selection", "seed", "genotype", *DATASETS, "search_minutes",
               "select_minutes", "final_eigenvalue", "skip_edges"]
+# the rows of a grid whose cells are trained from scratch (spaces without a lookup table)
+RETRAIN_FIELDS = ["protocol", "space", "method", "selection", "seed", "genotype", "test_acc", "test_error",
+                  "params_m", "normal_skip", "normal_noise", "normal_none", "search_minutes", "select_minutes",
+                  "retrain_minutes", "final_eigenvalue"]
 
 
 @dataclasses.dataclass
@@ -30,14 +35,40 @@ class GridSpec:
     landscape: bool = False  # L_val around α on each α-trained method's first seed (figures/landscape.png)
     # selection against the search epoch: {"methods": [...], "seeds": [...], "every": k} (figures/search_epochs.png)
     curve: dict[str, Any] | None = None
+    # several search spaces (grid.spaces): one cell per (space, method, seed); None = search.space
+    spaces: list[str] | None = None
+    # every selected cell is trained from scratch with the protocol's retrain section (spaces
+    # without a lookup table); the rows are then RETRAIN_FIELDS
+    retrain: bool = False
+    # named method variants (grid.variants): {name: {"method": m, <search keys>}}
+    variants: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
-    def cells(self) -> list[tuple[str, int]]:
-        return [(m, s) for m in self.methods for s in self.seeds]
+    def cells(self) -> list[tuple[str | None, str, int]]:
+        """(space or None, method, seed) for every cell; space-major, then method, then seed."""
+        return [(sp, m, s) for sp in (self.spaces or [None]) for m in self.methods for s in self.seeds]
+
+    def base_method(self, name: str) -> str:
+        """The method a grid entry runs (itself, or the method of the variant it names)."""
+        return self.variants[name]["method"] if name in self.variants else name
+
+    def labels(self) -> list[tuple[str, str | None, str]]:
+        """(label, space, method) per space and method: the label keys the figures and curves
+        (the method alone on a one-space grid, ``space/method`` otherwise)."""
+        return [(f"{sp}/{m}" if sp else m, sp, m) for sp in (self.spaces or [None]) for m in self.methods]
+
+    def cell_dir(self, space: str | None, method: str, seed: int) -> Path:
+        return cell_dir(self.out, space, method, seed)
 
     def curve_every(self, method: str, seed: int) -> int:
         """Every how many epochs the (method, seed) search keeps its supernet for the epoch curve (0 = not)."""
         c = self.curve
         return c["every"] if c and method in c["methods"] and seed in c["seeds"] else 0
+
+
+def cell_dir(out: str | Path, space: str | None, method: str, seed: int) -> Path:
+    """A cell's run directory: ``<out>/<method>-s<seed>`` or, on a several-space grid,
+    ``<out>/<space>-<method>-s<seed>``."""
+    return Path(out) / f"{space + '-' if space else ''}{method}-s{seed}"
 
 
 def _list(raw: Any, key: str, source: str, kind: type) -> list:
@@ -55,19 +86,31 @@ def load_grid(protocol: str | Path, out: str | None = None, report: str | None =
     grid = doc.get("grid", {})
     if not isinstance(grid, dict):
         raise NasError(f"{path}: key 'grid' expects a mapping")
-    known = {"methods", "seeds", "selections", "pt_methods", "strength", "landscape", "curve"}
+    known = {"methods", "seeds", "selections", "pt_methods", "strength", "landscape", "curve", "spaces", "retrain",
+             "variants"}
     for key in grid:
         if key not in known:
             raise NasError(f"{path}: unknown key 'grid.{key}' (known: {', '.join(sorted(known))})")
+    variants = _variants(grid.get("variants"), path)
     methods = methods or _list(grid.get("methods", ["darts"]), "methods", str(path), str)
     seeds = seeds or _list(grid.get("seeds", [1]), "seeds", str(path), int)
     selections = selections or _list(grid.get("selections", ["magnitude"]), "selections", str(path), str)
     for m in methods:
-        if m not in METHODS:
-            raise NasError(f"{path}: unknown method {m!r} in grid.methods (expected one of {', '.join(METHODS)})")
+        if m not in METHODS and m not in variants:
+            raise NasError(f"{path}: unknown method {m!r} in grid.methods (expected one of {', '.join(METHODS)}"
+                           f"{' or a grid.variants name' if variants else ''})")
     for s in selections:
         if s not in SELECTIONS:
-            raise NasError(f"{path}: unknown selection {s!r} in grid.selections (expected magnitude or pt)")
+            raise NasError(f"{path}: unknown selection {s!r} in grid.selections (expected one of "
+                           f"{', '.join(SELECTIONS)})")
+    spaces = grid.get("spaces")
+    if spaces is not None:
+        from nas.spaces import SPACE_NAMES as SPACES
+
+        spaces = _list(spaces, "spaces", str(path), str)
+        for sp in spaces:
+            if sp not in SPACES:
+                raise NasError(f"{path}: unknown space {sp!r} in grid.spaces (expected one of {', '.join(SPACES)})")
     pt_methods = grid.get("pt_methods")
     if pt_methods is not None:
         pt_methods = _list(pt_methods, "pt_methods", str(path), str)
@@ -79,11 +122,49 @@ def load_grid(protocol: str | Path, out: str | None = None, report: str | None =
         raise NasError(f"{path}: key 'grid.landscape' expects bool, got {landscape!r}")
     curve = _curve(grid.get("curve"), str(path), methods, seeds)
     # the search and select sections must be valid too, before any work starts
-    config_mod.build_config("search", path)
+    search_cfg = config_mod.build_config("search", path)
     config_mod.build_config("select", path)
+    from nas.spaces import get_space
+
+    looked_up = all(get_space(sp).benchmark is not None for sp in (spaces or [search_cfg.space]))
+    retrain = grid.get("retrain", not looked_up)
+    if not isinstance(retrain, bool):
+        raise NasError(f"{path}: key 'grid.retrain' expects bool, got {retrain!r}")
+    if not retrain and not looked_up:
+        raise NasError(f"{path}: key 'grid.retrain' is false, but a space of the grid has no lookup table "
+                       f"(only nb201 has): its cells must be trained from scratch")
+    if retrain:
+        config_mod.build_config("retrain", path)
+        if curve:
+            raise NasError(f"{path}: key 'grid.curve' looks the kept supernets' cells up in NAS-Bench-201; "
+                           f"a grid that retrains (grid.retrain or a space without a table) cannot have it")
     name = path.stem
     return GridSpec(str(path), name, list(methods), [int(s) for s in seeds], list(selections), pt_methods, strength,
-                    out or f"runs/grid/{name}", report or f"data/results/{name}", landscape, curve)
+                    out or f"runs/grid/{name}", report or f"data/results/{name}", landscape, curve,
+                    list(spaces) if spaces else None, retrain, variants)
+
+
+def _variants(raw: Any, path: Path) -> dict[str, dict[str, Any]]:
+    """``grid.variants``: named methods with search settings of their own, e.g.
+    ``darts-2nd: {method: darts, order: 2}``; each is checked as a search config."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise NasError(f"{path}: key 'grid.variants' expects a mapping of name -> settings, got {raw!r}")
+    out = {}
+    for name, settings in raw.items():
+        if not isinstance(settings, dict) or settings.get("method") not in METHODS:
+            raise NasError(f"{path}: key 'grid.variants.{name}' expects a mapping with 'method' one of "
+                           f"{', '.join(METHODS)}, got {settings!r}")
+        if name in METHODS and settings["method"] != name:  # a method's own name: that method, other settings
+            raise NasError(f"{path}: key 'grid.variants.{name}' names the method {name!r} but runs "
+                           f"{settings['method']!r}; give the variant a name of its own")
+        try:
+            config_mod.build_config("search", path, dict(settings))
+        except NasError as exc:
+            raise NasError(f"{path}: key 'grid.variants.{name}': {exc}") from None
+        out[str(name)] = dict(settings)
+    return out
 
 
 def _curve(raw: Any, source: str, methods: list[str], seeds: list[int]) -> dict[str, Any] | None:
