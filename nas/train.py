@@ -56,6 +56,10 @@ def _retrain(cfg: config_mod.RetrainConfig, resume: bool,
     out = Path(cfg.out)
     seed_everything(cfg.seed)
     bundle = load_bundle(cfg, device)
+    if cfg.auxiliary_weight > 0 and space.genotype_json and bundle.size // 4 < 8:
+        raise NasError(f"retrain: key 'auxiliary_weight' is {cfg.auxiliary_weight}, but the auxiliary head needs 8x8 "
+                       f"features after the second reduction, i.e. images of at least 32x32; these are "
+                       f"{bundle.size}x{bundle.size} (set auxiliary_weight=0)")
     labels = bundle.prepared.train_y
     idx = balanced_subset(labels, cfg.subset, cfg.seed) if cfg.subset else torch.arange(len(labels))
     val = None

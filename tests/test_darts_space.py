@@ -234,6 +234,16 @@ def test_retrain_darts_network_with_auxiliary_head_drop_path_and_cutout(tmp_path
     assert 0.0 <= res["test_acc"] <= 1.0
 
 
+def test_the_auxiliary_head_on_too_small_images_is_refused_in_one_line(tmp_path):
+    cfg = build_config("retrain", overrides=dict(
+        space="s2", genotype=DARTS_V2.replace("max_pool_3x3", "skip_connect").replace("dil_conv_3x3", "sep_conv_3x3"),
+        dataset="digits", cache_dir=str(tmp_path / "cache"), resolution=16, channels=4, cells=3, epochs=1,
+        subset=10, device="cpu", out=str(tmp_path / "rt"), progress=False))
+    with pytest.raises(NasError, match=r"key 'auxiliary_weight' is 0.4, .* these are 16x16 \(set auxiliary_weight=0\)"):
+        retrain(cfg)
+    assert not (tmp_path / "rt" / "result.json").exists()
+
+
 def test_cutout_zeroes_one_square_per_image():
     from nas.data import BatchStream
 
