@@ -143,6 +143,13 @@ def test_shipped_protocols_load():
     cfg = config_mod.build_config("search", REPO / "params" / "paper.yaml")
     assert (cfg.channels, cfg.cells, cfg.batch_size, cfg.train_portion, cfg.subset) == (16, 5, 64, 0.5, 0)
     assert paper.report.endswith("paper")
+    c16 = grid.load_grid(REPO / "params" / "cpu-proxy-c16.yaml")
+    assert c16.seeds == [1, 2, 3, 4, 5] and "sdarts-adv" in c16.methods and not c16.retrain
+    c16_cfg = config_mod.build_config("search", REPO / "params" / "cpu-proxy-c16.yaml")
+    assert (c16_cfg.channels, c16_cfg.subset, c16_cfg.epochs, c16_cfg.adv_steps) == (16, 2500, 24, 1)
+    dp = grid.load_grid(REPO / "params" / "darts-paper.yaml")
+    assert dp.retrain and dp.spaces is None and dp.pt_methods == ["darts-1st", "sdarts-adv"]
+    assert {dp.base_method(m) for m in dp.methods} == {"darts", "snas", "drnas", "sdarts-adv", "pc-darts"}
 
 
 def test_the_bf16_protocol_is_cpu_proxy_in_bf16():
