@@ -197,15 +197,22 @@ def runs_schema():
 def validate_runs(rows: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
     """The per-run results table of the benchmark grid (rows as read from CSV); returns typed rows.
     Row numbers in errors are CSV line numbers."""
+    return _csv_rows(rows, source, RUN_COLUMNS, runs_schema, ("seed", "skip_edges"))
+
+
+def _csv_rows(rows: list[dict[str, Any]], source: str, columns: list[str], schema: Any,
+              ints: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Rows read from a grid's CSV, checked by ``schema()``: empty cells and "nan" are missing,
+    ``ints`` become int and a missing final eigenvalue NaN.  Errors name the CSV line."""
     if not rows:
         return []
-    df = _frame(rows, source, RUN_COLUMNS)
+    df = _frame(rows, source, columns)
     df = df.replace({"": None, "nan": None})
-    out = _check(runs_schema(), df, source, row_offset=2, row_word="line")
+    out = _check(schema(), df, source, row_offset=2, row_word="line")
     recs = out.to_dict("records")
     for r in recs:
-        r["seed"] = int(r["seed"])
-        r["skip_edges"] = int(r["skip_edges"])
+        for k in ints:
+            r[k] = int(r[k])
         r["final_eigenvalue"] = float("nan") if r["final_eigenvalue"] is None else float(r["final_eigenvalue"])
     return recs
 
@@ -243,17 +250,8 @@ def retrain_runs_schema():
 def validate_retrain_runs(rows: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
     """The per-run table of a grid whose cells are retrained (S1-S4, the DARTS space); typed rows.
     Row numbers in errors are CSV line numbers."""
-    if not rows:
-        return []
-    df = _frame(rows, source, RETRAIN_COLUMNS)
-    df = df.replace({"": None, "nan": None})
-    out = _check(retrain_runs_schema(), df, source, row_offset=2, row_word="line")
-    recs = out.to_dict("records")
-    for r in recs:
-        for k in ("seed", "normal_skip", "normal_noise", "normal_none"):
-            r[k] = int(r[k])
-        r["final_eigenvalue"] = float("nan") if r["final_eigenvalue"] is None else float(r["final_eigenvalue"])
-    return recs
+    return _csv_rows(rows, source, RETRAIN_COLUMNS, retrain_runs_schema,
+                     ("seed", "normal_skip", "normal_noise", "normal_none"))
 
 
 # ---------------------------------------------------------------------------------- Optuna trials
