@@ -103,6 +103,16 @@ def test_grid_rows_table_figures_and_cache(protocol, tmp_path):
     grid.write_report(spec)
     assert {p.name for p in (tmp_path / "r" / "figures").iterdir()} == figs
 
+    # the report keeps each finished cell's JSON results (no weights): a grid with the report and
+    # an empty run folder (another machine, a fresh clone) reads every cell back from it; a
+    # recomputed PT or search would need the supernets, which were never archived
+    archived = tmp_path / "r" / "cells"
+    assert {p.name for p in archived.iterdir()} == {"darts-s1", "darts-s2", "random-s1", "random-s2"}
+    assert not [p for p in archived.rglob("*") if p.is_file() and p.suffix != ".json"]
+    assert (archived / "darts-s1" / "curve.json").is_file() and (archived / "darts-s1" / "select-pt-e1").is_dir()
+    assert same(grid.run_grid(spec)) == same(rows)
+    assert not list((tmp_path / "g").rglob("*.pt"))
+
 
 def test_changed_protocol_reruns_the_search(protocol, tmp_path):
     p = protocol(methods=["darts"], seeds=[1], selections=["magnitude"])

@@ -217,6 +217,12 @@ def epoch_curve(protocol: str, cell: Path, res: dict[str, Any], seed: int, progr
     the cell's own PT selection (shared, cached); each PT is cached and resumable like it."""
     name = Path(protocol).stem
     search_dir = cell / "search"
+    digest = sha256_file(search_dir / SEARCH_RESULT)
+    done = cell / CURVE
+    if done.is_file():  # made from this very search: read back (the kept supernets may be gone)
+        old = json.loads(done.read_text())
+        if old.get("search_digest") == digest:
+            return old["rows"]
     final = res["history"][-1]["epoch"]
     rows = []
     for epoch in [*kept_epochs(search_dir), final]:
@@ -236,8 +242,51 @@ def epoch_curve(protocol: str, cell: Path, res: dict[str, Any], seed: int, progr
                       file=sys.stderr, flush=True)
             rows.append({"epoch": epoch, "selection": selection, "genotype": geno,
                          "cifar10": table.accuracy(geno, "cifar10")})
-    write_json(cell / CURVE, {"search_digest": sha256_file(search_dir / SEARCH_RESULT), "rows": rows})
+    write_json(cell / CURVE, {"search_digest": digest, "rows": rows})
     return rows
+
+
+# What a finished cell leaves in the report folder (``<report>/cells/<cell>/``): its JSON results
+# (the search's result.json with the α history and Hessian spectrum, each selection, the epoch
+# curve, the strength analysis, the landscape, each retrain's result), never a weight file.  A
+# grid on another machine, with the committed report and an empty run folder, reads finished
+# cells back from there instead of computing them again.
+ARCHIVE = "cells"
+
+
+def _json_files(folder: Path) -> list[Path]:
+    return sorted(p.relative_to(folder) for p in folder.rglob("*.json") if p.is_file())
+
+
+def archive_cell(cell: Path, report: Path) -> Path:
+    """Copy a finished cell's JSON results into ``<report>/cells/<cell name>/`` (each file written
+    atomically, the search result last, so that a half-copied cell is never taken as finished)."""
+    import shutil
+
+    from nas.utils import atomic_write
+
+    dest = Path(report) / ARCHIVE / cell.name
+    files = _json_files(cell)
+    files.sort(key=lambda rel: rel == Path("search") / SEARCH_RESULT)
+    for rel in files:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, lambda tmp, src=cell / rel: shutil.copyfile(src, tmp))
+    return dest
+
+
+def restore_cell(cell: Path, report: Path) -> bool:
+    """Seed an unstarted cell folder from its archived results; False when there is nothing to
+    restore or the folder already holds a search (a run folder is never overwritten)."""
+    import shutil
+
+    src = Path(report) / ARCHIVE / cell.name
+    if not (src / "search" / SEARCH_RESULT).is_file() or (cell / "search").exists():
+        return False
+    for rel in _json_files(src):
+        (cell / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / rel, cell / rel)
+    return True
 
 
 def _run_cell_kwargs(kw: dict[str, Any]) -> list[dict[str, Any]]:
@@ -265,11 +314,19 @@ def run_grid(spec: GridSpec, data: str | None = None, workers: int = 1, threads:
     check_output_dir(spec.out, "out")  # both folders are checked before any cell runs
     check_output_dir(spec.report, "report")
     jobs = cell_kwargs(spec, data, threads)
+    restored = sum(restore_cell(cell_dir(spec.out, kw.get("space"), kw["method"], kw["seed"]), Path(spec.report))
+                   for kw in jobs)
+    if restored:
+        print(f"[grid {spec.name}] {restored} finished cells read back from {Path(spec.report) / ARCHIVE}",
+              file=sys.stderr, flush=True)
     rows: list[dict[str, Any]] = []
 
     def collect(new: list[dict[str, Any]]) -> None:
         rows.extend(new)
         write_runs_csv(Path(spec.report) / "runs.csv", rows, merge=True)
+        for sp, m, s in dict.fromkeys((r.get("space") if spec.spaces else None, r["method"], int(r["seed"]))
+                                      for r in new):
+            archive_cell(cell_dir(spec.out, sp, m, s), Path(spec.report))
         if on_rows is not None:
             on_rows(new)
 
