@@ -723,3 +723,55 @@ def test_flows_started_together_on_an_empty_prefect_home_migrate_once(tmp_path):
     assert all(o[0].strip() == "ready" for o in outs)
     assert not any("duplicate column" in o[1] for o in outs)
     assert list((tmp_path / "home").glob(".nas-db-ready-*")) and (tmp_path / "home" / "prefect.db").is_file()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state  # a zombie has ended (only its exit status is left)
+
+
+def test_grid_workers_end_when_the_grid_is_killed(tmp_path):
+    """A grid killed with SIGKILL (or SIGTERM) leaves no worker computing on: each worker watches
+    its parent and leaves once it is gone."""
+    import signal
+    import textwrap
+    import time
+
+    pid_file = tmp_path / "worker.pid"
+    script = tmp_path / "grid_parent.py"
+    script.write_text(textwrap.dedent("""
+        import multiprocessing as mp, os, sys, time
+        from concurrent.futures import ProcessPoolExecutor
+        from nas.grid.run import exit_with_parent
+
+        def job(path):
+            with open(path + ".tmp", "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(path + ".tmp", path)
+            time.sleep(300)
+
+        if __name__ == "__main__":
+            pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=exit_with_parent,
+                                       initargs=(os.getpid(), 0.1))
+            pool.submit(job, sys.argv[1])
+            time.sleep(300)
+    """))
+    parent = subprocess.Popen([sys.executable, str(script), str(pid_file)])
+    try:
+        deadline = time.monotonic() + 120
+        while not pid_file.is_file():
+            assert time.monotonic() < deadline and parent.poll() is None, "the worker never started"
+            time.sleep(0.2)
+        worker = int(pid_file.read_text())
+        assert _alive(worker)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(30)
+        deadline = time.monotonic() + 30
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(worker), f"worker {worker} outlived its grid"
+    finally:
+        parent.kill()

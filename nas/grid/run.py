@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -356,6 +357,22 @@ def run_grid(spec: GridSpec, data: str | None = None, workers: int = 1, threads:
     return rows
 
 
+def exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """In a worker process: a daemon thread that ends the process once ``parent`` is gone (the
+    worker is re-parented), so that a grid killed by SIGTERM or SIGKILL leaves no orphan worker.
+    Cells write their results atomically and hold their folder's lock through the OS, so a worker
+    ended this way leaves a resumable checkpoint and no stale claim."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(143)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _run_jobs(jobs: list[dict[str, Any]], workers: int, collect: Callable, failed: Callable) -> None:
     if workers <= 1:
         for kw in jobs:
@@ -367,8 +384,10 @@ def _run_jobs(jobs: list[dict[str, Any]], workers: int, collect: Callable, faile
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        # spawn: workers start clean (no CUDA context or thread pool inherited from this process)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        # spawn: workers start clean (no CUDA context or thread pool inherited from this process);
+        # each leaves when this process dies (a killed grid leaves no worker computing on)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                 initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(_run_cell_kwargs, kw): kw for kw in jobs}
             for fut in as_completed(futures):
                 try:
