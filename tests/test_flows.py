@@ -228,6 +228,16 @@ def test_benchmark_flow_on_two_dask_processes(prefect_server, tmp_path):
                      workers=1)
     key = lambda r: (r["method"], r["selection"], r["seed"])  # noqa: E731
     assert sorted(res2["rows"], key=key) == sorted(res["rows"], key=key)
+    # a fresh clone has the report (with its archived cells) but no run folders: the flow reads
+    # every cell back from the report instead of computing it again (no supernet is ever saved)
+    import shutil
+
+    shutil.rmtree(tmp_path / "g")
+    assert {p.name for p in (tmp_path / "r" / "cells").iterdir()} == {"darts-s1", "darts-s2", "gdas-s1", "gdas-s2"}
+    res3 = benchmark(protocol=str(proto), out=str(tmp_path / "g"), report=str(tmp_path / "r"), runner="thread",
+                     workers=1)
+    assert sorted(res3["rows"], key=key) == sorted(res["rows"], key=key)
+    assert not list((tmp_path / "g").rglob("*.pt"))
 
 
 def test_deployment_definitions_load():

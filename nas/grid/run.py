@@ -93,17 +93,27 @@ def run_cell(protocol: str, method: str, seed: int, selections: list[str], out: 
              pt_methods: list[str] | None = None, strength: bool = False, threads: int = 0,
              progress: bool = False, wait: bool = True, landscape: bool = False,
              curve_every: int = 0, space: str | None = None, retrain: bool = False,
-             variant: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+             variant: dict[str, Any] | None = None, report: str | None = None) -> list[dict[str, Any]]:
     """Search one (space, method, seed) of a protocol, select with each selection, then look the
     genotypes up (``RUN_FIELDS`` rows) or, with ``retrain``, train each from scratch and test it
     (``RETRAIN_FIELDS`` rows).  ``variant`` holds a named variant's search settings.  The cell's
     folder is claimed for the whole computation: a second grid on the same folder waits for it
-    (``wait``) or gets ``CellBusy``, and then reads the finished cell back instead of computing it again."""
+    (``wait``) or gets ``CellBusy``, and then reads the finished cell back instead of computing it again.
+
+    With ``report`` (the grid's report folder), an unstarted cell is first seeded from the results
+    archived there (``restore_cell``), and the finished cell's results are archived there
+    (``archive_cell``): the CLI grid and the Prefect flow both carry a grid across machines this way."""
     cell = cell_dir(out, space, method, seed)
     try:
         with RunLock(cell, wait=wait, what="grid cell"):
-            return _run_cell(protocol, method, seed, selections, out, data, pt_methods, strength, threads, progress,
+            if report and restore_cell(cell, Path(report)):
+                print(f"[grid {Path(protocol).stem}] {cell.name}: read back from {Path(report) / ARCHIVE}",
+                      file=sys.stderr, flush=True)
+            rows = _run_cell(protocol, method, seed, selections, out, data, pt_methods, strength, threads, progress,
                              landscape, curve_every, space, retrain, variant)
+            if report:
+                archive_cell(cell, Path(report))
+            return rows
     except NasError as exc:
         if not wait and "another process is writing" in str(exc):
             raise CellBusy(f"{cell}: computed by another grid process") from None
@@ -301,7 +311,7 @@ def cell_kwargs(spec: GridSpec, data: str | None, threads: int = 0, progress: bo
         kw = dict(protocol=spec.protocol, method=m, seed=s, selections=spec.selections, out=spec.out, data=data,
                   pt_methods=spec.pt_methods, strength=spec.strength and s == spec.seeds[0], threads=threads,
                   progress=progress, landscape=spec.landscape and s == spec.seeds[0],
-                  curve_every=spec.curve_every(m, s))
+                  curve_every=spec.curve_every(m, s), report=spec.report)
         if sp or spec.retrain or m in spec.variants:  # (the one-space lookup grid's jobs stay as they were)
             kw.update(space=sp, retrain=spec.retrain, variant=spec.variants.get(m))
         jobs.append(kw)
@@ -314,20 +324,12 @@ def run_grid(spec: GridSpec, data: str | None = None, workers: int = 1, threads:
     Cells already finished are read back from their run directories."""
     check_output_dir(spec.out, "out")  # both folders are checked before any cell runs
     check_output_dir(spec.report, "report")
-    jobs = cell_kwargs(spec, data, threads)
-    restored = sum(restore_cell(cell_dir(spec.out, kw.get("space"), kw["method"], kw["seed"]), Path(spec.report))
-                   for kw in jobs)
-    if restored:
-        print(f"[grid {spec.name}] {restored} finished cells read back from {Path(spec.report) / ARCHIVE}",
-              file=sys.stderr, flush=True)
+    jobs = cell_kwargs(spec, data, threads)  # each cell is restored from and archived to the report
     rows: list[dict[str, Any]] = []
 
     def collect(new: list[dict[str, Any]]) -> None:
         rows.extend(new)
         write_runs_csv(Path(spec.report) / "runs.csv", rows, merge=True)
-        for sp, m, s in dict.fromkeys((r.get("space") if spec.spaces else None, r["method"], int(r["seed"]))
-                                      for r in new):
-            archive_cell(cell_dir(spec.out, sp, m, s), Path(spec.report))
         if on_rows is not None:
             on_rows(new)
 
