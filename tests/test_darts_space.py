@@ -312,3 +312,41 @@ def test_the_darts_code_genotypes_build_with_its_parameter_counts(text, params):
 def test_a_five_node_genotype_is_not_a_point_of_the_search_space():
     with pytest.raises(NasError, match="5 intermediate nodes is not in space darts"):
         get_space("darts").genotype_weights(parse_genotype(NASNET))
+
+
+def test_s_proxy_study_records_a_finished_and_a_stopped_search(tmp_path):
+    """bench/s_proxy_study.py: the study row and skip-weight curves of an S2 search, read from its
+    result.json or, for a search stopped early, from its checkpoint (the same numbers)."""
+    import csv
+    import json
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import s_proxy_study as study
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    res = search(_tiny(tmp_path, space="s2", epochs=2, seed=3))
+    run, out = tmp_path / "run", tmp_path / "study"
+    row = study.record(run, "finished", "channels=4", 2, out)
+    sp = get_space("s2")
+    w = res["weights"]
+    skip = [w[e][sp.edge_ops[e].index("skip_connect")] for e in range(14)]
+    assert row["normal_skip_weight_final"] == f"{sum(skip) / 14:.4f}"
+    assert row["normal_ops"] == " ".join(op for op, _ in sp.parse_genotype(res["genotype"]).normal)
+    assert row["epochs"] == 2 and row["seed"] == 3 and row["space"] == "s2"
+    (run / "result.json").unlink()  # as a search stopped before its end leaves it
+    again = study.record(run, "stopped", "channels=4", 5, out)
+    assert {k: v for k, v in again.items() if k not in ("run", "planned_epochs")} == \
+        {k: v for k, v in row.items() if k not in ("run", "planned_epochs")}
+    rows = list(csv.DictReader((out / "runs.csv").open()))
+    assert [r["run"] for r in rows] == ["finished", "stopped"] and rows[1]["planned_epochs"] == "5"
+    curves = json.loads((out / "skip_weights.json").read_text())
+    assert curves["finished"]["epoch"] == [1, 2] and curves["finished"]["normal_skip_weight"][-1] == round(sum(skip) / 14, 4)
+    assert study.plot(out).is_file()
+    study.record(run, "finished", "channels=4", 2, out)  # recording a run again replaces its row
+    assert [r["run"] for r in csv.DictReader((out / "runs.csv").open())] == ["stopped", "finished"]
+    with pytest.raises(NasError, match="neither result.json nor checkpoint.pt"):
+        study.record(tmp_path / "nothing", "x", "", 1, out)
