@@ -64,7 +64,7 @@ def record(run: Path, name: str, settings: str, planned: int, study: Path = STUD
     reduce = [_mean_skip(r["weights"], space.edge_ops, half, 2 * half) for r in history]
     last = history[-1]
     gen = space.parse_genotype(last["genotype"])
-    eig = [r["top_eigenvalue"] for r in history if r.get("top_eigenvalue") is not None]
+    eig = [r["hessian_eig"] for r in history if r.get("hessian_eig") is not None]
     low = min(range(len(normal)), key=lambda i: (normal[i], i))
     row = {"run": name, "space": cfg["space"], "method": cfg["method"], "seed": cfg["seed"], "settings": settings,
            "epochs": last["epoch"], "normal_ops": " ".join(op for op, _ in gen.normal),

@@ -328,7 +328,7 @@ def test_s_proxy_study_records_a_finished_and_a_stopped_search(tmp_path):
         import s_proxy_study as study
     finally:
         sys.path.remove(str(REPO / "bench"))
-    res = search(_tiny(tmp_path, space="s2", epochs=2, seed=3))
+    res = search(_tiny(tmp_path, space="s2", epochs=2, seed=3, hessian_every=2))
     run, out = tmp_path / "run", tmp_path / "study"
     row = study.record(run, "finished", "channels=4", 2, out)
     sp = get_space("s2")
@@ -337,6 +337,7 @@ def test_s_proxy_study_records_a_finished_and_a_stopped_search(tmp_path):
     assert row["normal_skip_weight_final"] == f"{sum(skip) / 14:.4f}"
     assert row["normal_ops"] == " ".join(op for op, _ in sp.parse_genotype(res["genotype"]).normal)
     assert row["epochs"] == 2 and row["seed"] == 3 and row["space"] == "s2"
+    assert row["top_eigenvalue_final"] == f"{res['hessian']['top_eigenvalue'][-1]:.4f}"
     (run / "result.json").unlink()  # as a search stopped before its end leaves it
     again = study.record(run, "stopped", "channels=4", 5, out)
     assert {k: v for k, v in again.items() if k not in ("run", "planned_epochs")} == \
