@@ -244,12 +244,14 @@ def test_deployment_definitions_load():
     from flows.serve import load_deployments
 
     deps = {d.name: d for d in load_deployments(REPO / "prefect.yaml")}
-    assert set(deps) == {"default", "nightly", "cpu-proxy", "cpu-proxy-c16"}
+    assert set(deps) == {"default", "nightly", "cpu-proxy", "cpu-proxy-c16", "cpu-proxy-s"}
     assert deps["default"].flow_name == "nas-pipeline"
     assert deps["nightly"].flow_name == "nas-sweep"
     assert deps["cpu-proxy"].flow_name == "nas-benchmark"
     assert deps["cpu-proxy-c16"].flow_name == "nas-benchmark"
     assert deps["cpu-proxy-c16"].parameters["protocol"] == "params/cpu-proxy-c16.yaml"
+    assert deps["cpu-proxy-s"].flow_name == "nas-benchmark"
+    assert deps["cpu-proxy-s"].parameters["protocol"] == "params/cpu-proxy-s.yaml"
     cron = deps["nightly"].schedules[0].schedule
     assert cron.cron == "0 2 * * *" and cron.timezone == "UTC"
     doc = yaml.safe_load((REPO / "prefect.yaml").read_text())
