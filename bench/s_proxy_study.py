@@ -2,8 +2,9 @@
 
 ``record`` reads one search run folder (its ``result.json`` when the search finished, else its
 checkpoint, for a search stopped early) and adds to the study folder
-  - a row of ``runs.csv``: the selected normal and reduction ops, the mean skip_connect weight of
-    the normal edges at the first epoch, its lowest value (and epoch) and its last, the reduction
+  - a row of ``runs.csv``: the selected normal and reduction ops, the mean weight of the space's
+    parameter-free op (``op``: noise on S4, skip_connect on the others; the ``*_skip_*`` columns
+    hold it) on the normal edges at the first epoch, its lowest value (and epoch) and its last, the reduction
     edges' at the end, the last top Hessian eigenvalue, the supernet's training and validation
     accuracy and the search minutes (the sum of the epoch times);
   - the per-epoch curves of ``skip_weights.json``: those two mean skip weights, the accuracies and
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 STUDY = Path(__file__).resolve().parent.parent / "data" / "results" / "s-proxy-study"
-FIELDS = ["run", "space", "method", "seed", "settings", "epochs", "normal_ops", "reduce_ops",
+FIELDS = ["run", "space", "method", "seed", "settings", "op", "epochs", "normal_ops", "reduce_ops",
           "normal_skip_weight_epoch1", "normal_skip_weight_final", "reduce_skip_weight_final", "top_eigenvalue_final",
           "train_acc", "val_acc", "minutes", "planned_epochs", "normal_skip_weight_min", "normal_skip_min_epoch"]
 
@@ -43,8 +44,14 @@ def _history(run: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     raise NasError(f"{run}: neither result.json nor checkpoint.pt (expected a search run folder)")
 
 
-def _mean_skip(weights: list[list[float]], edge_ops: tuple[tuple[str, ...], ...], lo: int, hi: int) -> float:
-    vals = [weights[e][edge_ops[e].index("skip_connect")] for e in range(lo, hi) if "skip_connect" in edge_ops[e]]
+def tracked_op(space: str) -> str:
+    """The parameter-free op whose weight the study follows: S4's noise, elsewhere skip_connect."""
+    return "noise" if space == "s4" else "skip_connect"
+
+
+def _mean_skip(weights: list[list[float]], edge_ops: tuple[tuple[str, ...], ...], lo: int, hi: int,
+               op: str = "skip_connect") -> float:
+    vals = [weights[e][edge_ops[e].index(op)] for e in range(lo, hi) if op in edge_ops[e]]
     return sum(vals) / len(vals) if vals else float("nan")
 
 
@@ -60,13 +67,14 @@ def record(run: Path, name: str, settings: str, planned: int, study: Path = STUD
     if space.alpha_shape[0] != 28:
         raise NasError(f"{run}: space {cfg['space']!r} is not a DARTS-space (S1-S4) search")
     half = space.alpha_shape[0] // 2
-    normal = [_mean_skip(r["weights"], space.edge_ops, 0, half) for r in history]
-    reduce = [_mean_skip(r["weights"], space.edge_ops, half, 2 * half) for r in history]
+    op = tracked_op(cfg["space"])
+    normal = [_mean_skip(r["weights"], space.edge_ops, 0, half, op) for r in history]
+    reduce = [_mean_skip(r["weights"], space.edge_ops, half, 2 * half, op) for r in history]
     last = history[-1]
     gen = space.parse_genotype(last["genotype"])
     eig = [r["hessian_eig"] for r in history if r.get("hessian_eig") is not None]
     low = min(range(len(normal)), key=lambda i: (normal[i], i))
-    row = {"run": name, "space": cfg["space"], "method": cfg["method"], "seed": cfg["seed"], "settings": settings,
+    row = {"run": name, "space": cfg["space"], "method": cfg["method"], "seed": cfg["seed"], "settings": settings, "op": op,
            "epochs": last["epoch"], "normal_ops": " ".join(op for op, _ in gen.normal),
            "reduce_ops": " ".join(op for op, _ in gen.reduce),
            "normal_skip_weight_epoch1": f"{normal[0]:.4f}", "normal_skip_weight_final": f"{normal[-1]:.4f}",
@@ -78,6 +86,8 @@ def record(run: Path, name: str, settings: str, planned: int, study: Path = STUD
     csv_path = study / "runs.csv"
     rows = list(csv.DictReader(csv_path.open())) if csv_path.is_file() else []
     rows = [r for r in rows if r["run"] != name] + [row]
+    for r in rows:  # rows recorded before the op column
+        r["op"] = r.get("op") or tracked_op(r["space"])
 
     def write_csv(p: Path) -> None:
         with p.open("w", newline="") as f:
@@ -91,7 +101,7 @@ def record(run: Path, name: str, settings: str, planned: int, study: Path = STUD
     curves = json.loads(curves_path.read_text()) if curves_path.is_file() else {}
     curves[name] = {"epoch": [r["epoch"] for r in history], "train_acc": [r["train_acc"] for r in history],
                     "val_acc": [r["val_acc"] for r in history],
-                    "alpha_trained": [r.get("alpha_trained", True) for r in history],
+                    "alpha_trained": [r.get("alpha_trained", True) for r in history], "op": op,
                     "normal_skip_weight": [round(v, 4) for v in normal],
                     "reduce_skip_weight": [round(v, 4) for v in reduce]}
     atomic_write(curves_path, lambda p: p.write_text(json.dumps(curves, indent=1) + "\n"))
@@ -115,21 +125,24 @@ def plot(study: Path = STUDY) -> Path:
     rows = math.ceil(len(curves) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 3.4 * rows), dpi=110, squeeze=False)
     for ax, (name, c) in zip(axes.flat, curves.items()):
-        ax.plot(c["epoch"], c["normal_skip_weight"], lw=2, label="skip weight, normal edges")
-        ax.plot(c["epoch"], c["reduce_skip_weight"], lw=2, label="skip weight, reduction edges")
+        op = c.get("op", "skip_connect")
+        ax.plot(c["epoch"], c["normal_skip_weight"], lw=2, label=f"{op} weight, normal edges")
+        ax.plot(c["epoch"], c["reduce_skip_weight"], lw=2, label=f"{op} weight, reduction edges")
         ax.plot(c["epoch"], c["train_acc"], ls=":", color="grey", label="supernet training accuracy")
         frozen = [e for e, t in zip(c["epoch"], c["alpha_trained"]) if not t]
         if frozen:
             ax.axvspan(min(frozen) - 0.5, max(frozen) + 0.5, color="grey", alpha=0.12, lw=0, label="α frozen")
         ax.axhline(0.5, color="k", lw=0.6)
         ax.set_ylim(0, 1)
-        ax.set_title(name, fontsize=8)
+        ax.set_title(f"{name} ({op})", fontsize=8)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(curves):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle("DARTS on S2 at CPU scales: mean skip_connect mixing weight (0.5 = uniform)", fontsize=10)
+    for ax in list(axes.flat)[:len(curves)]:
+        ax.legend(fontsize=6, loc="upper left")
+    fig.suptitle("DARTS on S2 and S4 at CPU scales: mean mixing weight of the parameter-free op (0.5 = uniform)",
+                 fontsize=10)
     fig.tight_layout()
     out = study / "skip_weights.png"
     atomic_write(out, lambda p: fig.savefig(p, format="png"))

@@ -335,6 +335,7 @@ def test_s_proxy_study_records_a_finished_and_a_stopped_search(tmp_path):
     w = res["weights"]
     skip = [w[e][sp.edge_ops[e].index("skip_connect")] for e in range(14)]
     assert row["normal_skip_weight_final"] == f"{sum(skip) / 14:.4f}"
+    assert row["op"] == "skip_connect"
     assert row["normal_ops"] == " ".join(op for op, _ in sp.parse_genotype(res["genotype"]).normal)
     assert row["epochs"] == 2 and row["seed"] == 3 and row["space"] == "s2"
     assert row["top_eigenvalue_final"] == f"{res['hessian']['top_eigenvalue'][-1]:.4f}"

@@ -157,6 +157,13 @@ def test_shipped_protocols_load():
     assert c16.seeds == [1, 2, 3, 4, 5] and "sdarts-adv" in c16.methods and not c16.retrain
     c16_cfg = config_mod.build_config("search", REPO / "params" / "cpu-proxy-c16.yaml")
     assert (c16_cfg.channels, c16_cfg.subset, c16_cfg.epochs, c16_cfg.adv_steps) == (16, 2500, 24, 1)
+    sp = grid.load_grid(REPO / "params" / "cpu-proxy-s.yaml")
+    assert sp.retrain and sp.spaces == ["s1", "s2", "s3", "s4"] and sp.seeds == [1, 2]
+    assert sp.selections == ["magnitude", "pt", "pt-fix"] and sp.methods == ["darts"]
+    s_cfg = config_mod.build_config("search", REPO / "params" / "cpu-proxy-s.yaml")
+    assert (s_cfg.channels, s_cfg.cells, s_cfg.subset, s_cfg.batch_size, s_cfg.epochs) == (8, 5, 200, 32, 100)
+    s_rt = config_mod.build_config("retrain", REPO / "params" / "cpu-proxy-s.yaml")
+    assert (s_rt.channels, s_rt.cells, s_rt.cutout, s_rt.drop_path, s_rt.auxiliary_weight) == (16, 8, 8, 0.2, 0.0)
     dp = grid.load_grid(REPO / "params" / "darts-paper.yaml")
     assert dp.retrain and dp.spaces is None and dp.pt_methods == ["darts-1st", "sdarts-adv"]
     assert {dp.base_method(m) for m in dp.methods} == {"darts", "snas", "drnas", "sdarts-adv", "pc-darts"}
