@@ -312,4 +312,8 @@ def test_the_darts_paper_grid_at_tiny_scale(tmp_path):
     assert res["drnas-progressive"]["progressive"] and res["drnas-progressive"]["progressive_k1"] == 8
     md = (tmp_path / "r" / "table.md").read_text()
     assert "| space | darts-1st | darts-1st+PT | darts-2nd | snas |" in md
+    # the strength scatter on the DARTS-space supernets
+    assert (tmp_path / "r" / "figures" / "alpha_vs_drop.png").is_file()
+    strength = json.loads((tmp_path / "g" / "darts-1st-s1" / "strength" / "strength.json").read_text())
+    assert len(strength["rows"]) == 2 * 14 * 8  # normal and reduction edges, each of the 8 ops
     assert all(r["space"] == "darts" and 0 < r["test_error"] <= 100 for r in rows)
