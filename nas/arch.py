@@ -75,12 +75,14 @@ class Architecture(nn.Module):
         return ks
 
 
-def without_op(mix: Mix, edge: int, op: int) -> Mix:
-    """``mix`` with op ``op`` of edge ``edge`` removed: its weight 0, the rest renormalised."""
+def without_op(mix: Mix, edge: int, op: int, renormalise: bool = False) -> Mix:
+    """``mix`` with op ``op`` of edge ``edge`` removed: its weight 0, the edge's other weights
+    unchanged (as the PT authors' code masks it), or rescaled to sum 1 with ``renormalise``."""
     w = mix.weights.clone()
     w[edge, op] = 0.0
-    s = w[edge].sum()
-    w[edge] = w[edge] / s if s > 0 else w[edge]
+    if renormalise:
+        s = w[edge].sum()
+        w[edge] = w[edge] / s if s > 0 else w[edge]
     return Mix(w, edge_scale=mix.edge_scale, mask=mix.mask)
 
 

@@ -195,10 +195,18 @@ class SelectConfig(_Config):
     seed: int = Field(0, ge=0, le=2**63 - 1, description="PT edge order")
     device: str = Field("auto", description="auto (CUDA when present) | cpu | cuda | cuda:N")
     pt_tune_epochs: int = Field(5, ge=0, le=100_000,
-                                description="w-only fine-tuning epochs between PT decisions (the reference uses 5)")
+                                description="fine-tuning epochs between PT decisions (the reference uses 5)")
     pt_batches: int = Field(0, ge=0, le=10**8,
                             description="α-split batches per accuracy measurement (0 = the whole split)")
     pt_lr_factor: float = Field(0.1, gt=0.0, le=100.0, description="fine-tuning learning rate = w_lr * this")
+    pt_removal: Literal["mask", "renormalise"] = Field(
+        "mask", description="how PT takes an op out of its edge to measure it: mask (its weight times 0, the "
+                            "others unchanged, as the PT authors' code) | renormalise (the others rescaled to sum 1)")
+    pt_tune_alpha: bool = Field(True, description="α steps as well as w steps in the tuning epochs between PT "
+                                                   "decisions, as the PT authors' code (never on a fix-α supernet)")
+    pt_bn: Literal["batch", "running"] = Field(
+        "batch", description="batch-norm statistics while PT measures accuracy: batch (each batch's own, as the "
+                             "PT authors' code; the running ones are left untouched) | running")
     progress: bool = Field(True, description="a progress bar on a terminal")
 
 

@@ -9,7 +9,7 @@ baselines, the grid and the benchmarks:
 - ``Search(cfg)``: the space, the method, the device;
 - ``streams()``: the search data (bundle, w stream, α stream); ``build_state(bundle)``: a fresh
   ``SearchState`` (supernet, architecture, optimisers);
-- ``run_epoch(st, ...)``: one epoch (``alpha=False``: w only, as PT's fine-tuning);
+- ``run_epoch(st, ...)``: one epoch (``alpha=False``: w only); PT's tuning epochs run it too;
 - ``read_checkpoint()`` / ``load_checkpoint(st, ck)`` / ``save_checkpoint(st)``;
 - ``mix(st, epoch, gen)``: training mixing weights; ``expected_mix(st)`` / ``expected(st)``:
   deterministic ones; ``evaluate(st, stream, mix)``: supernet accuracy (``measure``: loss and
@@ -379,26 +379,42 @@ class Search:
         with torch.no_grad():
             return self.expected_mix(st).weights.cpu()
 
-    def evaluate(self, st: SearchState, stream: BatchStream, mix: Mix | None = None, batches: int = 0) -> float:
+    def evaluate(self, st: SearchState, stream: BatchStream, mix: Mix | None = None, batches: int = 0,
+                 bn: str = "running") -> float:
         """Supernet accuracy with ``mix`` (default: ``expected_mix``) on (the first ``batches`` of)
         ``stream``, in order and without augmentation; the model is left in training mode."""
-        return self.measure(st, stream, mix, batches)[1]
+        return self.measure(st, stream, mix, batches, bn)[1]
 
     @torch.no_grad()
     def measure(self, st: SearchState, stream: BatchStream, mix: Mix | None = None,
-                batches: int = 0) -> tuple[float, float]:
-        """(mean cross-entropy loss, accuracy) of the supernet as ``evaluate`` takes it."""
+                batches: int = 0, bn: str = "running") -> tuple[float, float]:
+        """(mean cross-entropy loss, accuracy) of the supernet as ``evaluate`` takes it.  ``bn``:
+        ``running`` normalises with the batch-norm running statistics (evaluation mode); ``batch``
+        with each batch's own statistics, leaving the running ones untouched (PT's measurement)."""
+        if bn not in ("running", "batch"):
+            raise NasError(f"measure: bn must be 'running' or 'batch', not {bn!r}")
         mix = self.expected_mix(st) if mix is None else mix
-        st.model.eval()
+        norms = [m for m in st.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        tracked = [m.track_running_stats for m in norms]
+        if bn == "batch":  # training mode without tracking: batch statistics, running ones not updated
+            st.model.train()
+            for m in norms:
+                m.track_running_stats = False
+        else:
+            st.model.eval()
         loss, correct, n = 0.0, 0.0, 0
-        for b, (x, y) in enumerate(stream.epoch(None, shuffle=False)):
-            if batches and b >= batches:
-                break
-            logits = st.forward(x, mix)
-            loss += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += float((logits.argmax(1) == y).sum())
-            n += len(y)
-        st.model.train()
+        try:
+            for b, (x, y) in enumerate(stream.epoch(None, shuffle=False)):
+                if batches and b >= batches:
+                    break
+                logits = st.forward(x, mix)
+                loss += float(F.cross_entropy(logits, y, reduction="sum"))
+                correct += float((logits.argmax(1) == y).sum())
+                n += len(y)
+        finally:
+            for m, t in zip(norms, tracked):
+                m.track_running_stats = t
+            st.model.train()
         return loss / max(n, 1), correct / max(n, 1)
 
     def run_epoch(self, st: SearchState, w_stream: BatchStream, a_stream: BatchStream, steps: int, bar: Any = None,

@@ -1,10 +1,13 @@
 """Selecting the final architecture from a finished search: by α magnitude, or by perturbation
 (PT, Wang et al. 2021, "Rethinking architecture selection in differentiable NAS").
 
-PT judges an op by how much the supernet's validation accuracy drops when the op is removed
-(its weight set to 0, the edge's other weights renormalised), not by its α.  Edges are decided
-one at a time in a seeded random order; the decided edges stay one-hot, and between decisions
-the supernet weights w are fine-tuned (w only, at a tenth of the search learning rate).
+PT judges an op by how much the supernet's validation accuracy drops when the op is removed,
+not by its α.  As in the authors' code, by default the removed op's weight is multiplied by 0
+(the edge's other weights unchanged) and accuracy is measured with batch statistics; edges are
+decided one at a time in a seeded random order, decided edges stay one-hot, and between
+decisions the search goes on (α and w steps, w at a tenth of the search learning rate).  The
+select keys ``pt_removal``, ``pt_bn`` and ``pt_tune_alpha`` switch to the variant this project
+used first (renormalised weights, running statistics, w-only tuning).
 The same removal measurement on the untouched supernet gives the "does α represent operation
 strength?" comparison (``op_strength``).
 """
@@ -81,6 +84,14 @@ PT_CHECKPOINT = "pt-checkpoint.pt"
 SELECTION = "selection.json"
 # select-config keys that may change when an interrupted PT resumes
 PT_FREE_KEYS = {"out", "progress", "device", "run"}
+# What a selection config written before these keys existed meant: the first PT of this project.
+PT_LEGACY = {"pt_removal": "renormalise", "pt_tune_alpha": False, "pt_bn": "running"}
+
+
+def same_selection(saved: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether a stored selection config (keys older than a setting count as the behaviour
+    before it existed) asks for the same selection as ``now``."""
+    return {**PT_LEGACY, **saved} == {**PT_LEGACY, **now}
 
 
 def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: config_mod.SelectConfig,
@@ -88,7 +99,7 @@ def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: co
                resume_from: dict[str, Any] | None = None, on_step: Any = None
                ) -> tuple[list[dict[str, Any]], list[int]]:
     """The PT loop on a loaded supernet: decide each edge in a seeded random order by the op whose
-    removal hurts validation accuracy most, fine-tuning w between decisions.  Mutates ``st``.
+    removal hurts validation accuracy most, tuning the supernet between decisions.  Mutates ``st``.
 
     With ``checkpoint``, the supernet, the decisions so far and the tuning counter are written
     after every decision (and its fine-tuning), so that ``resume_from`` (that file's content)
@@ -99,6 +110,7 @@ def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: co
     for group in st.w_opt.param_groups:
         group["lr"] = search.cfg.w_lr * cfg.pt_lr_factor
     steps = search.steps_per_epoch(w_stream)
+    renormalise = cfg.pt_removal == "renormalise"
     decisions: list[dict[str, Any]] = []
     tune_epoch = 0
     groups = [g for g in space.edge_groups if len(g) > space.keep_edges_per_node] if space.keep_edges_per_node else []
@@ -110,26 +122,33 @@ def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: co
         st.w_opt.load_state_dict(resume_from["w_opt"])
         if "w_scaler" in resume_from:
             st.w_scaler.load_state_dict(resume_from["w_scaler"])
+        if "a_opt" in resume_from:
+            st.a_opt.load_state_dict(resume_from["a_opt"])
+        if "a_scaler" in resume_from:
+            st.a_scaler.load_state_dict(resume_from["a_scaler"])
         decisions = list(resume_from["decisions"])
         tune_epoch = int(resume_from["tune_epoch"])
 
     def tune() -> None:
         nonlocal tune_epoch
         for _ in range(cfg.pt_tune_epochs):
-            # w-only epochs, with fresh seeded randomness per tuning epoch
-            search.run_epoch(st, w_stream, a_stream, steps, None, epoch=search.cfg.epochs + tune_epoch, alpha=False)
+            # search epochs (α steps too with pt_tune_alpha, unless α is fixed), with fresh seeded
+            # randomness per tuning epoch
+            search.run_epoch(st, w_stream, a_stream, steps, None, epoch=search.cfg.epochs + tune_epoch,
+                             alpha=cfg.pt_tune_alpha)
             tune_epoch += 1
 
     for k in range(len(decisions), len(plan)):
         kind, item = plan[k]
         with torch.no_grad():
             base_mix = search.expected_mix(st)
-        base = search.evaluate(st, val, base_mix, cfg.pt_batches)
+        base = search.evaluate(st, val, base_mix, cfg.pt_batches, cfg.pt_bn)
         if kind == "edge":
             e, ops = item, space.edge_ops[item]
             accs = {}
             for op_k in st.arch.candidate_ops(e, space.pt_exclude, space.edge_ops):
-                accs[ops[op_k]] = search.evaluate(st, val, without_op(base_mix, e, op_k), cfg.pt_batches)
+                accs[ops[op_k]] = search.evaluate(st, val, without_op(base_mix, e, op_k, renormalise), cfg.pt_batches,
+                                                  cfg.pt_bn)
             chosen = min(accs, key=lambda op: (accs[op], ops.index(op)))  # removal hurts most
             st.arch.decided[e] = ops.index(chosen)
             decisions.append({"edge": e, "name": space.edge_names[e], "base_acc": base, "acc_without": accs,
@@ -138,7 +157,7 @@ def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: co
                    f"{accs[chosen]:.4f} without it)")
         else:  # the topology step (DARTS spaces): per node, keep the edges whose removal hurts most
             group = item
-            accs_e = {e: search.evaluate(st, val, without_edge(base_mix, e), cfg.pt_batches) for e in group}
+            accs_e = {e: search.evaluate(st, val, without_edge(base_mix, e), cfg.pt_batches, cfg.pt_bn) for e in group}
             keep = sorted(group, key=lambda e: (accs_e[e], e))[: space.keep_edges_per_node]
             for e in group:
                 if e not in keep:
@@ -156,8 +175,9 @@ def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: co
             torch_save(checkpoint, {**(header or {}), "format": "nas-pt-checkpoint-v1", "seconds": seconds,
                                     "model": st.model.state_dict(), "arch": st.arch.state_dict(),
                                     "w_opt": st.w_opt.state_dict(), "decisions": decisions,
-                                    "tune_epoch": tune_epoch,
-                                    **({"w_scaler": st.w_scaler.state_dict()} if st.w_scaler.is_enabled() else {})})
+                                    "tune_epoch": tune_epoch, "a_opt": st.a_opt.state_dict(),
+                                    **({"w_scaler": st.w_scaler.state_dict()} if st.w_scaler.is_enabled() else {}),
+                                    **({"a_scaler": st.a_scaler.state_dict()} if st.a_scaler.is_enabled() else {})})
         if on_step is not None:
             on_step(k)
     return decisions, order
@@ -185,7 +205,7 @@ def pt_select(run: str | Path, cfg: config_mod.SelectConfig, resume: bool = Fals
         if not isinstance(resume_from, dict) or resume_from.get("format") != "nas-pt-checkpoint-v1":
             raise NasError(f"{checkpoint}: not a PT checkpoint")
         check_resume(checkpoint, resume_from.get("config", {}), header["config"],
-                     config_mod.to_dict(config_mod.SelectConfig()), PT_FREE_KEYS)
+                     {**config_mod.to_dict(config_mod.SelectConfig()), **PT_LEGACY}, PT_FREE_KEYS)
         if resume_from.get("search_sha256") != header["search_sha256"]:
             raise NasError(f"{checkpoint}: cannot resume, the search in {run} changed since this PT started")
         t0 -= float(resume_from.get("seconds", 0.0))
@@ -203,7 +223,10 @@ def pt_select(run: str | Path, cfg: config_mod.SelectConfig, resume: bool = Fals
         "decisions": decisions,
         "edge_order": order,
         "tune_epochs": cfg.pt_tune_epochs,
-        "final_val_acc": search.evaluate(st, val, search.expected_mix(st), cfg.pt_batches),
+        "removal": cfg.pt_removal,
+        "bn": cfg.pt_bn,
+        "tune_alpha": cfg.pt_tune_alpha and search.train_alpha,
+        "final_val_acc": search.evaluate(st, val, search.expected_mix(st), cfg.pt_batches, cfg.pt_bn),
         "seconds": time.perf_counter() - t0,
     }
 
@@ -219,15 +242,22 @@ def op_strength(run: str | Path, cfg: config_mod.SelectConfig, out: str | Path |
     space = search.space
     with torch.no_grad():
         mix = search.expected_mix(st)
-    base = search.evaluate(st, val, mix, cfg.pt_batches)
+    base = search.evaluate(st, val, mix, cfg.pt_batches, cfg.pt_bn)
     rows = []
     for e, name in enumerate(space.edge_names):
         for k in st.arch.candidate_ops(e):
-            acc = search.evaluate(st, val, without_op(mix, e, k), cfg.pt_batches)
+            acc = search.evaluate(st, val, without_op(mix, e, k, cfg.pt_removal == "renormalise"), cfg.pt_batches,
+                                  cfg.pt_bn)
             rows.append({"edge": name, "op": space.edge_ops[e][k], "alpha": float(st.arch.alpha[e, k].detach()),
                          "weight": float(mix.weights[e, k]), "acc_without": acc, "drop": base - acc})
-    rho = spearmanr([r["weight"] for r in rows], [r["drop"] for r in rows])
-    summary = {"run": str(run), "base_acc": base, "spearman": float(rho.statistic), "p_value": float(rho.pvalue),
+    weights, drops = [r["weight"] for r in rows], [r["drop"] for r in rows]
+    if len(set(weights)) > 1 and len(set(drops)) > 1:
+        rho = spearmanr(weights, drops)
+        stat, p_value = float(rho.statistic), float(rho.pvalue)
+    else:  # undefined when every weight (or every drop) is the same
+        stat = p_value = float("nan")
+    summary = {"run": str(run), "removal": cfg.pt_removal, "bn": cfg.pt_bn, "base_acc": base,
+               "spearman": stat, "p_value": p_value,
                "rows": rows}
     if out is not None:
         out = Path(out)

@@ -58,11 +58,27 @@ def test_pt_keeps_the_op_that_matters_where_magnitude_does_not(tiny_search):
     assert s.space.select_magnitude(s.expected(st))[0] == "nor_conv_3x3"
 
 
-def test_removing_an_op_renormalises_the_edge():
+def test_removing_an_op_masks_it_or_renormalises_the_edge():
     w = torch.full((6, 5), 0.2)
-    m = without_op(Mix(w), 2, 4)
-    assert m.weights[2, 4] == 0 and torch.allclose(m.weights[2].sum(), torch.tensor(1.0))
-    assert torch.equal(m.weights[0], w[0])
+    m = without_op(Mix(w), 2, 4)  # the PT authors' removal: the weight times 0, nothing else
+    assert m.weights[2, 4] == 0 and torch.equal(m.weights[2, :4], w[2, :4])
+    r = without_op(Mix(w), 2, 4, renormalise=True)
+    assert r.weights[2, 4] == 0 and torch.allclose(r.weights[2, :4], torch.full((4,), 0.25))
+    assert torch.equal(m.weights[0], w[0]) and torch.equal(r.weights[0], w[0])
+
+
+def test_selection_configs_without_the_pt_keys_mean_the_first_pt():
+    """A selection cached before pt_removal / pt_bn / pt_tune_alpha existed was made with
+    renormalisation, running statistics and w-only tuning: it matches a config that pins those,
+    and not the new defaults."""
+    from nas.config import to_dict
+    from nas.select import PT_LEGACY, same_selection
+
+    now = to_dict(build_config("select", sets=["method=pt"]))
+    old = {k: v for k, v in now.items() if k not in PT_LEGACY}
+    assert not same_selection(old, now)
+    assert same_selection(old, {**now, **PT_LEGACY})
+    assert not same_selection(old, {**now, **PT_LEGACY, "pt_tune_epochs": 3})
 
 
 @pytest.fixture
@@ -130,3 +146,82 @@ def test_selection_at_a_kept_epoch_reads_that_epochs_supernet(tiny_search, tmp_p
         select(build_config("select", sets=[*sets, "epoch=1"]))
     with pytest.raises(NasError, match="the search has no epoch 7"):
         select(build_config("select", sets=[f"run={run}", "epoch=7"]))
+
+
+def test_masking_makes_removing_none_a_no_op_and_renormalising_does_not(finished_run):
+    """Under the authors' mask, taking ``none`` (which outputs zeros) off an edge changes nothing,
+    so its accuracy drop is exactly 0; renormalising scales the edge's other ops up instead."""
+    rows = {}
+    for removal in ("mask", "renormalise"):
+        cfg = build_config("select", sets=[f"run={finished_run}", "pt_batches=2", "device=cpu", f"pt_removal={removal}"])
+        rows[removal] = [r for r in op_strength(finished_run, cfg)["rows"] if r["op"] == "none"]
+    assert len(rows["mask"]) == 6 and all(r["drop"] == 0.0 for r in rows["mask"])
+    assert any(r["drop"] != 0.0 for r in rows["renormalise"])
+
+
+def test_batch_statistics_measurement_leaves_the_running_ones_alone(finished_run):
+    from nas.select import load_supernet
+
+    s, st, _, _, val = load_supernet(finished_run, "cpu")
+    norms = [m for m in st.model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms
+    before = {k: v.clone() for k, v in st.model.state_dict().items() if "running" in k or "num_batches" in k}
+    batch = s.evaluate(st, val, None, 2, bn="batch")
+    after = {k: v for k, v in st.model.state_dict().items() if k in before}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert st.model.training and all(m.track_running_stats for m in norms)
+    # the same accuracy as the model in training mode (batch statistics) computes by hand
+    import copy
+    twin = copy.deepcopy(st.model).train()
+    correct = n = 0
+    with torch.no_grad():
+        for b, (x, y) in enumerate(val.epoch(None, shuffle=False)):
+            if b >= 2:
+                break
+            correct += int((twin(x, s.expected_mix(st)).argmax(1) == y).sum())
+            n += len(y)
+    assert batch == pytest.approx(correct / n)
+    with pytest.raises(NasError, match="bn must be 'running' or 'batch', not 'nope'"):
+        s.evaluate(st, val, None, 1, bn="nope")
+
+
+@pytest.mark.parametrize("fix_alpha", [False, True])
+def test_pt_tuning_takes_alpha_steps_unless_asked_not_to_or_alpha_is_fixed(tiny_search, tmp_path, fix_alpha):
+    from nas.utils import torch_load
+
+    search(build_config("search", overrides=tiny_search(epochs=1, fix_alpha=fix_alpha)))
+    run = tmp_path / "run"
+    alpha0 = torch_load(run / "checkpoint.pt")["arch"]["alpha"]
+    moved = {}
+    for tune_alpha in (True, False):
+        out = tmp_path / f"pt-{tune_alpha}"
+        sel = select(build_config("select", sets=["method=pt", "pt_tune_epochs=1", "pt_batches=1", f"run={run}",
+                                                  "device=cpu", f"out={out}", f"pt_tune_alpha={tune_alpha}"]))
+        assert sel["tune_alpha"] is (tune_alpha and not fix_alpha)
+        alpha = torch_load(out / "pt-checkpoint.pt")["arch"]["alpha"]
+        moved[tune_alpha] = not torch.equal(alpha, alpha0)
+    assert moved == {True: not fix_alpha, False: False}
+
+
+def test_a_pt_checkpoint_from_before_the_pt_keys_resumes_as_the_first_variant(finished_run, tmp_path):
+    from nas.select import PT_CHECKPOINT, PT_LEGACY
+    from nas.utils import torch_load, torch_save
+
+    base = dict(method="pt", run=str(finished_run), device="cpu", progress=False, pt_tune_epochs=1, pt_batches=1,
+                out=str(tmp_path / "pt"))
+    legacy = build_config("select", overrides={**base, **PT_LEGACY})
+
+    def stop(k):
+        if k == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        select(legacy, on_step=stop)
+    path = tmp_path / "pt" / PT_CHECKPOINT
+    ck = torch_load(path)
+    ck["config"] = {k: v for k, v in ck["config"].items() if k not in PT_LEGACY}  # as written before the keys
+    torch_save(path, ck)
+    with pytest.raises(NasError, match="pt-checkpoint.pt: cannot resume, config key 'pt_bn' was 'running', now 'batch'"):
+        select(build_config("select", overrides=base), resume=True)
+    done = select(legacy, resume=True)
+    assert len(done["decisions"]) == 6 and done["removal"] == "renormalise" and done["tune_alpha"] is False

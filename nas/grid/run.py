@@ -19,7 +19,7 @@ from nas.landscape import landscape as loss_landscape
 from nas.methods import trains_alpha
 from nas.rundir import SEARCH_RESULT, kept_epochs, read_search_result, same_config
 from nas.search import search
-from nas.select import op_strength
+from nas.select import PT_LEGACY, op_strength, same_selection
 from nas.spaces import get_space
 from nas.stages import resume_or_restart, retrain_stage, select_stage
 from nas.utils import NasError, RunLock, check_output_dir, sha256_file, write_json
@@ -52,7 +52,7 @@ def cached_selection(sel_cfg: config_mod.SelectConfig, search_result: Path) -> t
             old = json.loads(out.read_text())
         except json.JSONDecodeError:
             old = {}
-        if old.get("search_digest") == digest and old.get("select_config") == key:
+        if old.get("search_digest") == digest and same_selection(old.get("select_config", {}), key):
             return old, True
     # PT checkpoints each decision in its folder: an interrupted grid continues the selection
     sel = resume_or_restart(select_stage, sel_cfg)
@@ -185,8 +185,12 @@ def _run_cell(protocol: str, method: str, seed: int, selections: list[str], out:
         rows.append(row)
     if strength and not own:
         sfile = cell / "strength" / "strength.json"
-        if not sfile.is_file() or json.loads(sfile.read_text()).get("search_digest") != sha256_file(cell / "search" / SEARCH_RESULT):
-            sel_cfg = config_mod.build_config("select", protocol, {"run": str(cell / "search"), "progress": progress})
+        sel_cfg = config_mod.build_config("select", protocol, {"run": str(cell / "search"), "progress": progress})
+        old = json.loads(sfile.read_text()) if sfile.is_file() else {}
+        # a file without the measurement's settings was made with the first ones (PT_LEGACY)
+        same = (old.get("removal", PT_LEGACY["pt_removal"]) == sel_cfg.pt_removal
+                and old.get("bn", PT_LEGACY["pt_bn"]) == sel_cfg.pt_bn)
+        if not same or old.get("search_digest") != sha256_file(cell / "search" / SEARCH_RESULT):
             summary = op_strength(cell / "search", sel_cfg, cell / "strength")
             write_json(sfile, {**summary, "search_digest": sha256_file(cell / "search" / SEARCH_RESULT)})
     if landscape and not own:
