@@ -5,8 +5,11 @@ come from (N = 3, 4):
     nas select --method pt --run runs/grid/cpu-proxy-c16/drnas-sN/search --seed N --device cpu \
         --out runs/pt-ref/drnas-sN
 Run from the repository root: python scripts/collect_pt_default.py"""
-import csv, json, shutil
+import csv
+import json
+import shutil
 from pathlib import Path
+
 from nas.benchmarks import load_table
 
 out = Path("data/results/cpu-proxy-c16-pt-default")
