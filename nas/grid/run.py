@@ -183,6 +183,7 @@ def _run_cell(protocol: str, method: str, seed: int, selections: list[str], out:
         else:
             row.update({d: table.accuracy(geno, d) for d in DATASETS}, skip_edges=geno.count("skip_connect"))
         rows.append(row)
+    digest = sha256_file(cell / "search" / SEARCH_RESULT) if (strength or landscape) and not own else ""
     if strength and not own:
         sfile = cell / "strength" / "strength.json"
         sel_cfg = config_mod.build_config("select", protocol, {"run": str(cell / "search"), "progress": progress})
@@ -190,12 +191,11 @@ def _run_cell(protocol: str, method: str, seed: int, selections: list[str], out:
         # a file without the measurement's settings was made with the first ones (PT_LEGACY)
         same = (old.get("removal", PT_LEGACY["pt_removal"]) == sel_cfg.pt_removal
                 and old.get("bn", PT_LEGACY["pt_bn"]) == sel_cfg.pt_bn)
-        if not same or old.get("search_digest") != sha256_file(cell / "search" / SEARCH_RESULT):
+        if not same or old.get("search_digest") != digest:
             summary = op_strength(cell / "search", sel_cfg, cell / "strength")
-            write_json(sfile, {**summary, "search_digest": sha256_file(cell / "search" / SEARCH_RESULT)})
+            write_json(sfile, {**summary, "search_digest": digest})
     if landscape and not own:
         lfile = cell / "landscape" / "landscape.json"
-        digest = sha256_file(cell / "search" / SEARCH_RESULT)
         if not lfile.is_file() or json.loads(lfile.read_text()).get("search_digest") != digest:
             res_l = loss_landscape(cell / "search", out=cell / "landscape")
             write_json(lfile, {**res_l, "search_digest": digest})
