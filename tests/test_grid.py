@@ -184,7 +184,7 @@ def test_the_bf16_protocol_is_cpu_proxy_in_bf16():
         [(s.methods, s.seeds, s.selections, s.pt_methods, s.strength) for s in specs][1]
 
 
-@pytest.mark.parametrize("protocol", ["cpu-proxy", "cpu-proxy-bf16"])
+@pytest.mark.parametrize("protocol", ["cpu-proxy", "cpu-proxy-bf16", "cpu-proxy-c16"])
 def test_committed_results_match_the_table(protocol):
     """The per-run CSV in the repository is valid and each row's accuracy is the table's."""
     from conftest import REPO
@@ -195,6 +195,25 @@ def test_committed_results_match_the_table(protocol):
     assert rows
     for r in rows:
         assert r["cifar10"] == pytest.approx(table.accuracy(r["genotype"], "cifar10"), abs=1e-4)
+
+
+@pytest.mark.parametrize("protocol", ["cpu-proxy", "cpu-proxy-c16"])
+def test_readme_quotes_the_committed_table(protocol):
+    """The README's table is the grid's table.md, and each CIFAR-10 cell of it is the mean ± sample
+    std of the committed per-run rows."""
+    import statistics
+
+    from conftest import REPO
+
+    folder = REPO / "data" / "results" / protocol
+    table = (folder / "table.md").read_text().strip()
+    assert table in (REPO / "README.md").read_text()
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in grid.read_runs_csv(folder / "runs.csv"):
+        groups.setdefault((r["method"], r["selection"]), []).append(r["cifar10"])
+    for (method, selection), acc in groups.items():
+        cell = f"| {method} | {selection} | {len(acc)} | {statistics.mean(acc):.2f} ± {statistics.stdev(acc):.2f} |"
+        assert cell in table, cell
 
 
 def test_proxy_fidelity_quantities():
