@@ -96,23 +96,30 @@ def draw_figures(spec: GridSpec, rows: list[dict[str, Any]], folder: Path) -> li
         nrows = math.ceil(len(runs) / cols)
         fig, axes = plt.subplots(nrows, cols, figsize=(4.4 * cols, 3.3 * nrows), dpi=110, squeeze=False,
                                  sharey=True)
+        # one colour per op in every panel; spaces with other op sets (S1-S4) get a legend each
+        all_ops = list(dict.fromkeys(op for rs in runs.values() for op in rs[0]["ops"]))
+        colour = {op: f"C{i % 10}" for i, op in enumerate(all_ops)}
+        one_legend = len({tuple(rs[0]["ops"]) for rs in runs.values()}) == 1
         for ax, (m, rs) in zip(axes.flat, runs.items()):
             n = min(len(r["epochs"]) for r in rs)
             xs = rs[0]["epochs"][:n]
             for op in rs[0]["ops"]:
                 ys = np.array([[np.nan if v is None else v for v in r["ops"].get(op, [None] * n)[:n]] for r in rs])
                 style = {"lw": 2.2} if op in ("skip_connect", "nor_conv_3x3") else {"lw": 1.0, "alpha": 0.85}
-                line, = ax.plot(xs, np.nanmean(ys, 0), label=op, **style)
+                ax.plot(xs, np.nanmean(ys, 0), label=op, color=colour[op], **style)
                 if len(rs) > 1:
-                    ax.fill_between(xs, np.nanmin(ys, 0), np.nanmax(ys, 0), color=line.get_color(), alpha=0.15, lw=0)
-            ax.set_title(f"{m} (mean of {len(rs)} seeds)", fontsize=9)
+                    ax.fill_between(xs, np.nanmin(ys, 0), np.nanmax(ys, 0), color=colour[op], alpha=0.15, lw=0)
+            ax.set_title(f"{m} (mean of {len(rs)} seed{'s' if len(rs) > 1 else ''})", fontsize=9)
+            if not one_legend:
+                ax.legend(fontsize=7)
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
         for ax in axes[:, 0]:
             ax.set_ylabel("mean mixing weight over edges")
         for ax in list(axes.flat)[len(runs):]:
             ax.axis("off")
-        axes.flat[0].legend(fontsize=7)
+        if one_legend:
+            axes.flat[0].legend(fontsize=7)
         fig.suptitle(f"{spec.name}: op weights during search (lines: mean over seeds; bands: min to max)",
                      fontsize=10)
         fig.tight_layout()
