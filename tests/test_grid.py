@@ -216,6 +216,25 @@ def test_readme_quotes_the_committed_table(protocol):
         assert cell in table, cell
 
 
+def test_readme_quotes_the_committed_s_table():
+    """The S1-S4 report in the README is the grid's table.md, and each test error in it is the mean
+    ± sample std of the committed per-run rows."""
+    import statistics
+
+    from conftest import REPO
+
+    folder = REPO / "data" / "results" / "cpu-proxy-s"
+    table = (folder / "table.md").read_text().strip()
+    assert table in (REPO / "README.md").read_text()
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in grid.read_runs_csv(folder / "runs.csv"):
+        groups.setdefault((r["space"], r["selection"]), []).append(r["test_error"])
+    assert {s for s, _ in groups} == {"s1", "s2", "s3", "s4"}
+    for (space, selection), err in groups.items():
+        cell = f"| {space} | darts | {selection} | {len(err)} | {statistics.mean(err):.2f} ± {statistics.stdev(err):.2f} |"
+        assert cell in table, cell
+
+
 def test_proxy_fidelity_quantities():
     """The step and α-travel arithmetic behind the proxy's justification (bench/proxy_fidelity.py)."""
     import sys
