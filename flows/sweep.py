@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ def trial_task(kwargs: dict[str, Any]) -> dict[str, Any] | None:
 
 @flow(name="nas-sweep-trials")
 def _trials(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    futures = [trial_task.submit({**kw, "worker": i}) for i, kw in enumerate(jobs)]
+    futures = [trial_task.submit(kw) for kw in jobs]
     rows = []
     for fut in futures:
         try:
@@ -42,8 +43,31 @@ def _trials(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             # None: the study was full when the trial asked (other workers took the last trials)
             rows.append(row if row is not None else {"state": "SKIPPED"})
         except Exception as exc:  # a failed trial is recorded as FAIL in the study; the sweep goes on
-            print(f"trial failed: {type(exc).__name__}: {exc}")
+            msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            print(f"trial failed: {msg}")
+            rows.append({"state": "FAILED", "error": msg})
     return rows
+
+
+def client_settings(params: str, storage: str | None, out: str, track: bool, remote: bool) -> dict[str, Any]:
+    """What every trial needs, resolved here on the client so that a worker on another machine
+    (or in another folder) uses exactly this: the params file's content, the absolute output
+    folder, the study's database URL and the tracking store.  With ``remote`` (a Dask cluster at
+    an address), a store that is a file on this machine is refused."""
+    from nas import config as config_mod
+    from nas.utils import NasError
+
+    config_mod.load_yaml(params)  # a missing or malformed file: one line, before any trial
+    storage = sweep.normalise_db_url(storage) if storage else sweep.default_storage()
+    uri = tracking.client_tracking_uri(track)
+    if remote and not sweep.is_server_db(storage):
+        raise NasError(f"storage: {storage} is a file on this machine; the workers of a Dask cluster need a "
+                       f"database server they all reach (--storage postgresql://USER@HOST:PORT/DB)")
+    if remote and uri is not None and tracking.local_store(uri):
+        raise NasError(f"MLFLOW_TRACKING_URI: {uri} is a file on this machine; the workers of a Dask cluster need "
+                       f"a tracking server (MLFLOW_TRACKING_URI=http://HOST:5000) or --no-track")
+    return {"params": str(Path(params)), "params_text": Path(params).read_text(), "storage": storage,
+            "out": str(Path(out).resolve()), "track": uri is not None, "tracking_uri": uri}
 
 
 @flow(name="nas-sweep", log_prints=True)
@@ -67,18 +91,21 @@ def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrai
     if n_trials < 0 or (max_trials is not None and max_trials < 0):
         raise NasError(f"sweep: n_trials and max_trials must be >= 0, got {n_trials} and {max_trials}")
     name = study or f"{method}-{mode}"
+    settings = client_settings(params, storage, out or f"runs/sweep/{name}", track,
+                               remote=runner == "dask" and bool(address))
+    storage, out, track = settings["storage"], settings["out"], settings["track"]
     st = sweep.open_study(name, storage, method, mode, pruner, seed)
     sweep.fail_stale(st, storage)
     before = sweep.finished(st)
     cap = "" if max_trials is None else f" (study capped at {max_trials})"
     print(f"study {name}: {before} finished trials, adding {n_trials}{cap}; objective {sweep.METRIC_NAMES[mode]}")
-    tracker = tracking.tracker(track)
-    parent = tracker.study_run(name, storage or sweep.default_storage(), {
+    tracker = tracking.tracker(track, uri=settings["tracking_uri"])
+    parent = tracker.study_run(name, storage, {
         "stage": "sweep", "method": method, "objective": mode, "selection": "magnitude"})
-    out = out or f"runs/sweep/{name}"
-    kw = dict(name=name, storage=storage, method=method, mode=mode, params=params, sets=list(sets or []), out=out,
-              pruner=pruner, seed=seed, track=track, parent_run=parent, threads=threads, max_trials=max_trials)
+    kw = dict(name=name, method=method, mode=mode, sets=list(sets or []), pruner=pruner, seed=seed,
+              parent_run=parent, threads=threads, max_trials=max_trials, **settings)
     new: list[dict[str, Any]] = []
+    failures: list[str] = []
     try:
         while len(new) < n_trials:
             st = sweep.open_study(name, storage, method, mode, pruner, seed)
@@ -95,9 +122,12 @@ def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrai
             wave = min(parallel, room)
             rows = _trials.with_options(task_runner=task_runner(runner, address, workers=wave,
                                                                 threads=max(threads, 1)))([kw] * wave)
-            new.extend(r for r in rows if r["state"] != "SKIPPED")
-            if not rows:
+            new.extend(r for r in rows if r["state"] not in ("SKIPPED", "FAILED"))
+            failures.extend(r["error"] for r in rows if r["state"] == "FAILED")
+            if rows and all(r["state"] == "FAILED" for r in rows):
                 break  # every trial of the wave failed (recorded as FAIL): stop instead of failing forever
+        if failures and not new:
+            raise NasError(f"sweep {name}: all {len(failures)} trials of this run failed (first: {failures[0]})")
     except BaseException:
         tracker.end(parent, ok=False)
         raise
@@ -120,7 +150,7 @@ def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrai
     md = "\n".join(lines) + "\n"
     create_markdown_artifact(key=f"nas-sweep-{name}".lower().replace("_", "-"), markdown=md,
                              description="Optuna trials of the regularisation strength")
-    tracker.log_params(parent, {"study": name, "storage": storage or sweep.default_storage(),
+    tracker.log_params(parent, {"study": name, "storage": storage,
                                 "objective": mode, "pruner": pruner})
     tracker.log_file(parent, csv_path, "sweep")
     counts = {s_: sum(r["state"] == s_ for r in table) for s_ in ("COMPLETE", "PRUNED", "FAIL")}
@@ -149,14 +179,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--parallel", type=int, default=1)
     p.add_argument("--runner", default="thread", choices=("thread", "dask"))
-    p.add_argument("--address", help="Dask scheduler address (tcp://host:8786)")
+    p.add_argument("--address", default=os.environ.get("NAS_DASK_ADDRESS") or None,
+                   help="Dask scheduler address (tcp://host:8786; default $NAS_DASK_ADDRESS)")
     p.add_argument("--pruner", default="median")
     p.add_argument("--out", help="trial run directories (default runs/sweep/<study>)")
     p.add_argument("--no-track", dest="track", action="store_false")
     a = p.parse_args(argv)
+    from nas.utils import NasError
+
+    try:  # settings that cannot work are refused before any flow (or temporary Prefect server) starts
+        client_settings(a.params, a.storage, a.out or "runs/sweep", a.track, remote=a.runner == "dask" and bool(a.address))
+    except NasError as exc:
+        print(f"python -m flows.sweep: error: {exc}", file=sys.stderr)
+        return 1
     ready_local_prefect()
-    res = sweep_flow(a.method, a.n_trials, a.mode, a.study, a.storage, a.params, a.sets, a.parallel, a.runner,
-                     a.address, a.pruner, track=a.track, out=a.out, max_trials=a.max_trials)
+    try:
+        res = sweep_flow(a.method, a.n_trials, a.mode, a.study, a.storage, a.params, a.sets, a.parallel, a.runner,
+                         a.address, a.pruner, track=a.track, out=a.out, max_trials=a.max_trials)
+    except NasError as exc:
+        print(f"python -m flows.sweep: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a server that failed under the flow: one line after Prefect's own log
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        print(f"python -m flows.sweep: error: {type(exc).__name__}: {first}", file=sys.stderr)
+        return 1
     print(json.dumps({"study": res["study"], "best": res["best"], "csv": res["csv"]}, indent=2))
     return 0
 

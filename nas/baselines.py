@@ -26,7 +26,7 @@ def random_search(search: Any, resume: bool = False) -> dict[str, Any]:
     """Train ``random_samples`` sampled cells briefly and keep the best; writes the run folder's
     ``result.json`` like a search (``resume`` continues after the last finished candidate).
     ``search`` is the ``nas.search.Search`` of the run."""
-    cfg, space, device = search.cfg, search.space, search.device
+    cfg, space = search.cfg, search.space
     bundle, w_stream, a_stream = search.streams()
     eval_stream = bundle.stream(a_stream.indices, cfg.eval_batch_size, augment=False)
     candidates: list[dict[str, Any]] = []
@@ -40,33 +40,43 @@ def random_search(search: Any, resume: bool = False) -> dict[str, Any]:
                     initial=len(candidates) * cfg.random_epochs * len(w_stream), desc="random")
     try:
         for c in range(len(candidates), cfg.random_samples):
-            t0 = time.perf_counter()
-            geno = genotypes[c]
-            seed_everything(cfg.seed * 1000 + c)
-            net = space.build_network(geno, cfg.channels, cfg.cells, bundle.num_classes, bundle.channels).to(device)
-            if cfg.channels_last:
-                net = net.to(memory_format=torch.channels_last)
-            opt = torch.optim.SGD(net.parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum,
-                                  weight_decay=cfg.w_weight_decay)
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.random_epochs, eta_min=cfg.w_lr_min)
-            run, scaler = Runner(net, search.precision, cfg.compile, "network"), search.precision.scaler()
-            for e in range(cfg.random_epochs):
-                gen_e = generator_for(cfg.seed, rng_stream("random-batches"), c, e, device=device)
-                loss, acc = train_epoch(net, w_stream, opt, gen_e,
-                                        cfg.grad_clip, 0.0, bar, forward=run, scaler=scaler)
-                sched.step()
-            val_loss, val_acc = evaluate(run, eval_stream)
-            rec = {"candidate": c + 1, "genotype": space.format_genotype(geno), "train_loss": loss,
-                   "train_acc": acc, "val_loss": val_loss, "val_acc": val_acc,
-                   "seconds": time.perf_counter() - t0}
-            candidates.append(rec)
-            log_line(bar, f"candidate {c + 1}/{cfg.random_samples}  val acc {val_acc:.3f}  {rec['genotype']}")
+            rec = train_briefly(search, bundle, w_stream, eval_stream, genotypes[c], cfg.random_epochs,
+                                init_seed=cfg.seed * 1000 + c, batches=("random-batches", c), bar=bar)
+            candidates.append({"candidate": c + 1, **rec})
+            log_line(bar, f"candidate {c + 1}/{cfg.random_samples}  val acc {rec['val_acc']:.3f}  {rec['genotype']}")
             torch_save(ck_path, {"format": CHECKPOINT_FORMAT, "config": cfg.model_dump(),
                                  "data_sha256": search.data_sha256, "epoch": c + 1, "history": candidates})
     finally:
         if bar is not None:
             bar.close()
     return _keep_best(search, bundle, candidates, "val_acc", sum(c["seconds"] for c in candidates))
+
+
+def train_briefly(search: Any, bundle: Any, w_stream: Any, eval_stream: Any, geno: Any, epochs: int,
+                  init_seed: int, batches: tuple[Any, ...], bar: Any = None) -> dict[str, Any]:
+    """Train the discrete network of ``geno`` from scratch for ``epochs`` on the w split with the
+    search's w optimiser (SGD, cosine-annealed), then measure it on ``eval_stream`` (the α split).
+    ``init_seed`` seeds the weights; ``batches`` (an RNG stream name and extra keys) the batch order
+    of each epoch.  Returns the genotype, the last epoch's train loss/accuracy, the validation
+    loss/accuracy and the seconds taken."""
+    cfg, space, device = search.cfg, search.space, search.device
+    t0 = time.perf_counter()
+    seed_everything(init_seed)
+    net = space.build_network(geno, cfg.channels, cfg.cells, bundle.num_classes, bundle.channels).to(device)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=cfg.w_lr_min)
+    run, scaler = Runner(net, search.precision, cfg.compile, "network"), search.precision.scaler()
+    name, *keys = batches
+    loss = acc = float("nan")
+    for e in range(epochs):
+        gen_e = generator_for(cfg.seed, rng_stream(name), *keys, e, device=device)
+        loss, acc = train_epoch(net, w_stream, opt, gen_e, cfg.grad_clip, 0.0, bar, forward=run, scaler=scaler)
+        sched.step()
+    val_loss, val_acc = evaluate(run, eval_stream)
+    return {"genotype": space.format_genotype(geno), "train_loss": loss, "train_acc": acc, "val_loss": val_loss,
+            "val_acc": val_acc, "seconds": time.perf_counter() - t0}
 
 
 def _keep_best(search: Any, bundle: Any, candidates: list[dict[str, Any]], key: str,

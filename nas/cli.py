@@ -6,6 +6,7 @@
     nas info    --space nb201 --genotype STR [--channels 16 --cells 5 --num-classes 10] --json
     nas lookup  --genotype STR [--dataset cifar10] [--table PATH] --json
     nas retrain --space nb201 --genotype STR --dataset ... --epochs ... --out DIR
+    nas cluster up|env|down
 
 Every command takes ``--config FILE.yaml`` and ``--set key=value`` (validated).
 """
@@ -35,7 +36,13 @@ EXAMPLES = {
   nas search --list-keys                                             # every key with its default and meaning""",
     "select": """examples:
   nas select --run runs/digits-darts                                 # magnitude: the largest weight per edge
-  nas select --method pt --run runs/digits-darts --out runs/digits-darts-pt --set pt_tune_epochs=2""",
+  nas select --method pt --run runs/digits-darts --out runs/digits-darts-pt --set pt_tune_epochs=2
+  nas select --method verify --run runs/digits-darts --out runs/digits-darts-verify --set verify_candidates=4""",
+    "cluster": """examples:
+  nas cluster up --workers 2          # PostgreSQL, MLflow, Prefect and Dask on this machine, loopback only
+  eval "$(nas cluster env)"           # point this shell at it
+  python -m flows.sweep --method drnas --runner dask --address "$NAS_DASK_ADDRESS" --n-trials 4
+  nas cluster down""",
     "landscape": """examples:
   nas landscape --run runs/search --out runs/search/landscape
   nas landscape --run runs/darts --run runs/sdarts-rs --run runs/sdarts-adv --out runs/landscape --points 11""",
@@ -110,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("select", help="select the final architecture of a finished search (magnitude or PT)", description="select the final architecture of a finished search (magnitude or PT)",
                        epilog=EXAMPLES["select"], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", help="magnitude (default) or pt")
+    p.add_argument("--method", help="magnitude (default), pt, or verify (the best of a few candidate cells "
+                                    "trained briefly)")
     p.add_argument("--run", help="search run directory")
     p.add_argument("--out", help="directory for selection.json (and PT's per-edge checkpoint); default: none")
     p.add_argument("--seed", type=int, help="seed of PT's edge order (default 0)")
@@ -144,13 +152,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="the CIFAR-10 archive or folder (the protocol's dataset)")
     p.add_argument("--methods", help="comma-separated methods (default: the protocol's)")
     p.add_argument("--seeds", help="comma-separated seeds (default: the protocol's)")
-    p.add_argument("--selections", help="comma-separated: magnitude,pt,pt-fix (default: the protocol's)")
+    p.add_argument("--selections", help="comma-separated: magnitude,pt,pt-fix,verify (default: the protocol's)")
     p.add_argument("--out", help="run directories (default runs/grid/<protocol>)")
     p.add_argument("--report", help="table, CSV and figures (default data/results/<protocol>)")
     p.add_argument("--workers", type=int, default=1, help="cells run side by side (processes)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = torch's default)")
     p.add_argument("--report-only", dest="report_only", action="store_true",
                    help="only rebuild the table and figures from finished runs")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("cluster", help="a throwaway cluster on this machine: PostgreSQL, MLflow, Prefect, Dask",
+                       description="Start, show or stop the services several machines share, on this machine "
+                                   "(loopback only): PostgreSQL, an MLflow server with proxied artifacts, a Prefect "
+                                   "server and a Dask scheduler with workers, each worker in its own folder.",
+                       epilog=EXAMPLES["cluster"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=("up", "down", "env"))
+    p.add_argument("--root", default="runs/cluster", help="the cluster's folder (default runs/cluster)")
+    p.add_argument("--workers", type=int, default=2, help="Dask workers to start (default 2)")
+    p.add_argument("--no-prefect", dest="prefect", action="store_false", help="no Prefect server")
+    p.add_argument("--timeout", type=float, default=240.0, help="seconds each service may take to start")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("info", help="parameters and FLOPs of a genotype's network")
@@ -305,6 +325,20 @@ def _run(args: argparse.Namespace) -> int:
         _print({k: v for k, v in rep.items() if k != "summary"}, args.json,
                [rep["markdown"], f"per-run CSV: {rep['runs_csv']}", f"table: {rep['table_md']}, {rep['table_csv']}",
                 "figures: " + ", ".join(rep["figures"])])
+    elif args.command == "cluster":
+        from nas.cluster import Cluster
+
+        cluster = Cluster(args.root)
+        if args.action == "up":
+            if args.workers < 1 or args.workers > 64:
+                raise NasError(f"--workers: expected 1 to 64, got {args.workers}")
+            cluster.up(args.workers, args.prefect, args.timeout)
+        elif args.action == "down":
+            cluster.down()
+            return 0
+        elif not cluster.state.get("services"):
+            raise NasError(f"{cluster.state_path}: no cluster is up in {cluster.root} ('nas cluster up' first)")
+        _print(cluster.env(), args.json, [cluster.exports()])
     elif args.command == "info":
         info = stages.info_stage(args.space, args.genotype, args.channels, args.cells, args.num_classes,
                                  args.in_channels, args.resolution)

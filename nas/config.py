@@ -186,7 +186,9 @@ class RetrainConfig(DataConfig):
 class SelectConfig(_Config):
     """Selection of the final architecture from a finished search run."""
 
-    method: Literal["magnitude", "pt"] = Field("magnitude", description="magnitude | pt")
+    method: Literal["magnitude", "pt", "verify"] = Field(
+        "magnitude", description="magnitude | pt | verify (train the best few candidate cells briefly, keep the best "
+                                 "on the α split)")
     run: str = Field("", description="the search run directory")
     epoch: int = Field(0, ge=0, le=100_000,
                        description="select from the supernet kept at this search epoch (search key keep_every); "
@@ -207,6 +209,19 @@ class SelectConfig(_Config):
     pt_bn: Literal["batch", "running"] = Field(
         "batch", description="batch-norm statistics while PT measures accuracy: batch (each batch's own, as the "
                              "PT authors' code; the running ones are left untouched) | running")
+    verify_candidates: int = Field(8, ge=1, le=1000,
+                                   description="verify: distinct candidate cells trained briefly (magnitude first)")
+    verify_epochs: int = Field(5, ge=1, le=100_000,
+                               description="verify: epochs each candidate trains on the w split (the random "
+                                           "baseline's random_epochs)")
+    verify_history: int = Field(2, ge=0, le=100_000,
+                                description="verify: at most this many candidates from the cells α gave at "
+                                            "earlier epochs, latest first")
+    verify_with: list[str] = Field(default_factory=list,
+                                   description="verify: selection.json files (e.g. PT's) whose cells join the "
+                                               "candidates after the magnitude cell")
+    data: str | None = Field(None, description="verify: the search's data at another path (none = the path in "
+                                               "its result.json)")
     progress: bool = Field(True, description="a progress bar on a terminal")
 
 

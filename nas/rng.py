@@ -30,6 +30,7 @@ STREAMS: dict[str, int] = {
     "naswot-candidates": 750,     # NASWOT's sampled cells
     "naswot-batch": 751,          # ... and the batch that scores them
     "pt-order": 808,              # the order in which PT decides the edges
+    "verify-batches": 850,        # the training batches of verified selection's candidates
     "landscape-directions": 909,  # the two random directions of the loss landscape around α
 }
 

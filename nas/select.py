@@ -88,10 +88,18 @@ PT_FREE_KEYS = {"out", "progress", "device", "run"}
 PT_LEGACY = {"pt_removal": "renormalise", "pt_tune_alpha": False, "pt_bn": "running"}
 
 
+def selection_key(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a select config that decide its selection: the method, epoch and seed, and the
+    method's own keys (``pt_*`` for PT, ``verify_*`` for verify)."""
+    prefix = f"{cfg.get('method', 'magnitude')}_"
+    return {k: v for k, v in cfg.items() if k in ("method", "epoch", "seed") or k.startswith(prefix)}
+
+
 def same_selection(saved: dict[str, Any], now: dict[str, Any]) -> bool:
     """Whether a stored selection config (keys older than a setting count as the behaviour
     before it existed) asks for the same selection as ``now``."""
-    return {**PT_LEGACY, **saved} == {**PT_LEGACY, **now}
+    defaults = {**config_mod.to_dict(config_mod.SelectConfig()), **PT_LEGACY}
+    return selection_key({**defaults, **saved}) == selection_key({**defaults, **now})
 
 
 def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: config_mod.SelectConfig,
@@ -306,7 +314,9 @@ def select(cfg: config_mod.SelectConfig, resume: bool = False, force: bool = Fal
     if not cfg.run:
         raise NasError("select: key 'run' is required (a search run directory)")
     res = read_search_result(cfg.run)  # checked (schema, finite weights) before anything is claimed
-    lock = claim(cfg.out, resume, force, (PT_CHECKPOINT,), "selection") if cfg.out else nullcontext()
+    from nas.verify import VERIFY_CHECKPOINT, verify_select
+
+    lock = claim(cfg.out, resume, force, (PT_CHECKPOINT, VERIFY_CHECKPOINT), "selection") if cfg.out else nullcontext()
     with lock:
         if cfg.method == "magnitude":
             if res.get("selection") != "magnitude":  # the method chose its architecture by other means
@@ -320,8 +330,10 @@ def select(cfg: config_mod.SelectConfig, resume: bool = False, force: bool = Fal
                    **({"epoch": cfg.epoch} if cfg.epoch else {})}
         elif cfg.method == "pt":
             sel = pt_select(cfg.run, cfg, resume=resume, on_step=on_step)
+        elif cfg.method == "verify":
+            sel = verify_select(cfg, resume=resume)
         else:
-            raise NasError(f"select: unknown method {cfg.method!r} (expected magnitude or pt)")
+            raise NasError(f"select: unknown method {cfg.method!r} (expected magnitude, pt or verify)")
         if cfg.out:
             write_json(Path(cfg.out) / SELECTION, sel)
     return sel

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ DEFAULT_STORAGE = Path("runs") / "optuna.db"
 
 
 def default_storage() -> str:
-    return os.environ.get("NAS_OPTUNA_STORAGE") or f"sqlite:///{DEFAULT_STORAGE.resolve()}"
+    """``NAS_OPTUNA_STORAGE``, else ``runs/optuna.db`` under the current folder (as an absolute path)."""
+    return normalise_db_url(os.environ.get("NAS_OPTUNA_STORAGE") or f"sqlite:///{DEFAULT_STORAGE.resolve()}")
 
 
 def make_pruner(spec: str = "median"):
@@ -72,19 +74,56 @@ def heartbeat_interval() -> int:
     return value
 
 
+def normalise_db_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` URLs name psycopg 3 (the ``cluster`` extra) as their
+    driver, whatever SQLAlchemy's default for the bare scheme is; other URLs are kept."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme):]
+    return url
+
+
+def is_server_db(url: str) -> bool:
+    """Whether the study lives in a database server that several machines can share."""
+    return not url.startswith("sqlite")
+
+
 def storage_lock(url: str) -> Any:
-    """A file lock beside a SQLite study database: schema creation and the claim of a trial are
-    done by one process at a time.  (Server databases: workers on one machine share the lock.)"""
+    """The lock under which schema creation and the claim of a trial happen, one process at a
+    time: a file lock beside a SQLite study database; for PostgreSQL, an advisory lock held by the
+    database itself, so that processes on machines that share nothing but the database are
+    serialised too (a process that dies releases it with its connection)."""
     from filelock import FileLock
 
     if url.startswith("sqlite:///"):
         db = Path(url[len("sqlite:///"):])
         db.parent.mkdir(parents=True, exist_ok=True)
         return FileLock(str(db) + ".lock")
-    import hashlib
-    import tempfile
+    if url.startswith("postgresql"):
+        return _advisory_lock(url)
+    raise NasError(f"storage: {url.split('://')[0]}:// is not supported for a study shared by several processes "
+                   f"(expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB)")
 
-    return FileLock(str(Path(tempfile.gettempdir()) / f"nas-optuna-{hashlib.sha256(url.encode()).hexdigest()[:16]}.lock"))
+
+_ENGINES: dict[str, Any] = {}
+
+
+@contextmanager
+def _advisory_lock(url: str):
+    import hashlib
+
+    import sqlalchemy as sa
+
+    if url not in _ENGINES:
+        _ENGINES[url] = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    key = int.from_bytes(hashlib.sha256(b"nas-optuna-study-lock").digest()[:8], "big", signed=True)
+    with _ENGINES[url].connect() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()
 
 
 def make_storage(url: str):
@@ -94,6 +133,7 @@ def make_storage(url: str):
 
     import optuna.storages as storages
 
+    url = normalise_db_url(url)
     interval = heartbeat_interval()
     if (url, interval) not in _STORES:
         with storage_lock(url), warnings.catch_warnings():  # the first use creates the schema
@@ -171,7 +211,7 @@ def fail_stale(study, storage: str | None) -> None:
         fail_stale_trials(study)
 
 
-def claim_trial(study, storage: str | None, max_trials: int | None):
+def claim_trial(study, storage: str | None, max_trials: int | None, seed: int = 0):
     """``study.ask()`` under the storage lock, unless the study already has ``max_trials`` complete,
     pruned or running trials (then None): concurrent workers never overshoot that total.  The new
     trial's first heartbeat is recorded before the lock is released."""
@@ -186,6 +226,10 @@ def claim_trial(study, storage: str | None, max_trials: int | None):
         optuna.storages.fail_stale_trials(study)
         if max_trials is not None and finished(study) + running(study) >= max_trials:
             return None
+        # the sampler is seeded from the number the new trial gets (the study's trial count, read
+        # under the lock): a sequential sweep is reproducible, and no two trials of the study, on any
+        # machine, share a seed
+        study.sampler = optuna.samplers.TPESampler(seed=(seed * 1_000_003 + len(study.trials) * 101) % 2**31)
         trial = study.ask()
         _beat(study, trial, storage)
     return trial
@@ -228,11 +272,17 @@ class Heartbeat:
 
 def run_trial(name: str, storage: str | None, method: str, mode: str, params: str, sets: list[str], out: str,
               pruner: str = "median", seed: int = 0, track: bool = True, parent_run: str | None = None,
-              threads: int = 0, worker: int = 0, max_trials: int | None = None) -> dict[str, Any] | None:
+              threads: int = 0, max_trials: int | None = None, params_text: str | None = None,
+              tracking_uri: str | None = None) -> dict[str, Any] | None:
     """Ask the study for one trial, run it, tell the result.  Returns the trial's row, or None when
     the study already has ``max_trials`` complete, pruned or running trials.  The sampler is seeded
-    from (seed, trials so far, worker): a sequential sweep is reproducible and parallel workers
-    draw different values.  A heartbeat is recorded while the trial runs."""
+    from (seed, the trial's number): a sequential sweep is reproducible and no two trials share a
+    seed.  A heartbeat is recorded while the trial runs.
+
+    On a worker of a cluster everything comes from the arguments, nothing from the worker's folder
+    or environment: ``params_text`` is the params file's content (written into the trial's folder
+    as ``params.yaml``; ``params`` then only names it in messages), ``tracking_uri`` the tracking
+    store, ``storage`` the study's database."""
     import optuna
 
     if threads:
@@ -241,13 +291,13 @@ def run_trial(name: str, storage: str | None, method: str, mode: str, params: st
         torch.set_num_threads(threads)
     key, lo, hi = check(method, mode)
     study = open_study(name, storage, method, mode, pruner, seed)
-    study.sampler = optuna.samplers.TPESampler(seed=(seed * 1_000_003 + len(study.trials) * 101 + worker) % 2**31)
-    trial = claim_trial(study, storage, max_trials)
+    trial = claim_trial(study, storage, max_trials, seed)
     if trial is None:
         return None
     with Heartbeat(study, trial, storage):
         try:
-            return _run_trial(study, trial, key, lo, hi, method, mode, params, sets, out, track, parent_run)
+            return _run_trial(study, trial, key, lo, hi, method, mode, params, sets, out, track, parent_run,
+                              params_text, tracking_uri)
         except BaseException:  # whatever stopped the trial, it does not stay RUNNING
             store = make_storage(storage or default_storage())
             trial_id = store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(name), trial.number)
@@ -257,21 +307,27 @@ def run_trial(name: str, storage: str | None, method: str, mode: str, params: st
 
 
 def _run_trial(study, trial, key: str, lo: float, hi: float, method: str, mode: str, params: str, sets: list[str],
-               out: str, track: bool, parent_run: str | None) -> dict[str, Any]:
+               out: str, track: bool, parent_run: str | None, params_text: str | None = None,
+               tracking_uri: str | None = None) -> dict[str, Any]:
     import optuna
 
     from nas import stages, tracking
+    from nas.utils import atomic_write
 
     value = trial.suggest_float(key, lo, hi, log=True)
     root = Path(out) / f"trial-{trial.number:04d}"
+    if params_text is not None:  # the client's params file, as it was when the sweep started
+        root.mkdir(parents=True, exist_ok=True)
+        params = str(atomic_write(root / "params.yaml", lambda p: p.write_text(params_text)))
     per = config_mod.pipeline_configs(params, root, [*sets, f"search.{key}={value}"], method=method)
     scfg, sel_cfg = per["search"], per["select"]
     if mode == "benchmark" and get_space(scfg.space).benchmark is None:
         raise NasError(f"sweep: mode 'benchmark' needs search.space nb201, got {scfg.space!r}")
-    tracker = tracking.tracker(track)
+    tracker = tracking.tracker(track, uri=tracking_uri)
     run_id = tracker.start(f"trial-{trial.number}-{method}-{key}={value:.3g}", {
         "stage": "trial", "method": method, "space": scfg.space, "dataset": scfg.dataset, "seed": scfg.seed,
-        "objective": mode, "selection": sel_cfg.method}, parent=parent_run)
+        "objective": mode, "selection": sel_cfg.method, "study": study.study_name, "trial": trial.number},
+        parent=parent_run)
     tracker.log_params(run_id, {key: value, "objective": mode, "study": study.study_name, "trial": trial.number})
 
     reported: list[float | None] = [None]  # the last supernet accuracy reported (the pruning signal)
@@ -317,6 +373,7 @@ def _run_trial(study, trial, key: str, lo: float, hi: float, method: str, mode: 
     if look:  # the trial's cell in the NAS-Bench-201 table, comparable with pipeline and grid runs
         tracker.log_metrics(run_id, {f"nb201_{d}": v for d, v in look["all_datasets"].items()})
     tracker.set_tags(run_id, {"state": "COMPLETE", "genotype": row["genotype"]})
+    tracker.log_run_folder(run_id, root)  # the results come home through the tracking server
     tracker.end(run_id)
     return {**row, "state": "COMPLETE", "value": objective, "supernet_val_acc": reported[0]}
 

@@ -90,10 +90,24 @@ class NullTracker:
         return lambda *a, **k: None
 
 
-def tracker(track: bool = True) -> Tracker | NullTracker:
+def tracker(track: bool = True, uri: str | None = None) -> Tracker | NullTracker:
     """An MLflow tracker, or a ``NullTracker`` when tracking is off (``NAS_MLFLOW=0``, no MLflow,
-    or ``track=False``)."""
+    or ``track=False``).  ``uri`` names the store explicitly (a task on a worker of a cluster gets
+    the client's): it is then used whatever this process's environment says."""
+    if uri is not None and track:
+        return Tracker(uri)
     return Tracker() if track and enabled() else NullTracker()
+
+
+def client_tracking_uri(track: bool = True) -> str | None:
+    """The store a flow's tasks must log to, resolved on the client (None: tracking is off), so
+    that a worker elsewhere logs where the flow does, not to a default of its own."""
+    return tracking_uri() if track and enabled() else None
+
+
+def local_store(uri: str) -> bool:
+    """Whether a tracking URI names a file on this machine (a SQLite database or a folder)."""
+    return uri.startswith(("sqlite", "file:")) or "://" not in uri
 
 
 @contextmanager
@@ -205,6 +219,16 @@ class Tracker:
             path = Path(tmp) / name
             path.write_bytes(data)
             self.client.log_artifact(run_id, str(path), folder)
+
+    def log_run_folder(self, run_id: str, folder: str | Path, artifact_path: str = "run") -> None:
+        """A finished run folder's results as artifacts (JSON, CSV, YAML, pictures and the last
+        checkpoints), so that a run made on another machine can be read back from the tracking server."""
+        folder = Path(folder)
+        for p in sorted(folder.rglob("*")):
+            if p.is_file() and p.suffix in (".json", ".csv", ".yaml", ".png", ".pt", ".npz", ".md") \
+                    and not p.name.startswith("."):
+                rel = p.relative_to(folder).parent.as_posix()
+                self.client.log_artifact(run_id, str(p), f"{artifact_path}/{rel}" if rel != "." else artifact_path)
 
     def log_file(self, run_id: str, path: str | Path, folder: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), folder)

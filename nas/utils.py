@@ -203,11 +203,13 @@ def torch_save(path: str | Path, obj: Any, digest: bool = True) -> Path:
     meant for other tools)."""
     import torch
 
-    if not digest:
-        return atomic_write(path, lambda p: torch.save(obj, p))
+    # serialised in memory: torch names the archive's root folder after the file it writes to, so
+    # saving straight into the temporary file would make the bytes differ from run to run
     buf = io.BytesIO()
     torch.save(obj, buf)
     payload = buf.getvalue()
+    if not digest:
+        return atomic_write(path, lambda p: p.write_bytes(payload))
 
     def write(p: Path) -> None:
         with open(p, "wb") as f:

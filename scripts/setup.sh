@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (if needed) and install the project with its test extras.
+# Create .venv (if needed) and install the project with its pipeline, cluster and test extras.
 # CPU machines pin torch through constraints/cpu.txt; set NAS_TORCH_CONSTRAINT="" to keep your own torch
 # (for example a CUDA build already installed in the environment).
 set -euo pipefail
@@ -15,6 +15,6 @@ if [ -n "$CONSTRAINT" ]; then args+=(-c "$CONSTRAINT"); fi
 stamp="$VENV/.nas-installed"
 want="$(cat pyproject.toml ${CONSTRAINT:+"$CONSTRAINT"} | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  "$VENV/bin/python" -m pip install "${args[@]}" -e ".[pipeline,test]"
+  "$VENV/bin/python" -m pip install "${args[@]}" -e ".[pipeline,cluster,test]"
   echo "$want" > "$stamp"
 fi

@@ -519,7 +519,7 @@ n = int(sys.argv[2])
 rows = []
 while True:
     row = sweep.run_trial(name="s", storage=sys.argv[1], method="drnas", mode="benchmark", params=sys.argv[3],
-                          sets=[], out=sys.argv[4], pruner="none", track=True, max_trials=n, worker=int(sys.argv[5]))
+                          sets=[], out=sys.argv[4], pruner="none", track=True, max_trials=n)
     if row is None:
         break
     rows.append(row)

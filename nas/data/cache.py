@@ -15,11 +15,11 @@ import torch
 from nas.data.formats import FORMAT_VERSION, read_raw
 from nas.utils import (
     NasError,
-    atomic_write,
     check_output_dir,
     read_json,
     sha256_file,
     torch_load,
+    torch_save,
     write_json,
 )
 
@@ -97,7 +97,7 @@ def _prepare_locked(dataset: str, data: str | None, digest: str, target: Path) -
     x = tensors["train_x"].float()
     mean = x.mean(dim=(0, 2, 3)).tolist()
     std = x.std(dim=(0, 2, 3)).clamp_min(1.0).tolist()
-    atomic_write(target, lambda p: torch.save(tensors, p))
+    torch_save(target, tensors, digest=False)  # byte-identical for the same input, on any machine
     n_cls = len(raw.classes)
     manifest = {
         "format_version": FORMAT_VERSION,

@@ -93,7 +93,8 @@ def run_cell(protocol: str, method: str, seed: int, selections: list[str], out: 
              pt_methods: list[str] | None = None, strength: bool = False, threads: int = 0,
              progress: bool = False, wait: bool = True, landscape: bool = False,
              curve_every: int = 0, space: str | None = None, retrain: bool = False,
-             variant: dict[str, Any] | None = None, report: str | None = None) -> list[dict[str, Any]]:
+             variant: dict[str, Any] | None = None, report: str | None = None,
+             reuse: list[str] | None = None) -> list[dict[str, Any]]:
     """Search one (space, method, seed) of a protocol, select with each selection, then look the
     genotypes up (``RUN_FIELDS`` rows) or, with ``retrain``, train each from scratch and test it
     (``RETRAIN_FIELDS`` rows).  ``variant`` holds a named variant's search settings.  The cell's
@@ -106,9 +107,11 @@ def run_cell(protocol: str, method: str, seed: int, selections: list[str], out: 
     cell = cell_dir(out, space, method, seed)
     try:
         with RunLock(cell, wait=wait, what="grid cell"):
-            if report and restore_cell(cell, Path(report)):
-                print(f"[grid {Path(protocol).stem}] {cell.name}: read back from {Path(report) / ARCHIVE}",
-                      file=sys.stderr, flush=True)
+            for source in [report, *(reuse or [])] if report else []:
+                if restore_cell(cell, Path(source)):
+                    print(f"[grid {Path(protocol).stem}] {cell.name}: read back from {Path(source) / ARCHIVE}",
+                          file=sys.stderr, flush=True)
+                    break
             rows = _run_cell(protocol, method, seed, selections, out, data, pt_methods, strength, threads, progress,
                              landscape, curve_every, space, retrain, variant)
             if report:
@@ -168,11 +171,18 @@ def _run_cell(protocol: str, method: str, seed: int, selections: list[str], out:
                 print(f"[grid {name}] {tag}: fix-α search {'cached' if was else 'done'}", file=sys.stderr, flush=True)
                 run_dir = cell / "search-fix"
                 row["search_minutes"], row["final_eigenvalue"] = fix_res["seconds"] / 60, math.nan
+            extra: dict[str, Any] = {}
+            if selection == "verify":  # PT's cell (computed first: selections keep their order) joins in
+                pt_row = next((r for r in rows if r["selection"] == "pt"), None)
+                extra = {"method": "verify", "verify_with": [str(cell / "select-pt")] if pt_row else [],
+                         **({"data": data} if data else {})}
             sel_cfg = config_mod.build_config("select", protocol, {
                 "method": "pt", "run": str(run_dir), "out": str(cell / f"select-{selection}"),
-                "seed": seed, "progress": progress})
+                "seed": seed, "progress": progress, **extra})
             sel, was = cached_selection(sel_cfg, run_dir / SEARCH_RESULT)
             geno, minutes = sel["genotype"], sel.get("seconds", 0.0) / 60
+            if selection == "verify" and extra["verify_with"]:
+                minutes += pt_row["select_minutes"]  # PT's minutes are part of this selection's cost
             print(f"[grid {name}] {tag}: {selection} {'cached' if was else 'done'} -> {geno}",
                   file=sys.stderr, flush=True)
         row.update(selection=selection, genotype=geno, select_minutes=minutes)
@@ -316,6 +326,8 @@ def cell_kwargs(spec: GridSpec, data: str | None, threads: int = 0, progress: bo
                   pt_methods=spec.pt_methods, strength=spec.strength and s == spec.seeds[0], threads=threads,
                   progress=progress, landscape=spec.landscape and s == spec.seeds[0],
                   curve_every=spec.curve_every(m, s), report=spec.report)
+        if spec.reuse:
+            kw["reuse"] = spec.reuse
         if sp or spec.retrain or m in spec.variants:  # (the one-space lookup grid's jobs stay as they were)
             kw.update(space=sp, retrain=spec.retrain, variant=spec.variants.get(m))
         jobs.append(kw)

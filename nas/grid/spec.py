@@ -12,7 +12,9 @@ from nas.utils import NasError
 
 DATASETS = ("cifar10", "cifar100", "imagenet16-120")
 # pt-fix: PT on a supernet trained with α held at uniform (DARTS-PT's "fix α" column)
-SELECTIONS = ("magnitude", "pt", "pt-fix")
+# verify: the best of a few candidate cells trained briefly (nas.verify), PT's cell among them where
+# the cell has a PT row
+SELECTIONS = ("magnitude", "pt", "pt-fix", "verify")
 RUN_FIELDS = ["protocol", "method", "selection", "seed", "genotype", *DATASETS, "search_minutes",
               "select_minutes", "final_eigenvalue", "skip_edges"]
 # the rows of a grid whose cells are trained from scratch (spaces without a lookup table)
@@ -42,6 +44,9 @@ class GridSpec:
     retrain: bool = False
     # named method variants (grid.variants): {name: {"method": m, <search keys>}}
     variants: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # report folders of other grids whose archived cells seed this grid's unstarted cells (grid.reuse):
+    # a search with the same config is then read back, not run again
+    reuse: list[str] = dataclasses.field(default_factory=list)
 
     def cells(self) -> list[tuple[str | None, str, int]]:
         """(space or None, method, seed) for every cell; space-major, then method, then seed."""
@@ -87,7 +92,7 @@ def load_grid(protocol: str | Path, out: str | None = None, report: str | None =
     if not isinstance(grid, dict):
         raise NasError(f"{path}: key 'grid' expects a mapping")
     known = {"methods", "seeds", "selections", "pt_methods", "strength", "landscape", "curve", "spaces", "retrain",
-             "variants"}
+             "variants", "reuse"}
     for key in grid:
         if key not in known:
             raise NasError(f"{path}: unknown key 'grid.{key}' (known: {', '.join(sorted(known))})")
@@ -138,10 +143,13 @@ def load_grid(protocol: str | Path, out: str | None = None, report: str | None =
         if curve:
             raise NasError(f"{path}: key 'grid.curve' looks the kept supernets' cells up in NAS-Bench-201; "
                            f"a grid that retrains (grid.retrain or a space without a table) cannot have it")
+    reuse = grid.get("reuse", [])
+    if reuse:
+        reuse = _list(reuse, "reuse", str(path), str)
     name = path.stem
     return GridSpec(str(path), name, list(methods), [int(s) for s in seeds], list(selections), pt_methods, strength,
                     out or f"runs/grid/{name}", report or f"data/results/{name}", landscape, curve,
-                    list(spaces) if spaces else None, retrain, variants)
+                    list(spaces) if spaces else None, retrain, variants, list(reuse))
 
 
 def _variants(raw: Any, path: Path) -> dict[str, dict[str, Any]]:

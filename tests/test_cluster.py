@@ -1,0 +1,193 @@
+"""Several machines for real, on this one: `nas cluster up` starts PostgreSQL, an MLflow server with
+proxied artifacts, a Prefect server and a Dask scheduler with two workers, each worker in a folder
+of its own with no tracking or study settings in its environment.  Sweeps are run as a user runs
+them (`python -m flows.sweep`), from client folders that are not the repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, TINY_PIPELINE
+
+pytestmark = pytest.mark.slow
+
+CLIENT_SCRUB = ("MLFLOW_TRACKING_URI", "NAS_OPTUNA_STORAGE", "PREFECT_API_URL", "PREFECT_HOME")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    from nas.cluster import Cluster
+
+    root = tmp_path_factory.mktemp("cluster")
+    c = Cluster(root / "c")
+    c.up(workers=2, prefect=True, timeout=300)
+    try:
+        yield c
+    finally:
+        c.down(quiet=True)
+
+
+def _params(folder: Path, **search) -> Path:
+    doc = {k: dict(v) for k, v in TINY_PIPELINE.items()}
+    doc["search"].update({"method": "drnas", "hessian_every": 0, **search})
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _sweep(cluster, cwd: Path, *args: str, wait: bool = True, env: dict | None = None):
+    base = {k: v for k, v in os.environ.items() if k not in CLIENT_SCRUB}
+    base.update({"PYTHONPATH": str(REPO), "NAS_MLFLOW": "1", "PREFECT_HOME": str(cwd / "prefect-home"),
+                 "NAS_OPTUNA_HEARTBEAT": "5", **cluster.env(), **(env or {})})
+    cmd = [sys.executable, "-m", "flows.sweep", "--method", "drnas", "--mode", "benchmark", "--pruner", "none",
+           "--params", "tiny.yaml", *args]
+    proc = subprocess.Popen(cmd, cwd=cwd, env=base, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if not wait:
+        return proc
+    out, err = proc.communicate(timeout=900)
+    return proc.returncode, out, err
+
+
+def _study(cluster, name: str):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=cluster.env()["NAS_OPTUNA_STORAGE"])
+
+
+def _client(cluster):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=cluster.env()["MLFLOW_TRACKING_URI"])
+
+
+def test_cluster_env_names_every_service_and_workers_have_none_of_the_settings(cluster):
+    env = cluster.env()
+    assert env["NAS_OPTUNA_STORAGE"].startswith("postgresql+psycopg://nas@127.0.0.1:")
+    assert env["MLFLOW_TRACKING_URI"].startswith("http://127.0.0.1:")
+    assert env["NAS_DASK_ADDRESS"].startswith("tcp://127.0.0.1:")
+    assert env["PREFECT_API_URL"].endswith("/api")
+    for name in ("worker-1", "worker-2"):
+        environ = Path(f"/proc/{cluster.state[name]['pid']}/environ").read_bytes().split(b"\0")
+        keys = {e.split(b"=", 1)[0].decode() for e in environ if e}
+        assert not keys & {"MLFLOW_TRACKING_URI", "NAS_OPTUNA_STORAGE"}
+    # the CLI prints the same settings
+    out = subprocess.run([sys.executable, "-m", "nas.cli", "cluster", "env", "--root", str(cluster.root), "--json"],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
+    assert json.loads(out.stdout) == env
+
+
+def test_sweep_across_two_dask_workers_lands_in_postgres_and_the_tracking_server(cluster, tmp_path):
+    client_dir = tmp_path / "client"
+    _params(client_dir)
+    code, out, err = _sweep(cluster, client_dir, "--study", "four", "--n-trials", "4", "--parallel", "2",
+                            "--runner", "dask", "--address", cluster.env()["NAS_DASK_ADDRESS"])
+    assert code == 0, err[-3000:]
+    study = _study(cluster, "four")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert len({t.params["drnas_lambda"] for t in study.trials}) == 4  # four different strengths
+    # the trials ran on the workers, in their own folders' caches, yet wrote nothing relative there
+    for name in ("worker-1", "worker-2"):
+        assert not (cluster.root / name / "runs").exists()
+    assert (client_dir / "runs" / "sweep" / "four" / "trials.csv").is_file()
+    # one parent in the tracking server with the 4 trials nested under it, each with its run folder
+    mc = _client(cluster)
+    exp = mc.get_experiment_by_name("nas")
+    parents = mc.search_runs([exp.experiment_id], "tags.stage = 'sweep' and tags.study = 'four'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.metrics["trials_complete"] == 4
+    trials = mc.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
+    assert len(trials) == 4 and {r.info.status for r in trials} == {"FINISHED"}
+    uri = cluster.env()["MLFLOW_TRACKING_URI"]
+    for r in trials:
+        names = {a.path for a in mc.list_artifacts(r.info.run_id, "run")}
+        assert "run/params.yaml" in names and "run/search" in names
+        # downloadable over HTTP from the server's artifact proxy
+        url = (f"{uri}/get-artifact?path=run/search/result.json&run_uuid={r.info.run_id}")
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            result = json.loads(resp.read())
+        assert result["genotype"] == r.data.tags["genotype"]
+
+
+def test_two_sweeps_from_two_folders_share_only_the_database_and_stop_at_max_trials(cluster, tmp_path):
+    procs = []
+    for host in ("host-a", "host-b"):
+        _params(tmp_path / host)
+        procs.append(_sweep(cluster, tmp_path / host, "--study", "capped", "--n-trials", "3", "--max-trials", "3",
+                            wait=False))
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    states = [t.state.name for t in _study(cluster, "capped").trials]
+    assert states.count("COMPLETE") == 3 and len(states) == 3, states
+
+
+def test_postgres_restarted_during_a_sweep_loses_no_finished_trial(cluster, tmp_path):
+    _params(tmp_path / "c", epochs=12)
+    proc = _sweep(cluster, tmp_path / "c", "--study", "restart", "--n-trials", "3", wait=False)
+    deadline = time.monotonic() + 600
+
+    def first_complete() -> bool:
+        try:
+            return any(t.state.name == "COMPLETE" for t in _study(cluster, "restart").trials)
+        except Exception:
+            return False
+
+    while not first_complete() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(1)
+    cluster.stop_postgres("fast")
+    time.sleep(3)
+    cluster.start_postgres()
+    out, err = proc.communicate(timeout=900)
+    study = _study(cluster, "restart")
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert complete, err[-2000:]  # the trial finished before the restart is still there
+    if proc.returncode == 0:
+        assert len(complete) == 3
+    else:  # or the sweep stops with one line that says what happened
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("python -m flows.sweep: error:"), err[-2000:]
+
+
+def test_mlflow_server_down_for_20_seconds_loses_no_metric(cluster, tmp_path):
+    _params(tmp_path / "c", epochs=30)
+    proc = _sweep(cluster, tmp_path / "c", "--study", "mlflow-down", "--n-trials", "1", wait=False)
+    mc = _client(cluster)
+    exp_id = None
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:  # down as soon as the trial's run exists
+        exp = mc.get_experiment_by_name("nas")
+        if exp and mc.search_runs([exp.experiment_id], "tags.stage = 'trial' and tags.study = 'mlflow-down'"):
+            exp_id = exp.experiment_id
+            break
+        time.sleep(0.5)
+    assert exp_id is not None, proc.communicate()[1][-2000:]
+    cluster.stop_service("mlflow")
+    time.sleep(20)
+    cluster.start_service("mlflow", 120)
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    runs = mc.search_runs([exp_id], "tags.stage = 'trial' and tags.study = 'mlflow-down'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    history = mc.get_metric_history(runs[0].info.run_id, "supernet_val_acc")
+    assert sorted(m.step for m in history) == list(range(1, 31))
+
+
+def test_a_remote_cluster_refuses_stores_that_are_files_on_the_client(tmp_path):
+    _params(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in CLIENT_SCRUB}
+    env.update(PYTHONPATH=str(REPO), PREFECT_HOME=str(tmp_path / "ph"))
+    cmd = [sys.executable, "-m", "flows.sweep", "--method", "drnas", "--params", "tiny.yaml", "--runner", "dask",
+           "--address", "tcp://127.0.0.1:9", "--storage", f"sqlite:///{tmp_path / 'o.db'}"]
+    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines()[-1] == (
+        f"python -m flows.sweep: error: storage: sqlite:///{tmp_path / 'o.db'} is a file on this machine; the workers "
+        f"of a Dask cluster need a database server they all reach (--storage postgresql://USER@HOST:PORT/DB)")
