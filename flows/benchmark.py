@@ -28,20 +28,27 @@ from nas import grid, tracking
 
 @task(name="grid-cell")
 def cell_task(kwargs: dict[str, Any]) -> dict[str, Any]:
-    rows = grid.run_cell(**kwargs)
-    return {"rows": rows, "pid": os.getpid()}
+    """One cell on whatever worker runs it: the job carries its protocol and archived results
+    (``grid.ship_cell``), and the cell's results come back with its rows."""
+    return grid.run_shipped_cell(kwargs)
 
 
 @flow(name="nas-benchmark-cells")
-def _cells(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    futures = [cell_task.submit(kw) for kw in jobs]
-    out = []
+def _cells(jobs: list[dict[str, Any]], report: str) -> tuple[list[dict[str, Any]], list[str]]:
+    futures = [cell_task.submit(grid.ship_cell(kw)) for kw in jobs]
+    out, failures = [], []
     for kw, fut in zip(jobs, futures):
         try:
-            out.append(fut.result())
+            res = fut.result()
         except Exception as exc:  # the other cells go on; rerun the flow to retry this one
-            print(f"cell {kw['method']} seed {kw['seed']} failed: {type(exc).__name__}: {exc}")
-    return out
+            where = f"{kw['space']} " if kw.get("space") else ""
+            msg = f"{where}{kw['method']} seed {kw['seed']}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            print(f"cell {msg} failed")
+            failures.append(msg)
+            continue
+        grid.store_shipped_cell(report, res)  # the results come home: no shared folder needed
+        out.append(res)
+    return out, failures
 
 
 @flow(name="nas-benchmark", log_prints=True)
@@ -49,10 +56,16 @@ def benchmark(protocol: str = "params/cpu-proxy.yaml", data: str | None = None, 
               seeds: list[int] | None = None, selections: list[str] | None = None, out: str | None = None,
               report: str | None = None, runner: str = "thread", address: str | None = None, workers: int = 1,
               threads: int = 1, track: bool = True) -> dict[str, Any]:
+    from nas.utils import NasError, check_output_dir
+
     spec = grid.load_grid(protocol, out, report, methods, seeds, selections)
+    check_output_dir(spec.report, "report")
     jobs = grid.cell_kwargs(spec, data, threads)
-    results = _cells.with_options(task_runner=task_runner(runner, address, workers=workers, threads=threads))(jobs)
+    results, failures = _cells.with_options(task_runner=task_runner(runner, address, workers=workers,
+                                                                    threads=threads))(jobs, spec.report)
     rows = [r for res in results for r in res["rows"]]
+    if not rows and failures:
+        raise NasError(f"grid {spec.name}: all {len(failures)} cells failed (first: {failures[0]})")
     rep = grid.write_report(spec, rows)
     create_markdown_artifact(key=f"nas-benchmark-{spec.name}".lower().replace("_", "-"), markdown=rep["markdown"],
                              description=f"{'retrained' if spec.retrain else 'NAS-Bench-201'} table of protocol "
@@ -75,6 +88,8 @@ def benchmark(protocol: str = "params/cpu-proxy.yaml", data: str | None = None, 
             tr.log_file(run_id, path, "table")
         for path in rep["figures"]:
             tr.log_file(run_id, path, "figures")
+        by_cell = {(res["rows"][0].get("space"), res["rows"][0]["method"], int(res["rows"][0]["seed"])): res
+                   for res in results if res["rows"]}
         for r in rows:  # one nested run per (space, method, selection, seed), comparable with pipeline runs
             space = r.get("space", "nb201")
             child = tr.start(tracking.run_name("grid", r["method"], r["selection"], space, r["seed"], spec.name), {
@@ -91,8 +106,14 @@ def benchmark(protocol: str = "params/cpu-proxy.yaml", data: str | None = None, 
                                    **({"final_eigenvalue": r["final_eigenvalue"]}
                                       if r.get("final_eigenvalue") is not None and not math.isnan(r["final_eigenvalue"])
                                       else {})})
+            cell = by_cell.get((r.get("space"), r["method"], int(r["seed"])))
+            if cell is not None:  # the cell's results as artifacts: a report can be rebuilt from the server
+                tr.log_json(child, cell["files"], "cell.json", "cell")
             tr.end(child)
         tr.end(run_id)
+    if failures:
+        raise NasError(f"grid {spec.name}: {len(failures)} of {len(jobs)} cells failed (first: {failures[0]}); the "
+                       f"report holds the others; rerun the same command to retry them")
     return {"rows": rows, "report": {k: v for k, v in rep.items() if k != "summary"},
             "pids": sorted({res["pid"] for res in results}), "mlflow_run": run_id}
 
@@ -104,14 +125,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out")
     p.add_argument("--report")
     p.add_argument("--runner", default="thread", choices=("thread", "dask"))
-    p.add_argument("--address")
+    p.add_argument("--address", default=os.environ.get("NAS_DASK_ADDRESS") or None,
+                   help="Dask scheduler address (tcp://host:8786; default $NAS_DASK_ADDRESS)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-track", dest="track", action="store_false")
     a = p.parse_args(argv)
+    from nas.utils import NasError
+
     ready_local_prefect()
-    res = benchmark(a.protocol, a.data, out=a.out, report=a.report, runner=a.runner, address=a.address,
-                    workers=a.workers, threads=a.threads, track=a.track)
+    try:
+        res = benchmark(a.protocol, a.data, out=a.out, report=a.report, runner=a.runner, address=a.address,
+                        workers=a.workers, threads=a.threads, track=a.track)
+    except NasError as exc:
+        print(f"python -m flows.benchmark: error: {exc}", file=sys.stderr)
+        return 1
     print(res["report"]["markdown"])
     print(json.dumps({"figures": res["report"]["figures"], "runs_csv": res["report"]["runs_csv"]}, indent=2))
     return 0

@@ -314,6 +314,12 @@ def load_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     return loaded
 
 
+def load_yaml_text(path: str | Path, what: str = "config file") -> str:
+    """The text of a YAML file, checked as ``load_yaml`` checks it (to ship it to another machine)."""
+    load_yaml(path, what)
+    return Path(path).read_text(encoding="utf-8")
+
+
 def build_config(
     kind: str,
     config_file: str | Path | None = None,

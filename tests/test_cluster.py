@@ -191,3 +191,87 @@ def test_a_remote_cluster_refuses_stores_that_are_files_on_the_client(tmp_path):
     assert p.stderr.strip().splitlines()[-1] == (
         f"python -m flows.sweep: error: storage: sqlite:///{tmp_path / 'o.db'} is a file on this machine; the workers "
         f"of a Dask cluster need a database server they all reach (--storage postgresql://USER@HOST:PORT/DB)")
+
+
+def _grid_protocol(folder: Path, epochs: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "tinygrid.yaml"
+    path.write_text(yaml.safe_dump({
+        "search": {"dataset": "digits", "epochs": epochs, "channels": 4, "cells": 1, "batch_size": 32,
+                   "steps_per_epoch": 3, "hessian_every": 1},
+        "grid": {"methods": ["darts", "gdas"], "seeds": [1, 2], "selections": ["magnitude"]}}))
+    return path
+
+
+def _flow(cluster, cwd: Path, module: str, *args: str, wait: bool = True):
+    env = {k: v for k, v in os.environ.items() if k not in CLIENT_SCRUB}
+    env.update({"PYTHONPATH": str(REPO), "NAS_MLFLOW": "1", "PREFECT_HOME": str(cwd / "prefect-home"),
+                **cluster.env()})
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if not wait:
+        return proc
+    out, err = proc.communicate(timeout=900)
+    return proc.returncode, out, err
+
+
+def _rows(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as f:
+        return [{k: v for k, v in r.items() if not k.endswith("_minutes")} for r in csv.DictReader(f)]
+
+
+def test_grid_through_dask_matches_one_process_and_comes_home_without_a_shared_folder(cluster, tmp_path):
+    client_dir = tmp_path / "client"
+    _grid_protocol(client_dir)
+    code, out, err = _flow(cluster, client_dir, "flows.benchmark", "--protocol", "tinygrid.yaml", "--runner", "dask")
+    assert code == 0, err[-3000:]
+    report = client_dir / "data" / "results" / "tinygrid"
+    assert {p.name for p in (report / "cells").iterdir()} == {"darts-s1", "darts-s2", "gdas-s1", "gdas-s2"}
+    # the cells ran on the workers: their results came back with the rows, nothing was written in
+    # the workers' folders, and the runs table holds one nested run per row with the cell's results
+    for name in ("worker-1", "worker-2"):
+        assert not (cluster.root / name / "data" / "results").exists()
+    mc = _client(cluster)
+    exp = mc.get_experiment_by_name("nas")
+    rows = mc.search_runs([exp.experiment_id], "tags.stage = 'grid' and tags.protocol = 'tinygrid'")
+    assert len(rows) == 4 and all(mc.list_artifacts(r.info.run_id, "cell") for r in rows)
+    # the same grid in one process, in another folder: the same rows
+    one = tmp_path / "one"
+    _grid_protocol(one)
+    p = subprocess.run([sys.executable, "-m", "nas.cli", "grid", "--protocol", "tinygrid.yaml", "--workers", "1",
+                        "--threads", "1"],
+                       cwd=one, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                       timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert _rows(one / "data" / "results" / "tinygrid" / "runs.csv") == _rows(report / "runs.csv")
+
+
+def test_a_worker_killed_during_a_cell_leaves_it_to_the_other_worker(cluster, tmp_path):
+    import signal
+
+    client_dir = tmp_path / "client"
+    proto = _grid_protocol(client_dir, epochs=40)
+    doc = yaml.safe_load(proto.read_text())
+    doc["grid"].update(methods=["darts"], seeds=[7])
+    proto.write_text(yaml.safe_dump(doc))
+    proc = _flow(cluster, client_dir, "flows.benchmark", "--protocol", "tinygrid.yaml", "--runner", "dask",
+                 wait=False)
+    victim = None
+    deadline = time.monotonic() + 300
+    while victim is None and time.monotonic() < deadline and proc.poll() is None:
+        for name in ("worker-1", "worker-2"):  # the worker whose folder the cell's data went to
+            if any((cluster.root / name / "data").glob("prepared/*.pt")):
+                victim = name
+        time.sleep(0.5)
+    assert victim is not None, proc.communicate()[1][-2000:]
+    time.sleep(2)
+    cluster.stop_service(victim, signal.SIGKILL, wait=5)
+    out, err = proc.communicate(timeout=900)
+    try:
+        assert proc.returncode == 0, err[-3000:]
+        rows = _rows(client_dir / "data" / "results" / "tinygrid" / "runs.csv")
+        assert len(rows) == 1 and rows[0]["method"] == "darts" and rows[0]["seed"] == "7"
+    finally:
+        cluster.start_service(victim, 120)

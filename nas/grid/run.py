@@ -318,6 +318,64 @@ def _run_cell_kwargs(kw: dict[str, Any]) -> list[dict[str, Any]]:
     return run_cell(**kw)
 
 
+def ship_cell(kw: dict[str, Any]) -> dict[str, Any]:
+    """A cell's job made self-contained on the client, for a worker that shares no folder with it:
+    the protocol file's content, absolute paths for the run folder and the data, and the cell's
+    archived results from the client's report folder (so a finished cell is read back, not rerun)."""
+    from nas.utils import read_json
+
+    kw = dict(kw)
+    protocol = Path(kw["protocol"])
+    kw["protocol_text"] = {"name": protocol.name, "text": config_mod.load_yaml_text(protocol)}
+    kw["out"] = str(Path(kw["out"]).resolve())
+    if kw.get("data"):
+        kw["data"] = str(Path(kw["data"]).resolve())
+    report, reuse = kw.pop("report", None), kw.pop("reuse", None) or []
+    archived: dict[str, Any] = {}
+    name = cell_dir("", kw.get("space"), kw["method"], kw["seed"]).name
+    for source in [report, *reuse] if report else []:
+        folder = Path(source) / ARCHIVE / name
+        if (folder / "search" / SEARCH_RESULT).is_file():
+            archived = {rel.as_posix(): read_json(folder / rel) for rel in _json_files(folder)}
+            break
+    kw["archived"] = archived
+    return kw
+
+
+def run_shipped_cell(kw: dict[str, Any]) -> dict[str, Any]:
+    """On a worker: run a job made by ``ship_cell`` in a scratch folder of this machine, and return
+    the rows with the cell's JSON results (``files``: relative path -> content) for the client to
+    archive in its report folder."""
+    import tempfile
+
+    from nas.utils import write_json as write
+
+    kw = dict(kw)
+    shipped, archived = kw.pop("protocol_text"), kw.pop("archived")
+    with tempfile.TemporaryDirectory(prefix="nas-cell-") as scratch:
+        protocol = Path(scratch) / shipped["name"]
+        protocol.write_text(shipped["text"])
+        report = Path(scratch) / "report"
+        name = cell_dir("", kw.get("space"), kw["method"], kw["seed"]).name
+        for rel, obj in archived.items():
+            write(report / ARCHIVE / name / rel, obj)
+        rows = run_cell(**{**kw, "protocol": str(protocol), "report": str(report)})
+        folder = report / ARCHIVE / name
+        from nas.utils import read_json
+
+        files = {rel.as_posix(): read_json(folder / rel) for rel in _json_files(folder)}
+    return {"rows": rows, "files": files, "cell": name, "host": os.uname().nodename, "pid": os.getpid()}
+
+
+def store_shipped_cell(report: str | Path, result: dict[str, Any]) -> Path:
+    """On the client: a shipped cell's returned results into ``<report>/cells/<cell>/`` (each file
+    atomically, the search result last)."""
+    dest = Path(report) / ARCHIVE / result["cell"]
+    for rel in sorted(result["files"], key=lambda r: r == f"search/{SEARCH_RESULT}"):
+        write_json(dest / rel, result["files"][rel])
+    return dest
+
+
 def cell_kwargs(spec: GridSpec, data: str | None, threads: int = 0, progress: bool = False) -> list[dict[str, Any]]:
     # the strength analysis and the landscape run on each method's first seed only
     jobs = []
