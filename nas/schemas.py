@@ -171,6 +171,8 @@ def validate_search_result(res: Any, source: str, alpha_shape: tuple[int, int] |
 
 
 # ------------------------------------------------------------------------ results table, per run
+# a grid row's selection: one of the grid's (nas.grid.spec.SELECTIONS), or a baseline's own
+ROW_SELECTIONS = ["magnitude", "pt", "pt-fix", "verify", "random", "rsps", "naswot"]
 RUN_COLUMNS = ["protocol", "method", "selection", "seed", "genotype", "cifar10", "cifar100", "imagenet16-120",
                "search_minutes", "select_minutes", "final_eigenvalue", "skip_edges"]
 
@@ -181,7 +183,7 @@ def runs_schema():
     return pa.DataFrameSchema({
         "protocol": pa.Column(str),
         "method": pa.Column(str, pa.Check.str_length(min_value=1)),
-        "selection": pa.Column(str, pa.Check.isin(["magnitude", "pt", "pt-fix", "random", "rsps", "naswot"])),
+        "selection": pa.Column(str, pa.Check.isin(ROW_SELECTIONS)),
         "seed": pa.Column(int),
         "genotype": pa.Column(str, pa.Check.str_matches(r"^\|.*\|$")),
         "cifar10": pa.Column(float, acc),
@@ -229,7 +231,7 @@ def retrain_runs_schema():
         "protocol": pa.Column(str),
         "space": pa.Column(str, pa.Check.isin(["nb201", "darts", "s1", "s2", "s3", "s4"])),
         "method": pa.Column(str, pa.Check.str_length(min_value=1)),
-        "selection": pa.Column(str, pa.Check.isin(["magnitude", "pt", "pt-fix", "random", "rsps", "naswot"])),
+        "selection": pa.Column(str, pa.Check.isin(ROW_SELECTIONS)),
         "seed": pa.Column(int),
         "genotype": pa.Column(str, pa.Check.str_length(min_value=1)),
         "test_acc": pa.Column(float, pa.Check.in_range(0.0, 100.0)),
