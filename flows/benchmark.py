@@ -107,8 +107,8 @@ def benchmark(protocol: str = "params/cpu-proxy.yaml", data: str | None = None, 
                                       if r.get("final_eigenvalue") is not None and not math.isnan(r["final_eigenvalue"])
                                       else {})})
             cell = by_cell.get((r.get("space"), r["method"], int(r["seed"])))
-            if cell is not None:  # the cell's results as artifacts: a report can be rebuilt from the server
-                tr.log_json(child, cell["files"], "cell.json", "cell")
+            if cell is not None:  # the row and the cell's results: a report can be rebuilt from the server
+                tr.log_json(child, {"row": r, "cell": cell["cell"], "files": cell["files"]}, "cell.json", "cell")
             tr.end(child)
         tr.end(run_id)
     if failures:

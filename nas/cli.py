@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = torch's default)")
     p.add_argument("--report-only", dest="report_only", action="store_true",
                    help="only rebuild the table and figures from finished runs")
+    p.add_argument("--from-tracking", dest="from_tracking", action="store_true",
+                   help="with --report-only: read the rows and cells of the protocol's latest benchmark flow "
+                        "run from the tracking server (MLFLOW_TRACKING_URI) instead of the report folder")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("cluster", help="a throwaway cluster on this machine: PostgreSQL, MLflow, Prefect, Dask",
@@ -317,7 +320,13 @@ def _run(args: argparse.Namespace) -> int:
 
         spec = grid.load_grid(args.protocol, args.out, args.report, split(args.methods), split(args.seeds, int),
                               split(args.selections))
-        if args.report_only:
+        if args.from_tracking and not args.report_only:
+            raise NasError("--from-tracking: only with --report-only")
+        if args.from_tracking:
+            from nas.grid.run import rows_from_tracking
+
+            rep = grid.write_report(spec, rows_from_tracking(spec))
+        elif args.report_only:
             rep = grid.write_report(spec)
         else:
             grid.run_grid(spec, args.data, workers=args.workers, threads=args.threads)

@@ -1,8 +1,8 @@
 """MLflow tracking of the pipeline: one parent run per pipeline run, a nested run per stage.
 
 The tracking store is a local SQLite database by default (``runs/mlflow.db``, artifacts beside it
-in ``runs/mlartifacts``); ``MLFLOW_TRACKING_URI`` points it elsewhere (a shared server database for
-several machines).  ``NAS_MLFLOW=0`` switches tracking off.  Everything goes through explicit run
+in ``runs/mlartifacts``); ``MLFLOW_TRACKING_URI`` points it elsewhere (an ``mlflow server`` with proxied
+artifacts for several machines).  ``NAS_MLFLOW=0`` switches tracking off.  Everything goes through explicit run
 ids (``MlflowClient``), so stages may log from worker threads or processes.
 
 What a search run holds: its config as params; per-epoch metrics with steps (losses, accuracies,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one pytest worker per core: one compute thread each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import io
 import pickle
 import tarfile
 import tempfile

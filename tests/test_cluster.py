@@ -246,6 +246,17 @@ def test_grid_through_dask_matches_one_process_and_comes_home_without_a_shared_f
                        timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     assert _rows(one / "data" / "results" / "tinygrid" / "runs.csv") == _rows(report / "runs.csv")
+    # a third folder with nothing but the protocol rebuilds the same report from the tracking server
+    third = tmp_path / "third"
+    _grid_protocol(third)
+    env = {k: v for k, v in os.environ.items() if k not in CLIENT_SCRUB}
+    env.update(PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=cluster.env()["MLFLOW_TRACKING_URI"])
+    p = subprocess.run([sys.executable, "-m", "nas.cli", "grid", "--protocol", "tinygrid.yaml", "--report-only",
+                        "--from-tracking"], cwd=third, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rebuilt = third / "data" / "results" / "tinygrid"
+    for rel in sorted(q.relative_to(report) for q in report.rglob("*") if q.is_file() and not q.name.endswith(".lock")):
+        assert (rebuilt / rel).read_bytes() == (report / rel).read_bytes(), rel
 
 
 def test_a_worker_killed_during_a_cell_leaves_it_to_the_other_worker(cluster, tmp_path):

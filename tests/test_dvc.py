@@ -84,6 +84,40 @@ def test_dvc_repro_metrics_params_plots(tmp_path):
     assert "reports/pipeline/plots/alpha.csv" in plots and "reports/pipeline/plots/alpha.png" in plots
 
 
+def test_prepare_gives_the_same_lock_entry_in_two_fresh_clones(tmp_path):
+    """`prepare` writes the same bytes on any machine (no archive name, timestamp or ordering that
+    differs), so two clones record the same prepared-data hash and can share DVC's run cache."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for item in ("dvc.yaml", "nas", ".dvcignore", "params"):
+        path = REPO / item
+        (shutil.copytree if path.is_dir() else shutil.copy)(path, src / item)
+    shutil.copytree(REPO / ".dvc", src / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    (src / "data" / "raw").mkdir(parents=True)
+    shutil.copy(REPO / "data" / "raw" / "README.md", src / "data" / "raw" / "README.md")
+    _run(["git", "init", "-q"], src)
+    _run(["git", "add", "-A"], src)
+    _run(["git", "commit", "-qm", "init"], src)
+    locks = []
+    for name in ("a", "b"):
+        _run(["git", "clone", "-q", str(src), name], tmp_path)
+        _run(["dvc", "repro", "prepare"], tmp_path / name, NAS_MLFLOW="0")
+        locks.append(yaml.safe_load((tmp_path / name / "dvc.lock").read_text())["stages"]["prepare"])
+    assert locks[0] == locks[1]
+    # and the committed lock records the very same prepared data
+    committed = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]["prepare"]
+    assert committed["outs"] == locks[0]["outs"]
+
+
+def test_frozen_benchmark_stages_are_up_to_date_in_the_repository():
+    """`dvc status` of the frozen grid stages: the committed reports are the ones their locks record."""
+    dvc = Path(sys.executable).parent / "dvc"
+    p = subprocess.run([str(dvc), "status", "--json", "benchmark/dvc.yaml"], cwd=REPO,
+                       env={**os.environ, "DVC_NO_ANALYTICS": "1"}, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout or "{}") == {}
+
+
 def test_committed_lock_matches_the_code_and_the_readme():
     """The committed dvc.lock was written by `dvc repro` of the code and params as they are now,
     and the README states what that run found (reports/pipeline/summary.json, committed)."""

@@ -18,8 +18,17 @@ from nas.tracking import op_means
 from nas.utils import atomic_write
 
 
+def _cell_folder(spec: GridSpec, space: str | None, method: str, seed: int) -> Path:
+    """The cell's run folder, or its archived results in the report folder when this machine has no
+    run folder for it (the cell ran on another machine, or this is a fresh clone)."""
+    cell = spec.cell_dir(space, method, seed)
+    if (cell / "search" / "result.json").is_file():
+        return cell
+    return Path(spec.report) / "cells" / cell.name
+
+
 def _result(spec: GridSpec, space: str | None, method: str, seed: int) -> dict[str, Any] | None:
-    p = spec.cell_dir(space, method, seed) / "search" / "result.json"
+    p = _cell_folder(spec, space, method, seed) / "search" / "result.json"
     return json.loads(p.read_text()) if p.is_file() else None
 
 
@@ -38,7 +47,7 @@ def collect_curves(spec: GridSpec, folder: Path) -> dict[str, Any]:
             res = _result(spec, sp, m, s)
             if res is None:
                 continue
-            cell = spec.cell_dir(sp, m, s)
+            cell = _cell_folder(spec, sp, m, s)
             space = get_space(res["space"])
             per_epoch = [op_means(h["weights"], space.edge_ops) for h in res["history"]]
             entry: dict[str, Any] = {

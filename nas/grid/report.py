@@ -189,3 +189,4 @@ def _write_retrained_report(spec: GridSpec, all_rows: list[dict[str, Any]], repo
     write_json(report / "metrics.json", {"protocol": spec.name, "runs": len(all_rows), "table": metrics})
     return {"table_md": str(report / "table.md"), "table_csv": str(report / "table.csv"), "runs_csv": str(runs_csv),
             "figures": figures, "summary": summary, "markdown": md}
+

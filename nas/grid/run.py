@@ -472,3 +472,36 @@ def _run_jobs(jobs: list[dict[str, Any]], workers: int, collect: Callable, faile
                     failed(futures[fut], exc)
 
 
+def rows_from_tracking(spec: GridSpec, uri: str | None = None) -> list[dict[str, Any]]:
+    """The rows and archived cells of the protocol's latest benchmark flow run, read from the
+    tracking server alone (each row's run holds ``cell/cell.json``: the row and the cell's JSON
+    results); the cells are written into ``<report>/cells/``.  A one-line error when the server has
+    no such run."""
+    import json
+    import tempfile
+
+    from nas import tracking
+
+    tr = tracking.Tracker(uri or tracking.tracking_uri())
+    client = tr.client
+    parents = client.search_runs([tr.experiment_id], f"tags.stage = 'benchmark' and tags.protocol = '{spec.name}'",
+                                 order_by=["attributes.start_time DESC"], max_results=1)
+    if not parents:
+        raise NasError(f"tracking {tr.uri}: no benchmark run of protocol {spec.name!r} (run the nas-benchmark "
+                       f"flow with tracking on first)")
+    parent = parents[0].info.run_id
+    children = client.search_runs([tr.experiment_id], f"tags.mlflow.parentRunId = '{parent}'", max_results=10000)
+    rows, cells = [], {}
+    with tempfile.TemporaryDirectory(prefix="nas-report-") as tmp:
+        for run in children:
+            try:
+                path = client.download_artifacts(run.info.run_id, "cell/cell.json", tmp)
+            except Exception:  # a row logged before rows carried their cell: nothing to rebuild from
+                raise NasError(f"tracking {tr.uri}: run {run.info.run_id} of benchmark {parent} has no "
+                               f"cell/cell.json; rerun the flow to log it") from None
+            doc = json.loads(Path(path).read_text())
+            rows.append(doc["row"])
+            cells[doc["cell"]] = doc["files"]
+    for name, files in cells.items():
+        store_shipped_cell(spec.report, {"cell": name, "files": files})
+    return rows
