@@ -184,7 +184,7 @@ def test_the_bf16_protocol_is_cpu_proxy_in_bf16():
         [(s.methods, s.seeds, s.selections, s.pt_methods, s.strength) for s in specs][1]
 
 
-@pytest.mark.parametrize("protocol", ["cpu-proxy", "cpu-proxy-bf16", "cpu-proxy-c16"])
+@pytest.mark.parametrize("protocol", ["cpu-proxy", "cpu-proxy-bf16", "cpu-proxy-c16", "cpu-proxy-c16-verify"])
 def test_committed_results_match_the_table(protocol):
     """The per-run CSV in the repository is valid and each row's accuracy is the table's."""
     from conftest import REPO
@@ -201,6 +201,7 @@ def test_committed_results_match_the_table(protocol):
 README_TABLES = {
     "cpu-proxy": (lambda r: f"{r['method']} | {r['selection']}", "cifar10"),
     "cpu-proxy-c16": (lambda r: f"{r['method']} | {r['selection']}", "cifar10"),
+    "cpu-proxy-c16-verify": (lambda r: f"{r['method']} | {r['selection']}", "cifar10"),
     "cpu-proxy-s": (lambda r: f"{r['space']} | {r['method']} | {r['selection']}", "test_error"),
 }
 
