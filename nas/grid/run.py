@@ -22,7 +22,7 @@ from nas.search import search
 from nas.select import PT_LEGACY, op_strength, same_selection
 from nas.spaces import get_space
 from nas.stages import resume_or_restart, retrain_stage, select_stage
-from nas.utils import NasError, RunLock, check_output_dir, read_json, sha256_file, write_json
+from nas.utils import NasError, RunLock, check_output_dir, sha256_file, write_json
 
 
 def cached_search(cfg: config_mod.SearchConfig) -> tuple[dict[str, Any], bool]:
@@ -318,15 +318,12 @@ def _run_cell_kwargs(kw: dict[str, Any]) -> list[dict[str, Any]]:
     return run_cell(**kw)
 
 
-def _read_archive(folder: Path) -> dict[str, Any]:
-    """A cell's archived JSON results: relative path -> content."""
-    return {rel.as_posix(): read_json(folder / rel) for rel in _json_files(folder)}
-
-
 def ship_cell(kw: dict[str, Any]) -> dict[str, Any]:
     """A cell's job made self-contained on the client, for a worker that shares no folder with it:
     the protocol file's content, absolute paths for the run folder and the data, and the cell's
     archived results from the client's report folder (so a finished cell is read back, not rerun)."""
+    from nas.utils import read_json
+
     kw = dict(kw)
     protocol = Path(kw["protocol"])
     kw["protocol_text"] = {"name": protocol.name, "text": config_mod.load_yaml_text(protocol)}
@@ -339,7 +336,7 @@ def ship_cell(kw: dict[str, Any]) -> dict[str, Any]:
     for source in [report, *reuse] if report else []:
         folder = Path(source) / ARCHIVE / name
         if (folder / "search" / SEARCH_RESULT).is_file():
-            archived = _read_archive(folder)
+            archived = {rel.as_posix(): read_json(folder / rel) for rel in _json_files(folder)}
             break
     kw["archived"] = archived
     return kw
@@ -351,6 +348,8 @@ def run_shipped_cell(kw: dict[str, Any]) -> dict[str, Any]:
     archive in its report folder."""
     import tempfile
 
+    from nas.utils import write_json as write
+
     kw = dict(kw)
     shipped, archived = kw.pop("protocol_text"), kw.pop("archived")
     with tempfile.TemporaryDirectory(prefix="nas-cell-") as scratch:
@@ -359,9 +358,12 @@ def run_shipped_cell(kw: dict[str, Any]) -> dict[str, Any]:
         report = Path(scratch) / "report"
         name = cell_dir("", kw.get("space"), kw["method"], kw["seed"]).name
         for rel, obj in archived.items():
-            write_json(report / ARCHIVE / name / rel, obj)
+            write(report / ARCHIVE / name / rel, obj)
         rows = run_cell(**{**kw, "protocol": str(protocol), "report": str(report)})
-        files = _read_archive(report / ARCHIVE / name)
+        folder = report / ARCHIVE / name
+        from nas.utils import read_json
+
+        files = {rel.as_posix(): read_json(folder / rel) for rel in _json_files(folder)}
     return {"rows": rows, "files": files, "cell": name, "host": os.uname().nodename, "pid": os.getpid()}
 
 
