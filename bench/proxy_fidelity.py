@@ -20,7 +20,6 @@ weight of skip_connect and the supernet's final training accuracy.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -87,12 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         vals = [rows[n][key] for n in names]
         ratios = [f"{v / ref[key]:.3g}" if ref[key] else "-" for v in vals[1:]]
         print(f"| {key} | " + " | ".join(f"{v:.4g}" for v in vals) + " | " + " | ".join(ratios) + " |")
+    from nas.timings import read_json
+
     for folder in args.runs:
         results = sorted(Path(folder).glob("*/search/result.json"))
         by_method: dict[str, list[dict[str, float]]] = {}
         budget = {}
         for r in results:
-            res = json.loads(r.read_text())
+            res = read_json(r)  # with its timings (timings.json beside it)
             if not res.get("history") or "alpha" not in res["history"][0]:
                 continue
             cfg = res["config"]
@@ -150,19 +151,21 @@ def study(folder: Path, protocol: str, csv_path: str | None) -> int:
 def read_run(run: Path) -> dict | None:
     """A search's result.json; for a search stopped early, the same fields from its checkpoint's
     last epoch (``epochs_run`` then says how far it got)."""
+    from nas.timings import read_json
+
     if (run / "result.json").is_file():
-        return json.loads((run / "result.json").read_text())
+        return read_json(run / "result.json")
     if not (run / "checkpoint.pt").is_file():
         return None
     from nas.spaces import get_space
-    from nas.utils import torch_load
+    from nas.timings import torch_load
 
     ck = torch_load(run / "checkpoint.pt")
     last = ck["history"][-1]
     space = get_space(ck["config"]["space"])
     return {"method": ck["config"]["method"], "config": ck["config"], "history": ck["history"],
             "genotype": last["genotype"], "alpha": last["alpha"], "weights": last["weights"],
-            "edge_ops": [list(o) for o in space.edge_ops], "seconds": sum(h["seconds"] for h in ck["history"])}
+            "edge_ops": [list(o) for o in space.edge_ops], "seconds": sum(h.get("seconds", 0.0) for h in ck["history"])}
 
 
 def quantities_from_config(cfg: dict) -> float:

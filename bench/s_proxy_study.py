@@ -33,10 +33,11 @@ FIELDS = ["run", "space", "method", "seed", "settings", "op", "epochs", "normal_
 
 
 def _history(run: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    from nas.utils import NasError, torch_load
+    from nas.timings import read_json, torch_load
+    from nas.utils import NasError
 
     if (run / "result.json").is_file():
-        res = json.loads((run / "result.json").read_text())
+        res = read_json(run / "result.json")
         return res["history"], res["config"]
     if (run / "checkpoint.pt").is_file():
         ck = torch_load(run / "checkpoint.pt")

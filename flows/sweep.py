@@ -106,6 +106,8 @@ def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrai
               parent_run=parent, threads=threads, max_trials=max_trials, **settings)
     new: list[dict[str, Any]] = []
     failures: list[str] = []
+    failed_waves = 0  # waves in a row whose every trial failed
+    capped = False
     try:
         while len(new) < n_trials:
             st = sweep.open_study(name, storage, method, mode, pruner, seed)
@@ -114,6 +116,7 @@ def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrai
             if max_trials is not None:
                 done, busy = sweep.finished(st), sweep.running(st)
                 if done >= max_trials:
+                    capped = True
                     break
                 if done + busy >= max_trials:  # the rest runs in other workers: wait for them
                     time.sleep(min(sweep.heartbeat_interval(), 10))
@@ -124,10 +127,14 @@ def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrai
                                                                 threads=max(threads, 1)))([kw] * wave)
             new.extend(r for r in rows if r["state"] not in ("SKIPPED", "FAILED"))
             failures.extend(r["error"] for r in rows if r["state"] == "FAILED")
-            if rows and all(r["state"] == "FAILED" for r in rows):
-                break  # every trial of the wave failed (recorded as FAIL): stop instead of failing forever
+            failed_waves = failed_waves + 1 if rows and all(r["state"] == "FAILED" for r in rows) else 0
+            if failed_waves >= 2:
+                break  # two waves in a row failed (each trial recorded as FAIL): stop instead of failing forever
         if failures and not new:
             raise NasError(f"sweep {name}: all {len(failures)} trials of this run failed (first: {failures[0]})")
+        if failures and len(new) < n_trials and not capped:
+            raise NasError(f"sweep {name}: {len(new)} of {n_trials} trials finished, {len(failures)} failed "
+                           f"(first: {failures[0]}); the finished ones are in the study")
     except BaseException:
         tracker.end(parent, ok=False)
         raise

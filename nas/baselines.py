@@ -19,7 +19,8 @@ from nas.precision import Runner
 from nas.progress import log_line, progress_bar
 from nas.rng import rng_stream
 from nas.rundir import CHECKPOINT_FORMAT, SEARCH_CHECKPOINT, SEARCH_RESULT, search_result
-from nas.utils import generator_for, seed_everything, torch_save, write_json
+from nas.timings import torch_save, write_json
+from nas.utils import generator_for, seed_everything
 
 
 def random_search(search: Any, resume: bool = False) -> dict[str, Any]:

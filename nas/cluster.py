@@ -19,6 +19,7 @@ On real hosts the same services run once each (see the docs, "Several machines")
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -324,15 +325,11 @@ class Cluster:
                 os.killpg(pid, 0)
             except ProcessLookupError:
                 return
-            try:
+            with contextlib.suppress(ChildProcessError):  # reap it when it is our child
                 os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
             time.sleep(0.2)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def down(self, quiet: bool = False) -> None:
         """Stop every service, the workers first and the database last."""

@@ -62,6 +62,9 @@ class DataConfig(_Config):
         "fp32", description="fp32 | bf16 | fp16: autocast of the network's forward (fp16 adds a gradient scaler); "
                             "parameters, optimisers, losses, the Hessian and second-order steps stay fp32")
     compile: bool = Field(False, description="torch.compile the network (falls back to eager with a warning)")
+    threads: int = Field(0, ge=0, le=1024,
+                         description="torch CPU threads while the stage runs (0 = torch's default, one per core); a "
+                                     "fixed number gives the same CPU numbers on machines with other core counts")
 
 
 class SearchConfig(DataConfig):

@@ -279,7 +279,9 @@ def validate_trials(rows: list[dict[str, Any]], source: str) -> list[dict[str, A
     if not rows:
         return []
     df = _frame(rows, source, TRIAL_COLUMNS)
-    return _check(trials_schema(), df, source).to_dict("records")
+    # a float column holds a missing value (a pruned trial's objective) as NaN: it comes back None
+    return [{k: None if isinstance(v, float) and v != v else v for k, v in r.items()}
+            for r in _check(trials_schema(), df, source).to_dict("records")]
 
 
 # ---------------------------------------------------------------------------- NAS-Bench-201 table

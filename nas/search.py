@@ -55,6 +55,7 @@ from nas.rundir import (
 )
 from nas.spaces import SearchSpace, get_space
 from nas.supernet import Supernet
+from nas.timings import torch_load, torch_save, write_json
 from nas.unrolled import unrolled_alpha_grad
 from nas.utils import (
     NasError,
@@ -62,9 +63,7 @@ from nas.utils import (
     generator_for,
     resolve_device,
     seed_everything,
-    torch_load,
-    torch_save,
-    write_json,
+    torch_threads,
 )
 
 CHECKPOINT = SEARCH_CHECKPOINT
@@ -534,7 +533,7 @@ class Search:
             self.space, self.method.describe(), config_mod.to_dict(self.cfg), geno, self.method.selection,
             alpha=st.arch.alpha.detach().cpu().tolist(), weights=self.expected(st).tolist(),
             mask=st.arch.mask.cpu().tolist(), dataset=self.bundle.describe(self.cfg.dataset), device=str(self.device),
-            seconds=sum(h["seconds"] for h in st.history), history=st.history, **extra)
+            seconds=sum(h.get("seconds", 0.0) for h in st.history), history=st.history, **extra)
         write_json(self.out / RESULT, result)
         return result
 
@@ -558,4 +557,5 @@ def search(cfg: config_mod.SearchConfig, resume: bool = False,
            callback: Callable[[SearchState], None] | None = None, force: bool = False) -> dict[str, Any]:
     """Run a search and write ``<out>/result.json`` and ``<out>/checkpoint.pt``; see ``Search.run``
     for ``resume`` and ``force``."""
-    return Search(cfg).run(resume=resume, callback=callback, force=force)
+    with torch_threads(cfg.threads):
+        return Search(cfg).run(resume=resume, callback=callback, force=force)

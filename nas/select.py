@@ -28,16 +28,14 @@ from nas.rng import rng_stream
 from nas.rundir import SEARCH_CHECKPOINT, check_resume, claim, kept_checkpoint, kept_epochs, read_search_result
 from nas.search import Search, SearchState
 from nas.spaces import get_space
+from nas.timings import torch_load, torch_save, write_json
 from nas.utils import (
     NasError,
     atomic_write,
     check_output_dir,
     generator_for,
     sha256_file,
-    torch_load,
-    torch_save,
     write_csv,
-    write_json,
 )
 
 __all__ = ["load_supernet", "pt_project", "pt_select", "op_strength", "select", "without_op", "without_edge"]

@@ -18,8 +18,9 @@ from nas.rundir import SEARCH_RESULT, read_search_result
 from nas.search import search
 from nas.select import op_strength, select
 from nas.spaces import get_space
+from nas.timings import read_json, write_json
 from nas.train import retrain
-from nas.utils import NasError, config_digest, read_json, write_csv, write_json
+from nas.utils import NasError, config_digest, write_csv
 
 
 def prepare_stage(cfg: config_mod.PrepareConfig) -> dict[str, Any]:

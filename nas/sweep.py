@@ -142,9 +142,55 @@ def make_storage(url: str):
                 retry = {"heartbeat_stale_trial_callback": storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
             else:
                 retry = {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=1)}
+            # a database server that restarted leaves dead connections in the pool: each one is
+            # checked before use and replaced (SQLAlchemy's pre-ping)
+            engine = {"engine_kwargs": {"pool_pre_ping": True}} if is_server_db(url) else {}
             _STORES[(url, interval)] = storages.RDBStorage(url, heartbeat_interval=interval,
-                                                           grace_period=2 * interval, **retry)
+                                                           grace_period=2 * interval, **retry, **engine)
     return _STORES[(url, interval)]
+
+
+def db_retry_seconds() -> float:
+    """How long a running trial waits for its study's database to come back (``NAS_DB_RETRY``,
+    default 120 seconds) before the trial fails."""
+    raw = os.environ.get("NAS_DB_RETRY", "120")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise NasError(f"NAS_DB_RETRY: expected seconds, got {raw[:40]!r}") from None
+    if value < 0:
+        raise NasError(f"NAS_DB_RETRY: expected >= 0 seconds, got {value:g}")
+    return value
+
+
+def _transient(exc: BaseException) -> bool:
+    """A database error that may pass (the server restarting, a dropped connection), not a refusal."""
+    import optuna
+    import sqlalchemy.exc as sa_exc
+
+    return isinstance(exc, (optuna.exceptions.StorageInternalError, sa_exc.OperationalError,
+                            sa_exc.InterfaceError)) or (isinstance(exc, sa_exc.DBAPIError)
+                                                        and exc.connection_invalidated)
+
+
+def with_db_retry(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, tried again while the database is unreachable, for up to
+    ``db_retry_seconds()``: a study's server restarted during a trial costs the trial a wait, not
+    its result.  Other errors, and the last transient one, are raised."""
+    import time
+
+    deadline = time.monotonic() + db_retry_seconds()
+    pause = 1.0
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not _transient(exc) or time.monotonic() + pause > deadline:
+                raise
+            print(f"{what}: database unreachable ({type(exc).__name__}); retrying in {pause:g} s", file=sys.stderr,
+                  flush=True)
+            time.sleep(pause)
+            pause = min(2 * pause, 10.0)
 
 
 def retried_from(trial) -> int | None:
@@ -290,8 +336,8 @@ def run_trial(name: str, storage: str | None, method: str, mode: str, params: st
 
         torch.set_num_threads(threads)
     key, lo, hi = check(method, mode)
-    study = open_study(name, storage, method, mode, pruner, seed)
-    trial = claim_trial(study, storage, max_trials, seed)
+    study = with_db_retry(f"study {name}", open_study, name, storage, method, mode, pruner, seed)
+    trial = with_db_retry(f"study {name}", claim_trial, study, storage, max_trials, seed)
     if trial is None:
         return None
     with Heartbeat(study, trial, storage):
@@ -335,9 +381,10 @@ def _run_trial(study, trial, key: str, lo: float, hi: float, method: str, mode: 
     def on_epoch(st: Any) -> None:
         rec = st.history[-1]
         reported[0] = 100.0 * rec["val_acc"]
-        trial.report(reported[0], step=st.epoch)
+        tag = f"trial {trial.number}"
+        with_db_retry(tag, trial.report, reported[0], step=st.epoch)
         tracker.log_metrics(run_id, {"supernet_val_acc": 100.0 * rec["val_acc"]}, step=st.epoch)
-        if trial.should_prune():
+        if with_db_retry(tag, trial.should_prune):
             raise optuna.TrialPruned(f"supernet val acc {100 * rec['val_acc']:.2f} at epoch {st.epoch}")
 
     row: dict[str, Any] = {"number": trial.number, key: value, "method": method, "mode": mode}
@@ -345,8 +392,8 @@ def _run_trial(study, trial, key: str, lo: float, hi: float, method: str, mode: 
         stages.search_stage(scfg, callback=on_epoch)
         sel = stages.select_stage(sel_cfg)
         row["genotype"] = sel["genotype"]
-        trial.set_user_attr("genotype", sel["genotype"])
-        trial.set_user_attr("space", sel["space"])
+        with_db_retry(f"trial {trial.number}", trial.set_user_attr, "genotype", sel["genotype"])
+        with_db_retry(f"trial {trial.number}", trial.set_user_attr, "space", sel["space"])
         if mode == "benchmark":
             objective = stages.lookup_stage(sel["genotype"], "cifar10")["test_accuracy"]
         else:
@@ -356,7 +403,7 @@ def _run_trial(study, trial, key: str, lo: float, hi: float, method: str, mode: 
             rcfg = config_mod.from_dict("retrain", {**config_mod.to_dict(rcfg), "genotype": sel["genotype"]})
             objective = 100.0 * stages.retrain_stage(rcfg)["val_acc"]
     except optuna.TrialPruned as exc:
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        with_db_retry(f"trial {trial.number}", study.tell, trial, state=optuna.trial.TrialState.PRUNED)
         print(f"trial {trial.number}: {key}={value:.4g} pruned ({exc})", file=sys.stderr, flush=True)
         tracker.set_tags(run_id, {"state": "PRUNED"})
         tracker.end(run_id)
@@ -365,7 +412,7 @@ def _run_trial(study, trial, key: str, lo: float, hi: float, method: str, mode: 
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         tracker.end(run_id, ok=False)
         raise
-    study.tell(trial, objective)
+    with_db_retry(f"trial {trial.number}", study.tell, trial, objective)
     print(f"trial {trial.number}: {key}={value:.4g} -> {objective:.2f} ({mode}) {row['genotype']}",
           file=sys.stderr, flush=True)
     tracker.log_metrics(run_id, {"objective": objective})

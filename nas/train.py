@@ -19,14 +19,15 @@ from nas.progress import progress_bar
 from nas.rng import rng_stream
 from nas.rundir import check_resume, claim
 from nas.spaces import get_space
-from nas.utils import NasError, generator_for, resolve_device, seed_everything, torch_load, torch_save, write_json
+from nas.timings import torch_load, torch_save, write_json
+from nas.utils import NasError, generator_for, resolve_device, seed_everything, torch_threads
 
 CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
 MODEL = "model.pt"
 # Keys that may change when a retrain resumes (``data`` may move: its content is checked by digest).
 RESUME_FREE_KEYS = {"out", "progress", "device", "cache_dir", "checkpoint_every", "data", "eval_every",
-                    "eval_batch_size"}
+                    "eval_batch_size", "threads"}
 RUN_FILES = (CHECKPOINT, RESULT, MODEL)
 
 
@@ -41,7 +42,7 @@ def retrain(cfg: config_mod.RetrainConfig, resume: bool = False,
     if not cfg.genotype:
         raise NasError("retrain: key 'genotype' is required (a genotype string)")
     get_space(cfg.space).parse_genotype(cfg.genotype)  # a bad genotype is named before the folder is touched
-    with claim(cfg.out, resume, force, RUN_FILES, "retrain"):
+    with claim(cfg.out, resume, force, RUN_FILES, "retrain"), torch_threads(cfg.threads):
         return _retrain(cfg, resume, callback)
 
 
@@ -151,7 +152,7 @@ def _retrain(cfg: config_mod.RetrainConfig, resume: bool,
         "epochs": cfg.epochs,
         "dataset": bundle.describe(cfg.dataset),
         "device": str(device),
-        "seconds": sum(h["seconds"] for h in history),
+        "seconds": sum(h.get("seconds", 0.0) for h in history),
         "config": config_mod.to_dict(cfg),
         "history": history,
     }
@@ -162,7 +163,7 @@ def _retrain(cfg: config_mod.RetrainConfig, resume: bool,
 def load_model(folder: str | Path) -> nn.Module:
     """The trained network of a finished ``nas retrain`` folder (``result.json`` + ``model.pt``),
     in eval mode on the CPU."""
-    from nas.utils import read_json
+    from nas.timings import read_json
 
     folder = Path(folder)
     res_path = folder / RESULT

@@ -8,7 +8,8 @@ import json
 import os
 import random
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -247,6 +248,22 @@ def torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> An
     except Exception as exc:  # pickle.UnpicklingError, RuntimeError, EOFError ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise NasError(f"{path}: not a loadable tensor/checkpoint file ({first[:200]})") from None
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads (0: leave torch's setting), then restore it."""
+    import torch
+
+    if n <= 0:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -34,7 +34,8 @@ from nas import config as config_mod
 from nas.progress import log_line, progress_bar
 from nas.rundir import read_search_result
 from nas.spaces import SearchSpace, get_space
-from nas.utils import NasError, read_json, write_json
+from nas.timings import read_json, write_json
+from nas.utils import NasError
 
 VERIFY_CHECKPOINT = "verify-checkpoint.json"
 

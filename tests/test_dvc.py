@@ -70,6 +70,14 @@ def test_dvc_repro_metrics_params_plots(tmp_path):
     assert len((repo / "reports" / "pipeline" / "plots" / "eigenvalue.csv").read_text().splitlines()) == 1 + 3
 
     assert "Data and pipelines are up to date" in _run(["dvc", "repro"], repo)
+    # the seconds live beside the outputs (timings.json, out of their hashes), not in them
+    timings = json.loads((repo / "reports" / "pipeline" / "timings.json").read_text())
+    assert timings["metrics.json"]["search_seconds"] > 0 and "search_seconds" not in metrics
+    assert json.loads((repo / "runs" / "dvc" / "search" / "timings.json").read_text())["result.json"]["seconds"] > 0
+    # a fresh clone of the same commit, run from scratch, records the same dvc.lock, byte for byte
+    _run(["git", "clone", "-q", str(repo), str(tmp_path / "clone")], tmp_path)
+    _run(["dvc", "repro"], tmp_path / "clone", NAS_MLFLOW="0")
+    assert (tmp_path / "clone" / "dvc.lock").read_text() == (repo / "dvc.lock").read_text()
     ms = _run(["dvc", "metrics", "show"], repo)
     assert "reports/pipeline/metrics.json" in ms and "test_acc" in ms
 

@@ -220,7 +220,7 @@ def test_output_path_faults_are_one_line_and_leave_no_temporaries(tiny_search, t
         search(cfg)
     monkeypatch.setattr(os, "replace", real_replace)
     run = Path(cfg.out)
-    assert sorted(p.name for p in run.iterdir()) == [".lock", "checkpoint.pt"]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "checkpoint.pt", "timings.json"]
     assert torch_load(run / "checkpoint.pt")["epoch"] == 1
 
     # temporaries of a killed write are removed when the folder is next claimed
@@ -775,3 +775,40 @@ def test_grid_workers_end_when_the_grid_is_killed(tmp_path):
         assert not _alive(worker), f"worker {worker} outlived its grid"
     finally:
         parent.kill()
+
+
+def test_a_trial_waits_for_its_database_and_gives_up_after_nas_db_retry(monkeypatch, capsys):
+    import sqlalchemy.exc as sa_exc
+
+    from nas import sweep
+
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    calls = []
+
+    def flaky(x, times=2):
+        calls.append(x)
+        if len(calls) <= times:
+            raise sa_exc.OperationalError("SELECT 1", {}, ConnectionError("server closed the connection"))
+        return 2 * x
+
+    assert sweep.with_db_retry("trial 7", flaky, 21) == 42
+    assert len(calls) == 3
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["trial 7: database unreachable (OperationalError); retrying in 1 s",
+                     "trial 7: database unreachable (OperationalError); retrying in 2 s"]
+
+    calls.clear()
+    monkeypatch.setenv("NAS_DB_RETRY", "0")  # no waiting: the database error itself
+    with pytest.raises(sa_exc.OperationalError):
+        sweep.with_db_retry("trial 7", flaky, 1)
+    assert len(calls) == 1
+
+    calls.clear()
+    monkeypatch.delenv("NAS_DB_RETRY")
+    with pytest.raises(ValueError, match="not a database error"):  # other errors are never retried
+        sweep.with_db_retry("trial 7", lambda: calls.append(0) or (_ for _ in ()).throw(ValueError("not a database error")))
+    assert calls == [0]
+
+    monkeypatch.setenv("NAS_DB_RETRY", "soon")
+    with pytest.raises(NasError, match=r"^NAS_DB_RETRY: expected seconds, got 'soon'$"):
+        sweep.with_db_retry("trial 7", flaky, 1)

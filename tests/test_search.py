@@ -5,6 +5,7 @@ import torch
 from conftest import killed_then_resumed
 
 from nas.config import build_config
+from nas.rundir import read_search_result
 from nas.search import CHECKPOINT, search
 from nas.spaces import nb201
 from nas.utils import NasError
@@ -15,6 +16,10 @@ def test_tiny_search_end_to_end_writes_result(tiny_search, tmp_path):
     res = search(cfg)
     data = json.loads((tmp_path / "run" / "result.json").read_text())
     assert data["genotype"] == res["genotype"]
+    # the seconds are beside the result (timings.json), merged back by the package's readers
+    assert "seconds" not in data and all("seconds" not in h for h in data["history"])
+    assert read_search_result(tmp_path / "run")["seconds"] == res["seconds"] > 0
+    data = read_search_result(tmp_path / "run")
     nb201.parse_genotype(data["genotype"])  # a valid NB201 genotype
     assert (data["space"], data["method"], data["order"]) == ("nb201", "darts", 1)
     assert len(data["history"]) == 3

@@ -22,7 +22,8 @@ from nas.search import search
 from nas.select import PT_LEGACY, op_strength, same_selection
 from nas.spaces import get_space
 from nas.stages import resume_or_restart, retrain_stage, select_stage
-from nas.utils import NasError, RunLock, check_output_dir, sha256_file, write_json
+from nas.timings import read_json as read_run_json
+from nas.utils import NasError, RunLock, check_output_dir, read_json, sha256_file, write_json
 
 
 def cached_search(cfg: config_mod.SearchConfig) -> tuple[dict[str, Any], bool]:
@@ -69,8 +70,8 @@ def cached_retrain(cfg: config_mod.RetrainConfig) -> tuple[dict[str, Any], bool]
     path = Path(cfg.out) / RESULT
     if path.is_file():
         try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError:
+            old = read_run_json(path)  # with its seconds (timings.json beside it)
+        except NasError:
             old = {}
         now = config_mod.resolve_defaults(cfg, get_space(cfg.space).retrain_defaults)
         if isinstance(old.get("config"), dict) and "test_acc" in old and same_config(
@@ -318,12 +319,15 @@ def _run_cell_kwargs(kw: dict[str, Any]) -> list[dict[str, Any]]:
     return run_cell(**kw)
 
 
+def _read_archive(folder: Path) -> dict[str, Any]:
+    """A cell's archived JSON results: relative path -> content."""
+    return {rel.as_posix(): read_json(folder / rel) for rel in _json_files(folder)}
+
+
 def ship_cell(kw: dict[str, Any]) -> dict[str, Any]:
     """A cell's job made self-contained on the client, for a worker that shares no folder with it:
     the protocol file's content, absolute paths for the run folder and the data, and the cell's
     archived results from the client's report folder (so a finished cell is read back, not rerun)."""
-    from nas.utils import read_json
-
     kw = dict(kw)
     protocol = Path(kw["protocol"])
     kw["protocol_text"] = {"name": protocol.name, "text": config_mod.load_yaml_text(protocol)}
@@ -336,7 +340,7 @@ def ship_cell(kw: dict[str, Any]) -> dict[str, Any]:
     for source in [report, *reuse] if report else []:
         folder = Path(source) / ARCHIVE / name
         if (folder / "search" / SEARCH_RESULT).is_file():
-            archived = {rel.as_posix(): read_json(folder / rel) for rel in _json_files(folder)}
+            archived = _read_archive(folder)
             break
     kw["archived"] = archived
     return kw
@@ -348,8 +352,6 @@ def run_shipped_cell(kw: dict[str, Any]) -> dict[str, Any]:
     archive in its report folder."""
     import tempfile
 
-    from nas.utils import write_json as write
-
     kw = dict(kw)
     shipped, archived = kw.pop("protocol_text"), kw.pop("archived")
     with tempfile.TemporaryDirectory(prefix="nas-cell-") as scratch:
@@ -358,12 +360,9 @@ def run_shipped_cell(kw: dict[str, Any]) -> dict[str, Any]:
         report = Path(scratch) / "report"
         name = cell_dir("", kw.get("space"), kw["method"], kw["seed"]).name
         for rel, obj in archived.items():
-            write(report / ARCHIVE / name / rel, obj)
+            write_json(report / ARCHIVE / name / rel, obj)
         rows = run_cell(**{**kw, "protocol": str(protocol), "report": str(report)})
-        folder = report / ARCHIVE / name
-        from nas.utils import read_json
-
-        files = {rel.as_posix(): read_json(folder / rel) for rel in _json_files(folder)}
+        files = _read_archive(report / ARCHIVE / name)
     return {"rows": rows, "files": files, "cell": name, "host": os.uname().nodename, "pid": os.getpid()}
 
 

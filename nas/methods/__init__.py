@@ -38,7 +38,7 @@ METHOD_NAMES = tuple(REGISTRY)
 
 
 def tuned_strengths() -> dict[str, tuple[str, float, float]]:
-    """Method -> the regularisation strength `nas sweep` tunes: (config key, low, high)."""
+    """Method -> the regularisation strength `python -m flows.sweep` tunes: (config key, low, high)."""
     return {name: module.TUNED for name, module in REGISTRY.items() if hasattr(module, "TUNED")}
 
 

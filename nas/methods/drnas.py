@@ -8,7 +8,7 @@ from nas.methods.mixing import Dirichlet
 from nas.utils import NasError
 
 DEFAULTS = {"a_weight_decay": 0.0}
-TUNED = ("drnas_lambda", 1e-4, 1e-1)  # the strength `nas sweep` tunes: (key, low, high), sampled log-uniformly
+TUNED = ("drnas_lambda", 1e-4, 1e-1)  # the strength `python -m flows.sweep` tunes: (key, low, high), sampled log-uniformly
 PROGRESSIVE = True  # the method has the progressive schedule (`progressive: true`)
 
 

@@ -5,7 +5,7 @@ from nas.methods.base import Method
 from nas.methods.mixing import Softmax
 
 DEFAULTS = {"perturb": "rs"}
-TUNED = ("rs_sigma", 0.03, 1.0)  # the strength `nas sweep` tunes: (key, low, high), sampled log-uniformly
+TUNED = ("rs_sigma", 0.03, 1.0)  # the strength `python -m flows.sweep` tunes: (key, low, high), sampled log-uniformly
 
 
 def build(cfg, seams: dict) -> Method:
