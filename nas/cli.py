@@ -6,6 +6,10 @@
     nas info    --space nb201 --genotype STR [--channels 16 --cells 5 --num-classes 10] --json
     nas lookup  --genotype STR [--dataset cifar10] [--table PATH] --json
     nas retrain --space nb201 --genotype STR --dataset ... --epochs ... --out DIR
+    nas strength  --run DIR --out DIR
+    nas landscape --run DIR [--run DIR ...] --out DIR
+    nas grid    --protocol FILE.yaml --data PATH [--workers N] [--report-only]
+    nas evaluate --search DIR --selection DIR --retrain DIR --out DIR
     nas cluster up|env|down
 
 Every command takes ``--config FILE.yaml`` and ``--set key=value`` (validated).
@@ -88,6 +92,11 @@ def _data_args(p: argparse.ArgumentParser, kind: str) -> None:
                    help="no progress bar")
 
 
+# the methods of nas.methods.REGISTRY, written out so that `--help` does not import torch
+# (tests/test_cli.py holds this list to the registry)
+METHOD_HELP = "darts, snas, gdas, drnas, sdarts-rs, sdarts-adv, pc-darts, random, rsps, naswot"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nas", description="Differentiable neural architecture search.",
                                      epilog="`nas COMMAND --help` shows a command's flags and examples; "
@@ -105,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="search a supernet and select an architecture by α magnitude", description="search a supernet and select an architecture by α magnitude",
                        epilog=EXAMPLES["search"], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", help="nb201, darts, s1, s2, s3, s4")
-    p.add_argument("--method", help="darts, snas, gdas, drnas, sdarts-rs, sdarts-adv, pc-darts, random, rsps")
+    p.add_argument("--method", help=METHOD_HELP)
     p.add_argument("--order", type=int, choices=(1, 2), help="DARTS gradient order")
     p.add_argument("--perturb", help="w-step perturbation: auto (method default), none, rs, adv")
     p.add_argument("--hessian-every", dest="hessian_every", type=int, metavar="K",

@@ -72,7 +72,7 @@ class SearchConfig(DataConfig):
 
     space: str = Field("nb201", description="nb201 | darts | s1 | s2 | s3 | s4")
     method: str = Field("darts",
-                        description="darts | snas | gdas | drnas | sdarts-rs | sdarts-adv | pc-darts | random | rsps")
+                        description="darts | snas | gdas | drnas | sdarts-rs | sdarts-adv | pc-darts | random | rsps | naswot")
     order: Literal[1, 2] = Field(1, description="DARTS: 1 = first order, 2 = second order (unrolled)")
     epochs: int = Field(50, ge=1, le=100_000, description="search epochs")
     seed: int = Field(0, ge=0, le=2**63 - 1,

@@ -107,7 +107,7 @@ def result_protocols(results: Path = RESULTS) -> list[str]:
 
 def results_page(protocol: str, results: Path = RESULTS) -> str:
     """A committed grid report as a page: its protocol file, the table, the per-run rows and the
-    figures (linked from ``figures/``, which the docs build copies next to the page)."""
+    figures (``figures()`` puts them in the site under ``results/files/``)."""
     import csv
 
     folder = results / protocol
@@ -135,7 +135,7 @@ def results_page(protocol: str, results: Path = RESULTS) -> str:
     if figures:
         lines += ["## Figures", ""]
         for fig in figures:
-            lines += [f"### {fig.stem}", "", f"![{fig.stem}]({protocol}/{fig.name})", ""]
+            lines += [f"### {fig.stem}", "", f"![{fig.stem}](../files/{protocol}/figures/{fig.name})", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -155,10 +155,10 @@ def pages() -> dict[str, str]:
     return out
 
 
-def figures() -> dict[str, Path]:
-    """The committed figures the results pages show: their path in the docs site -> the file."""
-    return {f"results/tables/{p}/{fig.name}": fig for p in result_protocols()
-            for fig in sorted((RESULTS / p / "figures").glob("*.png"))}
+def figures(results: Path = RESULTS) -> dict[str, Path]:
+    """The committed pictures of ``data/results`` (the grid reports' figures, the studies' plots):
+    their path in the docs site (``results/files/...``) -> the file."""
+    return {f"results/files/{p.relative_to(results).as_posix()}": p for p in sorted(results.rglob("*.png"))}
 
 
 def main(argv: list[str] | None = None) -> int:

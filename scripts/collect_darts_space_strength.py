@@ -5,7 +5,7 @@ the cpu-proxy-s scale into data/results/darts-space-strength/.  The search and t
         --out runs/darts-space/s1-e50
     nas strength --config params/cpu-proxy-s.yaml --run runs/darts-space/s1-e50 \
         --out runs/darts-space/s1-e50-strength
-(one thread each, OMP_NUM_THREADS=1).  The search's result.json is reduced to what the README quotes:
+(one thread each, OMP_NUM_THREADS=1).  The search's result.json is reduced to what the docs quote:
 the genotype, the minutes, the config and the final mixing weights per edge.
 Run from the repository root: python scripts/collect_darts_space_strength.py"""
 import json

@@ -116,3 +116,13 @@ def test_pipeline_stages_from_the_command_line(tmp_path, tiny_params):
     assert r.returncode == 2 and "is not the selected" in r.stderr
     r = nas("retrain", "--selection", str(tmp_path / "nope.json"))
     assert r.returncode == 2 and "nope.json: not found" in r.stderr
+
+
+def test_method_help_lists_exactly_the_registry():
+    from nas import config as config_mod
+    from nas.cli import METHOD_HELP
+    from nas.methods import REGISTRY
+
+    assert METHOD_HELP.split(", ") == list(REGISTRY)
+    described = config_mod.SearchConfig.model_fields["method"].description
+    assert described.split(" | ") == list(REGISTRY)

@@ -128,7 +128,7 @@ def test_frozen_benchmark_stages_are_up_to_date_in_the_repository():
 
 def test_committed_lock_matches_the_code_and_the_readme():
     """The committed dvc.lock was written by `dvc repro` of the code and params as they are now,
-    and the README states what that run found (reports/pipeline/summary.json, committed)."""
+    and the docs state what that run found (reports/pipeline/summary.json, committed)."""
     dvc = Path(sys.executable).parent / "dvc"
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     p = subprocess.run([str(dvc), "status", "--json", "dvc.yaml"], cwd=REPO, env=env, capture_output=True,
@@ -146,10 +146,9 @@ def test_committed_lock_matches_the_code_and_the_readme():
                 if in_git and state != "deleted":
                     drift.append(f"{stage}: {path} {state}")
     assert not drift, ("dvc.lock is stale; run `dvc repro`, commit dvc.lock and reports/pipeline, and update "
-                       f"the README's pipeline numbers: {drift}")
+                       f"the pipeline numbers in docs/pipeline/dvc.md: {drift}")
     summary = json.loads((REPO / "reports" / "pipeline" / "summary.json").read_text())
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## The pipeline: DVC"):readme.index("## Deployments (Prefect)")]
+    section = (REPO / "docs" / "pipeline" / "dvc.md").read_text()
     assert f"`{summary['genotype']}`" in section
     assert f"{100 * summary['test_acc']:.2f}% digits test accuracy" in section
     assert f"{summary['nb201']['cifar10']:.2f}% NAS-Bench-201 CIFAR-10 accuracy" in section
