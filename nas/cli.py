@@ -26,7 +26,7 @@ from typing import Any
 
 from nas import __version__
 from nas import config as config_mod
-from nas.utils import NasError
+from nas.utils import NasError, clip
 
 EXAMPLES = {
     "prepare": """examples:
@@ -239,7 +239,10 @@ def _maybe_lookup(space: str, genotype: str) -> dict[str, Any] | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "list_keys", False):
-        print(config_mod.format_key_help("select" if args.command == "strength" else args.command))
+        try:
+            print(config_mod.format_key_help("select" if args.command == "strength" else args.command), flush=True)
+        except BrokenPipeError:  # `nas search --list-keys | head`
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     try:
         return _run(args)
@@ -249,6 +252,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"nas {args.command}: interrupted (resume with --resume)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `nas ... | head`: the reader has gone, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:  # a path the system refuses (a name over 255 bytes, no permission, ...)
+        where = f"{clip(exc.filename, 120)}: " if exc.filename else ""
+        print(f"nas {args.command}: error: {where}{exc.strerror or type(exc).__name__}", file=sys.stderr)
+        return 2
 
 
 def _tracked(stage: str, cfg: Any, tags: dict[str, Any], selection: str | None = None):
@@ -279,6 +289,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg = config_mod.build_config("search", args.config,
                                       _overrides(args, ("space", "method", "order", "perturb", "hessian_every", "early_stop", *data_keys)), args.sets)
         tags = {"method": cfg.method, "space": cfg.space, "dataset": cfg.dataset, "seed": cfg.seed}
+        stages.preflight("search", cfg, args.resume, args.force)
         with _tracked("search", cfg, tags) as (tracker, run_id):
             res = stages.search_stage(cfg, resume=args.resume, force=args.force,
                                       callback=_epoch_logger(tracker, run_id, cfg.space))
@@ -296,6 +307,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "select":
         cfg = config_mod.build_config("select", args.config, _overrides(args, ("method", "run", "out", "seed", "device")),
                                       args.sets)
+        stages.preflight("selection", cfg, args.resume, args.force)
         with _tracked("select", cfg, {"selection": cfg.method, "seed": cfg.seed}, cfg.method) as (tracker, run_id):
             sel = stages.select_stage(cfg, resume=args.resume, force=args.force)
             tracker.log_selection(run_id, config_mod.to_dict(cfg), sel)
@@ -395,6 +407,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg = config_mod.build_config("retrain", args.config,
                                       _overrides(args, ("space", "genotype", *data_keys)), args.sets)
         tags = {"space": cfg.space, "dataset": cfg.dataset, "seed": cfg.seed, "genotype": cfg.genotype}
+        stages.preflight("retrain", cfg, args.resume, args.force)
         with _tracked("retrain", cfg, tags) as (tracker, run_id):
             res = stages.retrain_stage(cfg, resume=args.resume, force=args.force)
             tracker.log_retrain(run_id, res, f"{cfg.out}/model.pt")

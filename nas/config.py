@@ -8,6 +8,7 @@ Unknown keys and wrong types are rejected with a one-line error naming the key.
 from __future__ import annotations
 
 import math
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -256,16 +257,30 @@ def _suggest(key: Any, known: Any) -> str:
     return " (`nas search --list-keys` lists every key)"
 
 
+MAX_SET_DEPTH = 64
+
+
 def parse_set(item: str) -> tuple[str, Any]:
     """``key=value`` with the value read as YAML (numbers, booleans, null, strings)."""
     if "=" not in item:
         raise NasError(f"--set: expected key=value, got {clip(item)}")
     key, raw = item.split("=", 1)
     key = key.strip()
+    depth = deepest = 0
+    for c in raw:  # counted first: PyYAML takes seconds to give up on thousands of levels
+        depth += (c in "[{") - (c in "]}")
+        deepest = max(deepest, depth)
+    if deepest > MAX_SET_DEPTH:
+        raise NasError(f"--set {clip(key, 40)}: the value is nested too deeply (more than {MAX_SET_DEPTH} levels)")
     try:
         value = yaml.load(raw, Loader=StrictLoader) if raw.strip() else ""
-    except yaml.YAMLError:
+    except yaml.YAMLError:  # not YAML (a genotype string starts with '|'): the text itself
         value = raw
+    except RecursionError:
+        raise NasError(f"--set {clip(key, 40)}: the value is nested too deeply") from None
+    except Exception as exc:  # a tag that does not fit its text (!!int 3.5, !!timestamp 1): PyYAML's own error
+        raise NasError(f"--set {clip(key, 40)}: {clip(raw, 60)} is not a valid value "
+                       f"({clip(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 80)})") from None
     return key, value
 
 
@@ -292,6 +307,18 @@ class StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.1 reads 1:30 as the base-60 number 90 (and 1:30.5 as 90.5) and 1e-3 as text; here, as in
+# YAML 1.2, 1e-3 is a number and 1:30 stays text, which a key that wants a number refuses
+_INT = r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"
+_FLOAT = (r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?"
+          r"|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"  # 1e-3, as YAML 1.2 reads it
+          r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, re.compile(_INT if tag.endswith(":int") else _FLOAT) if tag.endswith((":int", ":float"))
+             else rx) for tag, rx in resolvers]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
 def load_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     """A YAML file holding a mapping, or a one-line error naming the file.  Keys given twice and
     files over 1 MiB are refused."""
@@ -306,6 +333,8 @@ def load_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
         raise NasError(f"{path}: not valid YAML (not UTF-8 text)") from None
     except RecursionError:
         raise NasError(f"{path}: not valid YAML (nested too deeply)") from None
+    except (ValueError, TypeError, OverflowError, AttributeError) as exc:  # a tag that does not fit its text
+        raise NasError(f"{path}: not valid YAML ({clip(str(exc).splitlines()[0] if str(exc) else '', 80)})") from None
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None)
         mark = getattr(exc, "problem_mark", None)
@@ -473,6 +502,12 @@ def validate(cfg: Any) -> None:
         space = get_space(cfg.space)
         n_alpha = space.alpha_shape[0] * space.alpha_shape[1]
         need(cfg.hessian_topk <= n_alpha, "hessian_topk", f"must be <= the {n_alpha} entries of alpha in space {space.name}")
+        fewest = min(len(ops) for ops in space.edge_ops)
+        need(not cfg.progressive or cfg.progressive_keep <= fewest, "progressive_keep",
+             f"must be <= the {fewest} candidate ops of an edge in space {space.name}")
+        need(cfg.arch_warmup is None or cfg.arch_warmup < cfg.epochs, "arch_warmup",
+             f"must be < epochs ({cfg.epochs}): α would never be trained")
+        need(cfg.keep_every <= cfg.epochs, "keep_every", f"must be <= epochs ({cfg.epochs})")
         build_method(cfg)  # combinations of method keys that make no sense
     if isinstance(cfg, RetrainConfig):
         need(cfg.lr is None or cfg.lr_min <= cfg.lr, "lr_min", f"must be <= lr ({cfg.lr})")

@@ -32,10 +32,8 @@ def claim(out: str | Path, resume: bool, force: bool, owned: Iterable[str], what
     - ``force``: the files are removed, the stage starts over;
     - neither: a one-line error when any of them exists."""
     with RunLock(out, what=what):
-        present = [name for name in owned if (Path(out) / name).exists()]
+        present = check_claim(out, resume, force, owned, what, flag_hint)
         if present and not resume:
-            if not force:
-                raise NasError(f"{out}: already holds a {what} run ({', '.join(present)}); pass {flag_hint}")
             for name in present:
                 p = Path(out) / name
                 if p.is_dir():
@@ -43,6 +41,38 @@ def claim(out: str | Path, resume: bool, force: bool, owned: Iterable[str], what
                 else:
                     p.unlink()
         yield
+
+
+def check_claim(out: str | Path, resume: bool, force: bool, owned: Iterable[str], what: str,
+                flag_hint: str = "--resume to continue it or --force to start over") -> list[str]:
+    """The files of ``owned`` already in ``out``; a one-line error when they hold a run that is
+    neither to be resumed nor replaced, or a run of another kind.  ``claim`` calls it under the
+    folder's lock; the command line calls it before any work (and before any tracking run)."""
+    present = [name for name in owned if (Path(out) / name).exists()]
+    if present and not resume and not force:
+        other = _run_kind(Path(out))
+        if other is not None and other != what:
+            raise NasError(f"{out}: holds a {other} run ({', '.join(present)}), not a {what}; choose another "
+                           f"folder (or pass --force to replace the {other})")
+        raise NasError(f"{out}: already holds a {what} run ({', '.join(present)}); pass {flag_hint}")
+    return present
+
+
+def _run_kind(folder: Path) -> str | None:
+    """What wrote ``folder/result.json``: a search (it records α or a search method's selection), a
+    retrain (a test accuracy and no α), or None when it cannot tell."""
+    path = folder / "result.json"
+    try:
+        res = read_json(path) if path.is_file() else None
+    except NasError:
+        return None
+    if not isinstance(res, dict):
+        return None
+    if "alpha" in res or "method_info" in res:
+        return "search"
+    if "test_acc" in res:
+        return "retrain"
+    return None
 
 
 def config_difference(saved: dict[str, Any], now: dict[str, Any], defaults: dict[str, Any],

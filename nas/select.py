@@ -312,7 +312,15 @@ def select(cfg: config_mod.SelectConfig, resume: bool = False, force: bool = Fal
     if not cfg.run:
         raise NasError("select: key 'run' is required (a search run directory)")
     res = read_search_result(cfg.run)  # checked (schema, finite weights) before anything is claimed
+    from nas.methods import REGISTRY, trains_alpha
     from nas.verify import VERIFY_CHECKPOINT, verify_select
+
+    if cfg.method in ("pt", "verify") and res.get("method") in REGISTRY and not trains_alpha(res["method"]):
+        raise NasError(f"{cfg.run}: a {res['method']} run trains no supernet, so {cfg.method} has nothing to select "
+                       f"from; its cell ({res['genotype']}) is its own selection")
+    if cfg.out and cfg.method != "magnitude" and Path(cfg.out).resolve() == Path(cfg.run).resolve():
+        raise NasError(f"select: out {cfg.out} is the search's own folder; give the {cfg.method} selection a folder "
+                       f"of its own (its checkpoints would sit among the search's files)")
 
     lock = claim(cfg.out, resume, force, (PT_CHECKPOINT, VERIFY_CHECKPOINT), "selection") if cfg.out else nullcontext()
     with lock:

@@ -20,7 +20,7 @@ from nas.select import op_strength, select
 from nas.spaces import get_space
 from nas.timings import read_json, write_json
 from nas.train import retrain
-from nas.utils import NasError, config_digest, write_csv
+from nas.utils import NasError, config_digest, cut, write_csv
 
 
 def prepare_stage(cfg: config_mod.PrepareConfig) -> dict[str, Any]:
@@ -35,6 +35,23 @@ def search_stage(cfg: config_mod.SearchConfig, resume: bool = False, callback: A
     """Search a supernet; ``callback(state)`` runs after each epoch (progress, tracking).  An ``out``
     folder holding a run is continued with ``resume``, started over with ``force``, else refused."""
     return search(cfg, resume=resume, callback=callback, force=force)
+
+
+def preflight(kind: str, cfg: Any, resume: bool = False, force: bool = False) -> None:
+    """What a stage would refuse, checked before any work and before a tracking run starts: its
+    output folder (a run of its own or of another stage already there) and its data source.  A
+    command refused here leaves nothing behind, not even a FAILED run in MLflow."""
+    from nas.data import check_source
+    from nas.rundir import SEARCH_RUN_FILES, check_claim
+    from nas.select import PT_CHECKPOINT
+    from nas.train import RUN_FILES
+    from nas.verify import VERIFY_CHECKPOINT
+
+    owned = {"search": SEARCH_RUN_FILES, "retrain": RUN_FILES, "selection": (PT_CHECKPOINT, VERIFY_CHECKPOINT)}
+    if getattr(cfg, "out", None) and kind in owned:
+        check_claim(cfg.out, resume, force, owned[kind], kind)
+    if hasattr(cfg, "dataset"):
+        check_source(cfg.dataset, cfg.data)
 
 
 def read_genotype(path: str | Path) -> dict[str, Any]:
@@ -91,12 +108,24 @@ def info_stage(space_name: str, genotype: str, channels: int | None = None, cell
                num_classes: int = 10, in_channels: int = 3, resolution: int = 32) -> dict[str, Any]:
     """Parameter count and multiply-accumulates of the discrete network of a genotype (the
     evaluation network, auxiliary head excluded; C and cells default to the space's)."""
+    import torch
+
     space = get_space(space_name)
     geno = space.parse_genotype(genotype)
-    channels = channels or space.retrain_defaults["channels"]
-    cells = cells or space.retrain_defaults["cells"]
-    net = space.build_network(geno, channels, cells, num_classes, in_channels)
-    macs = count_macs(net, (in_channels, resolution, resolution))
+    channels = space.retrain_defaults["channels"] if channels is None else channels
+    cells = space.retrain_defaults["cells"] if cells is None else cells
+    for flag, value, most in (("channels", channels, 1 << 16), ("cells", cells, 1000), ("num-classes", num_classes, 10**6),
+                              ("in-channels", in_channels, 1024), ("resolution", resolution, 1 << 14)):
+        if not 1 <= value <= most:
+            raise NasError(f"info: --{flag} must be in [1, {most}], got {value}")
+    with torch.device("meta"):  # shapes only: no weight is allocated, whatever the size
+        net = space.build_network(geno, channels, cells, num_classes, in_channels)
+        try:
+            macs = count_macs(net, (in_channels, resolution, resolution))
+        except RuntimeError as exc:  # shapes that do not fit: maps shrunk below a pixel, odd sizes at a reduction
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            why = "its feature maps shrink below one pixel" if "too small" in first else cut(first, 160)
+            raise NasError(f"info: --resolution {resolution} does not fit this network ({why}); try 32") from None
     extra = {"genotype_json": space.genotype_json(geno)} if space.genotype_json else {}
     return {"space": space.name, "genotype": space.format_genotype(geno), **extra, "channels": channels, "cells": cells,
             "num_classes": num_classes, "resolution": resolution, "params": count_params(net),

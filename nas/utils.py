@@ -39,8 +39,9 @@ def clip(value: Any, limit: int = ECHO_LIMIT) -> str:
 
 
 def cut(text: str, limit: int = 80) -> str:
-    """``text`` itself (no quotes), cut to ``limit`` characters."""
-    text = str(text)
+    """``text`` itself (no quotes, control characters escaped so that it stays on one line), cut to
+    ``limit`` characters."""
+    text = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -112,7 +112,7 @@ def test_verify_resumes_after_the_last_trained_candidate(finished_search, tmp_pa
 def test_verify_refuses_a_baseline_and_a_missing_given_selection(tiny_search, tmp_path, finished_search):
     cfg = config_mod.build_config("search", overrides=tiny_search(method="naswot", out=str(tmp_path / "nw")))
     search(cfg)
-    with pytest.raises(NasError, match="which trains no α"):
+    with pytest.raises(NasError, match="trains no supernet"):
         select(_verify_cfg(tmp_path / "nw", tmp_path / "x"))
     with pytest.raises(NasError, match="verify_with: .*nope.*not found"):
         select(_verify_cfg(finished_search.out, tmp_path / "y", verify_with=[str(tmp_path / "nope")]))

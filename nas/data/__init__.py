@@ -14,7 +14,7 @@ cut, cropped, flipped and normalised on the compute device with tensor ops only.
 Modules: ``formats`` (readers), ``cache`` (the prepared cache), ``stream`` (subsets and batches).
 """
 
-from nas.data.cache import MANIFEST_KEYS, Prepared, load_prepared, prepare, source_digest
+from nas.data.cache import MANIFEST_KEYS, Prepared, check_source, load_prepared, prepare, source_digest
 from nas.data.formats import (
     CIFAR10_CLASSES,
     DATASETS,
@@ -41,6 +41,6 @@ from nas.data.stream import (
 )
 
 __all__ = ["CIFAR10_CLASSES", "DATASETS", "FORMAT_VERSION", "MANIFEST_KEYS", "BatchStream", "DataBundle", "Prepared",
-           "RawDataset", "available_memory", "balanced_subset", "check_memory", "check_tar_members", "load_bundle",
+           "RawDataset", "available_memory", "balanced_subset", "check_memory", "check_source", "check_tar_members", "load_bundle",
            "load_prepared", "prepare", "read_cifar", "read_digits", "read_image_folder", "read_raw", "read_svhn",
            "resize_uint8", "safe_unpickle", "search_split", "search_streams", "source_digest"]

@@ -16,6 +16,7 @@ from nas.data.formats import FORMAT_VERSION, read_raw
 from nas.utils import (
     NasError,
     check_output_dir,
+    cut,
     read_json,
     sha256_file,
     torch_load,
@@ -46,15 +47,32 @@ def source_digest(dataset: str, data: str | None) -> str:
     return h.hexdigest()
 
 
+def check_source(dataset: str, data: str | None) -> None:
+    """What can be told about a data source without reading it, as one-line errors: a dataset that
+    needs ``--data`` and has none, a path that does not exist, a device or a pipe (``/dev/zero``
+    would be read for ever)."""
+    if dataset == "digits":
+        return
+    expected = "a prepared .pt file" if dataset == "prepared" else "an archive or folder"
+    if not data:
+        raise NasError(f"dataset {dataset!r} needs --data PATH ({expected})")
+    p = Path(data)
+    if not p.exists():
+        what = expected if dataset == "prepared" else f"the {dataset} archive or folder"
+        raise NasError(f"{cut(data, 120)}: not found (expected {what})")
+    if not (p.is_file() or p.is_dir()):
+        raise NasError(f"{cut(data, 120)}: not a regular file or folder (a device, pipe or socket cannot be "
+                       f"read as a dataset)")
+
+
 def prepare(dataset: str = "digits", data: str | None = None, cache_dir: str | Path = "data/prepared",
             out: str | Path | None = None) -> Path:
     """Decode a dataset once into a uint8 tensor file plus a manifest; returns the tensor path.
 
     Reuses an existing prepared file whose manifest checksum matches.  Writes are atomic.
     """
+    check_source(dataset, data)
     if dataset == "prepared":
-        if not data:
-            raise NasError("dataset 'prepared' needs --data PATH to a prepared .pt file")
         load_prepared(data)  # validates
         return Path(data)
     digest = source_digest(dataset, data)

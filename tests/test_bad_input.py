@@ -1,0 +1,165 @@
+"""Seeded fuzz of the inputs that used to end in a traceback, a hang or nonsense: deep nesting and
+YAML tags in `--set`, path components over 255 bytes, special files as data, the size flags of
+`nas info`, and settings that cannot mean anything.  Each is refused with one line (exit code 2)
+before any work, or accepted with a sane value."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+
+import pytest
+
+from nas import config as config_mod
+from nas.cli import main
+from nas.utils import NasError
+
+G = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_and_a_deadline(monkeypatch):
+    monkeypatch.setenv("NAS_MLFLOW", "0")
+    signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(TimeoutError("hang")))
+    yield
+    signal.alarm(0)
+
+
+def _refused(argv: list[str], capsys) -> str:
+    """Run `nas ARGV`; it must exit 2 with one line on stderr, which is returned."""
+    signal.alarm(30)
+    rc = main(argv)
+    signal.alarm(0)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and err.startswith(f"nas {argv[0]}: error: "), (argv, rc, err)
+    assert "Traceback" not in err
+    return err
+
+
+def test_set_values_are_read_as_config_files_are(capsys):
+    rng = random.Random(20261202)
+    refused = accepted = 0
+    tags = ["!!int", "!!float", "!!bool", "!!str", "!!binary", "!!timestamp", "!!null", "!!python/object:os.system",
+            "!!set", "!!omap", "!!map", "!!seq"]
+    texts = ["3.5", "x", "", "1", "-0", "2026-13-45", "[1, 2]", "{a: 1}", "!!", "0x1F", "1e400", "AAAA", "1:30"]
+    for _ in range(150):
+        kind = rng.random()
+        if kind < 0.3:
+            depth = rng.choice([60, 300, 1500, 3000])
+            value = rng.choice("[{") * depth
+        elif kind < 0.7:
+            value = f"{rng.choice(tags)} {rng.choice(texts)}"
+        elif kind < 0.85:
+            value = f"{rng.randint(0, 99)}:{rng.randint(0, 59)}" + ("" if rng.random() < 0.5 else ".5")
+        else:
+            value = rng.choice(texts) + "\n" + rng.choice(texts)
+        key = rng.choice(["method", "w_lr", "epochs", "hessian_every", "seed", "flip"])
+        try:
+            cfg = config_mod.build_config("search", sets=[f"{key}={value}"])
+        except NasError as exc:
+            assert "\n" not in str(exc) and len(str(exc)) < 400, str(exc)
+            refused += 1
+            continue
+        accepted += 1
+        assert getattr(cfg, key) is not None or key == "flip"
+    assert refused > 120, (refused, accepted)
+    # base-60 numbers stay text (YAML 1.1 would read 1:30 as 90); 1e-3 is a number (YAML 1.2)
+    with pytest.raises(NasError, match=r"key 'hessian_every' expects int, got '1:30'"):
+        config_mod.build_config("search", sets=["hessian_every=1:30"])
+    assert config_mod.build_config("search", sets=["w_lr=1e-3"]).w_lr == 0.001
+
+
+def test_path_components_over_255_bytes_are_one_line(tmp_path, capsys):
+    long = str(tmp_path / ("a" * 300))
+    cases = [
+        ["search", "--out", long, "--epochs", "1"],
+        ["search", "--config", long + ".yaml"],
+        ["prepare", "--dataset", "cifar10", "--data", long],
+        ["prepare", "--set", f"cache_dir={long}"],
+        ["retrain", "--selection", long, "--epochs", "1"],
+        ["select", "--run", long],
+        ["lookup", "--genotype", G, "--table", long],
+        ["grid", "--protocol", long + ".yaml"],
+        ["info", "--genotype", G, "--config", long] if False else ["evaluate", "--search", long, "--selection", long,
+                                                                     "--retrain", long, "--out", long],
+    ]
+    for argv in cases:
+        err = _refused(argv, capsys)
+        assert "Traceback" not in err
+
+
+def test_special_files_are_refused_not_read(tmp_path, capsys):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for data in ("/dev/zero", str(fifo)):
+        for argv in (["prepare", "--dataset", "cifar10", "--data", data],
+                     ["prepare", "--dataset", "imagefolder", "--data", data],
+                     ["search", "--dataset", "prepared", "--data", data, "--epochs", "1", "--out", str(tmp_path / "s")]):
+            assert "not a regular file or folder" in _refused(argv, capsys)
+
+
+def test_info_sizes_are_bounded_and_never_allocate(capsys):
+    rng = random.Random(7)
+    for _ in range(25):
+        flag = rng.choice(["--channels", "--cells", "--num-classes", "--in-channels", "--resolution"])
+        value = rng.choice([-(2**31), -1, 0, 1, 2, 3, 7, 16, 200, 100_000, 10**9])
+        signal.alarm(30)
+        rc = main(["info", "--genotype", G, flag, str(value)])
+        signal.alarm(0)
+        captured = capsys.readouterr()
+        if rc == 0:  # a sane count, computed on shapes only
+            assert 1 <= value <= 100_000 and "params:" in captured.out
+        else:
+            assert rc == 2 and len(captured.err.strip().splitlines()) == 1, captured.err
+            assert value < 1 or value > 1000 or flag == "--resolution", (flag, value, captured.err)
+
+
+@pytest.mark.parametrize("sets,message", [
+    (["space=s2", "method=drnas", "progressive=true"], "'progressive_keep' must be <= the 2 candidate ops of an edge"),
+    (["arch_warmup=5", "epochs=5"], "'arch_warmup' must be < epochs (5)"),
+    (["keep_every=9", "epochs=5"], "'keep_every' must be <= epochs (5)"),
+    (["tau_min=5", "tau_max=1"], "'tau_min' must be <= tau_max"),
+])
+def test_settings_that_cannot_mean_anything_are_refused(sets, message):
+    with pytest.raises(NasError) as exc:
+        config_mod.build_config("search", sets=sets)
+    assert message in str(exc.value)
+
+
+def test_select_and_retrain_say_what_is_in_the_folder(tmp_path, tiny_search, capsys):
+    from nas.search import search
+
+    cfg = config_mod.build_config("search", overrides=tiny_search(epochs=1))
+    search(cfg)
+    capsys.readouterr()  # the search's own epoch lines
+    run = cfg.out
+    err = _refused(["retrain", "--genotype", G, "--epochs", "1", "--out", run], capsys)
+    assert f"{run}: holds a search run" in err and "not a retrain" in err
+    err = _refused(["select", "--method", "pt", "--run", run, "--out", run], capsys)
+    assert "is the search's own folder" in err
+    nw = config_mod.build_config("search", overrides={**tiny_search(epochs=1), "method": "naswot",
+                                                      "naswot_samples": 3, "out": str(tmp_path / "nw")})
+    search(nw)
+    capsys.readouterr()
+    err = _refused(["select", "--method", "pt", "--run", nw.out, "--out", str(tmp_path / "nw-pt")], capsys)
+    assert "a naswot run trains no supernet" in err
+
+
+def test_a_command_refused_before_work_leaves_no_tracking_run(tmp_path, tiny_search, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("NAS_MLFLOW", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", db)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "result.json").write_text('{"test_acc": 0.5}')  # a retrain's result
+    for argv in (["search", "--dataset", "cifar10", "--data", str(tmp_path / "missing.tar.gz"), "--out",
+                  str(tmp_path / "s")],
+                 ["search", "--epochs", "1", "--out", str(busy)],
+                 ["retrain", "--genotype", G, "--dataset", "cifar10", "--out", str(tmp_path / "r")]):
+        _refused(argv, capsys)
+    client = MlflowClient(tracking_uri=db)
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert runs == []
