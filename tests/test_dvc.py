@@ -80,6 +80,11 @@ def test_dvc_repro_metrics_params_plots(tmp_path):
     assert (tmp_path / "clone" / "dvc.lock").read_text() == (repo / "dvc.lock").read_text()
     ms = _run(["dvc", "metrics", "show"], repo)
     assert "reports/pipeline/metrics.json" in ms and "test_acc" in ms
+    # `dvc plots show` writes a page that needs no network: vega, vega-lite and vega-embed inlined
+    _run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo)
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert "<script src=" not in page and "cdn.jsdelivr" not in page
+    assert page.count("vegaEmbed(") >= 4 and "vega-lite 5.2.0, from the npm registry" in page
 
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "baseline"], repo)
