@@ -505,8 +505,10 @@ def validate(cfg: Any) -> None:
         fewest = min(len(ops) for ops in space.edge_ops)
         need(not cfg.progressive or cfg.progressive_keep <= fewest, "progressive_keep",
              f"must be <= the {fewest} candidate ops of an edge in space {space.name}")
-        need(cfg.arch_warmup is None or cfg.arch_warmup < cfg.epochs, "arch_warmup",
-             f"must be < epochs ({cfg.epochs}): α would never be trained")
+        stage = cfg.epochs // 2 if cfg.progressive else cfg.epochs  # the warm-up opens each progressive stage
+        need(cfg.arch_warmup is None or cfg.arch_warmup < stage, "arch_warmup",
+             f"must be < {'the first progressive stage' if cfg.progressive else 'epochs'} ({stage}): α would never "
+             f"be trained")
         need(cfg.keep_every <= cfg.epochs, "keep_every", f"must be <= epochs ({cfg.epochs})")
         build_method(cfg)  # combinations of method keys that make no sense
     if isinstance(cfg, RetrainConfig):

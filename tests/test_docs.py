@@ -102,3 +102,13 @@ def test_the_site_builds_strict(tmp_path):
     assert (site / "results" / "tables" / "cpu-proxy-c16" / "index.html").is_file()
     assert (site / "results" / "files" / "cpu-proxy-c16" / "figures" / "sharpness_over_epochs.png").is_file()
     shutil.rmtree(site)
+
+
+def test_the_method_module_the_docs_show_is_the_real_one():
+    import re as re_
+
+    page = (REPO / "docs" / "architecture.md").read_text()
+    shown = re_.search(r"```python\n# nas/methods/sdarts_adv.py\n(.*?)```", page, re_.S).group(1)
+    source = (REPO / "nas" / "methods" / "sdarts_adv.py").read_text()
+    code = source.split('"""', 2)[2].lstrip("\n")  # the module without its docstring
+    assert shown == code

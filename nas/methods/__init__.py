@@ -1,50 +1,41 @@
 """Search methods as plug-ins of the one search loop.
 
-Each method is one module here with a ``DEFAULTS`` dict (its defaults for the shared seams:
-``perturb``, ``partial_channels``, ``edge_norm``, ``a_weight_decay``) and ``build(cfg, seams)``,
-which returns its ``Method`` (``nas.methods.base``).  ``REGISTRY`` names them; ``build_method``
-resolves the shared seams from the config and refuses combinations that make no sense.  Adding a
-method is one module and one line in ``REGISTRY``.
+Each method is one module here that declares its ``SPEC``, a ``MethodSpec`` (``nas.methods.base``):
+its name, ``build(cfg, seams)`` returning its ``Method``, its defaults for the shared seams, the
+strength a sweep tunes, whether it trains α, whether it has the progressive schedule and the settings
+that are its own.  ``REGISTRY`` lists the specs; ``build_method`` resolves the shared seams from the
+config and refuses combinations that make no sense.  Adding a method is one module and one line in
+``REGISTRY``.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 from nas.methods import darts, drnas, gdas, naswot, pcdarts, random, rsps, sdarts_adv, sdarts_rs, snas
-from nas.methods.base import Method, Stage
+from nas.methods.base import Method, MethodSpec, Stage
 from nas.methods.mixing import Dirichlet, GumbelHard, GumbelSoftmax, Mixing, Softmax, UniformPath
 from nas.methods.perturb import AdversarialPerturbation, NoPerturbation, Perturbation, RandomSmoothing
 from nas.spaces import get_space
 from nas.utils import NasError, clip
 
 __all__ = ["Mixing", "Softmax", "GumbelSoftmax", "GumbelHard", "Dirichlet", "UniformPath", "Method", "Stage",
-           "build_method", "METHOD_NAMES", "REGISTRY", "Perturbation", "trains_alpha", "tuned_strengths"]
+           "build_method", "METHOD_NAMES", "MethodSpec", "REGISTRY", "Perturbation", "trains_alpha", "tuned_strengths"]
 
-REGISTRY: dict[str, ModuleType] = {
-    "darts": darts,
-    "snas": snas,
-    "gdas": gdas,
-    "drnas": drnas,
-    "sdarts-rs": sdarts_rs,
-    "sdarts-adv": sdarts_adv,
-    "pc-darts": pcdarts,
-    "random": random,
-    "rsps": rsps,
-    "naswot": naswot,
-}
+REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in (
+    darts.SPEC, snas.SPEC, gdas.SPEC, drnas.SPEC, sdarts_rs.SPEC, sdarts_adv.SPEC, pcdarts.SPEC, random.SPEC,
+    rsps.SPEC, naswot.SPEC)}
 METHOD_NAMES = tuple(REGISTRY)
 
 
 def tuned_strengths() -> dict[str, tuple[str, float, float]]:
     """Method -> the regularisation strength `python -m flows.sweep` tunes: (config key, low, high)."""
-    return {name: module.TUNED for name, module in REGISTRY.items() if hasattr(module, "TUNED")}
+    return {name: spec.tuned for name, spec in REGISTRY.items() if spec.tuned is not None}
 
 
 def trains_alpha(name: str) -> bool:
     """Whether the method's architecture is read from a trained α (not by a selection of its own)."""
-    return getattr(REGISTRY[name], "TRAINS_ALPHA", True)
+    return REGISTRY[name].trains_alpha
 
 
 def build_method(cfg: Any) -> Method:
@@ -53,8 +44,8 @@ def build_method(cfg: Any) -> Method:
     name = cfg.method
     if name not in REGISTRY:
         raise NasError(f"method: unknown {clip(name, 60)} (expected one of {', '.join(METHOD_NAMES)})")
-    module = REGISTRY[name]
-    defaults = module.DEFAULTS
+    spec = REGISTRY[name]
+    defaults = spec.defaults
     perturb = cfg.perturb if cfg.perturb != "auto" else defaults.get("perturb", "none")
     if perturb not in ("none", "rs", "adv"):
         raise NasError(f"perturb: unknown {clip(perturb, 60)} (expected auto, none, rs or adv)")
@@ -69,14 +60,14 @@ def build_method(cfg: Any) -> Method:
         perturbation = NoPerturbation()
     a_wd = cfg.a_weight_decay if cfg.a_weight_decay is not None else defaults.get("a_weight_decay", 1e-3)
     channels = cfg.channels or get_space(cfg.space).search_defaults["channels"]
-    if cfg.progressive and not getattr(module, "PROGRESSIVE", False):
+    if cfg.progressive and not spec.progressive:
         raise NasError(f"progressive is the DrNAS schedule; it does not apply to method {name!r}")
     if cfg.progressive and (channels % cfg.progressive_k1 or channels % cfg.progressive_k2):
         raise NasError(f"progressive_k1/k2 must divide channels {channels}")
     seams = {"perturbation": perturbation, "partial_channels": k, "edge_norm": edge_norm,
              "second_order": cfg.order == 2, "a_weight_decay": a_wd,
              "stages": (Stage(cfg.epochs, cfg.arch_warmup or 0),)}
-    method = module.build(cfg, seams)
+    method = spec.build(cfg, seams)
 
     if not method.train_alpha and perturb != "none":
         raise NasError(f"method {name!r} does not combine with perturb={perturb!r} (it trains no α)")

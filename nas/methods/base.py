@@ -12,9 +12,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from nas.methods.mixing import Mixing
 from nas.methods.perturb import NoPerturbation, Perturbation
@@ -32,7 +32,32 @@ class Stage:
     keep_ops: int | None = None
 
 
-def magnitude(engine: Any, state: Any, a_stream: Any) -> tuple[Any, dict[str, Any]]:
+class Engine(Protocol):
+    """What a method's hooks may use of the search engine (``nas.search.Search``)."""
+
+    cfg: Any
+    space: Any
+    device: Any
+    bundle: Any
+
+    def expected(self, state: Any) -> Any: ...
+
+
+class Select(Protocol):
+    """The selection seam: the final architecture of a finished search, and what to record about
+    how it was chosen (merged into ``result.json``)."""
+
+    def __call__(self, engine: Engine, state: Any, a_stream: Any) -> tuple[Any, dict[str, Any]]: ...
+
+
+class OwnSearch(Protocol):
+    """A whole search of the method's own instead of the loop (a baseline that trains no
+    supernet); returns the run's result, as ``Search.run`` does."""
+
+    def __call__(self, search: Engine, resume: bool = False) -> dict[str, Any]: ...
+
+
+def magnitude(engine: Engine, state: Any, a_stream: Any) -> tuple[Any, dict[str, Any]]:
     """The DARTS selection: the space's rule on the final expected mixing weights."""
     return engine.space.select_magnitude(engine.expected(state)), {}
 
@@ -52,8 +77,8 @@ class Method:
     stages: tuple[Stage, ...] = ()
     progressive: bool = False
     selection: str = "magnitude"
-    select: Callable[[Any, Any, Any], tuple[Any, dict[str, Any]]] = magnitude
-    run: Callable[..., dict[str, Any]] | None = None
+    select: Select = magnitude
+    run: OwnSearch | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -65,3 +90,27 @@ class Method:
                 "partial_channels": self.partial_channels, "edge_norm": self.edge_norm,
                 "train_alpha": self.train_alpha, "second_order": self.second_order,
                 "progressive": self.progressive, **self.options}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method as the registry (``nas.methods.REGISTRY``) knows it: its name, how it is built
+    from a search config, and what the rest of the package asks of it.
+
+    - ``build(cfg, seams)``: the ``Method`` for a config, given the shared seams already resolved;
+    - ``defaults``: its defaults for the shared seams (``perturb``, ``partial_channels``,
+      ``edge_norm``, ``a_weight_decay``), used where the config says ``auto``/``null``;
+    - ``tuned``: the regularisation strength a sweep tunes, ``(key, low, high)``, sampled
+      log-uniformly; None when it has none;
+    - ``trains_alpha``: False when the architecture is chosen by a selection of its own (PT and
+      verified selection then have no supernet to work on);
+    - ``progressive``: whether it has DrNAS's progressive schedule (``progressive: true``);
+    - ``settings``: the config keys that are its own (documentation and help)."""
+
+    name: str
+    build: Callable[[Any, dict[str, Any]], Method]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    tuned: tuple[str, float, float] | None = None
+    trains_alpha: bool = True
+    progressive: bool = False
+    settings: tuple[str, ...] = ()

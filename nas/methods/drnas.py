@@ -3,13 +3,9 @@ regulariser on α, and optionally the progressive schedule: a first stage on C/k
 then each edge pruned to its ``progressive_keep`` strongest ops and C/k2 channels for the second
 stage; each stage starts with 20% of its epochs of w-only warm-up unless ``arch_warmup`` is set."""
 
-from nas.methods.base import Method, Stage
+from nas.methods.base import Method, MethodSpec, Stage
 from nas.methods.mixing import Dirichlet
 from nas.utils import NasError
-
-DEFAULTS = {"a_weight_decay": 0.0}
-TUNED = ("drnas_lambda", 1e-4, 1e-1)  # the strength `python -m flows.sweep` tunes: (key, low, high), sampled log-uniformly
-PROGRESSIVE = True  # the method has the progressive schedule (`progressive: true`)
 
 
 def build(cfg, seams: dict) -> Method:
@@ -25,3 +21,13 @@ def build(cfg, seams: dict) -> Method:
                        progressive_keep=cfg.progressive_keep)
     return Method(name="drnas", mixing=Dirichlet(cfg.drnas_reg, cfg.drnas_lambda), progressive=cfg.progressive,
                   options=options, **seams)
+
+
+SPEC = MethodSpec(
+    name="drnas",
+    build=build,
+    defaults={"a_weight_decay": 0.0},
+    tuned=("drnas_lambda", 1e-4, 1e-1),
+    progressive=True,
+    settings=("drnas_reg", "drnas_lambda", "progressive", "progressive_k1", "progressive_k2", "progressive_keep"),
+)

@@ -8,13 +8,12 @@ from typing import Any
 
 import torch
 
-from nas.methods.base import Method
+from nas.methods.base import Method, MethodSpec
 from nas.methods.mixing import UniformPath
 from nas.mix import Mix
 from nas.rng import rng_stream
 from nas.utils import generator_for
 
-DEFAULTS: dict = {}
 TRAINS_ALPHA = False  # its architecture is chosen by its own selection, not read from α
 
 
@@ -48,3 +47,11 @@ def rsps_select(engine: Any, st: Any, a_stream: Any) -> tuple[Any, dict[str, Any
 def build(cfg, seams: dict) -> Method:
     return Method(name="rsps", mixing=UniformPath(), train_alpha=TRAINS_ALPHA, selection="rsps", select=rsps_select,
                   **seams)
+
+
+SPEC = MethodSpec(
+    name="rsps",
+    build=build,
+    trains_alpha=TRAINS_ALPHA,
+    settings=("rsps_candidates", "rsps_eval_batches"),
+)
