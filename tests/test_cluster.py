@@ -17,7 +17,7 @@ import pytest
 import yaml
 from conftest import REPO, TINY_PIPELINE
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]
 
 CLIENT_SCRUB = ("MLFLOW_TRACKING_URI", "NAS_OPTUNA_STORAGE", "PREFECT_API_URL", "PREFECT_HOME")
 

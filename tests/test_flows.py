@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("prefect-server")]
 
 
 def _task_states(flow_run_id) -> dict[str, str]:
@@ -314,6 +314,7 @@ def test_prepare_task_retries_a_transient_error(prefect_server, tmp_path, monkey
     assert len(calls) == 2 and res["dataset"] == "digits"
 
 
+@pytest.mark.xdist_group("quickstart")  # its own temporary Prefect server: free to run beside the others
 def test_quickstart_script_as_the_readme_runs_it(tmp_path):
     """`bash scripts/quickstart.sh`: the flow on the embedded digits, then the cell's size and its
     NAS-Bench-201 lookup, read from the run's summary."""
