@@ -103,7 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
                                             "`nas search --list-keys` every search setting.")
     parser.add_argument("--version", action="version", version=f"nas {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_parser_prepare, _parser_search, _parser_select, _parser_strength, _parser_landscape, _parser_grid, _parser_cluster, _parser_info, _parser_lookup, _parser_retrain, _parser_evaluate):
+        add(sub)
+    return parser
 
+
+def _parser_prepare(sub: Any) -> None:
     p = sub.add_parser("prepare", help="decode a dataset once into a tensor file + manifest", description="decode a dataset once into a tensor file + manifest",
                        epilog=EXAMPLES["prepare"], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset")
@@ -111,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", dest="cache_dir", help="where decoded datasets go (default data/prepared)")
     _common(p, "prepare")
 
+
+def _parser_search(sub: Any) -> None:
     p = sub.add_parser("search", help="search a supernet and select an architecture by α magnitude", description="search a supernet and select an architecture by α magnitude",
                        epilog=EXAMPLES["search"], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", help="nb201, darts, s1, s2, s3, s4")
@@ -124,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p, "search")
     _common(p, "search")
 
+
+def _parser_select(sub: Any) -> None:
     p = sub.add_parser("select", help="select the final architecture of a finished search (magnitude or PT)", description="select the final architecture of a finished search (magnitude or PT)",
                        epilog=EXAMPLES["select"], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", help="magnitude (default), pt, or verify (the best of a few candidate cells "
@@ -136,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="start over in an --out that already holds a selection")
     _common(p, "select")
 
+
+def _parser_strength(sub: Any) -> None:
     p = sub.add_parser("strength", help="α against the accuracy drop of removing each op (table, plot, rank correlation)", description="α against the accuracy drop of removing each op (table, plot, rank correlation)",
                        epilog=EXAMPLES["strength"], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", help="search run directory")
@@ -143,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     _common(p, "select")
 
+
+def _parser_landscape(sub: Any) -> None:
     p = sub.add_parser("landscape", help="L_val of finished supernets around their α along two random directions",
                        description="L_val of finished supernets around their α along two random directions "
                                    "(edge rows of unit norm); a contour per run, side by side",
@@ -156,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
 
+
+def _parser_grid(sub: Any) -> None:
     p = sub.add_parser("grid", help="the benchmark grid of a protocol: [spaces x] methods x seeds x selections, table and figures")
     p.add_argument("--protocol", default="params/cpu-proxy.yaml", help="protocol params file (cpu-proxy, paper)")
     p.add_argument("--data", help="the CIFAR-10 archive or folder (the protocol's dataset)")
@@ -173,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "run from the tracking server (MLFLOW_TRACKING_URI) instead of the report folder")
     p.add_argument("--json", action="store_true")
 
+
+def _parser_cluster(sub: Any) -> None:
     p = sub.add_parser("cluster", help="a throwaway cluster on this machine: PostgreSQL, MLflow, Prefect, Dask",
                        description="Start, show or stop the services several machines share, on this machine "
                                    "(loopback only): PostgreSQL, an MLflow server with proxied artifacts, a Prefect "
@@ -185,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=240.0, help="seconds each service may take to start")
     p.add_argument("--json", action="store_true")
 
+
+def _parser_info(sub: Any) -> None:
     p = sub.add_parser("info", help="parameters and FLOPs of a genotype's network")
     p.add_argument("--space", default="nb201")
     p.add_argument("--genotype", required=True)
@@ -195,12 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--json", action="store_true")
 
+
+def _parser_lookup(sub: Any) -> None:
     p = sub.add_parser("lookup", help="NAS-Bench-201 test accuracy of a genotype, beside the oracle")
     p.add_argument("--genotype", required=True)
     p.add_argument("--dataset", default="cifar10", help="cifar10, cifar100 or imagenet16-120")
     p.add_argument("--table", help="NAS-Bench-201 table CSV (default: data/benchmarks or $NAS_NB201_TABLE)")
     p.add_argument("--json", action="store_true")
 
+
+def _parser_retrain(sub: Any) -> None:
     p = sub.add_parser("retrain", help="train a genotype's network from scratch and evaluate it", description="train a genotype's network from scratch and evaluate it",
                        epilog=EXAMPLES["retrain"], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space")
@@ -210,13 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p, "retrain")
     _common(p, "retrain")
 
+
+def _parser_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="collect a pipeline run: metrics.json and the plot tables")
     p.add_argument("--search", required=True, help="search run directory")
     p.add_argument("--selection", required=True, help="selection.json (or its directory)")
     p.add_argument("--retrain", required=True, help="retrain run directory")
     p.add_argument("--out", required=True, help="directory for metrics.json and plots/")
     p.add_argument("--json", action="store_true")
-    return parser
 
 
 def _print(obj: dict[str, Any], as_json: bool, lines: list[str]) -> None:
@@ -276,147 +300,202 @@ def _source() -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command: one small function per command below."""
+    return COMMANDS[args.command](args)
+
+
+_DATA_KEYS = ("dataset", "data", "device", "seed", "epochs", "out", "progress")
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
     from nas import stages
 
-    data_keys = ("dataset", "data", "device", "seed", "epochs", "out", "progress")
-    if args.command == "prepare":
-        cfg = config_mod.build_config("prepare", args.config, _overrides(args, ("dataset", "data", "cache_dir")), args.sets)
-        m = stages.prepare_stage(cfg)
-        _print(m, args.json, [f"{m['path']}: {m['dataset']} {m['counts']['train']} train / "
-                              f"{m['counts']['test']} test, {m['num_classes']} classes, "
-                              f"{m['channels']}x{m['height']}x{m['width']}"])
-    elif args.command == "search":
-        cfg = config_mod.build_config("search", args.config,
-                                      _overrides(args, ("space", "method", "order", "perturb", "hessian_every", "early_stop", *data_keys)), args.sets)
-        tags = {"method": cfg.method, "space": cfg.space, "dataset": cfg.dataset, "seed": cfg.seed}
-        stages.preflight("search", cfg, args.resume, args.force)
-        with _tracked("search", cfg, tags) as (tracker, run_id):
-            res = stages.search_stage(cfg, resume=args.resume, force=args.force,
-                                      callback=_epoch_logger(tracker, run_id, cfg.space))
-            tracker.log_search(run_id, res, live=True)
-        look = _maybe_lookup(res["space"], res["genotype"])
-        lines = [f"genotype: {res['genotype']}", f"result:   {cfg.out}/result.json",
-                 f"seconds:  {res['seconds']:.1f}"]
-        if look:
-            lines.append(f"NAS-Bench-201 cifar10 test accuracy: {look['test_accuracy']:.2f} "
-                         f"(oracle {look['oracle_accuracy']:.2f}, rank {look['rank']}/{look['of']})")
-        summary = {k: res[k] for k in ("space", "method", "order", "genotype", "seconds")}
-        summary["result"] = f"{cfg.out}/result.json"
-        summary["nb201"] = look
-        _print(summary, args.json, lines)
-    elif args.command == "select":
-        cfg = config_mod.build_config("select", args.config, _overrides(args, ("method", "run", "out", "seed", "device")),
-                                      args.sets)
-        stages.preflight("selection", cfg, args.resume, args.force)
-        with _tracked("select", cfg, {"selection": cfg.method, "seed": cfg.seed}, cfg.method) as (tracker, run_id):
-            sel = stages.select_stage(cfg, resume=args.resume, force=args.force)
-            tracker.log_selection(run_id, config_mod.to_dict(cfg), sel)
-        lines = [f"genotype: {sel['genotype']}"]
-        if sel["selection"] == "pt":
-            lines.append(f"magnitude would give: {sel['magnitude_genotype']}  (PT took {sel['seconds']:.1f}s)")
-        look = _maybe_lookup(sel["space"], sel["genotype"])
-        if look:
-            lines.append(f"NAS-Bench-201 cifar10 test accuracy: {look['test_accuracy']:.2f} (oracle {look['oracle_accuracy']:.2f})")
-            sel = {**sel, "nb201": look}
-        _print(sel, args.json, lines)
-    elif args.command == "strength":
-        cfg = config_mod.build_config("select", args.config, _overrides(args, ("run", "out", "device")), args.sets)
-        r = stages.strength_stage(cfg)
-        out = {k: r[k] for k in ("run", "base_acc", "spearman", "p_value")}
-        _print({**out, "rows": r["rows"]}, args.json,
-               [f"supernet validation accuracy {r['base_acc']:.4f}; Spearman(weight, accuracy drop) = "
-                f"{r['spearman']:.3f} (p = {r['p_value']:.3g}) over {len(r['rows'])} ops"]
-               + ([f"table and plot in {cfg.out}"] if cfg.out else []))
-    elif args.command == "landscape":
-        res = stages.landscape_stage(args.run, args.out, args.points, args.radius, args.batches, args.seed,
-                                     args.device)
-        _print({"landscapes": res["landscapes"], "figure": res["figure"]}, args.json,
-               [f"{r['method']} ({r['run']}): L_val(α) {r['center_loss']:.4f}, max rise {r['max_rise']:.4f}, "
-                f"mean rise {r['mean_rise']:.4f}" for r in res["landscapes"]] + [f"figure: {res['figure']}"])
-    elif args.command == "grid":
-        from nas import grid
-
-        def split(v, cast=str):
-            return [cast(x) for x in v.split(",") if x.strip()] if v else None
-
-        spec = grid.load_grid(args.protocol, args.out, args.report, split(args.methods), split(args.seeds, int),
-                              split(args.selections))
-        if args.from_tracking and not args.report_only:
-            raise NasError("--from-tracking: only with --report-only")
-        if args.from_tracking:
-            from nas.grid.run import rows_from_tracking
-
-            rep = grid.write_report(spec, rows_from_tracking(spec))
-        elif args.report_only:
-            rep = grid.write_report(spec)
-        else:
-            grid.run_grid(spec, args.data, workers=args.workers, threads=args.threads)
-            rep = grid.write_report(spec)
-        _print({k: v for k, v in rep.items() if k != "summary"}, args.json,
-               [rep["markdown"], f"per-run CSV: {rep['runs_csv']}", f"table: {rep['table_md']}, {rep['table_csv']}",
-                "figures: " + ", ".join(rep["figures"])])
-    elif args.command == "cluster":
-        from nas.cluster import Cluster
-
-        cluster = Cluster(args.root)
-        if args.action == "up":
-            if args.workers < 1 or args.workers > 64:
-                raise NasError(f"--workers: expected 1 to 64, got {args.workers}")
-            cluster.up(args.workers, args.prefect, args.timeout)
-        elif args.action == "down":
-            cluster.down()
-            return 0
-        elif not cluster.state.get("services"):
-            raise NasError(f"{cluster.state_path}: no cluster is up in {cluster.root} ('nas cluster up' first)")
-        _print(cluster.env(), args.json, [cluster.exports()])
-    elif args.command == "info":
-        info = stages.info_stage(args.space, args.genotype, args.channels, args.cells, args.num_classes,
-                                 args.in_channels, args.resolution)
-        _print(info, args.json, [f"genotype: {info['genotype']}", f"params:   {info['params']:,}",
-                                 f"FLOPs:    {info['flops'] / 1e6:.2f} M ({info['macs'] / 1e6:.2f} M MACs) "
-                                 f"at {info['resolution']}x{info['resolution']}"])
-    elif args.command == "lookup":
-        r = stages.lookup_stage(args.genotype, args.dataset, args.table)
-        _print(r, args.json, [f"genotype: {r['genotype']}",
-                              f"{r['dataset']} test accuracy: {r['test_accuracy']:.2f}  "
-                              f"(oracle {r['oracle_accuracy']:.2f}, gap {r['gap_to_oracle']:.2f}, "
-                              f"rank {r['rank']}/{r['of']})",
-                              "all: " + ", ".join(f"{d} {v:.2f}" for d, v in r["all_datasets"].items())])
-    elif args.command == "evaluate":
-        m = stages.evaluate_stage(args.search, args.selection, args.retrain, args.out)
-        from nas import tracking
-
-        if tracking.enabled():  # the pipeline's summary row: what `dvc repro` found, comparable in the UI
-            tags = {"stage": "evaluate", "method": m["method"], "selection": m["selection"], "space": m["space"],
-                    "seed": m.get("seed"), "config_digest": m.get("config_digest"),
-                    "source": _source()}
-            name = tracking.run_name("evaluate", m["method"], m["selection"], m["space"], m.get("seed"),
-                                     m.get("config_digest"))
-            with tracking.stage_run(name, tags) as (tracker, run_id):
-                tracker.log_summary(run_id, m)
-        lines = [f"genotype: {m['genotype']}", f"test accuracy: {100 * m['test_acc']:.2f}%  params {m['params']:,}"]
-        if "nb201" in m:
-            lines.append("NAS-Bench-201: " + ", ".join(f"{d} {v:.2f}" for d, v in m["nb201"].items()))
-        lines.append(f"metrics: {args.out}/metrics.json")
-        _print(m, args.json, lines)
-    elif args.command == "retrain":
-        if args.selection:
-            picked = stages.read_genotype(args.selection)
-            args.genotype = args.genotype or picked["genotype"]
-            args.space = args.space or picked["space"]
-        cfg = config_mod.build_config("retrain", args.config,
-                                      _overrides(args, ("space", "genotype", *data_keys)), args.sets)
-        tags = {"space": cfg.space, "dataset": cfg.dataset, "seed": cfg.seed, "genotype": cfg.genotype}
-        stages.preflight("retrain", cfg, args.resume, args.force)
-        with _tracked("retrain", cfg, tags) as (tracker, run_id):
-            res = stages.retrain_stage(cfg, resume=args.resume, force=args.force)
-            tracker.log_retrain(run_id, res, f"{cfg.out}/model.pt")
-        out = {k: res[k] for k in ("space", "genotype", "params", "test_acc", "test_loss", "epochs", "seconds")}
-        out["result"] = f"{cfg.out}/result.json"
-        _print(out, args.json, [f"genotype: {res['genotype']}", f"params:   {res['params']:,}",
-                                f"test accuracy: {res['test_acc'] * 100:.2f}% after {res['epochs']} epochs "
-                                f"({res['seconds']:.1f}s)", f"result:   {cfg.out}/result.json"])
+    cfg = config_mod.build_config("prepare", args.config, _overrides(args, ("dataset", "data", "cache_dir")), args.sets)
+    m = stages.prepare_stage(cfg)
+    _print(m, args.json, [f"{m['path']}: {m['dataset']} {m['counts']['train']} train / "
+                          f"{m['counts']['test']} test, {m['num_classes']} classes, "
+                          f"{m['channels']}x{m['height']}x{m['width']}"])
     return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from nas import stages
+
+    cfg = config_mod.build_config("search", args.config,
+                                  _overrides(args, ("space", "method", "order", "perturb", "hessian_every", "early_stop", *_DATA_KEYS)), args.sets)
+    tags = {"method": cfg.method, "space": cfg.space, "dataset": cfg.dataset, "seed": cfg.seed}
+    stages.preflight("search", cfg, args.resume, args.force)
+    with _tracked("search", cfg, tags) as (tracker, run_id):
+        res = stages.search_stage(cfg, resume=args.resume, force=args.force,
+                                  callback=_epoch_logger(tracker, run_id, cfg.space))
+        tracker.log_search(run_id, res, live=True)
+    look = _maybe_lookup(res["space"], res["genotype"])
+    lines = [f"genotype: {res['genotype']}", f"result:   {cfg.out}/result.json",
+             f"seconds:  {res['seconds']:.1f}"]
+    if look:
+        lines.append(f"NAS-Bench-201 cifar10 test accuracy: {look['test_accuracy']:.2f} "
+                     f"(oracle {look['oracle_accuracy']:.2f}, rank {look['rank']}/{look['of']})")
+    summary = {k: res[k] for k in ("space", "method", "order", "genotype", "seconds")}
+    summary["result"] = f"{cfg.out}/result.json"
+    summary["nb201"] = look
+    _print(summary, args.json, lines)
+    return 0
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    from nas import stages
+
+    cfg = config_mod.build_config("select", args.config, _overrides(args, ("method", "run", "out", "seed", "device")),
+                                  args.sets)
+    stages.preflight("selection", cfg, args.resume, args.force)
+    with _tracked("select", cfg, {"selection": cfg.method, "seed": cfg.seed}, cfg.method) as (tracker, run_id):
+        sel = stages.select_stage(cfg, resume=args.resume, force=args.force)
+        tracker.log_selection(run_id, config_mod.to_dict(cfg), sel)
+    lines = [f"genotype: {sel['genotype']}"]
+    if sel["selection"] == "pt":
+        lines.append(f"magnitude would give: {sel['magnitude_genotype']}  (PT took {sel['seconds']:.1f}s)")
+    look = _maybe_lookup(sel["space"], sel["genotype"])
+    if look:
+        lines.append(f"NAS-Bench-201 cifar10 test accuracy: {look['test_accuracy']:.2f} (oracle {look['oracle_accuracy']:.2f})")
+        sel = {**sel, "nb201": look}
+    _print(sel, args.json, lines)
+    return 0
+
+
+def _cmd_strength(args: argparse.Namespace) -> int:
+    from nas import stages
+
+    cfg = config_mod.build_config("select", args.config, _overrides(args, ("run", "out", "device")), args.sets)
+    r = stages.strength_stage(cfg)
+    out = {k: r[k] for k in ("run", "base_acc", "spearman", "p_value")}
+    _print({**out, "rows": r["rows"]}, args.json,
+           [f"supernet validation accuracy {r['base_acc']:.4f}; Spearman(weight, accuracy drop) = "
+            f"{r['spearman']:.3f} (p = {r['p_value']:.3g}) over {len(r['rows'])} ops"]
+           + ([f"table and plot in {cfg.out}"] if cfg.out else []))
+    return 0
+
+
+def _cmd_landscape(args: argparse.Namespace) -> int:
+    from nas import stages
+
+    res = stages.landscape_stage(args.run, args.out, args.points, args.radius, args.batches, args.seed,
+                                 args.device)
+    _print({"landscapes": res["landscapes"], "figure": res["figure"]}, args.json,
+           [f"{r['method']} ({r['run']}): L_val(α) {r['center_loss']:.4f}, max rise {r['max_rise']:.4f}, "
+            f"mean rise {r['mean_rise']:.4f}" for r in res["landscapes"]] + [f"figure: {res['figure']}"])
+    return 0
+
+
+def _cmd_grid(args: argparse.Namespace) -> int:
+    from nas import grid
+
+    def split(v, cast=str):
+        return [cast(x) for x in v.split(",") if x.strip()] if v else None
+
+    spec = grid.load_grid(args.protocol, args.out, args.report, split(args.methods), split(args.seeds, int),
+                          split(args.selections))
+    if args.from_tracking and not args.report_only:
+        raise NasError("--from-tracking: only with --report-only")
+    if args.from_tracking:
+        from nas.grid.run import rows_from_tracking
+
+        rep = grid.write_report(spec, rows_from_tracking(spec))
+    elif args.report_only:
+        rep = grid.write_report(spec)
+    else:
+        grid.run_grid(spec, args.data, workers=args.workers, threads=args.threads)
+        rep = grid.write_report(spec)
+    _print({k: v for k, v in rep.items() if k != "summary"}, args.json,
+           [rep["markdown"], f"per-run CSV: {rep['runs_csv']}", f"table: {rep['table_md']}, {rep['table_csv']}",
+            "figures: " + ", ".join(rep["figures"])])
+    return 0
+
+
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    from nas.cluster import Cluster
+
+    cluster = Cluster(args.root)
+    if args.action == "up":
+        if args.workers < 1 or args.workers > 64:
+            raise NasError(f"--workers: expected 1 to 64, got {args.workers}")
+        cluster.up(args.workers, args.prefect, args.timeout)
+    elif args.action == "down":
+        cluster.down()
+        return 0
+    elif not cluster.state.get("services"):
+        raise NasError(f"{cluster.state_path}: no cluster is up in {cluster.root} ('nas cluster up' first)")
+    _print(cluster.env(), args.json, [cluster.exports()])
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from nas import stages
+
+    info = stages.info_stage(args.space, args.genotype, args.channels, args.cells, args.num_classes,
+                             args.in_channels, args.resolution)
+    _print(info, args.json, [f"genotype: {info['genotype']}", f"params:   {info['params']:,}",
+                             f"FLOPs:    {info['flops'] / 1e6:.2f} M ({info['macs'] / 1e6:.2f} M MACs) "
+                             f"at {info['resolution']}x{info['resolution']}"])
+    return 0
+
+
+def _cmd_lookup(args: argparse.Namespace) -> int:
+    from nas import stages
+
+    r = stages.lookup_stage(args.genotype, args.dataset, args.table)
+    _print(r, args.json, [f"genotype: {r['genotype']}",
+                          f"{r['dataset']} test accuracy: {r['test_accuracy']:.2f}  "
+                          f"(oracle {r['oracle_accuracy']:.2f}, gap {r['gap_to_oracle']:.2f}, "
+                          f"rank {r['rank']}/{r['of']})",
+                          "all: " + ", ".join(f"{d} {v:.2f}" for d, v in r["all_datasets"].items())])
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from nas import stages
+
+    m = stages.evaluate_stage(args.search, args.selection, args.retrain, args.out)
+    from nas import tracking
+
+    if tracking.enabled():  # the pipeline's summary row: what `dvc repro` found, comparable in the UI
+        tags = {"stage": "evaluate", "method": m["method"], "selection": m["selection"], "space": m["space"],
+                "seed": m.get("seed"), "config_digest": m.get("config_digest"),
+                "source": _source()}
+        name = tracking.run_name("evaluate", m["method"], m["selection"], m["space"], m.get("seed"),
+                                 m.get("config_digest"))
+        with tracking.stage_run(name, tags) as (tracker, run_id):
+            tracker.log_summary(run_id, m)
+    lines = [f"genotype: {m['genotype']}", f"test accuracy: {100 * m['test_acc']:.2f}%  params {m['params']:,}"]
+    if "nb201" in m:
+        lines.append("NAS-Bench-201: " + ", ".join(f"{d} {v:.2f}" for d, v in m["nb201"].items()))
+    lines.append(f"metrics: {args.out}/metrics.json")
+    _print(m, args.json, lines)
+    return 0
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    from nas import stages
+
+    if args.selection:
+        picked = stages.read_genotype(args.selection)
+        args.genotype = args.genotype or picked["genotype"]
+        args.space = args.space or picked["space"]
+    cfg = config_mod.build_config("retrain", args.config,
+                                  _overrides(args, ("space", "genotype", *_DATA_KEYS)), args.sets)
+    tags = {"space": cfg.space, "dataset": cfg.dataset, "seed": cfg.seed, "genotype": cfg.genotype}
+    stages.preflight("retrain", cfg, args.resume, args.force)
+    with _tracked("retrain", cfg, tags) as (tracker, run_id):
+        res = stages.retrain_stage(cfg, resume=args.resume, force=args.force)
+        tracker.log_retrain(run_id, res, f"{cfg.out}/model.pt")
+    out = {k: res[k] for k in ("space", "genotype", "params", "test_acc", "test_loss", "epochs", "seconds")}
+    out["result"] = f"{cfg.out}/result.json"
+    _print(out, args.json, [f"genotype: {res['genotype']}", f"params:   {res['params']:,}",
+                            f"test accuracy: {res['test_acc'] * 100:.2f}% after {res['epochs']} epochs "
+                            f"({res['seconds']:.1f}s)", f"result:   {cfg.out}/result.json"])
+    return 0
+
+
+COMMANDS = {"prepare": _cmd_prepare, "search": _cmd_search, "select": _cmd_select, "strength": _cmd_strength, "landscape": _cmd_landscape, "grid": _cmd_grid, "cluster": _cmd_cluster, "info": _cmd_info, "lookup": _cmd_lookup, "evaluate": _cmd_evaluate, "retrain": _cmd_retrain}
 
 
 def _epoch_logger(tracker: Any, run_id: str | None, space: str) -> Any:
