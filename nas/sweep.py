@@ -212,18 +212,18 @@ def open_study(name: str, storage: str | None, method: str, mode: str, pruner: s
     check(method, mode)
     storage = storage or default_storage()
     store = make_storage(storage)
+    # created and labelled under the study's lock: a process that opens the study at the same time
+    # sees it with both its method and its mode, never half-labelled
     with storage_lock(storage):
         study = optuna.create_study(study_name=name, storage=store, direction="maximize", load_if_exists=True,
                                     sampler=optuna.samplers.TPESampler(seed=seed), pruner=make_pruner(pruner))
-
-    attrs = study.user_attrs
-    if attrs:
-        if attrs.get("method") != method or attrs.get("mode") != mode:
-            raise NasError(f"study {name!r} in {storage} was made for method {attrs.get('method')!r} mode "
-                           f"{attrs.get('mode')!r}, not {method!r} {mode!r}: pick another study name")
-    else:
-        study.set_user_attr("method", method)
-        study.set_user_attr("mode", mode)
+        attrs = study.user_attrs
+        if not attrs:
+            study.set_user_attr("method", method)
+            study.set_user_attr("mode", mode)
+    if attrs and (attrs.get("method") != method or attrs.get("mode") != mode):
+        raise NasError(f"study {name!r} in {storage} was made for method {attrs.get('method')!r} mode "
+                       f"{attrs.get('mode')!r}, not {method!r} {mode!r}: pick another study name")
     if study.metric_names != [METRIC_NAMES[mode]]:
         import warnings
 
