@@ -287,11 +287,17 @@ def test_prepare_task_retries_io_errors_not_config_errors(prefect_server, tmp_pa
                  "cache_dir": str(tmp_path / "c")}, inputs=[], return_state=True)
     assert state.is_failed()
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
     async def count():
+        # a task run outside a flow reaches the server through its event stream: wait until it has
         async with get_client() as client:
-            tr = await client.read_task_run(state.state_details.task_run_id)
-            return tr.run_count
+            for _ in range(120):
+                try:
+                    return (await client.read_task_run(state.state_details.task_run_id)).run_count
+                except ObjectNotFound:
+                    await asyncio.sleep(0.25)
+            raise AssertionError("the task run never reached the server")
 
     assert asyncio.run(count()) == 1  # a NasError (bad input) is not retried
 
