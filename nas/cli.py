@@ -22,6 +22,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from nas import __version__
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "`nas search --list-keys` every search setting.")
     parser.add_argument("--version", action="version", version=f"nas {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_parser_prepare, _parser_search, _parser_select, _parser_strength, _parser_landscape, _parser_grid, _parser_cluster, _parser_info, _parser_lookup, _parser_retrain, _parser_evaluate):
+    for add in (_parser_prepare, _parser_search, _parser_select, _parser_strength, _parser_landscape, _parser_grid, _parser_calibrate, _parser_cluster, _parser_info, _parser_lookup, _parser_retrain, _parser_evaluate):
         add(sub)
     return parser
 
@@ -186,6 +187,22 @@ def _parser_grid(sub: Any) -> None:
     p.add_argument("--from-tracking", dest="from_tracking", action="store_true",
                    help="with --report-only: read the rows and cells of the protocol's latest benchmark flow "
                         "run from the tracking server (MLFLOW_TRACKING_URI) instead of the report folder")
+    p.add_argument("--json", action="store_true")
+
+
+def _parser_calibrate(sub: Any) -> None:
+    p = sub.add_parser("calibrate", help="can a retrain protocol tell a good cell from a degenerate one? (S1-S4)",
+                       description="Train each space's good and degenerate reference cells under the candidate "
+                                   "retrain protocols of a calibration file, cheapest first, and choose the first "
+                                   "whose gap exceeds three times the seed spread on every space.")
+    p.add_argument("--protocol", default="params/s-calibration.yaml", help="calibration file")
+    p.add_argument("--data", help="the CIFAR-10 archive or folder")
+    p.add_argument("--out", help="run directories (default runs/calibration/<file>)")
+    p.add_argument("--report", help="runs.csv and table.md (default data/results/<file>)")
+    p.add_argument("--workers", type=int, default=1, help="runs side by side (processes)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = torch's default)")
+    p.add_argument("--all", dest="every", action="store_true", help="run every candidate, not only up to the chosen")
+    p.add_argument("--references", action="store_true", help="only print the reference genotypes of each space")
     p.add_argument("--json", action="store_true")
 
 
@@ -411,6 +428,20 @@ def _cmd_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from nas import calibrate
+
+    spec = calibrate.load_calibration(args.protocol, args.out, args.report)
+    if args.references:
+        refs = {sp: calibrate.reference_genotypes(sp) for sp in spec.spaces}
+        _print(refs, args.json, [f"{sp} {cell}: {g}" for sp, r in refs.items() for cell, g in r.items()])
+        return 0
+    chosen = calibrate.run_calibration(spec, args.data, args.workers, args.threads, args.every)
+    table = (Path(spec.report) / "table.md").read_text()
+    _print({"chosen": chosen, "report": spec.report}, args.json, [table, f"per-run CSV: {spec.report}/runs.csv"])
+    return 0 if chosen else 1
+
+
 def _cmd_cluster(args: argparse.Namespace) -> int:
     from nas.cluster import Cluster
 
@@ -495,7 +526,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"prepare": _cmd_prepare, "search": _cmd_search, "select": _cmd_select, "strength": _cmd_strength, "landscape": _cmd_landscape, "grid": _cmd_grid, "cluster": _cmd_cluster, "info": _cmd_info, "lookup": _cmd_lookup, "evaluate": _cmd_evaluate, "retrain": _cmd_retrain}
+COMMANDS = {"prepare": _cmd_prepare, "search": _cmd_search, "select": _cmd_select, "strength": _cmd_strength, "landscape": _cmd_landscape, "grid": _cmd_grid, "calibrate": _cmd_calibrate, "cluster": _cmd_cluster, "info": _cmd_info, "lookup": _cmd_lookup, "evaluate": _cmd_evaluate, "retrain": _cmd_retrain}
 
 
 def _epoch_logger(tracker: Any, run_id: str | None, space: str) -> Any:

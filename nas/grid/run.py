@@ -419,11 +419,11 @@ def run_grid(spec: GridSpec, data: str | None = None, workers: int = 1, threads:
         print(f"[grid {spec.name}] FAILED {msg}", file=sys.stderr, flush=True)
 
     first = [{**kw, "wait": False} for kw in jobs]
-    _run_jobs(first, workers, collect, failed)
+    run_jobs(first, workers, collect, failed)
     if busy:  # cells another grid was computing: wait for it, then read them back
         again = [{**kw, "wait": True} for kw in busy]
         busy.clear()
-        _run_jobs(again, workers, collect, failed)
+        run_jobs(again, workers, collect, failed)
     if rows or (Path(spec.report) / "runs.csv").is_file():
         write_report(spec, rows)
     if failures:
@@ -448,11 +448,15 @@ def exit_with_parent(parent: int, every: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _run_jobs(jobs: list[dict[str, Any]], workers: int, collect: Callable, failed: Callable) -> None:
+def run_jobs(jobs: list[dict[str, Any]], workers: int, collect: Callable, failed: Callable,
+              fn: Callable[[dict[str, Any]], Any] | None = None) -> None:
+    """Run ``fn(job)`` for every job (default: a grid cell), in ``workers`` processes; ``collect``
+    takes each result, ``failed`` each job that raised.  ``fn`` must be a module-level function."""
+    fn = fn or _run_cell_kwargs
     if workers <= 1:
         for kw in jobs:
             try:
-                collect(run_cell(**kw))
+                collect(fn(kw))
             except Exception as exc:  # one failing cell must not stop the others
                 failed(kw, exc)
     else:
@@ -463,7 +467,7 @@ def _run_jobs(jobs: list[dict[str, Any]], workers: int, collect: Callable, faile
         # each leaves when this process dies (a killed grid leaves no worker computing on)
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                                  initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
-            futures = {pool.submit(_run_cell_kwargs, kw): kw for kw in jobs}
+            futures = {pool.submit(fn, kw): kw for kw in jobs}
             for fut in as_completed(futures):
                 try:
                     collect(fut.result())
