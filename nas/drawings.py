@@ -96,6 +96,33 @@ def alpha_heatmap_png(result: dict[str, Any]) -> bytes:
     return _png_bytes(fig)
 
 
+def alpha_lines_png(result: dict[str, Any]) -> bytes:
+    """Each op's mean mixing weight over the epochs, all ops on one axis from 0 to 1 (so that a
+    move of 0.0003 looks as small as it is), beside the mean, lowest and highest edge entropy on an
+    axis from 0 to log(number of ops) (uniform mixing)."""
+    plt = _plt()
+    sp = get_space(result["space"])
+    hist = [h for h in result["history"] if "weights" in h]
+    epochs = [h["epoch"] for h in hist]
+    per_epoch = [op_means(h["weights"], sp.edge_ops) for h in hist]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), dpi=110)
+    for op in dict.fromkeys(op for m in per_epoch for op in m):
+        axes[0].plot(epochs, [m.get(op, np.nan) for m in per_epoch], label=op, lw=1.4)
+    axes[0].set_ylim(0, 1)
+    axes[0].set(xlabel="epoch", ylabel="mean mixing weight", title="mixing weight per op (one scale)")
+    axes[0].legend(fontsize=7, ncol=2)
+    ent = [h.get("edge_entropy") for h in hist]
+    if all(ent):
+        e = np.array(ent, dtype=float)
+        axes[1].plot(epochs, e.mean(1), color="k", label="mean")
+        axes[1].fill_between(epochs, e.min(1), e.max(1), color="0.8", label="lowest-highest edge")
+        axes[1].set_ylim(0, float(np.log(max(len(ops) for ops in sp.edge_ops))) * 1.02)
+        axes[1].legend(fontsize=7)
+    axes[1].set(xlabel="epoch", ylabel="entropy (nats)", title="edge entropy (top: uniform)")
+    fig.tight_layout()
+    return _png_bytes(fig)
+
+
 def cell_edges(space: str, genotype: str) -> list[tuple[list[tuple[int, int, str]], str]]:
     """The cell(s) of a genotype as (edges (src, dst, op), title)."""
     sp = get_space(space)

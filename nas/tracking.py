@@ -27,6 +27,7 @@ from typing import Any
 from nas.drawings import (  # noqa: F401  (part of this module's API)
     OP_COLOURS,
     alpha_heatmap_png,
+    alpha_lines_png,
     alpha_history_npz,
     cell_edges,
     cell_png,
@@ -150,7 +151,7 @@ class Tracker:
                 location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
             try:  # tagged as model development, so that the UI opens on the runs table
                 self.experiment_id = self.client.create_experiment(
-                    name, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"})
+                    name, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development", "mlflow.note.content": UNITS})
             except Exception:  # created meanwhile by another process
                 self.experiment_id = self.client.get_experiment_by_name(name).experiment_id
         else:
@@ -160,7 +161,7 @@ class Tracker:
     def start(self, name: str, tags: dict[str, Any] | None = None, parent: str | None = None) -> str:
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-        all_tags = {MLFLOW_RUN_NAME: name, "code_version": code_version()}
+        all_tags = {MLFLOW_RUN_NAME: name, "code_version": code_version(), "mlflow.note.content": UNITS}
         all_tags.update({k: str(v) for k, v in (tags or {}).items() if v is not None})
         if parent:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent
@@ -268,6 +269,7 @@ class Tracker:
         if hist and "weights" in hist[0]:
             self.log_bytes(run_id, alpha_history_npz(hist), "alpha_history.npz", "alpha")
             self.log_bytes(run_id, alpha_heatmap_png(result), "alpha_heatmap.png", "alpha")
+            self.log_bytes(run_id, alpha_lines_png(result), "alpha_per_op.png", "alpha")
         if "hessian" in result:
             self.log_json(run_id, result["hessian"], "hessian_spectra.json", "hessian")
         self.log_genotype(run_id, result["space"], result["genotype"], folder="genotype")
@@ -282,7 +284,7 @@ class Tracker:
         edges as metrics; the genotype as a tag and an artifact."""
         flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         flat.update({f"nb201_{k}": v for k, v in (metrics.get("nb201") or {}).items()})
-        self.log_metrics(run_id, flat)
+        self.log_metrics(run_id, percent(flat))
         self.set_tags(run_id, {"genotype": metrics.get("genotype")})
         self.log_json(run_id, metrics, "metrics.json")
         self.log_genotype(run_id, metrics["space"], metrics["genotype"])
@@ -316,10 +318,10 @@ class Tracker:
         self.log_params(run_id, {f"retrain.{k}": v for k, v in cfg.items()})
         self.set_tags(run_id, {"space": result.get("space"), "dataset": cfg.get("dataset"), "seed": cfg.get("seed")})
         for rec in result.get("history", []):
-            self.log_metrics(run_id, {k: v for k, v in rec.items() if k != "epoch"}, step=int(rec["epoch"]))
-        self.log_metrics(run_id, {"test_acc": result["test_acc"], "test_loss": result["test_loss"],
-                                  "params": result["params"], **({"val_acc": result["val_acc"]}
-                                                                 if "val_acc" in result else {})})
+            self.log_metrics(run_id, percent({k: v for k, v in rec.items() if k != "epoch"}), step=int(rec["epoch"]))
+        self.log_metrics(run_id, percent({"test_acc": result["test_acc"], "test_loss": result["test_loss"],
+                                          "params": result["params"], **({"val_acc": result["val_acc"]}
+                                                                         if "val_acc" in result else {})}))
         if model_path is not None and Path(model_path).is_file():
             self.log_model(run_id, Path(model_path).parent)
 
@@ -384,6 +386,17 @@ def metric_label(edge_name: str) -> str:
 # Per-epoch scalars: the headline ones unprefixed (they open the run's chart page), the optimiser
 # schedules and timing in their own groups.
 HEADLINE = ("train_loss", "train_acc", "val_loss", "val_acc", "hessian_eig", "skip_weight_mean")
+# Accuracies are fractions in the run folders and percent in MLflow, like the NAS-Bench-201 columns
+# and the sweep objective beside them: one unit on every row of the runs table.
+PERCENT = ("train_acc", "val_acc", "test_acc")
+UNITS = ("Units: every accuracy (train_acc, val_acc, test_acc, nb201_*, objective, supernet_val_acc) is a "
+         "percentage, 0-100; test_error is 100 - test_acc; losses are cross-entropy; *_seconds and *_minutes are "
+         "wall-clock; alpha/* are mean mixing weights (0-1; the figure alpha/alpha_per_op.png draws them on one axis).")
+
+
+def percent(metrics: dict[str, float]) -> dict[str, float]:
+    """The accuracies of a record (fractions in the run folders) as percentages, for MLflow."""
+    return {k: 100.0 * v if k in PERCENT else v for k, v in metrics.items()}
 SCHEDULES = ("w_lr", "tau", "perturb_epsilon")
 
 
@@ -391,7 +404,7 @@ def epoch_metrics(record: dict[str, Any], space: str | None = None) -> dict[str,
     """One search epoch as MLflow metrics: losses, accuracies, eigenvalue, skip weight; the mean
     mixing weight of every op over the edges that offer it (``alpha/<op>``); per-edge entropy and
     max weight labelled by edge (``edge_entropy/3_from_1``); ``schedule/*`` and ``time/*``."""
-    out = {k: float(record[k]) for k in HEADLINE if isinstance(record.get(k), (int, float))}
+    out = percent({k: float(record[k]) for k in HEADLINE if isinstance(record.get(k), (int, float))})
     out.update({f"schedule/{k}": float(record[k]) for k in SCHEDULES if isinstance(record.get(k), (int, float))})
     if isinstance(record.get("seconds"), (int, float)):
         out["time/epoch_seconds"] = float(record["seconds"])

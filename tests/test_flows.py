@@ -89,7 +89,9 @@ def test_pipeline_records_mlflow_runs(prefect_server, tiny_params, tmp_path, mon
     parent = client.get_run(res["mlflow_run"])
     assert parent.data.tags["method"] == "sdarts-rs" and parent.data.tags["space"] == "nb201"
     assert parent.data.tags["code_version"].startswith("0.")
-    assert parent.data.metrics["test_acc"] == pytest.approx(res["test_acc"])
+    # accuracies are percent in MLflow (fractions in the run folders), and every run says so
+    assert parent.data.metrics["test_acc"] == pytest.approx(100 * res["test_acc"])
+    assert "percentage" in parent.data.tags["mlflow.note.content"]
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     stages = {r.data.tags["stage"]: r for r in children}
@@ -125,7 +127,7 @@ def test_pipeline_records_mlflow_runs(prefect_server, tiny_params, tmp_path, mon
     def files(run, folder=None):
         return {f.path for f in client.list_artifacts(run.info.run_id, folder)}
 
-    assert files(search, "alpha") == {"alpha/alpha_history.npz", "alpha/alpha_heatmap.png"}
+    assert files(search, "alpha") == {"alpha/alpha_history.npz", "alpha/alpha_heatmap.png", "alpha/alpha_per_op.png"}
     assert files(search, "hessian") == {"hessian/hessian_spectra.json"}
     assert files(search, "genotype") == {"genotype/genotype.json", "genotype/cell.png", "genotype/nb201_lookup.json"}
     import mlflow.pytorch

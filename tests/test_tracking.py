@@ -80,6 +80,7 @@ def test_run_names_digests_and_metric_labels():
     rec = {"epoch": 3, "train_loss": 1.0, "val_acc": 0.5, "w_lr": 0.02, "seconds": 1.5,
            "weights": [[0.1, 0.3, 0.2, 0.2, 0.2]] * 6, "edge_entropy": [1.0] * 6, "edge_max_weight": [0.3] * 6}
     m = tracking.epoch_metrics(rec, "nb201")
+    assert m["val_acc"] == 50.0 and m["train_loss"] == 1.0  # accuracies in percent, like nb201_*
     assert m["alpha/skip_connect"] == pytest.approx(0.3) and m["alpha/none"] == pytest.approx(0.1)
     assert m["edge_entropy/3_from_2"] == 1.0 and m["edge_max_weight/1_from_0"] == 0.3
     assert m["schedule/w_lr"] == 0.02 and m["time/epoch_seconds"] == 1.5
@@ -102,6 +103,14 @@ def test_the_heatmap_and_the_cell_drawing_are_pictures():
     png = tracking.alpha_heatmap_png({"space": "nb201", "method": "darts", "history": hist,
                                       "weights": hist[-1]["weights"]})
     assert png[:4] == b"\x89PNG"
+    for h in hist:
+        h["edge_entropy"] = [1.5] * 6
+    lines = tracking.alpha_lines_png({"space": "nb201", "history": hist})
+    import io
+
+    from PIL import Image
+
+    assert Image.open(io.BytesIO(lines)).size == (1210, 396)
     cell = tracking.cell_png("nb201", "|nor_conv_3x3~0|+|skip_connect~0|none~1|+|avg_pool_3x3~0|nor_conv_1x1~1|"
                                       "skip_connect~2|")
     assert cell[:4] == b"\x89PNG"
