@@ -86,6 +86,12 @@ def benchmark(protocol: str = "params/cpu-proxy.yaml", data: str | None = None, 
                                         for d in grid.DATASETS})
         for path in (rep["table_md"], rep["table_csv"], rep["runs_csv"]):
             tr.log_file(run_id, path, "table")
+        key = "test_error_mean" if spec.retrain else "cifar10_mean"
+        cols = ([c for c in ("space",) if spec.retrain] + ["method", "selection", "runs", "seeds", key,
+                 "test_error_std" if spec.retrain else "cifar10_std", "search_minutes", "select_minutes"])
+        tr.log_comparison(run_id, f"Protocol {spec.name}: " + ("test error (%), lowest first" if spec.retrain else
+                                                               "NAS-Bench-201 CIFAR-10 test accuracy (%), best first"),
+                          cols, sorted(rep["summary"], key=lambda r: r[key] * (1 if spec.retrain else -1)))
         for path in rep["figures"]:
             tr.log_file(run_id, path, "figures")
         by_cell = {(res["rows"][0].get("space"), res["rows"][0]["method"], int(res["rows"][0]["seed"])): res

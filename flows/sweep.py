@@ -139,39 +139,13 @@ def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrai
         tracker.end(parent, ok=False)
         raise
     st = sweep.open_study(name, storage, method, mode, pruner, seed)
-    csv_path = sweep.write_trials_csv(st, Path(out) / "trials.csv")
-    table = sweep.trials_table(st)
-    complete = [r for r in table if r["state"] == "COMPLETE"]
-    best = max(complete, key=lambda r: r["value"]) if complete else None
-    key = sweep.STRENGTHS[method][0]
-    objective = ("NAS-Bench-201 CIFAR-10 test accuracy (table)" if mode == "benchmark" else
-                 "validation accuracy of the selected cell after a short retrain (held-out split)")
-    lines = [f"# nas-sweep {name}", "", f"objective: {objective}", "", f"| trial | state | {key} | value |",
-             "|---|---|---|---|"]
-    for r in table:
-        value = "" if r["value"] is None else f"{r['value']:.2f}"
-        strength = "" if r[key] is None else f"{r[key]:.4g}"
-        lines.append(f"| {r['number']} | {r['state']} | {strength} | {value} |")
-    if best:
-        lines += ["", f"best: {key} = {best[key]:.4g} -> {best['value']:.2f}"]
-    md = "\n".join(lines) + "\n"
-    create_markdown_artifact(key=f"nas-sweep-{name}".lower().replace("_", "-"), markdown=md,
+    rep = sweep.study_report(st, name, method, mode, out)
+    create_markdown_artifact(key=f"nas-sweep-{name}".lower().replace("_", "-"), markdown=rep["markdown"],
                              description="Optuna trials of the regularisation strength")
-    tracker.log_params(parent, {"study": name, "storage": storage,
-                                "objective": mode, "pruner": pruner})
-    tracker.log_file(parent, csv_path, "sweep")
-    counts = {s_: sum(r["state"] == s_ for r in table) for s_ in ("COMPLETE", "PRUNED", "FAIL")}
-    tracker.log_metrics(parent, {"trials_complete": counts["COMPLETE"], "trials_pruned": counts["PRUNED"],
-                                 "trials_failed": counts["FAIL"]})
-    if best:
-        tracker.log_metrics(parent, {"best_value": best["value"], f"best_{key}": best[key]})
-        if best.get("genotype"):
-            tracker.set_tags(parent, {"genotype": best["genotype"], "space": best.get("space")})
-            look = tracking.nb201_lookup(best.get("space") or "", best["genotype"]) if tracker.active else None
-            if look:  # the best trial's cell in the NAS-Bench-201 table, as the pipeline reports it
-                tracker.log_metrics(parent, {f"nb201_{d}": v for d, v in look["all_datasets"].items()})
+    tracker.log_study(parent, rep, {"study": name, "storage": storage, "objective": mode, "pruner": pruner})
     tracker.end(parent)
-    return {"study": name, "trials": table, "new": new, "best": best, "csv": str(csv_path), "mlflow_run": parent}
+    return {"study": name, "trials": rep["table"], "new": new, "best": rep["best"], "csv": str(rep["csv"]),
+            "mlflow_run": parent}
 
 
 def main(argv: list[str] | None = None) -> int:

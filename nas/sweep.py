@@ -446,6 +446,30 @@ def trials_table(study) -> list[dict[str, Any]]:
     return validate_trials(rows, f"study {study.study_name}")
 
 
+OBJECTIVES = {"benchmark": "NAS-Bench-201 CIFAR-10 test accuracy (table)",
+              "retrain": "validation accuracy of the selected cell after a short retrain (held-out split)"}
+
+
+def study_report(study, name: str, method: str, mode: str, out: str | Path) -> dict[str, Any]:
+    """A study's trials as ``trials.csv`` in ``out``, a markdown table, the rows and the best trial
+    (``best`` is None before any trial completed); ``key`` names the tuned strength."""
+    csv_path = write_trials_csv(study, Path(out) / "trials.csv")
+    table = trials_table(study)
+    complete = [r for r in table if r["state"] == "COMPLETE"]
+    best = max(complete, key=lambda r: r["value"]) if complete else None
+    key = STRENGTHS[method][0]
+    lines = [f"# nas-sweep {name}", "", f"objective: {OBJECTIVES[mode]}", "", f"| trial | state | {key} | value |",
+             "|---|---|---|---|"]
+    for r in table:
+        value = "" if r["value"] is None else f"{r['value']:.2f}"
+        strength = "" if r[key] is None else f"{r[key]:.4g}"
+        lines.append(f"| {r['number']} | {r['state']} | {strength} | {value} |")
+    if best:
+        lines += ["", f"best: {key} = {best[key]:.4g} -> {best['value']:.2f}"]
+    return {"csv": csv_path, "table": table, "best": best, "key": key, "markdown": "\n".join(lines) + "\n",
+            "objective": OBJECTIVES[mode]}
+
+
 def write_trials_csv(study, path: str | Path) -> Path:
     rows = trials_table(study)
     return write_csv(path, rows, list(rows[0]) if rows else ["number"])

@@ -27,8 +27,8 @@ from typing import Any
 from nas.drawings import (  # noqa: F401  (part of this module's API)
     OP_COLOURS,
     alpha_heatmap_png,
-    alpha_lines_png,
     alpha_history_npz,
+    alpha_lines_png,
     cell_edges,
     cell_png,
     op_means,
@@ -303,6 +303,32 @@ class Tracker:
             metrics.update({f"nb201_{d}": v for d, v in look["all_datasets"].items()})
         self.log_metrics(run_id, metrics)
 
+    def log_study(self, run_id: str, rep: dict[str, Any], params: dict[str, Any]) -> None:
+        """A study's parent run: its settings, the trials CSV, the comparison page, the trial counts
+        and the best trial's value, strength, cell and NB201 accuracies."""
+        self.log_params(run_id, params)
+        self.log_file(run_id, rep["csv"], "sweep")
+        table, best, key = rep["table"], rep["best"], rep["key"]
+        cols = ["number", "state", key, "value", "genotype"]
+        self.log_comparison(run_id, f"Study {params.get('study')}: {rep['objective']} (percent)", cols,
+                            sorted(table, key=lambda r: -(r["value"] if r["value"] is not None else -1e9)))
+        counts = {s_: sum(r["state"] == s_ for r in table) for s_ in ("COMPLETE", "PRUNED", "FAIL")}
+        self.log_metrics(run_id, {"trials_complete": counts["COMPLETE"], "trials_pruned": counts["PRUNED"],
+                                  "trials_failed": counts["FAIL"]})
+        if not best:
+            return
+        self.log_metrics(run_id, {"best_value": best["value"], f"best_{key}": best[key]})
+        if best.get("genotype"):
+            self.set_tags(run_id, {"genotype": best["genotype"], "space": best.get("space")})
+            look = nb201_lookup(best.get("space") or "", best["genotype"])
+            if look:  # the best trial's cell in the NAS-Bench-201 table, as the pipeline reports it
+                self.log_metrics(run_id, {f"nb201_{d}": v for d, v in look["all_datasets"].items()})
+
+    def log_comparison(self, run_id: str, title: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
+        """``comparison.html`` on a parent run: its children side by side in one table, best first,
+        with every column a user compares (MLflow's artifact view renders it as a page)."""
+        self.log_bytes(run_id, html_table(title, columns, rows).encode(), "comparison.html")
+
     def log_genotype(self, run_id: str, space: str, genotype: str, folder: str = "genotype") -> None:
         from nas.spaces import get_space
 
@@ -375,6 +401,25 @@ def run_name(stage: str, method: str | None = None, selection: str | None = None
 def stage_run_name(stage: str, cfg: dict[str, Any], method: str | None = None, selection: str | None = None) -> str:
     """The run name of one stage from its config: ``search-darts-nb201-s0-<digest of cfg>``."""
     return run_name(stage, method, selection, cfg.get("space"), cfg.get("seed"), config_digest(cfg))
+
+
+def html_table(title: str, columns: list[str], rows: list[dict[str, Any]]) -> str:
+    """A self-contained HTML page with one table (numbers to two decimals, text escaped)."""
+    import html
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "" if math.isnan(v) else f"{v:.2f}"
+        return html.escape("" if v is None else str(v))
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    style = ("body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}"
+             "td{font-family:monospace}")
+    return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body><h3>{html.escape(title)}</h3><p>{html.escape(UNITS)}</p>"
+            f"<table><tr>{head}</tr>{body}</table></body></html>")
 
 
 def metric_label(edge_name: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pathlib
 
 import pytest
 import yaml
@@ -182,6 +183,10 @@ def test_sweep_grows_every_run_prunes_and_keeps_one_parent(prefect_server, tiny_
     trials = client.search_runs([parents[0].info.experiment_id],
                                 f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
     assert len(trials) == 6
+    # the parent's comparison page: every trial in one table, best first
+    (tmp_path / "dl").mkdir()
+    page = pathlib.Path(client.download_artifacts(parents[0].info.run_id, "comparison.html", str(tmp_path / "dl"))).read_text()
+    assert page.count("<tr>") == 1 + 6 and "<th>drnas_lambda</th>" in page and "percentage" in page
     # the benchmark objective is refused for a study made for the retrain objective
     with pytest.raises(Exception, match="was made for method 'drnas' mode 'retrain'"):
         sweep.open_study("t", storage, "drnas", "benchmark")

@@ -161,3 +161,13 @@ def test_the_null_tracker_answers_every_tracker_call_with_nothing():
         t.no_such_call  # noqa: B018
     with tracking.stage_run("a run", {"stage": "search"}, track=False) as (tr, run_id):
         assert run_id is None and not tr.active
+
+
+def test_the_comparison_page_is_one_escaped_table():
+    from nas import tracking
+
+    page = tracking.html_table("a <b>", ["method", "value", "genotype"],
+                               [{"method": "darts", "value": 93.456, "genotype": "|x~0|<script>|"},
+                                {"method": "snas", "value": float("nan")}])
+    assert page.count("<tr>") == 3 and "<td>93.46</td>" in page and "<script>" not in page
+    assert "&lt;script&gt;" in page and "<h3>a &lt;b&gt;</h3>" in page and "<td></td>" in page
