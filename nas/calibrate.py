@@ -204,34 +204,42 @@ def _archive(job: dict[str, Any], archive: Path) -> None:
 
 
 def run_candidate(spec: CalibrationSpec, cand: Candidate, data: str | None, workers: int = 1,
-                  threads: int = 0) -> list[dict[str, Any]]:
-    """Train both reference cells of every space and seed under one candidate protocol."""
+                  threads: int = 0, stop_early: bool = False) -> list[dict[str, Any]]:
+    """Train both reference cells of every space and seed under one candidate protocol, space by
+    space; with ``stop_early`` the candidate ends at the first space it cannot separate (it can no
+    longer be chosen, so its other spaces would be spent for nothing)."""
     from nas.grid.run import run_jobs
 
     archive = Path(spec.report) / "cells"
-    jobs = [_job(spec, cand, sp, cell, s, data, threads) for sp in spec.spaces for cell in CELLS for s in spec.seeds]
-    for job in jobs:
-        _restore(job, archive)
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
+    total = 2 * len(spec.seeds) * len(spec.spaces)
 
     def collect(row: dict[str, Any]) -> None:
         rows.append(row)
-        job = next(j for j in jobs if all(j["row"][k] == row[k] for k in ("space", "cell", "seed")))
-        _archive(job, archive)
+        _archive(_job(spec, cand, row["space"], row["cell"], row["seed"], data, threads), archive)
         write_csv(Path(spec.report) / "runs.csv", [row])
         print(f"[calibrate {cand.name}] {row['space']} {row['cell']} seed {row['seed']}: {row['test_acc']:.2f}% "
-              f"({len(rows)}/{len(jobs)})", file=sys.stderr, flush=True)
+              f"({len(rows)}/{total})", file=sys.stderr, flush=True)
 
     def failed(job: dict[str, Any], exc: BaseException) -> None:
         r = job["row"]
         failures.append(f"{r['space']} {r['cell']} seed {r['seed']}: {type(exc).__name__}: {exc}")
         print(f"[calibrate {cand.name}] FAILED {failures[-1]}", file=sys.stderr, flush=True)
 
-    run_jobs(jobs, workers, collect, failed, fn=run_job)
-    if failures:
-        raise NasError(f"calibration {spec.name}, candidate {cand.name}: {len(failures)} of {len(jobs)} runs failed "
-                       f"(first: {failures[0]}); rerun the same command to retry them, finished runs are kept")
+    for space in spec.spaces:
+        jobs = [_job(spec, cand, space, cell, s, data, threads) for cell in CELLS for s in spec.seeds]
+        for job in jobs:
+            _restore(job, archive)
+        run_jobs(jobs, workers, collect, failed, fn=run_job)
+        if failures:
+            raise NasError(f"calibration {spec.name}, candidate {cand.name}: {len(failures)} runs failed "
+                           f"(first: {failures[0]}); rerun the same command to retry them, finished runs are kept")
+        v = verdict(rows, space)
+        print(f"[calibrate {cand.name}] {space}: gap {v['gap']:.2f} against 3 x spread {3 * v['spread']:.2f}: "
+              f"{'valid' if v['valid'] else 'not valid'}", file=sys.stderr, flush=True)
+        if stop_early and not v["valid"]:
+            break
     return rows
 
 
@@ -304,7 +312,7 @@ def run_calibration(spec: CalibrationSpec, data: str | None = None, workers: int
 
     chosen = None
     for cand in spec.candidates:
-        run_candidate(spec, cand, data, workers, threads)
+        run_candidate(spec, cand, data, workers, threads, stop_early=not every)
         text, chosen = table(spec, read_csv(Path(spec.report) / "runs.csv"))
         verdict_line = f"\nChosen: **{chosen}**.\n" if chosen else "\nNo candidate is valid on every space yet.\n"
         body = text + verdict_line
