@@ -387,7 +387,22 @@ def build_config(
         apply({key: value}, f"--set {cut(item)}")
     cfg = _build(cls, values, sources)
     validate(cfg)
+    if kind == "search":
+        _refuse_foreign(cfg, sources)
     return cfg
+
+
+def _refuse_foreign(cfg: Any, sources: dict[str, str]) -> None:
+    """A method setting a user gives with ``--set`` that the chosen method never reads is refused,
+    naming the methods it belongs to.  A params file may declare every method's settings (a
+    protocol's search section is shared by the methods of its grid), and a run's saved config
+    holds them all."""
+    from nas.methods import foreign_settings
+
+    explicit = [k for k, src in sources.items() if src.startswith("--set ")]
+    for key, owners in foreign_settings(cfg, explicit):
+        raise NasError(f"{sources[key]}: key '{key}' belongs to {' and '.join(owners)}; method '{cfg.method}' "
+                       f"does not read it (choose --method {owners[0]}, or leave the key out)")
 
 
 _RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}

@@ -86,7 +86,10 @@ def _cell(text: str) -> str:
 
 
 def config_page() -> str:
-    """Every key of every stage: its type, default and meaning, from the models."""
+    """Every key of every stage: its type, default and meaning, from the models; a method's own
+    settings name the methods that read them."""
+    from nas.methods import owners
+
     lines = ["# Settings reference", "",
              "Generated from the pydantic models in `nas/config.py` (`nas/reference.py`). Every key is set "
              "in a params file's section (`search:`, `select:`, `retrain:`, `prepare:`) or with "
@@ -95,6 +98,8 @@ def config_page() -> str:
     for kind in config_mod.CONFIGS:
         lines += [f"## {kind}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
         for key, typ, default, meaning in config_mod.key_help(kind):
+            if kind == "search" and owners(key):  # a method's own setting: --set refuses it for the others
+                meaning = f"{meaning} (read by {', '.join(owners(key))})"
             lines.append(f"| `{key}` | {_cell(typ)} | `{_cell(default)}` | {_cell(meaning)} |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
@@ -113,10 +118,18 @@ def results_page(protocol: str, results: Path = RESULTS) -> str:
     folder = results / protocol
     table = (folder / "table.md").read_text().strip()
     params = REPO / "params" / f"{protocol}.yaml"
-    lines = [f"# Results: {protocol}", "",
-             f"Generated from `data/results/{protocol}/` (`nas/reference.py`): the table is `table.md` as "
-             f"`nas grid --report-only` writes it, mean ± sample standard deviation over seeds.", ""]
-    if params.is_file():
+    calibration = params.is_file() and "calibration" in (config_mod.load_yaml(params) or {})
+    if calibration:
+        lines = [f"# Calibration: {protocol}", "",
+                 f"Generated from `data/results/{protocol}/` (`nas/reference.py`): the table is `table.md` as "
+                 f"`nas calibrate` writes it, means and the largest sample standard deviation over seeds.", "",
+                 f"Calibration file: `params/{protocol}.yaml`; rebuild the table (every finished run is read "
+                 f"back) with `nas calibrate --protocol params/{protocol}.yaml`.", ""]
+    else:
+        lines = [f"# Results: {protocol}", "",
+                 f"Generated from `data/results/{protocol}/` (`nas/reference.py`): the table is `table.md` as "
+                 f"`nas grid --report-only` writes it, mean ± sample standard deviation over seeds.", ""]
+    if params.is_file() and not calibration:
         lines += [f"Protocol: `params/{protocol}.yaml`; rebuild the table with "
                   f"`nas grid --protocol params/{protocol}.yaml --report-only`.", ""]
     lines += ["## Table", "", table, ""]
@@ -126,7 +139,8 @@ def results_page(protocol: str, results: Path = RESULTS) -> str:
             rows = list(csv.DictReader(f))
         if rows:
             keys = list(rows[0])
-            lines += [f"## Runs ({len(rows)})", "", "One row per (method, seed, selection), from `runs.csv`.", "",
+            what = "(candidate, space, cell, seed)" if calibration else "(method, seed, selection)"
+            lines += [f"## Runs ({len(rows)})", "", f"One row per {what}, from `runs.csv`.", "",
                       "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
             for r in rows:
                 lines.append("| " + " | ".join(_cell(_short(r[k])) for k in keys) + " |")

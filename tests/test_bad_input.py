@@ -104,7 +104,7 @@ def test_info_sizes_are_bounded_and_never_allocate(capsys):
     for _ in range(25):
         flag = rng.choice(["--channels", "--cells", "--num-classes", "--in-channels", "--resolution"])
         value = rng.choice([-(2**31), -1, 0, 1, 2, 3, 7, 16, 200, 100_000, 10**9])
-        signal.alarm(30)
+        signal.alarm(120)  # a guard against a hang, not a timing
         rc = main(["info", "--genotype", G, flag, str(value)])
         signal.alarm(0)
         captured = capsys.readouterr()
@@ -163,3 +163,30 @@ def test_a_command_refused_before_work_leaves_no_tracking_run(tmp_path, tiny_sea
     client = MlflowClient(tracking_uri=db)
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     assert runs == []
+
+
+@pytest.mark.parametrize("sets,message", [
+    (["method=darts", "drnas_lambda=0.1"], "--set drnas_lambda=0.1: key 'drnas_lambda' belongs to drnas; method 'darts'"),
+    (["method=gdas", "rs_sigma=0.1"], "key 'rs_sigma' belongs to sdarts-rs; method 'gdas'"),
+    (["method=darts", "tau_max=5"], "key 'tau_max' belongs to snas and gdas; method 'darts' does not read it"),
+    (["method=sdarts-rs", "adv_steps=3"], "key 'adv_steps' belongs to sdarts-adv; method 'sdarts-rs'"),
+])
+def test_a_setting_the_method_never_reads_is_refused(sets, message):
+    with pytest.raises(NasError) as exc:
+        config_mod.build_config("search", sets=sets)
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_a_method_reads_its_own_and_its_seams_settings_and_files_may_declare_all(tmp_path):
+    build = lambda *sets: config_mod.build_config("search", sets=list(sets))  # noqa: E731
+    assert build("method=drnas", "drnas_lambda=0.1").drnas_lambda == 0.1
+    assert build("method=darts", "perturb=rs", "rs_sigma=0.1").rs_sigma == 0.1  # the seam reads it
+    assert build("method=sdarts-adv", "eps_start=0.01").eps_start == 0.01
+    assert build("method=gdas", "partial_channels=4").partial_channels == 4  # a shared seam
+    # a protocol's search section declares every method's strengths for the methods of its grid
+    p = tmp_path / "proto.yaml"
+    p.write_text("search:\n  method: darts\n  drnas_lambda: 0.002\n  rs_sigma: 0.3\n")
+    assert config_mod.build_config("search", p).drnas_lambda == 0.002
+    assert config_mod.build_config("search", p, {"drnas_lambda": 0.01}).drnas_lambda == 0.01  # a saved config
+    with pytest.raises(NasError, match="--set drnas_lambda=0.01: key 'drnas_lambda' belongs to drnas"):
+        config_mod.build_config("search", p, sets=["drnas_lambda=0.01"])

@@ -20,7 +20,7 @@ from nas.spaces import get_space
 from nas.utils import NasError, clip
 
 __all__ = ["Mixing", "Softmax", "GumbelSoftmax", "GumbelHard", "Dirichlet", "UniformPath", "Method", "Stage",
-           "build_method", "METHOD_NAMES", "MethodSpec", "REGISTRY", "Perturbation", "trains_alpha", "tuned_strengths"]
+           "build_method", "foreign_settings", "owners", "METHOD_NAMES", "MethodSpec", "REGISTRY", "Perturbation", "trains_alpha", "tuned_strengths"]
 
 REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in (
     darts.SPEC, snas.SPEC, gdas.SPEC, drnas.SPEC, sdarts_rs.SPEC, sdarts_adv.SPEC, pcdarts.SPEC, random.SPEC,
@@ -36,6 +36,30 @@ def tuned_strengths() -> dict[str, tuple[str, float, float]]:
 def trains_alpha(name: str) -> bool:
     """Whether the method's architecture is read from a trained α (not by a selection of its own)."""
     return REGISTRY[name].trains_alpha
+
+
+# the keys of the shared seams: every method reads them (its defaults fill in ``auto``/``null``)
+SHARED_SETTINGS = ("perturb", "partial_channels", "edge_norm", "a_weight_decay")
+PERTURB_SETTINGS = {"rs": ("rs_sigma", "eps_start"), "adv": ("adv_epsilon", "eps_start", "adv_steps")}
+
+
+def owners(key: str) -> list[str]:
+    """The methods that declare ``key`` as their own setting (empty for a setting all methods share)."""
+    if key in SHARED_SETTINGS:
+        return []
+    return [name for name, spec in REGISTRY.items() if key in spec.settings]
+
+
+def foreign_settings(cfg: Any, keys: Any) -> list[tuple[str, list[str]]]:
+    """Of ``keys`` (settings a user gave explicitly), those the config's method never reads, each
+    with the methods it belongs to.  A perturbation's keys count as read wherever ``perturb``
+    switches that perturbation on."""
+    spec = REGISTRY.get(cfg.method)
+    if spec is None:
+        return []
+    perturb = cfg.perturb if cfg.perturb != "auto" else spec.defaults.get("perturb", "none")
+    read = set(spec.settings) | set(PERTURB_SETTINGS.get(perturb, ()))
+    return [(k, owners(k)) for k in keys if owners(k) and k not in read]
 
 
 def build_method(cfg: Any) -> Method:
