@@ -57,7 +57,10 @@ def _retrain(cfg: config_mod.RetrainConfig, resume: bool,
     out = Path(cfg.out)
     seed_everything(cfg.seed)
     bundle = load_bundle(cfg, device)
-    if cfg.auxiliary_weight > 0 and space.genotype_json and bundle.size // 4 < 8:
+    if cfg.auxiliary_weight > 0 and not space.auxiliary_min_side:
+        raise NasError(f"retrain: key 'auxiliary_weight' is {cfg.auxiliary_weight}, but the evaluation network of "
+                       f"space {space.name} has no auxiliary head (set auxiliary_weight=0)")
+    if cfg.auxiliary_weight > 0 and bundle.size < space.auxiliary_min_side:
         raise NasError(f"retrain: key 'auxiliary_weight' is {cfg.auxiliary_weight}, but the auxiliary head needs 8x8 "
                        f"features after the second reduction, i.e. images of at least 32x32; these are "
                        f"{bundle.size}x{bundle.size} (set auxiliary_weight=0)")

@@ -352,3 +352,17 @@ def test_s_proxy_study_records_a_finished_and_a_stopped_search(tmp_path):
     assert [r["run"] for r in csv.DictReader((out / "runs.csv").open())] == ["stopped", "finished"]
     with pytest.raises(NasError, match="neither result.json nor checkpoint.pt"):
         study.record(tmp_path / "nothing", "x", "", 1, out)
+
+
+def test_space_capabilities_are_fields_not_guesses():
+    from nas.spaces import get_space
+
+    nb, s3 = get_space("nb201"), get_space("s3")
+    assert nb.auxiliary_min_side == 0 and s3.auxiliary_min_side == 32
+    assert nb.benchmark == "nb201" and s3.benchmark is None
+    geno = "|none~0|+|nor_conv_3x3~0|skip_connect~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
+    assert nb.counted_ops(nb.parse_genotype(geno)).count("skip_connect") == 3
+    cell = ("Genotype(normal=[('skip_connect', 0), ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 1), "
+            "('sep_conv_3x3', 0), ('skip_connect', 1), ('skip_connect', 0), ('skip_connect', 1)], normal_concat=[2, 3, 4, 5], "
+            "reduce=" + "[" + ", ".join(["('skip_connect', 0), ('skip_connect', 1)"] * 4) + "], reduce_concat=[2, 3, 4, 5])")
+    assert s3.counted_ops(s3.parse_genotype(cell)).count("skip_connect") == 6  # the normal cell only

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -225,9 +224,8 @@ def _retrained(protocol: str, space: str, genotype: str, seed: int, folder: Path
     if data:
         overrides["data"] = data
     rt, _ = cached_retrain(config_mod.build_config("retrain", protocol, overrides))
-    parsed = get_space(space).parse_genotype(genotype)
-    normal = getattr(parsed, "normal", None)
-    ops = [op for op, _ in normal] if normal is not None else re.findall(r"\|(\w+)~", genotype)
+    sp = get_space(space)
+    ops = sp.counted_ops(sp.parse_genotype(genotype))
     acc = 100.0 * float(rt["test_acc"])
     return {"space": space, "test_acc": acc, "test_error": 100.0 - acc, "params_m": rt["params"] / 1e6,
             "normal_skip": ops.count("skip_connect"), "normal_noise": ops.count("noise"),

@@ -62,6 +62,7 @@ NB201 = SearchSpace(
     preprocess=lambda slot: [],
     build_macro=_nb201_macro,
     benchmark="nb201",
+    counted_ops=lambda geno: list(geno),
     search_defaults={"channels": 16, "cells": 5},
     retrain_defaults={"channels": 16, "cells": 5, "epochs": 200, "batch_size": 256, "lr": 0.1, "nesterov": True,
                       "weight_decay": 5e-4, "grad_clip": 0.0, "auxiliary_weight": 0.0, "drop_path": 0.0,
@@ -135,6 +136,9 @@ def _darts_space(name: str) -> SearchSpace:
         pt_exclude=("none",),
         keep_edges_per_node=2,
         genotype_json=lambda g: g.to_json(),
+        # 8x8 features after the second reduction, where the head sits (2/3 of the depth)
+        auxiliary_min_side=32,
+        counted_ops=lambda g: [op for op, _ in g.normal],
     )
 
 

@@ -58,6 +58,11 @@ class SearchSpace:
     keep_edges_per_node: int = 0  # PT topology step: edges kept per node (0 = every edge stays)
     genotype_json: Callable[[Any], Any] | None = None
     benchmark: str | None = None  # the lookup table that scores a genotype without training, if any
+    # the evaluation network's auxiliary head: the smallest image side it works on (0 = it has none)
+    auxiliary_min_side: int = 0
+    # the ops of the cell whose degeneration the lecture counts (DARTS spaces: the normal cell's
+    # genes; NB201: every edge of its one cell)
+    counted_ops: Callable[[Any], list[str]] = lambda geno: []
 
     @property
     def alpha_shape(self) -> tuple[int, int]:
