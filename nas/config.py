@@ -121,7 +121,7 @@ class SearchConfig(DataConfig):
     arch_warmup: int | None = Field(None, ge=0, le=100_000,
                                     description="epochs of frozen α at the start of each stage; "
                                                 "None = 0, or 20% of a stage when progressive")
-    rsps_candidates: int = Field(100, ge=1, le=10**6,
+    rsps_candidates: int = Field(100, ge=1, le=20_000,
                                  description="RSPS: sampled architectures ranked by supernet validation accuracy")
     rsps_eval_batches: int = Field(1, ge=1, le=10**6, description="α-split batches per candidate")
     random_samples: int = Field(10, ge=1, le=10**5, description="random baseline: architectures trained from scratch")
@@ -401,7 +401,8 @@ def _refuse_foreign(cfg: Any, sources: dict[str, str]) -> None:
 
     explicit = [k for k, src in sources.items() if src.startswith("--set ")]
     for key, owners in foreign_settings(cfg, explicit):
-        raise NasError(f"{sources[key]}: key '{key}' belongs to {' and '.join(owners)}; method '{cfg.method}' "
+        who = " and ".join(owners) if len(owners) <= 2 else f"the supernet methods ({', '.join(owners)})"
+        raise NasError(f"{sources[key]}: key '{key}' belongs to {who}; method '{cfg.method}' "
                        f"does not read it (choose --method {owners[0]}, or leave the key out)")
 
 
@@ -525,6 +526,14 @@ def validate(cfg: Any) -> None:
              f"must be < {'the first progressive stage' if cfg.progressive else 'epochs'} ({stage}): α would never "
              f"be trained")
         need(cfg.keep_every <= cfg.epochs, "keep_every", f"must be <= epochs ({cfg.epochs})")
+        from nas.methods import effective_perturb
+
+        strength = {"rs": ("rs_sigma", cfg.rs_sigma), "adv": ("adv_epsilon", cfg.adv_epsilon)}.get(effective_perturb(cfg))
+        need(strength is None or cfg.eps_start <= strength[1], "eps_start",
+             f"must be <= {strength[0] if strength else ''} ({strength[1] if strength else ''}): the ramp rises "
+             f"from eps_start to the strength")
+        need(strength is None or cfg.epochs >= 2, "epochs", f"must be >= 2 with perturbation {effective_perturb(cfg)}: "
+             f"the first epoch perturbs with eps_start, so with one epoch {strength[0] if strength else ''} is never used")
         build_method(cfg)  # combinations of method keys that make no sense
     if isinstance(cfg, RetrainConfig):
         need(cfg.lr is None or cfg.lr_min <= cfg.lr, "lr_min", f"must be <= lr ({cfg.lr})")

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from nas import config as config_mod
-from nas.data import balanced_subset, load_bundle
+from nas.data import balanced_subset, check_batch, load_bundle
 from nas.loops import count_params, evaluate, train_epoch
 from nas.precision import Precision, Runner
 from nas.progress import progress_bar
@@ -72,6 +72,8 @@ def _retrain(cfg: config_mod.RetrainConfig, resume: bool,
         n_val = max(1, int(round(cfg.holdout * len(perm))))
         idx, val_idx = perm[n_val:], perm[:n_val]
         val = bundle.stream(val_idx, cfg.eval_batch_size, False)
+    check_batch(cfg.batch_size, len(idx), f"the training split ({len(idx)} images"
+                + (f" after holding out {cfg.holdout} for validation)" if cfg.holdout > 0 else ")"))
     train = bundle.stream(idx, cfg.batch_size, cfg.augment, cutout=cfg.cutout)
     test = bundle.stream(torch.arange(len(bundle.prepared.test_y)), cfg.eval_batch_size, False, test=True)
     net = space.build_network(geno, cfg.channels, cfg.cells, bundle.num_classes, bundle.channels,

@@ -190,3 +190,45 @@ def test_a_method_reads_its_own_and_its_seams_settings_and_files_may_declare_all
     assert config_mod.build_config("search", p, {"drnas_lambda": 0.01}).drnas_lambda == 0.01  # a saved config
     with pytest.raises(NasError, match="--set drnas_lambda=0.01: key 'drnas_lambda' belongs to drnas"):
         config_mod.build_config("search", p, sets=["drnas_lambda=0.01"])
+
+
+@pytest.mark.parametrize("sets,message", [
+    (["method=sdarts-adv", "eps_start=0.5", "adv_epsilon=0.3"], "'eps_start' must be <= adv_epsilon (0.3)"),
+    (["method=darts", "perturb=rs", "rs_sigma=0.01"], "'eps_start' must be <= rs_sigma (0.01)"),
+    (["method=sdarts-rs", "epochs=1"], "'epochs' must be >= 2 with perturbation rs"),
+    (["method=random", "hessian_every=2"], "key 'hessian_every' belongs to the supernet methods (darts, snas"),
+    (["method=naswot", "keep_every=2"], "method 'naswot' does not read it"),
+    (["rsps_candidates=100000"], "'rsps_candidates' must be in [1, 20000]"),
+])
+def test_more_settings_that_cannot_mean_anything_are_refused(sets, message):
+    with pytest.raises(NasError) as exc:
+        config_mod.build_config("search", sets=sets)
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("sets,message", [
+    (["subset=500"], "key 'subset' asks for 500 images per class, but class"),
+    (["subset=10", "batch_size=64"], "key 'batch_size' is 64, more than the 50 images of the smaller of the w and α"),
+    (["resolution=8", "crop_padding=8"], "key 'crop_padding' is 8, but the images are 8x8"),
+])
+def test_settings_checked_against_the_data_are_refused_before_training(tmp_path, sets, message):
+    from nas.search import search
+
+    cfg = config_mod.build_config("search", overrides={"dataset": "digits", "cache_dir": str(tmp_path / "c"),
+                                                       "out": str(tmp_path / "o"), "epochs": 1}, sets=sets)
+    with pytest.raises(NasError) as exc:
+        search(cfg)
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+    assert not (tmp_path / "o" / "result.json").exists()
+
+
+def test_a_holdout_that_leaves_less_than_a_batch_is_refused(tmp_path):
+    from nas.train import retrain
+
+    cfg = config_mod.build_config("retrain", overrides={
+        "dataset": "digits", "cache_dir": str(tmp_path / "c"), "out": str(tmp_path / "o"), "epochs": 1, "subset": 10,
+        "holdout": 0.999, "batch_size": 16, "channels": 4, "cells": 1,
+        "genotype": "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"})
+    with pytest.raises(NasError, match=r"key 'batch_size' is 16, more than the 0 images of the training split \(0 "
+                                       r"images after holding out 0.999 for validation\)"):
+        retrain(cfg)

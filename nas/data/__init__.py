@@ -33,6 +33,7 @@ from nas.data.stream import (
     DataBundle,
     available_memory,
     balanced_subset,
+    check_batch,
     check_memory,
     load_bundle,
     resize_uint8,
@@ -41,6 +42,6 @@ from nas.data.stream import (
 )
 
 __all__ = ["CIFAR10_CLASSES", "DATASETS", "FORMAT_VERSION", "MANIFEST_KEYS", "BatchStream", "DataBundle", "Prepared",
-           "RawDataset", "available_memory", "balanced_subset", "check_memory", "check_source", "check_tar_members", "load_bundle",
+           "RawDataset", "available_memory", "balanced_subset", "check_batch", "check_memory", "check_source", "check_tar_members", "load_bundle",
            "load_prepared", "prepare", "read_cifar", "read_digits", "read_image_folder", "read_raw", "read_svhn",
            "resize_uint8", "safe_unpickle", "search_split", "search_streams", "source_digest"]

@@ -23,7 +23,12 @@ def balanced_subset(labels: torch.Tensor, per_class: int, seed: int) -> torch.Te
     """Indices of up to ``per_class`` images of each class, chosen by a seeded permutation."""
     g = generator_for(seed, rng_stream("subset"))
     chosen = []
-    for c in torch.unique(labels).tolist():
+    classes, counts = torch.unique(labels, return_counts=True)
+    if per_class > int(counts.min()):
+        c = int(classes[counts.argmin()])
+        raise NasError(f"config: key 'subset' asks for {per_class} images per class, but class {c} holds "
+                       f"{int(counts.min())} (at most {int(counts.min())}, or 0 for every image)")
+    for c in classes.tolist():
         idx = torch.nonzero(labels == c).flatten()
         chosen.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
     return torch.sort(torch.cat(chosen)).values
@@ -172,12 +177,22 @@ def check_memory(manifest: dict, size: int, padding: int, batch_size: int, what:
                        f"for {n} images, more than the {have / 2**30:.1f} GiB available")
 
 
+def check_batch(batch_size: int, images: int, what: str) -> None:
+    """A batch larger than the images it is drawn from repeats images within the batch: refused."""
+    if batch_size > images:
+        raise NasError(f"config: key 'batch_size' is {batch_size}, more than the {images} images of {what}; "
+                       f"lower batch_size or use more images (subset, holdout, train_portion)")
+
+
 def load_bundle(cfg: Any, device: torch.device) -> DataBundle:
     """Prepare (or reuse) the dataset named by a DataConfig and move it to ``device``."""
     path = prepare(cfg.dataset, cfg.data, cfg.cache_dir)
     prep = load_prepared(path)
     size = cfg.resolution or prep.manifest["height"]
     padding = cfg.crop_padding if cfg.crop_padding >= 0 else max(1, round(4 * size / 32))
+    if padding >= size:
+        raise NasError(f"config: key 'crop_padding' is {padding}, but the images are {size}x{size}: a random crop "
+                       f"could hold no image pixel (at most {size - 1}; -1 scales 4 pixels at 32x32)")
     check_memory(prep.manifest, size, padding, max(cfg.batch_size or 1, cfg.eval_batch_size), str(path))
     x = resize_uint8(prep.train_x, size).to(device)
     tx = resize_uint8(prep.test_x, size).to(device)
@@ -193,4 +208,6 @@ def search_streams(cfg: Any, device: torch.device) -> tuple[DataBundle, BatchStr
     labels = bundle.prepared.train_y
     idx = balanced_subset(labels, cfg.subset, cfg.seed) if cfg.subset else torch.arange(len(labels))
     w_idx, a_idx = search_split(idx, cfg.train_portion, cfg.seed)
+    check_batch(cfg.batch_size, min(len(w_idx), len(a_idx)), f"the smaller of the w and α splits ({len(idx)} images, "
+                                                               f"train_portion {cfg.train_portion})")
     return bundle, bundle.stream(w_idx, cfg.batch_size, cfg.augment), bundle.stream(a_idx, cfg.batch_size, cfg.augment)

@@ -20,7 +20,7 @@ from nas.spaces import get_space
 from nas.utils import NasError, clip
 
 __all__ = ["Mixing", "Softmax", "GumbelSoftmax", "GumbelHard", "Dirichlet", "UniformPath", "Method", "Stage",
-           "build_method", "foreign_settings", "owners", "METHOD_NAMES", "MethodSpec", "REGISTRY", "Perturbation", "trains_alpha", "tuned_strengths"]
+           "build_method", "effective_perturb", "foreign_settings", "owners", "METHOD_NAMES", "MethodSpec", "REGISTRY", "Perturbation", "trains_alpha", "tuned_strengths"]
 
 REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in (
     darts.SPEC, snas.SPEC, gdas.SPEC, drnas.SPEC, sdarts_rs.SPEC, sdarts_adv.SPEC, pcdarts.SPEC, random.SPEC,
@@ -41,12 +41,16 @@ def trains_alpha(name: str) -> bool:
 # the keys of the shared seams: every method reads them (its defaults fill in ``auto``/``null``)
 SHARED_SETTINGS = ("perturb", "partial_channels", "edge_norm", "a_weight_decay")
 PERTURB_SETTINGS = {"rs": ("rs_sigma", "eps_start"), "adv": ("adv_epsilon", "eps_start", "adv_steps")}
+# what only a supernet search reads (a method with a search of its own ignores them)
+SUPERNET_SETTINGS = ("hessian_every", "hessian_topk", "early_stop", "keep_every", "arch_warmup")
 
 
 def owners(key: str) -> list[str]:
     """The methods that declare ``key`` as their own setting (empty for a setting all methods share)."""
     if key in SHARED_SETTINGS:
         return []
+    if key in SUPERNET_SETTINGS:
+        return [name for name, spec in REGISTRY.items() if spec.supernet]
     return [name for name, spec in REGISTRY.items() if key in spec.settings]
 
 
@@ -57,9 +61,16 @@ def foreign_settings(cfg: Any, keys: Any) -> list[tuple[str, list[str]]]:
     spec = REGISTRY.get(cfg.method)
     if spec is None:
         return []
-    perturb = cfg.perturb if cfg.perturb != "auto" else spec.defaults.get("perturb", "none")
-    read = set(spec.settings) | set(PERTURB_SETTINGS.get(perturb, ()))
+    perturb = effective_perturb(cfg)
+    read = set(spec.settings) | set(PERTURB_SETTINGS.get(perturb, ())) | (set(SUPERNET_SETTINGS) if spec.supernet else set())
     return [(k, owners(k)) for k in keys if owners(k) and k not in read]
+
+
+def effective_perturb(cfg: Any) -> str:
+    """The perturbation a search config switches on: its ``perturb``, or the method's default."""
+    spec = REGISTRY.get(cfg.method)
+    default = spec.defaults.get("perturb", "none") if spec else "none"
+    return cfg.perturb if cfg.perturb != "auto" else default
 
 
 def build_method(cfg: Any) -> Method:

@@ -105,7 +105,9 @@ class MethodSpec:
     - ``trains_alpha``: False when the architecture is chosen by a selection of its own (PT and
       verified selection then have no supernet to work on);
     - ``progressive``: whether it has DrNAS's progressive schedule (``progressive: true``);
-    - ``settings``: the config keys that are its own (documentation and help)."""
+    - ``settings``: the config keys that are its own (documentation and help);
+    - ``supernet``: False for a method that trains no supernet (its own search): the supernet's
+      settings (``SUPERNET_SETTINGS``) then mean nothing to it."""
 
     name: str
     build: Callable[[Any, dict[str, Any]], Method]
@@ -114,3 +116,4 @@ class MethodSpec:
     trains_alpha: bool = True
     progressive: bool = False
     settings: tuple[str, ...] = ()
+    supernet: bool = True

@@ -19,4 +19,5 @@ SPEC = MethodSpec(
     build=build,
     trains_alpha=TRAINS_ALPHA,
     settings=("naswot_samples", "naswot_batch"),
+    supernet=False,
 )

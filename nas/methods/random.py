@@ -19,4 +19,5 @@ SPEC = MethodSpec(
     build=build,
     trains_alpha=TRAINS_ALPHA,
     settings=("random_samples", "random_epochs"),
+    supernet=False,
 )
