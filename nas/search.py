@@ -420,10 +420,9 @@ class Search:
                   *, epoch: int | None = None, alpha: bool = True) -> dict[str, Any]:
         """One epoch of ``steps`` (α step, w step) pairs; returns its history record.  ``epoch``
         (default ``st.epoch``) seeds its randomness and schedules; ``alpha=False`` trains w only."""
-        cfg, method, ops = self.cfg, self.method, self.space.edge_ops
+        cfg = self.cfg
         t0 = time.perf_counter()
         epoch = st.epoch if epoch is None else epoch
-        epochs = cfg.epochs
         # Every random draw of an epoch derives from (seed, epoch): a resumed run repeats them.
         torch.manual_seed(generator_for(cfg.seed, epoch, rng_stream("epoch-global")).initial_seed())
         gen_w = generator_for(cfg.seed, epoch, rng_stream("epoch-w-batches"), device=self.device)
@@ -441,57 +440,79 @@ class Search:
         def mix() -> Mix:
             return self.mix(st, epoch, gen_m)
 
-        for step, (xw, yw) in enumerate(w_stream.epoch(gen_w)):
+        for step, w_batch in enumerate(w_stream.epoch(gen_w)):
             if step >= steps:
                 break
-            xa, ya = next(a_iter)
-            # α step
+            a_batch = next(a_iter)
             if train_alpha:
-                penalty = method.mixing.penalty(st.arch.alpha)
-                if method.second_order:  # in fp32, on the plain module (see nas.precision)
-                    grads, loss_v, logits_v = unrolled_alpha_grad(st.model, arch_params, mix, (xw, yw), (xa, ya),
-                                                                  st.w_opt, cfg.unrolled_eps)
-                    if penalty is not None:
-                        grads[0] = grads[0] + torch.autograd.grad(penalty, [st.arch.alpha])[0]
-                else:
-                    logits_v = st.forward(xa, mix())
-                    loss_v = F.cross_entropy(logits_v, ya)
-                    total = loss_v if penalty is None else loss_v + penalty
-                    grads = list(torch.autograd.grad(st.a_scaler.scale(total), arch_params, allow_unused=True))
-                    grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, arch_params)]
-                st.a_opt.zero_grad(set_to_none=True)
-                for p, g in zip(arch_params, grads):
-                    p.grad = g
-                if method.second_order:
-                    st.a_opt.step()
-                else:  # unscales (fp16), skips a step with inf/NaN gradients, adapts the scale
-                    st.a_scaler.step(st.a_opt)
-                    st.a_scaler.update()
-                loss_v = loss_v.detach()
+                loss_v, logits_v = self._alpha_step(st, mix, arch_params, w_batch, a_batch)
             else:
                 with torch.no_grad():
-                    logits_v = st.forward(xa, mix())
-                    loss_v = F.cross_entropy(logits_v, ya)
-            # w step on (possibly perturbed) detached mixing weights
-            m = method.perturbation(
-                mix().detach(), lambda mm, x=xw, y=yw: F.cross_entropy(st.forward(x, mm), y), epoch, epochs, gen_m)
-            st.w_opt.zero_grad(set_to_none=True)
-            logits = st.forward(xw, m)
-            loss = F.cross_entropy(logits, yw)
-            st.w_scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                st.w_scaler.unscale_(st.w_opt)
-                nn.utils.clip_grad_norm_(st.model.parameters(), cfg.grad_clip)
-            st.w_scaler.step(st.w_opt)
-            st.w_scaler.update()
+                    logits_v = st.forward(a_batch[0], mix())
+                    loss_v = F.cross_entropy(logits_v, a_batch[1])
+            loss, logits = self._w_step(st, mix, w_batch, epoch, gen_m)
+            yw, ya = w_batch[1], a_batch[1]
             with torch.no_grad():
-                sums += torch.stack([loss.detach() * len(yw), (logits.argmax(1) == yw).sum(),
+                sums += torch.stack([loss * len(yw), (logits.argmax(1) == yw).sum(),
                                      loss_v * len(ya), (logits_v.argmax(1) == ya).sum()]).float()
             counts[0] += len(yw)
             counts[1] += len(ya)
             if bar is not None:
                 bar.update(1)
-        s = sums.tolist()
+        return self._record(st, epoch, stage, train_alpha, sums.tolist(), counts, lr, t0)
+
+    def _alpha_step(self, st: SearchState, mix: Callable[[], Mix], arch_params: list[torch.Tensor],
+                    w_batch: tuple[torch.Tensor, torch.Tensor],
+                    a_batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One α step on an α-split batch: first order (mixed precision, through the α scaler) or
+        the unrolled second-order gradient (fp32, on the plain module, see ``nas.precision``), plus
+        the mixing's penalty.  Returns the validation loss (detached) and logits."""
+        method, xa, ya = self.method, a_batch[0], a_batch[1]
+        penalty = method.mixing.penalty(st.arch.alpha)
+        if method.second_order:
+            grads, loss_v, logits_v = unrolled_alpha_grad(st.model, arch_params, mix, w_batch, a_batch, st.w_opt,
+                                                          self.cfg.unrolled_eps)
+            if penalty is not None:
+                grads[0] = grads[0] + torch.autograd.grad(penalty, [st.arch.alpha])[0]
+        else:
+            logits_v = st.forward(xa, mix())
+            loss_v = F.cross_entropy(logits_v, ya)
+            total = loss_v if penalty is None else loss_v + penalty
+            grads = list(torch.autograd.grad(st.a_scaler.scale(total), arch_params, allow_unused=True))
+            grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, arch_params)]
+        st.a_opt.zero_grad(set_to_none=True)
+        for p, g in zip(arch_params, grads):
+            p.grad = g
+        if method.second_order:
+            st.a_opt.step()
+        else:  # unscales (fp16), skips a step with inf/NaN gradients, adapts the scale
+            st.a_scaler.step(st.a_opt)
+            st.a_scaler.update()
+        return loss_v.detach(), logits_v
+
+    def _w_step(self, st: SearchState, mix: Callable[[], Mix], w_batch: tuple[torch.Tensor, torch.Tensor],
+                epoch: int, gen_m: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One w step on detached mixing weights, perturbed by the method's perturbation; gradient
+        clipping after unscaling.  Returns the training loss (detached) and logits."""
+        xw, yw = w_batch
+        m = self.method.perturbation(mix().detach(), lambda mm: F.cross_entropy(st.forward(xw, mm), yw), epoch,
+                                     self.cfg.epochs, gen_m)
+        st.w_opt.zero_grad(set_to_none=True)
+        logits = st.forward(xw, m)
+        loss = F.cross_entropy(logits, yw)
+        st.w_scaler.scale(loss).backward()
+        if self.cfg.grad_clip > 0:
+            st.w_scaler.unscale_(st.w_opt)
+            nn.utils.clip_grad_norm_(st.model.parameters(), self.cfg.grad_clip)
+        st.w_scaler.step(st.w_opt)
+        st.w_scaler.update()
+        return loss.detach(), logits
+
+    def _record(self, st: SearchState, epoch: int, stage: int, train_alpha: bool, s: list[float], counts: list[int],
+                lr: float, t0: float) -> dict[str, Any]:
+        """An epoch's history record from its sums (train loss, train correct, val loss, val
+        correct); a non-finite loss ends the search with one line."""
+        method, epochs = self.method, self.cfg.epochs
         weights = self.expected(st)
         record = {
             "epoch": epoch + 1,
@@ -505,7 +526,7 @@ class Search:
             "alpha": st.arch.alpha.detach().cpu().tolist(),
             "weights": weights.tolist(),
             "genotype": self.space.format_genotype(self.space.select_magnitude(weights)),
-            **_edge_stats(weights, ops),
+            **_edge_stats(weights, self.space.edge_ops),
             **method.mixing.describe(epoch, epochs),
             "perturb_epsilon": method.perturbation.epsilon(epoch, epochs),
             "seconds": time.perf_counter() - t0,
