@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -112,8 +113,8 @@ def run_cell(protocol: str, method: str, seed: int, selections: list[str], out: 
                     print(f"[grid {Path(protocol).stem}] {cell.name}: read back from {Path(source) / ARCHIVE}",
                           file=sys.stderr, flush=True)
                     break
-            rows = _run_cell(protocol, method, seed, selections, out, data, pt_methods, strength, threads, progress,
-                             landscape, curve_every, space, retrain, variant)
+            rows = _run_cell(CellJob(protocol, method, seed, list(selections), out, data, pt_methods, strength,
+                                     threads, progress, landscape, curve_every, space, retrain, variant or {}))
             if report:
                 archive_cell(cell, Path(report))
             return rows
@@ -123,80 +124,124 @@ def run_cell(protocol: str, method: str, seed: int, selections: list[str], out: 
         raise
 
 
-def _run_cell(protocol: str, method: str, seed: int, selections: list[str], out: str, data: str | None,
-              pt_methods: list[str] | None, strength: bool, threads: int, progress: bool,
-              landscape: bool = False, curve_every: int = 0, space: str | None = None, retrain: bool = False,
-              variant: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+@dataclasses.dataclass
+class CellJob:
+    """One (space, method, seed) of a grid and what to do with it (``run_cell``'s arguments)."""
+
+    protocol: str
+    method: str
+    seed: int
+    selections: list[str]
+    out: str
+    data: str | None = None
+    pt_methods: list[str] | None = None
+    strength: bool = False
+    threads: int = 0
+    progress: bool = False
+    landscape: bool = False
+    curve_every: int = 0
+    space: str | None = None
+    retrain: bool = False
+    variant: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def cell(self) -> Path:
+        return cell_dir(self.out, self.space, self.method, self.seed)
+
+    @property
+    def tag(self) -> str:
+        return f"[grid {Path(self.protocol).stem}] {self.space + ' ' if self.space else ''}{self.method} seed {self.seed}"
+
+    def search_overrides(self) -> dict[str, Any]:
+        o: dict[str, Any] = {**self.variant, "seed": self.seed, "out": str(self.cell / "search"),
+                             "progress": self.progress}
+        o.setdefault("method", self.method)
+        o.update({k: v for k, v in (("space", self.space), ("keep_every", self.curve_every), ("data", self.data)) if v})
+        return o
+
+
+def _say(job: CellJob, text: str) -> None:
+    print(f"{job.tag}: {text}", file=sys.stderr, flush=True)
+
+
+def _run_cell(job: CellJob) -> list[dict[str, Any]]:
     import torch
 
-    if threads:
-        torch.set_num_threads(threads)
-    name = Path(protocol).stem
-    cell = cell_dir(out, space, method, seed)
-    tag = f"{space + ' ' if space else ''}{method} seed {seed}"
-    overrides: dict[str, Any] = {**(variant or {}), "seed": seed, "out": str(cell / "search"), "progress": progress}
-    overrides.setdefault("method", method)
-    if space:
-        overrides["space"] = space
-    if curve_every:
-        overrides["keep_every"] = curve_every
-    if data:
-        overrides["data"] = data
-    cfg = config_mod.build_config("search", protocol, overrides)
-    if get_space(cfg.space).benchmark is None and not retrain:
-        raise NasError(f"{protocol}: space {cfg.space!r} has no lookup table (only nb201 has): its cells must be "
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    cfg = config_mod.build_config("search", job.protocol, job.search_overrides())
+    if get_space(cfg.space).benchmark is None and not job.retrain:
+        raise NasError(f"{job.protocol}: space {cfg.space!r} has no lookup table (only nb201 has): its cells must be "
                        f"trained from scratch (grid.retrain: true)")
     res, cached = cached_search(cfg)
-    print(f"[grid {name}] {tag}: search {'cached' if cached else 'done'} "
-          f"({res['seconds'] / 60:.1f} min) -> {res['genotype']}", file=sys.stderr, flush=True)
-    table = None if retrain else load_table()
-    base = {"protocol": name, "method": method, "seed": seed, "search_minutes": res["seconds"] / 60,
-            "final_eigenvalue": _final_eigenvalue(res)}
-    rows = []
+    _say(job, f"search {'cached' if cached else 'done'} ({res['seconds'] / 60:.1f} min) -> {res['genotype']}")
+    table = None if job.retrain else load_table()
+    base = {"protocol": Path(job.protocol).stem, "method": job.method, "seed": job.seed,
+            "search_minutes": res["seconds"] / 60, "final_eigenvalue": _final_eigenvalue(res)}
+    rows: list[dict[str, Any]] = []
     own = not trains_alpha(cfg.method)  # one row, the method's own selection
-    todo = [res["selection"]] if own else list(selections)
-    for selection in todo:
-        if selection in ("pt", "pt-fix") and pt_methods is not None and method not in pt_methods:
+    for selection in [res["selection"]] if own else job.selections:
+        if selection in ("pt", "pt-fix") and job.pt_methods is not None and job.method not in job.pt_methods:
             continue
         row = dict(base)
         if selection == "magnitude" or own:
-            geno, minutes = res["genotype"], 0.0
+            row.update(genotype=res["genotype"], select_minutes=0.0)
         else:
-            run_dir = cell / "search"
-            if selection == "pt-fix":  # the same search with α held at uniform, then PT on its supernet
-                fix_cfg = config_mod.build_config("search", protocol, {
-                    **overrides, "fix_alpha": True, "hessian_every": 0, "keep_every": 0,
-                    "out": str(cell / "search-fix")})
-                fix_res, was = cached_search(fix_cfg)
-                print(f"[grid {name}] {tag}: fix-α search {'cached' if was else 'done'}", file=sys.stderr, flush=True)
-                run_dir = cell / "search-fix"
-                row["search_minutes"], row["final_eigenvalue"] = fix_res["seconds"] / 60, math.nan
-            extra: dict[str, Any] = {}
-            if selection == "verify":  # PT's cell (computed first: selections keep their order) joins in
-                pt_row = next((r for r in rows if r["selection"] == "pt"), None)
-                extra = {"method": "verify", "verify_with": [str(cell / "select-pt")] if pt_row else [],
-                         **({"data": data} if data else {})}
-            sel_cfg = config_mod.build_config("select", protocol, {
-                "method": "pt", "run": str(run_dir), "out": str(cell / f"select-{selection}"),
-                "seed": seed, "progress": progress, **extra})
-            sel, was = cached_selection(sel_cfg, run_dir / SEARCH_RESULT)
-            geno, minutes = sel["genotype"], sel.get("seconds", 0.0) / 60
-            if selection == "verify" and extra["verify_with"]:
-                minutes += pt_row["select_minutes"]  # PT's minutes are part of this selection's cost
-            print(f"[grid {name}] {tag}: {selection} {'cached' if was else 'done'} -> {geno}",
-                  file=sys.stderr, flush=True)
-        row.update(selection=selection, genotype=geno, select_minutes=minutes)
-        if retrain:
-            row.update(_retrained(protocol, cfg.space, geno, seed, cell / f"retrain-{selection}", data, progress))
-            print(f"[grid {name}] {tag}: {selection} retrained, test error {row['test_error']:.2f}%",
-                  file=sys.stderr, flush=True)
+            row.update(_selected(job, selection, rows))
+        row["selection"] = selection
+        geno = row["genotype"]
+        if job.retrain:
+            row.update(_retrained(job.protocol, cfg.space, geno, job.seed, job.cell / f"retrain-{selection}", job.data,
+                                  job.progress))
+            _say(job, f"{selection} retrained, test error {row['test_error']:.2f}%")
         else:
             row.update({d: table.accuracy(geno, d) for d in DATASETS}, skip_edges=geno.count("skip_connect"))
         rows.append(row)
-    digest = sha256_file(cell / "search" / SEARCH_RESULT) if (strength or landscape) and not own else ""
-    if strength and not own:
+    if not own:
+        _analyses(job, res, table)
+    fields = RETRAIN_FIELDS if job.retrain else RUN_FIELDS
+    return [{k: r[k] for k in fields} for r in rows]
+
+
+def _selected(job: CellJob, selection: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The genotype and minutes of a selection on the cell's supernet: PT, PT on the same search
+    with α held uniform (``pt-fix``, its own search minutes), or verified selection (with PT's
+    cell among the candidates when the cell has a PT row)."""
+    cell, row = job.cell, {}
+    run_dir = cell / "search"
+    if selection == "pt-fix":  # the same search with α held at uniform, then PT on its supernet
+        fix_cfg = config_mod.build_config("search", job.protocol, {
+            **job.search_overrides(), "fix_alpha": True, "hessian_every": 0, "keep_every": 0,
+            "out": str(cell / "search-fix")})
+        fix_res, was = cached_search(fix_cfg)
+        _say(job, f"fix-α search {'cached' if was else 'done'}")
+        run_dir = cell / "search-fix"
+        row.update(search_minutes=fix_res["seconds"] / 60, final_eigenvalue=math.nan)
+    extra: dict[str, Any] = {}
+    pt_row = next((r for r in rows if r["selection"] == "pt"), None)
+    if selection == "verify":  # PT's cell (computed first: selections keep their order) joins in
+        extra = {"method": "verify", "verify_with": [str(cell / "select-pt")] if pt_row else [],
+                 **({"data": job.data} if job.data else {})}
+    sel_cfg = config_mod.build_config("select", job.protocol, {
+        "method": "pt", "run": str(run_dir), "out": str(cell / f"select-{selection}"), "seed": job.seed,
+        "progress": job.progress, **extra})
+    sel, was = cached_selection(sel_cfg, run_dir / SEARCH_RESULT)
+    minutes = sel.get("seconds", 0.0) / 60
+    if selection == "verify" and extra["verify_with"]:
+        minutes += pt_row["select_minutes"]  # PT's minutes are part of this selection's cost
+    _say(job, f"{selection} {'cached' if was else 'done'} -> {sel['genotype']}")
+    return {**row, "genotype": sel["genotype"], "select_minutes": minutes}
+
+
+def _analyses(job: CellJob, res: dict[str, Any], table: Any) -> None:
+    """The cell's optional studies of its supernet, each redone only when the search changed: the
+    op-strength table, the loss landscape, the selection-against-epoch curve."""
+    cell = job.cell
+    digest = sha256_file(cell / "search" / SEARCH_RESULT) if job.strength or job.landscape else ""
+    if job.strength:
         sfile = cell / "strength" / "strength.json"
-        sel_cfg = config_mod.build_config("select", protocol, {"run": str(cell / "search"), "progress": progress})
+        sel_cfg = config_mod.build_config("select", job.protocol, {"run": str(cell / "search"),
+                                                                    "progress": job.progress})
         old = json.loads(sfile.read_text()) if sfile.is_file() else {}
         # a file without the measurement's settings was made with the first ones (PT_LEGACY)
         same = (old.get("removal", PT_LEGACY["pt_removal"]) == sel_cfg.pt_removal
@@ -204,15 +249,13 @@ def _run_cell(protocol: str, method: str, seed: int, selections: list[str], out:
         if not same or old.get("search_digest") != digest:
             summary = op_strength(cell / "search", sel_cfg, cell / "strength")
             write_json(sfile, {**summary, "search_digest": digest})
-    if landscape and not own:
+    if job.landscape:
         lfile = cell / "landscape" / "landscape.json"
         if not lfile.is_file() or json.loads(lfile.read_text()).get("search_digest") != digest:
             res_l = loss_landscape(cell / "search", out=cell / "landscape")
             write_json(lfile, {**res_l, "search_digest": digest})
-    if curve_every and not own and table is not None:
-        epoch_curve(protocol, cell, res, seed, progress, table)
-    fields = RETRAIN_FIELDS if retrain else RUN_FIELDS
-    return [{k: r[k] for k in fields} for r in rows]
+    if job.curve_every and table is not None:
+        epoch_curve(job.protocol, cell, res, job.seed, job.progress, table)
 
 
 def _retrained(protocol: str, space: str, genotype: str, seed: int, folder: Path, data: str | None,
