@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from typing import Any
@@ -71,52 +70,7 @@ def benchmark(protocol: str = "params/cpu-proxy.yaml", data: str | None = None, 
                              description=f"{'retrained' if spec.retrain else 'NAS-Bench-201'} table of protocol "
                                          f"{spec.name}")
     tr = tracking.tracker(track)
-    run_id = None
-    if tr.active:  # one nested run per row: nothing to build when tracking is off
-        spaces = ",".join(spec.spaces) if spec.spaces else ("nb201" if not spec.retrain else "")
-        run_id = tr.start(f"benchmark-{spec.name}", {"stage": "benchmark", "protocol": spec.name, "space": spaces})
-        tr.log_params(run_id, {"protocol": protocol, "methods": ",".join(spec.methods),
-                               "seeds": ",".join(map(str, spec.seeds)), "selections": ",".join(spec.selections)})
-        for r in rep["summary"]:
-            if spec.retrain:
-                tr.log_metrics(run_id, {f"{r['space']}.{r['method']}.{r['selection']}.test_error_mean":
-                                        r["test_error_mean"]})
-            else:
-                tr.log_metrics(run_id, {f"{r['method']}.{r['selection']}.{d}_mean": r[f"{d}_mean"]
-                                        for d in grid.DATASETS})
-        for path in (rep["table_md"], rep["table_csv"], rep["runs_csv"]):
-            tr.log_file(run_id, path, "table")
-        key = "test_error_mean" if spec.retrain else "cifar10_mean"
-        cols = ([c for c in ("space",) if spec.retrain] + ["method", "selection", "runs", "seeds", key,
-                 "test_error_std" if spec.retrain else "cifar10_std", "search_minutes", "select_minutes"])
-        tr.log_comparison(run_id, f"Protocol {spec.name}: " + ("test error (%), lowest first" if spec.retrain else
-                                                               "NAS-Bench-201 CIFAR-10 test accuracy (%), best first"),
-                          cols, sorted(rep["summary"], key=lambda r: r[key] * (1 if spec.retrain else -1)))
-        for path in rep["figures"]:
-            tr.log_file(run_id, path, "figures")
-        by_cell = {(res["rows"][0].get("space"), res["rows"][0]["method"], int(res["rows"][0]["seed"])): res
-                   for res in results if res["rows"]}
-        for r in rows:  # one nested run per (space, method, selection, seed), comparable with pipeline runs
-            space = r.get("space", "nb201")
-            child = tr.start(tracking.run_name("grid", r["method"], r["selection"], space, r["seed"], spec.name), {
-                "stage": "grid", "protocol": spec.name, "method": r["method"], "selection": r["selection"],
-                "seed": r["seed"], "space": space, "genotype": r["genotype"]}, parent=run_id)
-            if spec.retrain:
-                numbers = {k: r[k] for k in ("test_acc", "test_error", "params_m", "normal_skip", "normal_noise",
-                                             "normal_none", "retrain_minutes")}
-            else:
-                numbers = {"nb201_cifar10": r["cifar10"], "nb201_cifar100": r["cifar100"],
-                           "nb201_imagenet16-120": r["imagenet16-120"], "skip_edges": r["skip_edges"]}
-            tr.log_metrics(child, {**numbers, "search_minutes": r["search_minutes"],
-                                   "select_minutes": r["select_minutes"],
-                                   **({"final_eigenvalue": r["final_eigenvalue"]}
-                                      if r.get("final_eigenvalue") is not None and not math.isnan(r["final_eigenvalue"])
-                                      else {})})
-            cell = by_cell.get((r.get("space"), r["method"], int(r["seed"])))
-            if cell is not None:  # the row and the cell's results: a report can be rebuilt from the server
-                tr.log_json(child, {"row": r, "cell": cell["cell"], "files": cell["files"]}, "cell.json", "cell")
-            tr.end(child)
-        tr.end(run_id)
+    run_id = tr.log_benchmark(spec, protocol, rep, rows, results) if tr.active else None
     if failures:
         raise NasError(f"grid {spec.name}: {len(failures)} of {len(jobs)} cells failed (first: {failures[0]}); the "
                        f"report holds the others; rerun the same command to retry them")

@@ -84,8 +84,6 @@ def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrai
     is claimed under the study's lock (so together they never pass ``max_trials``), and a trial
     whose worker died (no heartbeat for twice ``NAS_OPTUNA_HEARTBEAT`` seconds) is marked FAIL and
     retried once."""
-    import time
-
     from nas.utils import NasError
 
     if n_trials < 0 or (max_trials is not None and max_trials < 0):
@@ -104,37 +102,8 @@ def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrai
         "stage": "sweep", "method": method, "objective": mode, "selection": "magnitude"})
     kw = dict(name=name, method=method, mode=mode, sets=list(sets or []), pruner=pruner, seed=seed,
               parent_run=parent, threads=threads, max_trials=max_trials, **settings)
-    new: list[dict[str, Any]] = []
-    failures: list[str] = []
-    failed_waves = 0  # waves in a row whose every trial failed
-    capped = False
     try:
-        while len(new) < n_trials:
-            st = sweep.open_study(name, storage, method, mode, pruner, seed)
-            sweep.fail_stale(st, storage)
-            room = n_trials - len(new)
-            if max_trials is not None:
-                done, busy = sweep.finished(st), sweep.running(st)
-                if done >= max_trials:
-                    capped = True
-                    break
-                if done + busy >= max_trials:  # the rest runs in other workers: wait for them
-                    time.sleep(min(sweep.heartbeat_interval(), 10))
-                    continue
-                room = min(room, max_trials - done - busy)
-            wave = min(parallel, room)
-            rows = _trials.with_options(task_runner=task_runner(runner, address, workers=wave,
-                                                                threads=max(threads, 1)))([kw] * wave)
-            new.extend(r for r in rows if r["state"] not in ("SKIPPED", "FAILED"))
-            failures.extend(r["error"] for r in rows if r["state"] == "FAILED")
-            failed_waves = failed_waves + 1 if rows and all(r["state"] == "FAILED" for r in rows) else 0
-            if failed_waves >= 2:
-                break  # two waves in a row failed (each trial recorded as FAIL): stop instead of failing forever
-        if failures and not new:
-            raise NasError(f"sweep {name}: all {len(failures)} trials of this run failed (first: {failures[0]})")
-        if failures and len(new) < n_trials and not capped:
-            raise NasError(f"sweep {name}: {len(new)} of {n_trials} trials finished, {len(failures)} failed "
-                           f"(first: {failures[0]}); the finished ones are in the study")
+        new = _add_trials(kw, n_trials, max_trials, parallel, runner, address)
     except BaseException:
         tracker.end(parent, ok=False)
         raise
@@ -146,6 +115,49 @@ def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrai
     tracker.end(parent)
     return {"study": name, "trials": rep["table"], "new": new, "best": rep["best"], "csv": str(rep["csv"]),
             "mlflow_run": parent}
+
+
+def _add_trials(kw: dict[str, Any], n_trials: int, max_trials: int | None, parallel: int, runner: str,
+                address: str | None) -> list[dict[str, Any]]:
+    """Run waves of up to ``parallel`` trials until ``n_trials`` finished (or the study reached
+    ``max_trials``, or two waves in a row failed); the finished rows.  A run that came up short
+    because trials failed raises, naming the first failure."""
+    import time
+
+    from nas.utils import NasError
+
+    name = kw["name"]
+    new: list[dict[str, Any]] = []
+    failures: list[str] = []
+    failed_waves = 0  # waves in a row whose every trial failed
+    capped = False
+    while len(new) < n_trials:
+        st = sweep.open_study(name, kw["storage"], kw["method"], kw["mode"], kw["pruner"], kw["seed"])
+        sweep.fail_stale(st, kw["storage"])
+        room = n_trials - len(new)
+        if max_trials is not None:
+            done, busy = sweep.finished(st), sweep.running(st)
+            if done >= max_trials:
+                capped = True
+                break
+            if done + busy >= max_trials:  # the rest runs in other workers: wait for them
+                time.sleep(min(sweep.heartbeat_interval(), 10))
+                continue
+            room = min(room, max_trials - done - busy)
+        wave = min(parallel, room)
+        rows = _trials.with_options(task_runner=task_runner(runner, address, workers=wave,
+                                                            threads=max(kw["threads"], 1)))([kw] * wave)
+        new.extend(r for r in rows if r["state"] not in ("SKIPPED", "FAILED"))
+        failures.extend(r["error"] for r in rows if r["state"] == "FAILED")
+        failed_waves = failed_waves + 1 if rows and all(r["state"] == "FAILED" for r in rows) else 0
+        if failed_waves >= 2:
+            break  # two waves in a row failed (each trial recorded as FAIL): stop instead of failing forever
+    if failures and not new:
+        raise NasError(f"sweep {name}: all {len(failures)} trials of this run failed (first: {failures[0]})")
+    if failures and len(new) < n_trials and not capped:
+        raise NasError(f"sweep {name}: {len(new)} of {n_trials} trials finished, {len(failures)} failed "
+                       f"(first: {failures[0]}); the finished ones are in the study")
+    return new
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -394,14 +394,7 @@ def _run_trial(study, trial, key: str, lo: float, hi: float, method: str, mode: 
         row["genotype"] = sel["genotype"]
         with_db_retry(f"trial {trial.number}", trial.set_user_attr, "genotype", sel["genotype"])
         with_db_retry(f"trial {trial.number}", trial.set_user_attr, "space", sel["space"])
-        if mode == "benchmark":
-            objective = stages.lookup_stage(sel["genotype"], "cifar10")["test_accuracy"]
-        else:
-            rcfg = per["retrain"]
-            if rcfg.holdout <= 0:
-                rcfg = config_mod.from_dict("retrain", {**config_mod.to_dict(rcfg), "holdout": 0.2})
-            rcfg = config_mod.from_dict("retrain", {**config_mod.to_dict(rcfg), "genotype": sel["genotype"]})
-            objective = 100.0 * stages.retrain_stage(rcfg)["val_acc"]
+        objective = _objective(mode, sel["genotype"], per["retrain"])
     except optuna.TrialPruned as exc:
         with_db_retry(f"trial {trial.number}", study.tell, trial, state=optuna.trial.TrialState.PRUNED)
         print(f"trial {trial.number}: {key}={value:.4g} pruned ({exc})", file=sys.stderr, flush=True)
@@ -415,15 +408,34 @@ def _run_trial(study, trial, key: str, lo: float, hi: float, method: str, mode: 
     with_db_retry(f"trial {trial.number}", study.tell, trial, objective)
     print(f"trial {trial.number}: {key}={value:.4g} -> {objective:.2f} ({mode}) {row['genotype']}",
           file=sys.stderr, flush=True)
-    tracker.log_metrics(run_id, {"objective": objective})
-    look = tracking.nb201_lookup(scfg.space, row["genotype"]) if tracker.active else None
-    if look:  # the trial's cell in the NAS-Bench-201 table, comparable with pipeline and grid runs
-        tracker.log_metrics(run_id, {f"nb201_{d}": v for d, v in look["all_datasets"].items()})
-    tracker.set_tags(run_id, {"state": "COMPLETE", "genotype": row["genotype"]})
-    tracker.log_run_folder(run_id, root)  # the results come home through the tracking server
-    tracker.end(run_id)
+    _log_finished(tracker, run_id, objective, scfg.space, row["genotype"], root)
     return {**row, "state": "COMPLETE", "value": objective, "supernet_val_acc": reported[0]}
 
+
+def _objective(mode: str, genotype: str, rcfg: Any) -> float:
+    """A selected cell's objective: its NAS-Bench-201 CIFAR-10 test accuracy (``benchmark``) or
+    its validation accuracy on a held-out split after the retrain (``retrain``; 20% held out
+    when the params file holds out none), in percent."""
+    from nas import stages
+
+    if mode == "benchmark":
+        return stages.lookup_stage(genotype, "cifar10")["test_accuracy"]
+    if rcfg.holdout <= 0:
+        rcfg = config_mod.from_dict("retrain", {**config_mod.to_dict(rcfg), "holdout": 0.2})
+    rcfg = config_mod.from_dict("retrain", {**config_mod.to_dict(rcfg), "genotype": genotype})
+    return 100.0 * stages.retrain_stage(rcfg)["val_acc"]
+
+
+def _log_finished(tracker: Any, run_id: str, objective: float, space: str, genotype: str, root: Path) -> None:
+    from nas import tracking
+
+    tracker.log_metrics(run_id, {"objective": objective})
+    look = tracking.nb201_lookup(space, genotype) if tracker.active else None
+    if look:  # the trial's cell in the NAS-Bench-201 table, comparable with pipeline and grid runs
+        tracker.log_metrics(run_id, {f"nb201_{d}": v for d, v in look["all_datasets"].items()})
+    tracker.set_tags(run_id, {"state": "COMPLETE", "genotype": genotype})
+    tracker.log_run_folder(run_id, root)  # the results come home through the tracking server
+    tracker.end(run_id)
 
 
 def trials_table(study) -> list[dict[str, Any]]:

@@ -324,6 +324,57 @@ class Tracker:
             if look:  # the best trial's cell in the NAS-Bench-201 table, as the pipeline reports it
                 self.log_metrics(run_id, {f"nb201_{d}": v for d, v in look["all_datasets"].items()})
 
+    def log_benchmark(self, spec: Any, protocol: str, rep: dict[str, Any], rows: list[dict[str, Any]],
+                      results: list[dict[str, Any]]) -> str:
+        """A benchmark grid as a parent run (its summary as metrics, the table, CSVs, figures and
+        comparison page) with one nested run per row; returns the parent's id."""
+        from nas.grid.spec import DATASETS
+
+        spaces = ",".join(spec.spaces) if spec.spaces else ("nb201" if not spec.retrain else "")
+        run_id = self.start(f"benchmark-{spec.name}", {"stage": "benchmark", "protocol": spec.name, "space": spaces})
+        self.log_params(run_id, {"protocol": protocol, "methods": ",".join(spec.methods),
+                                 "seeds": ",".join(map(str, spec.seeds)), "selections": ",".join(spec.selections)})
+        for r in rep["summary"]:
+            if spec.retrain:
+                self.log_metrics(run_id, {f"{r['space']}.{r['method']}.{r['selection']}.test_error_mean":
+                                          r["test_error_mean"]})
+            else:
+                self.log_metrics(run_id, {f"{r['method']}.{r['selection']}.{d}_mean": r[f"{d}_mean"] for d in DATASETS})
+        for path in (rep["table_md"], rep["table_csv"], rep["runs_csv"]):
+            self.log_file(run_id, path, "table")
+        key = "test_error_mean" if spec.retrain else "cifar10_mean"
+        cols = ([c for c in ("space",) if spec.retrain] + ["method", "selection", "runs", "seeds", key,
+                 "test_error_std" if spec.retrain else "cifar10_std", "search_minutes", "select_minutes"])
+        self.log_comparison(run_id, f"Protocol {spec.name}: " + ("test error (%), lowest first" if spec.retrain else
+                                                                 "NAS-Bench-201 CIFAR-10 test accuracy (%), best first"),
+                            cols, sorted(rep["summary"], key=lambda r: r[key] * (1 if spec.retrain else -1)))
+        for path in rep["figures"]:
+            self.log_file(run_id, path, "figures")
+        by_cell = {(res["rows"][0].get("space"), res["rows"][0]["method"], int(res["rows"][0]["seed"])): res
+                   for res in results if res["rows"]}
+        for r in rows:  # one nested run per (space, method, selection, seed), comparable with pipeline runs
+            self._log_grid_row(run_id, spec, r, by_cell.get((r.get("space"), r["method"], int(r["seed"]))))
+        self.end(run_id)
+        return run_id
+
+    def _log_grid_row(self, parent: str, spec: Any, r: dict[str, Any], cell: dict[str, Any] | None) -> None:
+        space = r.get("space", "nb201")
+        child = self.start(run_name("grid", r["method"], r["selection"], space, r["seed"], spec.name), {
+            "stage": "grid", "protocol": spec.name, "method": r["method"], "selection": r["selection"],
+            "seed": r["seed"], "space": space, "genotype": r["genotype"]}, parent=parent)
+        if spec.retrain:
+            numbers = {k: r[k] for k in ("test_acc", "test_error", "params_m", "normal_skip", "normal_noise",
+                                         "normal_none", "retrain_minutes")}
+        else:
+            numbers = {"nb201_cifar10": r["cifar10"], "nb201_cifar100": r["cifar100"],
+                       "nb201_imagenet16-120": r["imagenet16-120"], "skip_edges": r["skip_edges"]}
+        eig = r.get("final_eigenvalue")
+        self.log_metrics(child, {**numbers, "search_minutes": r["search_minutes"], "select_minutes": r["select_minutes"],
+                                 **({"final_eigenvalue": eig} if eig is not None and not math.isnan(eig) else {})})
+        if cell is not None:  # the row and the cell's results: a report can be rebuilt from the server
+            self.log_json(child, {"row": r, "cell": cell["cell"], "files": cell["files"]}, "cell.json", "cell")
+        self.end(child)
+
     def log_comparison(self, run_id: str, title: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
         """``comparison.html`` on a parent run: its children side by side in one table, best first,
         with every column a user compares (MLflow's artifact view renders it as a page)."""
