@@ -91,6 +91,35 @@ class SearchState:
     a_scaler: torch.amp.GradScaler | None = None
     _runner: Runner | None = field(default=None, repr=False)
 
+    def train_state(self) -> dict[str, Any]:
+        """What training changes, as checkpoints store it: the supernet, the architecture (α and
+        PT's buffers), both optimisers and, when active, the loss scalers."""
+        state = {"model": self.model.state_dict(), "arch": self.arch.state_dict(), "w_opt": self.w_opt.state_dict(),
+                 "a_opt": self.a_opt.state_dict()}
+        if self.w_scaler is not None and self.w_scaler.is_enabled():
+            state.update(w_scaler=self.w_scaler.state_dict(), a_scaler=self.a_scaler.state_dict())
+        return state
+
+    def load_train_state(self, ck: dict[str, Any], where: Any) -> None:
+        """The inverse of ``train_state`` (``where`` names the file in errors)."""
+        self.model.load_state_dict(ck["model"])
+        if "arch" in ck:
+            # buffers added later (PT's decided/removed) keep their defaults on older checkpoints
+            missing, unexpected = self.arch.load_state_dict(ck["arch"], strict=False)
+            bad = [k for k in missing if k not in ("decided", "removed")] + list(unexpected)
+            if bad:
+                raise NasError(f"{where}: architecture state does not match (key {bad[0]!r})")
+        else:  # checkpoints written before the architecture held more than α
+            with torch.no_grad():
+                self.arch.alpha.copy_(ck["alpha"].to(self.arch.alpha.device))
+        self.w_opt.load_state_dict(ck["w_opt"])
+        if "a_opt" in ck:
+            self.a_opt.load_state_dict(ck["a_opt"])
+        for name in ("w_scaler", "a_scaler"):
+            scaler = getattr(self, name)
+            if name in ck and scaler is not None:
+                scaler.load_state_dict(ck[name])
+
     @property
     def forward(self) -> Runner:
         """``model(x, mix)`` in the search's precision (compiled when asked), for whatever ``model`` is now."""
@@ -221,15 +250,10 @@ class Search:
             "config": config_mod.to_dict(self.cfg),
             "data_sha256": self.data_sha256,
             "epoch": st.epoch,
-            "model": st.model.state_dict(),
-            "arch": st.arch.state_dict(),
-            "w_opt": st.w_opt.state_dict(),
-            "a_opt": st.a_opt.state_dict(),
+            **st.train_state(),
             "sched": st.sched.state_dict(),
             "history": st.history,
             "early_stop": st.early_stop,
-            **({"w_scaler": st.w_scaler.state_dict(), "a_scaler": st.a_scaler.state_dict()}
-               if st.w_scaler is not None and st.w_scaler.is_enabled() else {}),
         })
 
     def read_checkpoint(self) -> dict:
@@ -248,25 +272,11 @@ class Search:
         for i in range(1, len(self.stages)):
             if int(ck["epoch"]) >= self.stage_starts[i]:
                 self.enter_stage(st, i, prune=False)  # the stage's shapes; values come from the checkpoint
-        st.model.load_state_dict(ck["model"])
-        if "arch" in ck:
-            # buffers added later (PT's decided/removed) keep their defaults on older checkpoints
-            missing, unexpected = st.arch.load_state_dict(ck["arch"], strict=False)
-            bad = [k for k in missing if k not in ("decided", "removed")] + list(unexpected)
-            if bad:
-                raise NasError(f"{self.out / CHECKPOINT}: architecture state does not match (key {bad[0]!r})")
-        else:  # checkpoints written before the architecture held more than α
-            with torch.no_grad():
-                st.arch.alpha.copy_(ck["alpha"].to(self.device))
-        st.w_opt.load_state_dict(ck["w_opt"])
-        st.a_opt.load_state_dict(ck["a_opt"])
+        st.load_train_state(ck, self.out / CHECKPOINT)
         st.sched.load_state_dict(ck["sched"])
         st.epoch = int(ck["epoch"])
         st.history = list(ck["history"])
         st.early_stop = ck.get("early_stop")
-        if "w_scaler" in ck and st.w_scaler is not None:
-            st.w_scaler.load_state_dict(ck["w_scaler"])
-            st.a_scaler.load_state_dict(ck["a_scaler"])
 
     # ----------------------------------------------------------------- the loop
     def run(self, resume: bool = False, callback: Callable[[SearchState], None] | None = None,

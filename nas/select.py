@@ -116,22 +116,13 @@ def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: co
     for group in st.w_opt.param_groups:
         group["lr"] = search.cfg.w_lr * cfg.pt_lr_factor
     steps = search.steps_per_epoch(w_stream)
-    renormalise = cfg.pt_removal == "renormalise"
     decisions: list[dict[str, Any]] = []
     tune_epoch = 0
     groups = [g for g in space.edge_groups if len(g) > space.keep_edges_per_node] if space.keep_edges_per_node else []
     plan: list[tuple[str, Any]] = [("edge", e) for e in order] + [("node", g) for g in groups]
     t_start = time.perf_counter()
     if resume_from is not None:
-        st.model.load_state_dict(resume_from["model"])
-        st.arch.load_state_dict(resume_from["arch"])
-        st.w_opt.load_state_dict(resume_from["w_opt"])
-        if "w_scaler" in resume_from:
-            st.w_scaler.load_state_dict(resume_from["w_scaler"])
-        if "a_opt" in resume_from:
-            st.a_opt.load_state_dict(resume_from["a_opt"])
-        if "a_scaler" in resume_from:
-            st.a_scaler.load_state_dict(resume_from["a_scaler"])
+        st.load_train_state(resume_from, checkpoint)  # the search's checkpoint code
         decisions = list(resume_from["decisions"])
         tune_epoch = int(resume_from["tune_epoch"])
 
@@ -150,28 +141,13 @@ def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: co
             base_mix = search.expected_mix(st)
         base = search.evaluate(st, val, base_mix, cfg.pt_batches, cfg.pt_bn)
         if kind == "edge":
-            e, ops = item, space.edge_ops[item]
-            accs = {}
-            for op_k in st.arch.candidate_ops(e, space.pt_exclude, space.edge_ops):
-                accs[ops[op_k]] = search.evaluate(st, val, without_op(base_mix, e, op_k, renormalise), cfg.pt_batches,
-                                                  cfg.pt_bn)
-            chosen = min(accs, key=lambda op: (accs[op], ops.index(op)))  # removal hurts most
-            st.arch.decided[e] = ops.index(chosen)
-            decisions.append({"edge": e, "name": space.edge_names[e], "base_acc": base, "acc_without": accs,
-                              "chosen": chosen})
-            msg = (f"PT edge {k + 1}/{len(order)} ({space.edge_names[e]}): keep {chosen} (accuracy {base:.4f}, "
-                   f"{accs[chosen]:.4f} without it)")
+            decision = _decide_edge(search, st, val, cfg, base_mix, base, item)
+            msg = (f"PT edge {k + 1}/{len(order)} ({decision['name']}): keep {decision['chosen']} (accuracy "
+                   f"{base:.4f}, {decision['acc_without'][decision['chosen']]:.4f} without it)")
         else:  # the topology step (DARTS spaces): per node, keep the edges whose removal hurts most
-            group = item
-            accs_e = {e: search.evaluate(st, val, without_edge(base_mix, e), cfg.pt_batches, cfg.pt_bn) for e in group}
-            keep = sorted(group, key=lambda e: (accs_e[e], e))[: space.keep_edges_per_node]
-            for e in group:
-                if e not in keep:
-                    st.arch.removed[e] = True
-            decisions.append({"node_edges": [space.edge_names[e] for e in group], "base_acc": base,
-                              "acc_without_edge": {space.edge_names[e]: a for e, a in accs_e.items()},
-                              "kept": [space.edge_names[e] for e in sorted(keep)]})
-            msg = f"PT node {k + 1 - len(order)}/{len(groups)}: keep {', '.join(space.edge_names[e] for e in sorted(keep))}"
+            decision = _decide_node(search, st, val, cfg, base_mix, base, item)
+            msg = f"PT node {k + 1 - len(order)}/{len(groups)}: keep {', '.join(decision['kept'])}"
+        decisions.append(decision)
         if cfg.progress:
             print(msg, file=sys.stderr, flush=True)
         if k < len(plan) - 1:
@@ -179,14 +155,38 @@ def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: co
         if checkpoint is not None:
             seconds = float((resume_from or {}).get("seconds", 0.0)) + time.perf_counter() - t_start
             torch_save(checkpoint, {**(header or {}), "format": "nas-pt-checkpoint-v1", "seconds": seconds,
-                                    "model": st.model.state_dict(), "arch": st.arch.state_dict(),
-                                    "w_opt": st.w_opt.state_dict(), "decisions": decisions,
-                                    "tune_epoch": tune_epoch, "a_opt": st.a_opt.state_dict(),
-                                    **({"w_scaler": st.w_scaler.state_dict()} if st.w_scaler.is_enabled() else {}),
-                                    **({"a_scaler": st.a_scaler.state_dict()} if st.a_scaler.is_enabled() else {})})
+                                    **st.train_state(), "decisions": decisions, "tune_epoch": tune_epoch})
         if on_step is not None:
             on_step(k)
     return decisions, order
+
+
+def _decide_edge(search: Search, st: SearchState, val: Any, cfg: config_mod.SelectConfig, base_mix: Any,
+                 base: float, e: int) -> dict[str, Any]:
+    """PT's operation step on edge ``e``: keep the op whose removal costs the most accuracy."""
+    space, ops = search.space, search.space.edge_ops[e]
+    renormalise = cfg.pt_removal == "renormalise"
+    accs = {}
+    for op_k in st.arch.candidate_ops(e, space.pt_exclude, space.edge_ops):
+        accs[ops[op_k]] = search.evaluate(st, val, without_op(base_mix, e, op_k, renormalise), cfg.pt_batches,
+                                          cfg.pt_bn)
+    chosen = min(accs, key=lambda op: (accs[op], ops.index(op)))  # removal hurts most
+    st.arch.decided[e] = ops.index(chosen)
+    return {"edge": e, "name": space.edge_names[e], "base_acc": base, "acc_without": accs, "chosen": chosen}
+
+
+def _decide_node(search: Search, st: SearchState, val: Any, cfg: config_mod.SelectConfig, base_mix: Any,
+                 base: float, group: Any) -> dict[str, Any]:
+    """PT's topology step on one node: keep the ``keep_edges_per_node`` edges whose removal costs most."""
+    space = search.space
+    accs_e = {e: search.evaluate(st, val, without_edge(base_mix, e), cfg.pt_batches, cfg.pt_bn) for e in group}
+    keep = sorted(group, key=lambda e: (accs_e[e], e))[: space.keep_edges_per_node]
+    for e in group:
+        if e not in keep:
+            st.arch.removed[e] = True
+    return {"node_edges": [space.edge_names[e] for e in group], "base_acc": base,
+            "acc_without_edge": {space.edge_names[e]: a for e, a in accs_e.items()},
+            "kept": [space.edge_names[e] for e in sorted(keep)]}
 
 
 def _pt_header(run: str | Path, cfg: config_mod.SelectConfig) -> dict[str, Any]:

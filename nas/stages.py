@@ -144,20 +144,8 @@ def evaluate_stage(search_dir: str | Path, selection: str | Path, retrain_dir: s
     ``plots/eigenvalue.csv``, ``plots/search_accuracy.csv``, ``plots/retrain_accuracy.csv``, and
     the same four as pictures (``plots/*.png``, which render without a network)."""
     from nas.schemas import validate_history
-    search_res = read_search_result(search_dir)
-    sel_path = Path(selection)
-    if sel_path.is_dir():
-        sel_path = sel_path / "selection.json"
-    if not sel_path.is_file():
-        raise NasError(f"{sel_path}: selection not found (expected the output of 'nas select')")
-    sel = read_json(sel_path)
-    rt_path = Path(retrain_dir) / "result.json"
-    if not rt_path.is_file():
-        raise NasError(f"{rt_path}: retrain result not found (expected the output of 'nas retrain')")
-    rt = read_json(rt_path)
-    if rt.get("genotype") != sel.get("genotype"):
-        raise NasError(f"{rt_path}: retrained genotype {rt.get('genotype')!r} is not the selected "
-                       f"{sel.get('genotype')!r} in {sel_path}")
+
+    search_res, sel, rt = _pipeline_results(search_dir, selection, retrain_dir)
     history = validate_history(search_res.get("history", []), f"{search_dir}/result.json history")
     out = Path(out)
     space = get_space(search_res["space"])
@@ -188,10 +176,39 @@ def evaluate_stage(search_dir: str | Path, selection: str | Path, retrain_dir: s
     write_json(out / "metrics.json", numbers)  # `dvc metrics show`: numbers only
     write_json(out / "summary.json", metrics)
     plots = out / "plots"
+    _plot_tables(plots, search_res, history, rt)
+    from nas.figures import pipeline_plots
 
+    pipeline_plots(plots)
+    return metrics
+
+
+def _pipeline_results(search_dir: str | Path, selection: str | Path,
+                      retrain_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The search, selection and retrain results of one pipeline run, checked to belong together."""
+    search_res = read_search_result(search_dir)
+    sel_path = Path(selection)
+    if sel_path.is_dir():
+        sel_path = sel_path / "selection.json"
+    if not sel_path.is_file():
+        raise NasError(f"{sel_path}: selection not found (expected the output of 'nas select')")
+    sel = read_json(sel_path)
+    rt_path = Path(retrain_dir) / "result.json"
+    if not rt_path.is_file():
+        raise NasError(f"{rt_path}: retrain result not found (expected the output of 'nas retrain')")
+    rt = read_json(rt_path)
+    if rt.get("genotype") != sel.get("genotype"):
+        raise NasError(f"{rt_path}: retrained genotype {rt.get('genotype')!r} is not the selected "
+                       f"{sel.get('genotype')!r} in {sel_path}")
+    return search_res, sel, rt
+
+
+def _plot_tables(plots: Path, search_res: dict[str, Any], history: list[dict[str, Any]], rt: dict[str, Any]) -> None:
+    """The four tables ``dvc plots`` draws: α per op, the eigenvalue, the search and retrain accuracy."""
     def table(name: str, header: list[str], rows: list[list[Any]]) -> None:
         write_csv(plots / name, [dict(zip(header, r)) for r in rows], header, "{:.6g}", lineterminator="\n")
 
+    eig = search_res.get("hessian", {}).get("top_eigenvalue") or []
     ops = list(search_res.get("ops", []))
     if history and ops and all(len(h["weights"][0]) == len(ops) for h in history):
         table("alpha.csv", ["epoch", *ops],
@@ -203,10 +220,6 @@ def evaluate_stage(search_dir: str | Path, selection: str | Path, retrain_dir: s
           [[h["epoch"], h["train_acc"], h["val_acc"]] for h in history])
     table("retrain_accuracy.csv", ["epoch", "train_acc", "train_loss"],
           [[h["epoch"], h["train_acc"], h["train_loss"]] for h in rt.get("history", [])])
-    from nas.figures import pipeline_plots
-
-    pipeline_plots(plots)
-    return metrics
 
 
 def resume_or_restart(stage: Any, cfg: Any, **kwargs: Any) -> dict[str, Any]:

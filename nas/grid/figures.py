@@ -85,7 +85,6 @@ def draw_figures(spec: GridSpec, rows: list[dict[str, Any]], folder: Path) -> li
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     folder.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
@@ -99,7 +98,40 @@ def draw_figures(spec: GridSpec, rows: list[dict[str, Any]], folder: Path) -> li
     methods = [label for label, _, m in spec.labels() if trains_alpha(spec.base_method(m))]
     runs = {m: [curves[f"{m}/{s}"] for s in spec.seeds if f"{m}/{s}" in curves] for m in methods}
     runs = {m: r for m, r in runs.items() if r}
-    # 1. each op's mean mixing weight over the epochs: mean over seeds, band = min..max over seeds
+    figures = [("alpha_per_op.png", _alpha_figure(spec, runs)), ("eigenvalue.png", _eigen_figure(spec, runs)),
+               # a retraining grid draws its cells; a looked-up one PT against magnitude
+               ("cells.png", cells_figure(spec, rows) if spec.retrain else None),
+               ("pt_vs_magnitude.png", None if spec.retrain else _pt_figure(spec, rows, methods)),
+               ("alpha_vs_drop.png", _strength_figure(spec, runs))]
+    for name, fig in figures:
+        if fig is not None:
+            save(fig, name)
+    # the sharpness figure's three panels against the epoch (runs whose curves hold them)
+    tracked = {m: [r for r in rs if r.get("selected_cifar10")] for m, rs in runs.items()}
+    tracked = {m: rs for m, rs in tracked.items() if rs}
+    if tracked:
+        save(epoch_panels(tracked, f"{spec.name}: supernet, selected cell and sharpness during the search "
+                                   "(mean over seeds; bands: min to max)"), "sharpness_over_epochs.png")
+    # "performance improves with more searching epochs": magnitude and PT against the epoch
+    kept = {m: [r["selection_curve"] for r in rs if r.get("selection_curve")] for m, rs in runs.items()}
+    kept = {m: cs for m, cs in kept.items() if cs}
+    if kept:
+        save(selection_epochs(kept, f"{spec.name}: the selected cell against the search epoch "
+                                    "(mean over seeds; bands: min to max)"), "search_epochs.png")
+    # the loss landscape around α (each method's first seed that has one), shared colour scale
+    lands = [{"method": m, **next(r["landscape"] for r in rs if r.get("landscape"))}
+             for m, rs in runs.items() if any(r.get("landscape") for r in rs)]
+    if lands:
+        draw_landscapes(lands, folder / "landscape.png")
+        written.append(str(folder / "landscape.png"))
+    return written
+
+
+def _alpha_figure(spec: GridSpec, runs: dict[str, list[dict[str, Any]]]) -> Any:
+    """Each op's mean mixing weight over the epochs: mean over seeds, band = min..max over seeds."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
     if runs:
         cols = min(3, len(runs))
         nrows = math.ceil(len(runs) / cols)
@@ -132,8 +164,15 @@ def draw_figures(spec: GridSpec, rows: list[dict[str, Any]], folder: Path) -> li
         fig.suptitle(f"{spec.name}: op weights during search (lines: mean over seeds; bands: min to max)",
                      fontsize=10)
         fig.tight_layout()
-        save(fig, "alpha_per_op.png")
-    # 2. dominant Hessian eigenvalue over the epochs: mean over seeds, band = min..max, log scale
+        return fig
+    return None
+
+
+def _eigen_figure(spec: GridSpec, runs: dict[str, list[dict[str, Any]]]) -> Any:
+    """The dominant Hessian eigenvalue over the epochs: mean over seeds, band = min..max, log scale."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
     fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=110)
     drawn = False
     for m, rs in runs.items():
@@ -155,16 +194,17 @@ def draw_figures(spec: GridSpec, rows: list[dict[str, Any]], folder: Path) -> li
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        save(fig, "eigenvalue.png")
-    else:
-        plt.close(fig)
-    # 3. PT vs magnitude on the same supernets (looked-up grids; a retraining grid draws its cells)
+        return fig
+    plt.close(fig)
+    return None
+
+
+def _pt_figure(spec: GridSpec, rows: list[dict[str, Any]], methods: list[str]) -> Any:
+    """PT against magnitude on the same supernets, per method and seed (looked-up grids)."""
+    import matplotlib.pyplot as plt
+
     pairs = []
-    if spec.retrain:
-        drawn_cells = cells_figure(spec, rows)
-        if drawn_cells is not None:
-            save(drawn_cells, "cells.png")
-    for m in (methods if not spec.retrain else []):
+    for m in methods:
         for s in spec.seeds:
             mag = [r for r in rows if r["method"] == m and int(r["seed"]) == s and r["selection"] == "magnitude"]
             pt = [r for r in rows if r["method"] == m and int(r["seed"]) == s and r["selection"] == "pt"]
@@ -183,9 +223,15 @@ def draw_figures(spec: GridSpec, rows: list[dict[str, Any]], folder: Path) -> li
         ax.set_title(f"{spec.name}: PT vs magnitude on the same supernets", fontsize=10)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
         fig.tight_layout()
-        save(fig, "pt_vs_magnitude.png")
-    # 4. α vs accuracy drop (the strength analysis of each method's first seed that has one):
-    #    colour = method, marker = op
+        return fig
+    return None
+
+
+def _strength_figure(spec: GridSpec, runs: dict[str, list[dict[str, Any]]]) -> Any:
+    """α against the accuracy drop (the strength analysis of each method's first seed that
+    has one): colour = method, marker = op."""
+    import matplotlib.pyplot as plt
+
     pts = [(m, next(r["strength"] for r in rs if "strength" in r)) for m, rs in runs.items()
            if any("strength" in r for r in rs)]
     if pts:
@@ -211,26 +257,8 @@ def draw_figures(spec: GridSpec, rows: list[dict[str, Any]], folder: Path) -> li
         ax.set_title(f"{spec.name}: α vs accuracy drop (Spearman's rank correlation ρ)", fontsize=10)
         ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         fig.tight_layout()
-        save(fig, "alpha_vs_drop.png")
-    # 5. the sharpness figure's three panels against the epoch (runs whose curves hold them)
-    tracked = {m: [r for r in rs if r.get("selected_cifar10")] for m, rs in runs.items()}
-    tracked = {m: rs for m, rs in tracked.items() if rs}
-    if tracked:
-        save(epoch_panels(tracked, f"{spec.name}: supernet, selected cell and sharpness during the search "
-                                   "(mean over seeds; bands: min to max)"), "sharpness_over_epochs.png")
-    # 6. "performance improves with more searching epochs": magnitude and PT against the epoch
-    kept = {m: [r["selection_curve"] for r in rs if r.get("selection_curve")] for m, rs in runs.items()}
-    kept = {m: cs for m, cs in kept.items() if cs}
-    if kept:
-        save(selection_epochs(kept, f"{spec.name}: the selected cell against the search epoch "
-                                    "(mean over seeds; bands: min to max)"), "search_epochs.png")
-    # 7. the loss landscape around α (each method's first seed that has one), shared colour scale
-    lands = [{"method": m, **next(r["landscape"] for r in rs if r.get("landscape"))}
-             for m, rs in runs.items() if any(r.get("landscape") for r in rs)]
-    if lands:
-        draw_landscapes(lands, folder / "landscape.png")
-        written.append(str(folder / "landscape.png"))
-    return written
+        return fig
+    return None
 
 
 def cells_figure(spec: GridSpec, rows: list[dict[str, Any]]) -> Any:

@@ -100,31 +100,12 @@ def load_grid(protocol: str | Path, out: str | None = None, report: str | None =
     methods = methods or _list(grid.get("methods", ["darts"]), "methods", str(path), str)
     seeds = seeds or _list(grid.get("seeds", [1]), "seeds", str(path), int)
     selections = selections or _list(grid.get("selections", ["magnitude"]), "selections", str(path), str)
-    for m in methods:
-        if m not in METHODS and m not in variants:
-            raise NasError(f"{path}: unknown method {m!r} in grid.methods (expected one of {', '.join(METHODS)}"
-                           f"{' or a grid.variants name' if variants else ''})")
-    for s in selections:
-        if s not in SELECTIONS:
-            raise NasError(f"{path}: unknown selection {s!r} in grid.selections (expected one of "
-                           f"{', '.join(SELECTIONS)})")
-    spaces = grid.get("spaces")
-    if spaces is not None:
-        from nas.spaces import SPACE_NAMES as SPACES
-
-        spaces = _list(spaces, "spaces", str(path), str)
-        for sp in spaces:
-            if sp not in SPACES:
-                raise NasError(f"{path}: unknown space {sp!r} in grid.spaces (expected one of {', '.join(SPACES)})")
+    _check_names(path, methods, selections, variants)
+    spaces = _spaces(grid.get("spaces"), path)
     pt_methods = grid.get("pt_methods")
     if pt_methods is not None:
         pt_methods = _list(pt_methods, "pt_methods", str(path), str)
-    strength = grid.get("strength", False)
-    if not isinstance(strength, bool):
-        raise NasError(f"{path}: key 'grid.strength' expects bool, got {strength!r}")
-    landscape = grid.get("landscape", False)
-    if not isinstance(landscape, bool):
-        raise NasError(f"{path}: key 'grid.landscape' expects bool, got {landscape!r}")
+    strength, landscape = _flag(grid, "strength", path), _flag(grid, "landscape", path)
     curve = _curve(grid.get("curve"), str(path), methods, seeds)
     # the search and select sections must be valid too, before any work starts
     search_cfg = config_mod.build_config("search", path)
@@ -150,6 +131,36 @@ def load_grid(protocol: str | Path, out: str | None = None, report: str | None =
     return GridSpec(str(path), name, list(methods), [int(s) for s in seeds], list(selections), pt_methods, strength,
                     out or f"runs/grid/{name}", report or f"data/results/{name}", landscape, curve,
                     list(spaces) if spaces else None, retrain, variants, list(reuse))
+
+
+def _flag(grid: dict[str, Any], key: str, path: Path) -> bool:
+    value = grid.get(key, False)
+    if not isinstance(value, bool):
+        raise NasError(f"{path}: key 'grid.{key}' expects bool, got {value!r}")
+    return value
+
+
+def _check_names(path: Path, methods: list[str], selections: list[str], variants: dict[str, Any]) -> None:
+    for m in methods:
+        if m not in METHODS and m not in variants:
+            raise NasError(f"{path}: unknown method {m!r} in grid.methods (expected one of {', '.join(METHODS)}"
+                           f"{' or a grid.variants name' if variants else ''})")
+    for s in selections:
+        if s not in SELECTIONS:
+            raise NasError(f"{path}: unknown selection {s!r} in grid.selections (expected one of "
+                           f"{', '.join(SELECTIONS)})")
+
+
+def _spaces(raw: Any, path: Path) -> list[str] | None:
+    if raw is None:
+        return None
+    from nas.spaces import SPACE_NAMES as SPACES
+
+    spaces = _list(raw, "spaces", str(path), str)
+    for sp in spaces:
+        if sp not in SPACES:
+            raise NasError(f"{path}: unknown space {sp!r} in grid.spaces (expected one of {', '.join(SPACES)})")
+    return spaces
 
 
 def _variants(raw: Any, path: Path) -> dict[str, dict[str, Any]]:
