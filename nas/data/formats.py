@@ -254,43 +254,17 @@ def _decode_image(data: bytes, name: str) -> np.ndarray:
         raise NasError(f"{name}: not a readable image ({exc.__class__.__name__})") from None
 
 
+Files = dict[str, dict[str, list[tuple[str, Any]]]]  # split -> class -> [(name, path or tar member)]
+
+
 def read_image_folder(path: Path, class_order: list[str] | None = None) -> RawDataset:
     """``root/{train,test}/<class>/*.{png,jpg}`` from a folder or a tar archive."""
-    files: dict[str, dict[str, list[tuple[str, Any]]]] = {"train": {}, "test": {}}
     tar = None
     if path.is_dir():
-        root = path
-        if not (root / "train").is_dir():
-            subs = [p for p in root.iterdir() if p.is_dir()]
-            if len(subs) == 1 and (subs[0] / "train").is_dir():
-                root = subs[0]
-        for split in ("train", "test"):
-            sd = root / split
-            if not sd.is_dir():
-                raise NasError(f"{path}: missing '{split}/' folder (expected root/{{train,test}}/<class>/*.png|jpg)")
-            for cdir in sorted(p for p in sd.iterdir() if p.is_dir()):
-                imgs = sorted(p for p in cdir.iterdir() if p.is_file() and not p.name.startswith("."))
-                files[split][cdir.name] = [(str(p), p) for p in imgs]
+        files = _folder_files(path)
     else:
         tar = open_tar(path)
-        members = [m for m in check_tar_members(tar, path) if m.isfile()]
-        for m in members:
-            parts = PurePosixPath(m.name).parts
-            if parts and parts[0] == ".":
-                parts = parts[1:]
-            # allow one wrapping folder: [top/]split/class/file
-            if len(parts) == 4 and parts[1] in ("train", "test"):
-                parts = parts[1:]
-            if len(parts) != 3 or parts[0] not in ("train", "test") or parts[2].startswith("."):
-                continue
-            split, cls, _ = parts
-            files[split].setdefault(cls, []).append((f"{path}:{m.name}", m))
-        for split in ("train", "test"):
-            if not files[split]:
-                tar.close()
-                raise NasError(f"{path}: no '{split}/<class>/<image>' members (expected root/{{train,test}}/<class>/*.png|jpg)")
-            for cls in files[split]:
-                files[split][cls].sort(key=lambda t: t[0])
+        files = _tar_files(tar, path)
     try:
         classes = sorted(set(files["train"]) | set(files["test"]))
         if class_order is not None and set(classes) == set(class_order):
@@ -301,34 +275,12 @@ def read_image_folder(path: Path, class_order: list[str] | None = None) -> RawDa
                 if not items:
                     raise NasError(f"{path}: class folder '{split}/{cls}' is empty or missing")
         out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        shape = None
-        decoded, budget = 0, available_memory() // 3  # the images, their stack and the tensor copy
+        state = {"shape": None, "decoded": 0, "budget": available_memory() // 3}  # images, stack, tensor copy
         for split in ("train", "test"):
             xs, ys = [], []
             for ci, cls in enumerate(classes):
                 for name, ref in files[split][cls]:
-                    if not name.lower().endswith(IMAGE_SUFFIXES):
-                        raise NasError(f"{name}: not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
-                    size = ref.size if tar is not None else Path(ref).stat().st_size
-                    if size > MAX_IMAGE_FILE_BYTES:
-                        raise NasError(f"{name}: {size} bytes, larger than an image file may be "
-                                       f"({MAX_IMAGE_FILE_BYTES >> 20} MiB)")
-                    if tar is not None:
-                        fobj = tar.extractfile(ref)
-                        data = fobj.read() if fobj is not None else b""
-                    else:
-                        data = Path(ref).read_bytes()
-                    img = _decode_image(data, name)
-                    decoded += img.nbytes
-                    if decoded > budget:
-                        raise NasError(f"{path}: decoded images exceed the {budget / 2**30:.1f} GiB of free memory "
-                                       f"(at {name})")
-                    if shape is None:
-                        shape = img.shape
-                    elif img.shape != shape:
-                        raise NasError(f"{name}: image is {img.shape[1]}x{img.shape[0]}, expected "
-                                       f"{shape[1]}x{shape[0]} like the first image")
-                    xs.append(img)
+                    xs.append(_decode_checked(path, name, _read_member(name, ref, tar), state))
                     ys.append(ci)
             out[split] = (np.stack(xs).transpose(0, 3, 1, 2).copy(), np.asarray(ys, np.int64))
     finally:
@@ -336,6 +288,76 @@ def read_image_folder(path: Path, class_order: list[str] | None = None) -> RawDa
             tar.close()
     return RawDataset(out["train"][0], out["train"][1], out["test"][0], out["test"][1], classes,
                       f"image folder {path.name}")
+
+
+def _folder_files(path: Path) -> Files:
+    files: Files = {"train": {}, "test": {}}
+    root = path
+    if not (root / "train").is_dir():
+        subs = [p for p in root.iterdir() if p.is_dir()]
+        if len(subs) == 1 and (subs[0] / "train").is_dir():
+            root = subs[0]
+    for split in ("train", "test"):
+        sd = root / split
+        if not sd.is_dir():
+            raise NasError(f"{path}: missing '{split}/' folder (expected root/{{train,test}}/<class>/*.png|jpg)")
+        for cdir in sorted(p for p in sd.iterdir() if p.is_dir()):
+            imgs = sorted(p for p in cdir.iterdir() if p.is_file() and not p.name.startswith("."))
+            files[split][cdir.name] = [(str(p), p) for p in imgs]
+    return files
+
+
+def _tar_files(tar: Any, path: Path) -> Files:
+    files: Files = {"train": {}, "test": {}}
+    members = [m for m in check_tar_members(tar, path) if m.isfile()]
+    for m in members:
+        parts = PurePosixPath(m.name).parts
+        if parts and parts[0] == ".":
+            parts = parts[1:]
+        # allow one wrapping folder: [top/]split/class/file
+        if len(parts) == 4 and parts[1] in ("train", "test"):
+            parts = parts[1:]
+        if len(parts) != 3 or parts[0] not in ("train", "test") or parts[2].startswith("."):
+            continue
+        split, cls, _ = parts
+        files[split].setdefault(cls, []).append((f"{path}:{m.name}", m))
+    for split in ("train", "test"):
+        if not files[split]:
+            tar.close()
+            raise NasError(f"{path}: no '{split}/<class>/<image>' members (expected root/{{train,test}}/<class>/*.png|jpg)")
+        for cls in files[split]:
+            files[split][cls].sort(key=lambda t: t[0])
+    return files
+
+
+def _read_member(name: str, ref: Any, tar: Any) -> bytes:
+    """An image file's bytes (a path, or a member of ``tar``), refused by name or size first."""
+    if not name.lower().endswith(IMAGE_SUFFIXES):
+        raise NasError(f"{name}: not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
+    size = ref.size if tar is not None else Path(ref).stat().st_size
+    if size > MAX_IMAGE_FILE_BYTES:
+        raise NasError(f"{name}: {size} bytes, larger than an image file may be ({MAX_IMAGE_FILE_BYTES >> 20} MiB)")
+    if tar is not None:
+        fobj = tar.extractfile(ref)
+        return fobj.read() if fobj is not None else b""
+    return Path(ref).read_bytes()
+
+
+def _decode_checked(path: Path, name: str, data: bytes, state: dict[str, Any]) -> np.ndarray:
+    """Decode one image; refused when the decoded total passes the memory budget or its size is
+    not the first image's."""
+    img = _decode_image(data, name)
+    state["decoded"] += img.nbytes
+    if state["decoded"] > state["budget"]:
+        raise NasError(f"{path}: decoded images exceed the {state['budget'] / 2**30:.1f} GiB of free memory "
+                       f"(at {name})")
+    shape = state["shape"]
+    if shape is None:
+        state["shape"] = img.shape
+    elif img.shape != shape:
+        raise NasError(f"{name}: image is {img.shape[1]}x{img.shape[0]}, expected {shape[1]}x{shape[0]} like the "
+                       f"first image")
+    return img
 
 
 def _looks_like_cifar_archive(path: Path, kind: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -72,6 +73,36 @@ NB201 = SearchSpace(
 
 # --------------------------------------------------------------------------- DARTS and S1-S4
 
+def _darts_genotype_edges(name: str, geno: Any) -> list[tuple[int, str]]:
+    """The (α row, op) pairs a DARTS-space genotype uses, normal edges first."""
+    n = darts.N_CELL_EDGES
+    for genes in (geno.normal, geno.reduce):
+        if len(genes) != 2 * darts.STEPS:
+            raise NasError(f"genotype: a cell with {len(genes) // 2} intermediate nodes is not in space {name} "
+                           f"({darts.STEPS} per cell)")
+    return [(c * n + darts.CELL_EDGES.index((2 + k // 2, j)), op)
+            for c, genes in enumerate((geno.normal, geno.reduce)) for k, (op, j) in enumerate(genes)]
+
+
+def _darts_random_genotype(edge_ops: tuple[tuple[str, ...], ...], gen: torch.Generator) -> Any:
+    """Per node: 2 distinct inputs, each with a uniformly drawn non-none op of its edge."""
+    n = darts.N_CELL_EDGES
+    w = torch.zeros(len(edge_ops), len(edge_ops[0]))
+    for c in range(2):
+        base = c * n
+        e0 = 0
+        for i in range(darts.STEPS):
+            n_in = i + 2
+            picks = torch.randperm(n_in, generator=gen)[:2].tolist()
+            for j in picks:
+                e = base + e0 + j
+                cands = [k for k, op in enumerate(edge_ops[e]) if op != "none"]
+                k = cands[int(torch.randint(0, len(cands), (1,), generator=gen))]
+                w[e, k] = 1.0
+            e0 += n_in
+    return darts.select_magnitude(w, edge_ops)
+
+
 def _darts_space(name: str) -> SearchSpace:
     edge_ops = darts.space_edge_ops(name)
     n = darts.N_CELL_EDGES
@@ -81,32 +112,8 @@ def _darts_space(name: str) -> SearchSpace:
         for i in range(2, 2 + darts.STEPS):
             groups.append(tuple(c * n + e for e, (to, _) in enumerate(darts.CELL_EDGES) if to == i))
 
-    def genotype_edges(geno) -> list[tuple[int, str]]:
-        for genes in (geno.normal, geno.reduce):
-            if len(genes) != 2 * darts.STEPS:
-                raise NasError(f"genotype: a cell with {len(genes) // 2} intermediate nodes is not in space {name} "
-                               f"({darts.STEPS} per cell)")
-        return [(c * n + darts.CELL_EDGES.index((2 + k // 2, j)), op)
-                for c, genes in enumerate((geno.normal, geno.reduce)) for k, (op, j) in enumerate(genes)]
-
-    def random_genotype(gen: torch.Generator):
-        # per node: 2 distinct inputs, each with a uniformly drawn non-none op of its edge
-        w = torch.zeros(len(edge_ops), len(edge_ops[0]))
-        offset = 0
-        for c in range(2):
-            base = c * n
-            e0 = 0
-            for i in range(darts.STEPS):
-                n_in = i + 2
-                picks = torch.randperm(n_in, generator=gen)[:2].tolist()
-                for j in picks:
-                    e = base + e0 + j
-                    cands = [k for k, op in enumerate(edge_ops[e]) if op != "none"]
-                    k = cands[int(torch.randint(0, len(cands), (1,), generator=gen))]
-                    w[e, k] = 1.0
-                e0 += n_in
-            offset += n
-        return darts.select_magnitude(w, edge_ops)
+    genotype_edges = partial(_darts_genotype_edges, name)
+    random_genotype = partial(_darts_random_genotype, edge_ops)
 
     def network(geno, channels=36, cells=20, num_classes=10, in_channels=3, auxiliary=False, **_: Any):
         return darts.build_network(geno, channels, cells, num_classes, in_channels, auxiliary)
