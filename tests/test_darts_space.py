@@ -145,11 +145,20 @@ def test_one_epoch_search_on_each_darts_space(tmp_path, space):
 
 
 @pytest.mark.parametrize("method,extra", [("gdas", {}), ("pc-darts", {"channels": 8}), ("drnas", {}),
-                                          ("sdarts-adv", {"adv_steps": 1}), ("rsps", {"rsps_candidates": 2}),
+                                          ("sdarts-adv", {"adv_steps": 1, "epochs": 2}), ("rsps", {"rsps_candidates": 2}),
                                           ("random", {"random_samples": 1, "random_epochs": 1})])
 def test_methods_work_on_the_darts_space(tmp_path, method, extra):
     res = search(_tiny(tmp_path, method=method, **extra))
-    get_space("darts").parse_genotype(res["genotype"])
+    sp = get_space("darts")
+    geno = sp.parse_genotype(res["genotype"])
+    # a genotype of the space: two genes per node, each an op its edge offers (never none)
+    edges = sp.genotype_edges(geno)
+    assert len(edges) == 16 and all(op in sp.edge_ops[e] and op != "none" for e, op in edges)
+    assert res["method"] == method and res["config"]["method"] == method
+    if method in ("random", "rsps"):  # chosen by its own selection among sampled cells
+        assert res["selection"] == method
+    else:  # a supernet trained: α moved from its start and every epoch is recorded
+        assert len(res["history"]) == res["config"]["epochs"] and torch.tensor(res["alpha"]).abs().sum() > 0
 
 
 @pytest.mark.parametrize("space", ["darts", "s2"])

@@ -79,4 +79,8 @@ def test_naswot_search_keeps_the_best_score_and_is_deterministic(tiny_search, tm
 def test_naswot_works_on_the_darts_space(tiny_search, tmp_path):
     res = search(build_config("search", overrides=tiny_search(space="darts", method="naswot", naswot_samples=2,
                                                               naswot_batch=8, channels=4, cells=2)))
-    get_space("darts").parse_genotype(res["genotype"])
+    sp = get_space("darts")
+    edges = sp.genotype_edges(sp.parse_genotype(res["genotype"]))
+    assert len(edges) == 16 and all(op in sp.edge_ops[e] for e, op in edges)
+    # the kept cell is the best scored of the two samples, each scored once
+    assert len(res["history"]) == 2 and res["genotype"] == max(res["history"], key=lambda c: c["score"])["genotype"]
