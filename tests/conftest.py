@@ -166,3 +166,34 @@ def killed_then_resumed(run, cfg, at: int, **kw):
     except Killed:
         return run(cfg, resume=True, **kw)
     raise AssertionError(f"the run finished without reaching epoch {at}")
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of a refusal, asserted to be one short line."""
+    msg = str(exc)
+    assert "\n" not in msg and len(msg) <= 300, f"not one short line ({len(msg)} chars): {msg[:400]}"
+    return msg
+
+
+def scfg(tiny_search, **kw):
+    """A search config of the tiny test settings (``tiny_search`` fixture) with ``kw``."""
+    from nas.config import build_config
+
+    return build_config("search", overrides=tiny_search(**kw))
+
+
+def nb201_table(tmp_path: Path) -> Path:
+    """A NAS-Bench-201 table with every architecture (the shared one when present, else made up)."""
+    src = REPO.parent / "shared" / "benchmarks" / "nb201_test_acc.csv"
+    if src.is_file():
+        return src
+    import itertools
+
+    from nas.spaces import nb201
+
+    path = tmp_path / "nb201.csv"
+    lines = ["arch,cifar10_test,cifar100_test,imagenet16_120_test"]
+    for k, ops in enumerate(itertools.product(nb201.OPS, repeat=6)):
+        lines.append(f"{nb201.format_genotype(ops)},{50 + k % 40},{30 + k % 40},{10 + k % 30}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
