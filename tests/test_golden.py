@@ -32,6 +32,7 @@ CASES = {
     "pc-darts": {},
     "rsps": {"rsps_candidates": 3},
     "random": {"random_samples": 2, "random_epochs": 1},
+    "naswot": {"naswot_samples": 3, "naswot_batch": 16},
 }
 SPACES = {"nb201": {"cells": 1}, "s2": {"cells": 2}, "darts": {"cells": 2}}
 
@@ -50,7 +51,7 @@ def _run(tmp_path: Path, space: str, case: str) -> dict:
     kw.update(overrides)
     res = search(build_config("search", overrides=kw))
     return {"genotype": res["genotype"], "alpha": res["alpha"], "weights": res["weights"],
-            "train_loss": [h["train_loss"] for h in res["history"]],
+            "train_loss": [h.get("train_loss") for h in res["history"]],
             "val_loss": [h.get("val_loss") for h in res["history"]]}
 
 
@@ -62,18 +63,28 @@ def _close(a, b, tol: float) -> bool:
     return a == b
 
 
+def _recording() -> bool:
+    """Recording rewrites the golden file and asserts nothing: never in CI."""
+    if not os.environ.get("NAS_GOLDEN_RECORD"):
+        return False
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        pytest.fail("NAS_GOLDEN_RECORD is set in CI: a recording run would assert nothing; unset it")
+    return True
+
+
 @pytest.fixture(scope="module")
 def golden() -> dict:
-    if os.environ.get("NAS_GOLDEN_RECORD"):
+    if _recording():
         return {}
     return json.loads(GOLDEN.read_text())
 
 
 @pytest.mark.parametrize("space,case", _runs())
 def test_search_matches_the_golden_run(golden, tmp_path, space, case):
+    """Every method's 2-epoch search on each space against the committed run."""
     got = _run(tmp_path, space, case)
     key = f"{space}/{case}"
-    if os.environ.get("NAS_GOLDEN_RECORD"):
+    if _recording():
         data = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
         data[key] = got
         GOLDEN.write_text(json.dumps(dict(sorted(data.items())), indent=1) + "\n")
@@ -85,3 +96,12 @@ def test_search_matches_the_golden_run(golden, tmp_path, space, case):
     # so the numbers are held to what survives across CPUs; the genotype must match exactly
     for field, tol in (("alpha", 5e-3), ("weights", 5e-3), ("train_loss", 2e-2), ("val_loss", 2e-2)):
         assert _close(got[field], want[field], tol), f"{key}: {field} differs from the golden run"
+
+
+def test_recording_is_refused_in_ci(monkeypatch):
+    monkeypatch.setenv("NAS_GOLDEN_RECORD", "1")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="NAS_GOLDEN_RECORD is set in CI"):
+        _recording()
+    monkeypatch.delenv("CI")
+    assert _recording()
