@@ -16,7 +16,8 @@ reference NB201 optimisers, on random CIFAR-shaped data.  The project's step run
 ``torch.compile`` in fp32 and bf16 (``--settings`` picks them; compiled settings are timed after
 their compilation, which the first run on a machine pays once and the inductor cache keeps).  Times are medians over interleaved
 repeats (project, xautodl, project, ...) after warm-up.  Peak memory is measured per
-implementation in its own process (CPU: growth of peak RSS; CUDA: max allocated).
+(implementation, setting) in fresh processes, the median of ``--memory-repeats`` (3) of them (CPU:
+growth of peak RSS; CUDA: max allocated).
 """
 
 from __future__ import annotations
@@ -176,6 +177,29 @@ def conv_rate(device: str, seconds: float = 1.0) -> float:
     return flops * n / (time.perf_counter() - t0)
 
 
+def fresh_memory(impl: str, name: str, setting: str, device: str, repeats: int) -> float:
+    """Peak memory of one (implementation, setting): the median of ``repeats`` fresh processes,
+    interleaved with nothing else, so that no setting inherits another's allocator state."""
+    values = []
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, __file__, "--memory", f"{impl}:{name}:{setting}", "--device", device],
+                             capture_output=True, text=True, env=dict(os.environ))
+        if out.returncode != 0:
+            return float("nan")
+        values.append(json.loads(out.stdout.strip().splitlines()[-1])["mb"])
+    return statistics.median(values)
+
+
+def require_reference() -> None:
+    """The reference supernet comes from the NAS-Bench-201 authors' package, installed apart from
+    the project's extras (its declared numpy pin conflicts with the project's)."""
+    try:
+        import xautodl  # noqa: F401
+    except ImportError:
+        raise SystemExit("bench/supernet.py: the reference implementation (xautodl) is not installed; install it "
+                         "with: .venv/bin/pip install xautodl --no-deps") from None
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cpu")
@@ -183,8 +207,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="steps per timed chunk")
     p.add_argument("--configs", default="reference,cpu-proxy")
     p.add_argument("--settings", default=",".join(SETTINGS), help="the project's precision/compile settings")
+    p.add_argument("--memory-repeats", dest="memory_repeats", type=int, default=3,
+                   help="fresh processes per peak-memory figure (median)")
     p.add_argument("--memory", help=argparse.SUPPRESS)
     args = p.parse_args()
+    require_reference()
     if args.memory:
         impl, name, setting = args.memory.split(":")
         print(json.dumps({"mb": memory(impl, CONFIGS[name], args.device, setting)}))
@@ -216,10 +243,7 @@ def main() -> None:
         for impl, setting in runs:
             if "compile" in setting:
                 continue  # the compiler's own memory would be counted
-            out = subprocess.run([sys.executable, __file__, "--memory", f"{impl}:{name}:{setting}", "--device",
-                                  args.device], capture_output=True, text=True, env=dict(os.environ))
-            ok = out.returncode == 0
-            mem[(impl, setting)] = json.loads(out.stdout.strip().splitlines()[-1])["mb"] if ok else float("nan")
+            mem[(impl, setting)] = fresh_memory(impl, name, setting, args.device, args.memory_repeats)
         ref = ("xautodl", "fp32")
         print(f"\n[{name}] C={cfg['C']} N={cfg['N']} batch={cfg['batch']} {cfg['size']}x{cfg['size']}; "
               f"xautodl (fp32): {med[ref]:.1f} ms per search step, {mem[ref]:.0f} MB peak")
