@@ -50,6 +50,7 @@ def disable_telemetry() -> None:
 def enabled() -> bool:
     if os.environ.get("NAS_MLFLOW", "1").lower() in ("0", "false", "off", "no"):
         return False
+    disable_telemetry()  # before mlflow's import, which starts its telemetry client when allowed
     try:
         import mlflow  # noqa: F401
     except ImportError:

@@ -171,3 +171,26 @@ def test_the_comparison_page_is_one_escaped_table():
                                 {"method": "snas", "value": float("nan")}])
     assert page.count("<tr>") == 3 and "<td>93.46</td>" in page and "<script>" not in page
     assert "&lt;script&gt;" in page and "<h3>a &lt;b&gt;</h3>" in page and "<td></td>" in page
+
+
+def test_tracking_writes_nothing_under_the_home_folder(tmp_path):
+    """Telemetry is off before mlflow is imported, so a tracked search leaves no
+    ~/.config/mlflow/telemetry.json in the home folder."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    home = tmp_path / "home"
+    home.mkdir()
+    # mlflow's own guards off (it skips telemetry under pytest or CI): only the project's setting counts
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DO_NOT_TRACK", "XDG_", "PYTEST_"))
+           and k not in ("CI", "GITHUB_ACTIONS")}
+    env.update(HOME=str(home), PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}",
+               NAS_MLFLOW="1")
+    cmd = [sys.executable, "-m", "nas.cli", "search", "--epochs", "1", "--out", str(tmp_path / "r"), "--set",
+           "steps_per_epoch=2", "--set", f"cache_dir={tmp_path / 'c'}"]
+    subprocess.run(cmd, check=True, env=env, cwd=tmp_path, capture_output=True, timeout=300)
+    assert (tmp_path / "r" / "result.json").is_file()
+    assert not [p for p in home.rglob("*") if "mlflow" in p.name], [str(p) for p in home.rglob("*")]
