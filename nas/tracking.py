@@ -36,6 +36,8 @@ from nas.drawings import (  # noqa: F401  (part of this module's API)
 from nas.utils import code_version, config_digest  # noqa: F401  (config_digest: part of this module's API)
 
 DEFAULT_DB = Path("runs") / "mlflow.db"
+# MLflow 3's UI opens on its GenAI pages unless a link asks for the model-training ones
+UI_QUERY = "workflowType=machine_learning"
 EXPERIMENT = "nas"
 
 
@@ -190,7 +192,7 @@ class Tracker:
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
     def url(self, run_id: str) -> str:
-        return f"#/experiments/{self.experiment_id}/runs/{run_id}"
+        return f"#/experiments/{self.experiment_id}/runs/{run_id}?{UI_QUERY}"
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -311,7 +313,7 @@ class Tracker:
         self.log_file(run_id, rep["csv"], "sweep")
         table, best, key = rep["table"], rep["best"], rep["key"]
         cols = ["number", "state", key, "value", "genotype"]
-        self.log_comparison(run_id, f"Study {params.get('study')}: {rep['objective']} (percent)", cols,
+        self.log_comparison(run_id, f"Study {params.get('study')}, objective in percent: {rep['objective']}", cols,
                             sorted(table, key=lambda r: -(r["value"] if r["value"] is not None else -1e9)))
         counts = {s_: sum(r["state"] == s_ for r in table) for s_ in ("COMPLETE", "PRUNED", "FAIL")}
         self.log_metrics(run_id, {"trials_complete": counts["COMPLETE"], "trials_pruned": counts["PRUNED"],
@@ -460,8 +462,8 @@ def html_table(title: str, columns: list[str], rows: list[dict[str, Any]]) -> st
     import html
 
     def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return "" if math.isnan(v) else f"{v:.2f}"
+        if isinstance(v, float):  # two decimals, or four significant digits for small strengths
+            return "" if math.isnan(v) else f"{v:.2f}" if v == 0 or abs(v) >= 0.1 else f"{v:.4g}"
         return html.escape("" if v is None else str(v))
 
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)

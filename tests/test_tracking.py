@@ -167,9 +167,10 @@ def test_the_comparison_page_is_one_escaped_table():
     from nas import tracking
 
     page = tracking.html_table("a <b>", ["method", "value", "genotype"],
-                               [{"method": "darts", "value": 93.456, "genotype": "|x~0|<script>|"},
+                               [{"method": "darts", "value": 93.456, "genotype": "|x~0|<script>|", "lam": 0.003542},
                                 {"method": "snas", "value": float("nan")}])
     assert page.count("<tr>") == 3 and "<td>93.46</td>" in page and "<script>" not in page
+    assert tracking.html_table("t", ["lam"], [{"lam": 0.003542}]).count("<td>0.003542</td>") == 1
     assert "&lt;script&gt;" in page and "<h3>a &lt;b&gt;</h3>" in page and "<td></td>" in page
 
 
