@@ -99,37 +99,46 @@ class FusedCell(nn.Module):
 
     def _edge_outputs(self, h: torch.Tensor, j: int, edges: list[int], w_rows, index, mask) -> list[torch.Tensor]:
         """The mixed outputs of the out-edges ``edges`` of node ``j`` (input ``h``)."""
-        n_t = len(edges)
         if index is not None:  # hard path: only the chosen op of each edge
-            chosen = [self.ops[index[e]] for e in edges]
-            parts: dict[str, dict[int, torch.Tensor]] = {}
-            relu = None
-            for op, convs in self.convs.items():
-                sel = [t for t in range(n_t) if chosen[t] == op]
-                if not sel:
-                    continue
-                if relu is None:
-                    relu = F.relu(h)
-                conv = convs[j]
-                wt = conv.weight.view(n_t, -1, *conv.weight.shape[1:])[sel].flatten(0, 1)
-                out = _bn(F.conv2d(relu, wt, padding=conv.padding)).chunk(len(sel), dim=1)
-                parts[op] = dict(zip(sel, out))
-            outs = []
-            for t, e in enumerate(edges):
-                w = w_rows[e]
-                k = index[e]
-                op = chosen[t]
-                rest = w.sum() - w[k]  # zero in value; carries gradient to the other weights (as GDAS does)
-                if op == "none":
-                    y = torch.zeros_like(h) + rest
-                elif op == "skip_connect":
-                    y = h * w[k] + rest
-                elif op == "avg_pool_3x3":
-                    y = F.avg_pool2d(h, 3, 1, 1, count_include_pad=False) * w[k] + rest
-                else:
-                    y = parts[op][t] * w[k] + rest
-                outs.append(y)
-            return outs
+            return self._hard_outputs(h, j, edges, w_rows, index)
+        return self._soft_outputs(h, j, edges, w_rows, mask)
+
+    def _hard_outputs(self, h: torch.Tensor, j: int, edges: list[int], w_rows, index) -> list[torch.Tensor]:
+        """Each edge computes only its chosen op; the other weights join with zero value (GDAS)."""
+        n_t = len(edges)
+        chosen = [self.ops[index[e]] for e in edges]
+        parts: dict[str, dict[int, torch.Tensor]] = {}
+        relu = None
+        for op, convs in self.convs.items():
+            sel = [t for t in range(n_t) if chosen[t] == op]
+            if not sel:
+                continue
+            if relu is None:
+                relu = F.relu(h)
+            conv = convs[j]
+            wt = conv.weight.view(n_t, -1, *conv.weight.shape[1:])[sel].flatten(0, 1)
+            out = _bn(F.conv2d(relu, wt, padding=conv.padding)).chunk(len(sel), dim=1)
+            parts[op] = dict(zip(sel, out))
+        outs = []
+        for t, e in enumerate(edges):
+            w = w_rows[e]
+            k = index[e]
+            op = chosen[t]
+            rest = w.sum() - w[k]  # zero in value; carries gradient to the other weights (as GDAS does)
+            if op == "none":
+                y = torch.zeros_like(h) + rest
+            elif op == "skip_connect":
+                y = h * w[k] + rest
+            elif op == "avg_pool_3x3":
+                y = F.avg_pool2d(h, 3, 1, 1, count_include_pad=False) * w[k] + rest
+            else:
+                y = parts[op][t] * w[k] + rest
+            outs.append(y)
+        return outs
+
+    def _soft_outputs(self, h: torch.Tensor, j: int, edges: list[int], w_rows, mask) -> list[torch.Tensor]:
+        """Every (unmasked) op of every edge, the convolutions of all edges as one wider one."""
+        n_t = len(edges)
 
         def active(op: str) -> bool:
             return mask is None or any(mask[e][self.op_index[op]] for e in edges)
