@@ -126,3 +126,32 @@ def test_only_the_spaces_test_a_space_name():
         text = path.read_text()
         hits = re.findall(r"""(?:==|!=)\s*["']nb201["']|["']nb201["']\s*(?:==|!=)|\bin\s*\(["']nb201["']""", text)
         assert not hits, f"{path.relative_to(REPO)} tests the space name: {hits}"
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def long_functions(files: list[Path], limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``path:line name (n lines)`` of every function or method longer than ``limit`` lines."""
+    out = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > limit:
+                    where = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+                    out.append(f"{where}:{node.lineno} {node.name} ({n} lines)")
+    return out
+
+
+def test_no_function_is_longer_than_60_lines():
+    files = sorted([*(REPO / "nas").rglob("*.py"), *(REPO / "flows").rglob("*.py")])
+    assert not long_functions(files), long_functions(files)
+
+
+def test_the_length_check_finds_a_long_function(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(61))
+    src = tmp_path / "m.py"
+    src.write_text(f"def short():\n    return 1\n\n\ndef long():\n{body}\n")
+    found = long_functions([src], 60)
+    assert len(found) == 1 and "long (62 lines)" in found[0]
