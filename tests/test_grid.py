@@ -10,6 +10,7 @@ import yaml
 
 from nas import grid
 from nas.benchmarks import load_table
+from nas.spaces import get_space
 from nas.utils import NasError
 
 
@@ -275,7 +276,6 @@ def test_retraining_grid_over_the_robustdarts_spaces(tmp_path):
     rows = grid.run_grid(spec)
     assert sorted((r["space"], r["selection"]) for r in rows) == [
         ("s2", "magnitude"), ("s2", "pt"), ("s2", "pt-fix"), ("s4", "magnitude"), ("s4", "pt"), ("s4", "pt-fix")]
-    from nas.spaces import get_space
 
     for r in rows:
         cell = tmp_path / "g" / f"{r['space']}-darts-s1"
@@ -355,6 +355,11 @@ def test_the_darts_paper_grid_at_tiny_scale(tmp_path):
     strength = json.loads((tmp_path / "g" / "darts-1st-s1" / "strength" / "strength.json").read_text())
     assert len(strength["rows"]) == 2 * 14 * 8  # normal and reduction edges, each of the 8 ops
     assert all(r["space"] == "darts" and 0 < r["test_error"] <= 100 for r in rows)
+    # PT's cells on the DARTS space are valid genotypes without the zero op
+    darts = get_space("darts")
+    for r in (r for r in rows if r["selection"] == "pt"):
+        g = darts.parse_genotype(r["genotype"])
+        assert len(g.normal) == len(g.reduce) == 8 and all(op != "none" for op, _ in g.normal + g.reduce)
 
 
 def test_readme_headline_table_is_the_committed_one():
