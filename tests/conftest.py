@@ -6,9 +6,6 @@ import os
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one pytest worker per core: one compute thread each
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    # the few runs with 2 torch threads (the quickstart's pipeline) share the cores with the other
-    # worker: threads that sleep at a barrier instead of spinning keep both from slowing down
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import io
 import pickle
