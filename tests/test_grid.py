@@ -276,7 +276,6 @@ def test_retraining_grid_over_the_robustdarts_spaces(tmp_path):
     rows = grid.run_grid(spec)
     assert sorted((r["space"], r["selection"]) for r in rows) == [
         ("s2", "magnitude"), ("s2", "pt"), ("s2", "pt-fix"), ("s4", "magnitude"), ("s4", "pt"), ("s4", "pt-fix")]
-
     for r in rows:
         cell = tmp_path / "g" / f"{r['space']}-darts-s1"
         rt = json.loads((cell / f"retrain-{r['selection']}" / "result.json").read_text())
