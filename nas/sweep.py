@@ -143,8 +143,10 @@ def make_storage(url: str):
             else:
                 retry = {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=1)}
             # a database server that restarted leaves dead connections in the pool: each one is
-            # checked before use and replaced (SQLAlchemy's pre-ping)
-            engine = {"engine_kwargs": {"pool_pre_ping": True}} if is_server_db(url) else {}
+            # checked before use and replaced (SQLAlchemy's pre-ping); a SQLite writer waits up to 60 s
+            # for another process's write instead of SQLite's default 5 s
+            engine = ({"engine_kwargs": {"pool_pre_ping": True}} if is_server_db(url)
+                      else {"engine_kwargs": {"connect_args": {"timeout": 60}}})
             _STORES[(url, interval)] = storages.RDBStorage(url, heartbeat_interval=interval,
                                                            grace_period=2 * interval, **retry, **engine)
     return _STORES[(url, interval)]
@@ -281,6 +283,32 @@ def claim_trial(study, storage: str | None, max_trials: int | None, seed: int = 
     return trial
 
 
+def tell(study, trial, storage: str | None, value: float | None = None, state: Any = None, quiet: bool = False) -> bool:
+    """``study.tell`` under the storage lock that ``claim_trial`` reaps stale trials under, so that a
+    trial reaped as stale (its heartbeat silent past the grace period, its retry already enqueued)
+    never has its FAIL overwritten by a late result.  False, with a line on stderr, when the trial
+    had been reaped: its result is dropped and the retry stands in for it."""
+    import optuna
+
+    with storage_lock(storage or default_storage()):
+        store = make_storage(storage or default_storage())
+        trial_id = store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(study.study_name),
+                                                                trial.number)
+        now = store.get_trial(trial_id).state
+        if now != optuna.trial.TrialState.RUNNING:
+            if quiet:  # a FAIL for a trial already finished: nothing to say
+                return False
+            print(f"trial {trial.number}: found {now.name} when its result came (taken for a dead worker's: no "
+                  f"heartbeat for over {2 * heartbeat_interval()} s); the result is dropped, the retry stands in",
+                  file=sys.stderr, flush=True)
+            return False
+        if state is None:
+            study.tell(trial, value)
+        else:
+            study.tell(trial, state=state)
+    return True
+
+
 def _beat(study, trial, storage: str | None = None) -> None:
     store = make_storage(storage or default_storage())
     trial_id = store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(study.study_name),
@@ -300,12 +328,15 @@ class Heartbeat:
 
     def _run(self) -> None:
         interval = heartbeat_interval()
-        while not self.stop.wait(interval):
+        wait = interval
+        while not self.stop.wait(wait):
             try:
                 _beat(self.study, self.trial, self.storage)
-            except Exception as exc:  # a missed beat is harmless while the next one goes through
+                wait = interval
+            except Exception as exc:  # a missed beat is tried again soon, well inside the grace period
+                wait = max(1, interval // 5)
                 print(f"trial {self.trial.number}: heartbeat not recorded ({type(exc).__name__}: "
-                      f"{str(exc)[:120]}); retrying in {interval} s", file=sys.stderr, flush=True)
+                      f"{str(exc)[:120]}); retrying in {wait} s", file=sys.stderr, flush=True)
 
     def __enter__(self) -> Heartbeat:
         self.thread.start()
@@ -342,19 +373,16 @@ def run_trial(name: str, storage: str | None, method: str, mode: str, params: st
         return None
     with Heartbeat(study, trial, storage):
         try:
-            return _run_trial(study, trial, key, lo, hi, method, mode, params, sets, out, track, parent_run,
-                              params_text, tracking_uri)
+            return _run_trial(study, trial, storage, key, lo, hi, method, mode, params, sets, out, track,
+                              parent_run, params_text, tracking_uri)
         except BaseException:  # whatever stopped the trial, it does not stay RUNNING
-            store = make_storage(storage or default_storage())
-            trial_id = store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(name), trial.number)
-            if store.get_trial(trial_id).state == optuna.trial.TrialState.RUNNING:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            tell(study, trial, storage, state=optuna.trial.TrialState.FAIL, quiet=True)
             raise
 
 
-def _run_trial(study, trial, key: str, lo: float, hi: float, method: str, mode: str, params: str, sets: list[str],
-               out: str, track: bool, parent_run: str | None, params_text: str | None = None,
-               tracking_uri: str | None = None) -> dict[str, Any]:
+def _run_trial(study, trial, storage_url: str | None, key: str, lo: float, hi: float, method: str, mode: str,
+               params: str, sets: list[str], out: str, track: bool, parent_run: str | None,
+               params_text: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
     import optuna
 
     from nas import stages, tracking
@@ -396,16 +424,19 @@ def _run_trial(study, trial, key: str, lo: float, hi: float, method: str, mode: 
         with_db_retry(f"trial {trial.number}", trial.set_user_attr, "space", sel["space"])
         objective = _objective(mode, sel["genotype"], per["retrain"])
     except optuna.TrialPruned as exc:
-        with_db_retry(f"trial {trial.number}", study.tell, trial, state=optuna.trial.TrialState.PRUNED)
+        with_db_retry(f"trial {trial.number}", tell, study, trial, storage_url, state=optuna.trial.TrialState.PRUNED)
         print(f"trial {trial.number}: {key}={value:.4g} pruned ({exc})", file=sys.stderr, flush=True)
         tracker.set_tags(run_id, {"state": "PRUNED"})
         tracker.end(run_id)
         return {**row, "state": "PRUNED", "value": None, "supernet_val_acc": reported[0]}
     except BaseException:
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        tell(study, trial, storage_url, state=optuna.trial.TrialState.FAIL, quiet=True)
         tracker.end(run_id, ok=False)
         raise
-    with_db_retry(f"trial {trial.number}", study.tell, trial, objective)
+    if not with_db_retry(f"trial {trial.number}", tell, study, trial, storage_url, objective):
+        tracker.set_tags(run_id, {"state": "FAIL"})
+        tracker.end(run_id, ok=False)
+        return {**row, "state": "FAIL", "value": None, "supernet_val_acc": reported[0]}
     print(f"trial {trial.number}: {key}={value:.4g} -> {objective:.2f} ({mode}) {row['genotype']}",
           file=sys.stderr, flush=True)
     _log_finished(tracker, run_id, objective, scfg.space, row["genotype"], root)
