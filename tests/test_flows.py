@@ -330,13 +330,18 @@ def test_prepare_task_retries_a_transient_error(prefect_server, tmp_path, monkey
 @pytest.mark.xdist_group("quickstart")  # its own temporary Prefect server: free to run beside the others
 def test_quickstart_script_as_the_readme_runs_it(tmp_path):
     """`bash scripts/quickstart.sh`: the flow on the embedded digits, then the cell's size and its
-    NAS-Bench-201 lookup, read from the run's summary."""
+    NAS-Bench-201 lookup, read from the run's summary.  The script passes its arguments to the flow;
+    here they shorten the search and the retrain and keep each to one thread beside the other test
+    worker (the full-length run is `dvc repro`'s, whose lock tests/test_dvc.py holds to the code)."""
     import subprocess
 
-    env = {**os.environ, "OUT": str(tmp_path / "qs"), "OMP_NUM_THREADS": "2"}
-    p = subprocess.run(["bash", "scripts/quickstart.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+    env = {**os.environ, "OUT": str(tmp_path / "qs")}
+    short = ["--set", "search.epochs=3", "--set", "search.threads=1", "--set", "retrain.epochs=2",
+             "--set", "retrain.threads=1"]
+    p = subprocess.run(["bash", "scripts/quickstart.sh", *short], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=1200, stdin=subprocess.DEVNULL)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     summary = json.loads((tmp_path / "qs" / "evaluate" / "summary.json").read_text())
     assert f"genotype: {summary['genotype']}" in p.stdout
     assert "params:" in p.stdout and "cifar10 test accuracy:" in p.stdout and "oracle 94.37" in p.stdout
+    assert summary["retrain_epochs"] == 2  # the arguments reached the flow
