@@ -135,6 +135,8 @@ def test_changed_protocol_reruns_the_search(protocol, tmp_path):
     ({"seeds": "1,2"}, "key 'grid.seeds' expects a non-empty list of int"),
     ({"colour": 1}, "unknown key 'grid.colour'"),
     ({"landscape": "yes"}, "key 'grid.landscape' expects bool"),
+    ({"strength": ["dartz"]}, "key 'grid.strength' names 'dartz', which is neither a method nor"),
+    ({"strength": "yes"}, "key 'grid.strength' expects a non-empty list of str"),
     ({"curve": {"every": 0}}, "key 'grid.curve.every' expects a positive int"),
     ({"curve": {"every": 5, "methods": ["snas"]}}, "grid.curve.methods names 'snas', which is not in grid.methods"),
 ])
@@ -168,6 +170,13 @@ def test_shipped_protocols_load():
     dp = grid.load_grid(REPO / "params" / "darts-paper.yaml")
     assert dp.retrain and dp.spaces is None and dp.pt_methods == ["darts-1st", "sdarts-adv"]
     assert {dp.base_method(m) for m in dp.methods} == {"darts", "snas", "drnas", "sdarts-adv", "pc-darts"}
+    assert dp.strength == dp.methods  # strength: true is every row
+
+
+def test_strength_on_a_list_of_rows_keeps_those_the_grid_runs(protocol):
+    spec = grid.load_grid(protocol(methods=["darts", "snas", "gdas"], strength=["gdas", "darts", "drnas"]))
+    assert spec.strength == ["darts", "gdas"]  # in the grid's order; drnas is not a row here
+    assert grid.load_grid(protocol(methods=["darts"], strength=False)).strength == []
 
 
 def test_the_bf16_protocol_is_cpu_proxy_in_bf16():
@@ -332,6 +341,9 @@ def test_the_darts_paper_grid_at_tiny_scale(tmp_path):
     doc["retrain"].update(dataset="digits", cache_dir=cache, resolution=32, channels=4, cells=3, epochs=1, subset=5,
                           batch_size=32, eval_batch_size=256)
     doc["grid"]["seeds"] = [1]
+    # the strength analysis and PT run the same code on every row: two rows and one row of them here
+    # (the analysis on a softmax and on a Dirichlet mix), each a couple of hundred supernet forwards
+    doc["grid"].update(strength=["darts-1st", "drnas"], pt_methods=["sdarts-adv"])
     # pc-darts keeps the paper's batch of 256: subset 52 per class gives each split 260 images
     for variant in doc["grid"]["variants"].values():  # their warm-ups are as long as the tiny searches
         if "arch_warmup" in variant:
@@ -341,14 +353,16 @@ def test_the_darts_paper_grid_at_tiny_scale(tmp_path):
     spec = grid.load_grid(p, str(tmp_path / "g"), str(tmp_path / "r"))
     rows = grid.run_grid(spec)
     assert sorted((r["method"], r["selection"]) for r in rows) == sorted(
-        [(m, "magnitude") for m in spec.methods] + [("darts-1st", "pt"), ("sdarts-adv", "pt")])
+        [(m, "magnitude") for m in spec.methods] + [("sdarts-adv", "pt")])
+    assert sorted(p.parent.parent.name for p in (tmp_path / "g").glob("*/strength/strength.json")) == ["darts-1st-s1",
+                                                                                                 "drnas-s1"]
     # the variants ran with their own settings
     res = {m: json.loads((tmp_path / "g" / f"{m}-s1" / "search" / "result.json").read_text())["config"]
            for m in ("darts-2nd", "drnas-progressive", "pc-darts")}
     assert res["darts-2nd"]["order"] == 2 and res["pc-darts"]["batch_size"] == 256
     assert res["drnas-progressive"]["progressive"] and res["drnas-progressive"]["progressive_k1"] == 8
     md = (tmp_path / "r" / "table.md").read_text()
-    assert "| space | darts-1st | darts-1st+PT | darts-2nd | snas |" in md
+    assert "| space | darts-1st | darts-2nd | snas |" in md and "| sdarts-adv+PT |" in md
     # the strength scatter on the DARTS-space supernets
     assert (tmp_path / "r" / "figures" / "alpha_vs_drop.png").is_file()
     strength = json.loads((tmp_path / "g" / "darts-1st-s1" / "strength" / "strength.json").read_text())

@@ -9,7 +9,7 @@ section, an optional ``select:`` section (PT settings) and a ``grid:`` section::
       seeds: [1, 2, 3]
       selections: [magnitude, pt]
       pt_methods: [darts, sdarts-rs]   # PT is applied to these supernets only (default: all)
-      strength: true                   # α vs accuracy-drop table on the first seed's supernet
+      strength: true                   # α vs accuracy-drop table on the first seed's supernet (or: [darts])
       landscape: true                  # L_val around α on the first seed's supernet (figures/landscape.png)
 
 One cell of the grid is one (method, seed), or (space, method, seed) with ``spaces:``: a search,

@@ -421,7 +421,7 @@ def cell_kwargs(spec: GridSpec, data: str | None, threads: int = 0, progress: bo
     jobs = []
     for sp, m, s in spec.cells():
         kw = dict(protocol=spec.protocol, method=m, seed=s, selections=spec.selections, out=spec.out, data=data,
-                  pt_methods=spec.pt_methods, strength=spec.strength and s == spec.seeds[0], threads=threads,
+                  pt_methods=spec.pt_methods, strength=m in spec.strength and s == spec.seeds[0], threads=threads,
                   progress=progress, landscape=spec.landscape and s == spec.seeds[0],
                   curve_every=spec.curve_every(m, s), report=spec.report)
         if spec.reuse:

@@ -31,7 +31,7 @@ class GridSpec:
     seeds: list[int]
     selections: list[str]
     pt_methods: list[str] | None
-    strength: bool
+    strength: list[str]  # the rows whose first seed's supernet gets the op-strength analysis
     out: str  # run directories (caches)
     report: str  # table, CSV, figures
     landscape: bool = False  # L_val around α on each α-trained method's first seed (figures/landscape.png)
@@ -105,7 +105,7 @@ def load_grid(protocol: str | Path, out: str | None = None, report: str | None =
     pt_methods = grid.get("pt_methods")
     if pt_methods is not None:
         pt_methods = _list(pt_methods, "pt_methods", str(path), str)
-    strength, landscape = _flag(grid, "strength", path), _flag(grid, "landscape", path)
+    strength, landscape = _strength(grid.get("strength", False), path, methods, variants), _flag(grid, "landscape", path)
     curve = _curve(grid.get("curve"), str(path), methods, seeds)
     # the search and select sections must be valid too, before any work starts
     search_cfg = config_mod.build_config("search", path)
@@ -131,6 +131,19 @@ def load_grid(protocol: str | Path, out: str | None = None, report: str | None =
     return GridSpec(str(path), name, list(methods), [int(s) for s in seeds], list(selections), pt_methods, strength,
                     out or f"runs/grid/{name}", report or f"data/results/{name}", landscape, curve,
                     list(spaces) if spaces else None, retrain, variants, list(reuse))
+
+
+def _strength(value: Any, path: Path, methods: list[str], variants: dict[str, Any]) -> list[str]:
+    """``grid.strength``: true (every row), false, or a list of the rows that get the analysis (those
+    of them among the grid's methods, which ``--methods`` may narrow)."""
+    if isinstance(value, bool):
+        return list(methods) if value else []
+    rows = _list(value, "strength", str(path), str)
+    unknown = [m for m in rows if m not in METHODS and m not in variants]
+    if unknown:
+        raise NasError(f"{path}: key 'grid.strength' names {unknown[0]!r}, which is neither a method nor a "
+                       f"grid.variants name; expected true, false or a list of grid rows")
+    return [m for m in methods if m in rows]
 
 
 def _flag(grid: dict[str, Any], key: str, path: Path) -> bool:
