@@ -103,7 +103,7 @@ def test_info_sizes_are_bounded_and_never_allocate(capsys):
     rng = random.Random(7)
     for _ in range(25):
         flag = rng.choice(["--channels", "--cells", "--num-classes", "--in-channels", "--resolution"])
-        value = rng.choice([-(2**31), -1, 0, 1, 2, 3, 7, 16, 200, 100_000, 10**9])
+        value = rng.choice([-(2**31), -1, 0, 1, 2, 3, 7, 16, 64, 100_000, 10**9])
         signal.alarm(120)  # a guard against a hang, not a timing
         rc = main(["info", "--genotype", G, flag, str(value)])
         signal.alarm(0)
