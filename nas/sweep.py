@@ -420,8 +420,8 @@ def _run_trial(study, trial, storage_url: str | None, key: str, lo: float, hi: f
         stages.search_stage(scfg, callback=on_epoch)
         sel = stages.select_stage(sel_cfg)
         row["genotype"] = sel["genotype"]
-        with_db_retry(f"trial {trial.number}", trial.set_user_attr, "genotype", sel["genotype"])
-        with_db_retry(f"trial {trial.number}", trial.set_user_attr, "space", sel["space"])
+        for attr in ("genotype", "space"):
+            with_db_retry(f"trial {trial.number}", trial.set_user_attr, attr, sel[attr])
         objective = _objective(mode, sel["genotype"], per["retrain"])
     except optuna.TrialPruned as exc:
         with_db_retry(f"trial {trial.number}", tell, study, trial, storage_url, state=optuna.trial.TrialState.PRUNED)
@@ -433,8 +433,7 @@ def _run_trial(study, trial, storage_url: str | None, key: str, lo: float, hi: f
         tell(study, trial, storage_url, state=optuna.trial.TrialState.FAIL, quiet=True)
         tracker.end(run_id, ok=False)
         raise
-    if not with_db_retry(f"trial {trial.number}", tell, study, trial, storage_url, objective):
-        tracker.set_tags(run_id, {"state": "FAIL"})
+    if not with_db_retry(f"trial {trial.number}", tell, study, trial, storage_url, objective):  # reaped meanwhile
         tracker.end(run_id, ok=False)
         return {**row, "state": "FAIL", "value": None, "supernet_val_acc": reported[0]}
     print(f"trial {trial.number}: {key}={value:.4g} -> {objective:.2f} ({mode}) {row['genotype']}",
