@@ -291,9 +291,7 @@ def tell(study, trial, storage: str | None, value: float | None = None, state: A
     import optuna
 
     with storage_lock(storage or default_storage()):
-        store = make_storage(storage or default_storage())
-        trial_id = store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(study.study_name),
-                                                                trial.number)
+        store, trial_id = _stored(study, trial, storage)
         now = store.get_trial(trial_id).state
         if now != optuna.trial.TrialState.RUNNING:
             if quiet:  # a FAIL for a trial already finished: nothing to say
@@ -309,10 +307,15 @@ def tell(study, trial, storage: str | None, value: float | None = None, state: A
     return True
 
 
-def _beat(study, trial, storage: str | None = None) -> None:
+def _stored(study, trial, storage: str | None) -> tuple[Any, int]:
+    """The study's storage and the trial's id in it."""
     store = make_storage(storage or default_storage())
-    trial_id = store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(study.study_name),
-                                                            trial.number)
+    return store, store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(study.study_name),
+                                                                trial.number)
+
+
+def _beat(study, trial, storage: str | None = None) -> None:
+    store, trial_id = _stored(study, trial, storage)
     store.record_heartbeat(trial_id)
 
 
