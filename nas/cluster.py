@@ -6,7 +6,8 @@
   user when started as root, since PostgreSQL refuses root), with one database each for the Optuna
   studies (``optuna``), MLflow (``mlflow``) and Prefect (``prefect``);
 - an **MLflow tracking server** on it, serving artifacts itself (``--artifacts-destination``), so
-  that runs logged from any machine keep their files in one place;
+  that runs logged from any machine keep their files in one place (without MLflow's GenAI job
+  runner, ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``, which nothing here uses);
 - a **Prefect server** on the same PostgreSQL (unless ``--no-prefect``);
 - a **Dask scheduler** and ``--workers`` Dask workers, each started in an empty folder of its own
   (``<root>/worker-N``) with no tracking or study settings in its environment, as a worker on another
@@ -222,7 +223,9 @@ class Cluster:
                "--artifacts-destination", (folder / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
                "--workers", "1"]
         self.state["mlflow"] = {"port": port, "cmd": cmd, "log": str(folder / "server.log"),
-                                "env": {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}}
+                                # no GenAI job runner: seven processes that each import MLflow
+                                "env": {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
+                                        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}}
         self.start_service("mlflow", timeout)
         self.state["services"].append("mlflow")
         self._save()

@@ -197,3 +197,16 @@ def nb201_table(tmp_path: Path) -> Path:
         lines.append(f"{nb201.format_genotype(ops)},{50 + k % 40},{30 + k % 40},{10 + k % 30}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def pytest_runtest_logreport(report):
+    """With NAS_TEST_TIMELINE=FILE, one JSON line per test phase (worker, test, phase, start, stop):
+    where each worker's time goes, for balancing the suite across the cores."""
+    path = os.environ.get("NAS_TEST_TIMELINE")
+    if path and not hasattr(report, "node"):  # written where the test ran, not again by xdist's controller
+        import json
+
+        line = {"worker": os.environ.get("PYTEST_XDIST_WORKER", "main"), "test": report.nodeid,
+                "phase": report.when, "start": report.start, "stop": report.stop}
+        with open(path, "a") as f:
+            f.write(json.dumps(line) + "\n")

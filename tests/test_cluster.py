@@ -22,8 +22,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]
 CLIENT_SCRUB = ("MLFLOW_TRACKING_URI", "NAS_OPTUNA_STORAGE", "PREFECT_API_URL", "PREFECT_HOME")
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+@pytest.fixture(scope="session")  # not module: xdist interleaves other files' tests on this worker, and a
+def cluster(tmp_path_factory):     # module fixture would be torn down and started again between them
     from nas.cluster import Cluster
 
     root = tmp_path_factory.mktemp("cluster")
@@ -69,7 +69,9 @@ def _client(cluster):
     return MlflowClient(tracking_uri=cluster.env()["MLFLOW_TRACKING_URI"])
 
 
-def test_cluster_env_names_every_service_and_workers_have_none_of_the_settings(cluster):
+def test_cluster_env_names_every_service_and_workers_have_none_of_the_settings(cluster, request):
+    if getattr(request.config.option, "loadgroup", False):  # xdist worker under --dist loadgroup: it must group
+        assert request.node.nodeid.endswith("@cluster"), f"xdist did not group {request.node.nodeid}"
     env = cluster.env()
     assert env["NAS_OPTUNA_STORAGE"].startswith("postgresql+psycopg://nas@127.0.0.1:")
     assert env["MLFLOW_TRACKING_URI"].startswith("http://127.0.0.1:")

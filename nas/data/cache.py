@@ -32,9 +32,9 @@ def source_digest(dataset: str, data: str | None) -> str:
 
     h = hashlib.sha256(f"v{FORMAT_VERSION}:{dataset}".encode())
     if dataset == "digits":
-        import sklearn
+        from importlib.metadata import version  # sklearn's own import takes seconds
 
-        h.update(f"sklearn-{sklearn.__version__}".encode())
+        h.update(f"sklearn-{version('scikit-learn')}".encode())
     elif data:
         p = Path(data)
         if p.is_file():
