@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import pathlib
+import time
 
 import pytest
 import yaml
@@ -24,9 +25,15 @@ def _task_states(flow_run_id) -> dict[str, str]:
     async def read():
         async with get_client() as client:
             runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-            return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+            return {r.name.rsplit("-", 1)[0]: r.state for r in runs}
 
-    return asyncio.run(read())
+    # task states reach the server as events, a moment after the flow returns: wait for final ones
+    deadline = time.monotonic() + 60
+    while True:
+        states = asyncio.run(read())
+        if all(s.is_final() for s in states.values()) or time.monotonic() > deadline:
+            return {name: s.name for name, s in states.items()}
+        time.sleep(0.5)
 
 
 def _run_pipeline(**kw):
