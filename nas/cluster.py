@@ -36,6 +36,8 @@ from typing import Any
 from nas.utils import NasError, write_json
 
 STATE = "cluster.json"
+# an MLflow server without its GenAI job runner (seven processes that each import MLflow)
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 USER = "nas"  # the database role
 DATABASES = ("optuna", "mlflow", "prefect")
 # settings that must not leak from the shell into a worker: a worker gets them from each task
@@ -223,9 +225,7 @@ class Cluster:
                "--artifacts-destination", (folder / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
                "--workers", "1"]
         self.state["mlflow"] = {"port": port, "cmd": cmd, "log": str(folder / "server.log"),
-                                # no GenAI job runner: seven processes that each import MLflow
-                                "env": {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
-                                        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}}
+                                "env": {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", **MLFLOW_SERVER_ENV}}
         self.start_service("mlflow", timeout)
         self.state["services"].append("mlflow")
         self._save()

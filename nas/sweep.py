@@ -300,10 +300,7 @@ def tell(study, trial, storage: str | None, value: float | None = None, state: A
                   f"heartbeat for over {2 * heartbeat_interval()} s); the result is dropped, the retry stands in",
                   file=sys.stderr, flush=True)
             return False
-        if state is None:
-            study.tell(trial, value)
-        else:
-            study.tell(trial, state=state)
+        study.tell(trial, value, state=state)
     return True
 
 

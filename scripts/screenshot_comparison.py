@@ -70,11 +70,13 @@ def main() -> int:
     uri = f"sqlite:///{db}"
     os.environ["NAS_MLFLOW"] = "1"
     run_id = study(root, uri)
+    from nas.cluster import MLFLOW_SERVER_ENV
+
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
                                "--default-artifact-root", str(root / "mlartifacts"), "--host", "127.0.0.1",
                                "--port", str(port), "--workers", "1"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+                              stderr=subprocess.DEVNULL, env={**os.environ, **MLFLOW_SERVER_ENV})
     try:
         from mlflow.tracking import MlflowClient
         from playwright.sync_api import sync_playwright
