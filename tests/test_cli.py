@@ -1,10 +1,16 @@
-"""The ``nas`` command as a user runs it: subprocesses, exit codes, one-line errors."""
+"""The ``nas`` command as a user runs it: exit codes, one-line errors, every stage's output.
+
+A few calls run ``python -m nas.cli`` in a subprocess, as a shell does; the stages run through the
+same entry point (``nas.cli.main``) in the test's process, which spares each call the seconds of
+importing torch and its optimiser (the DVC tests run every stage as a subprocess)."""
 
 import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
+import pytest
 from conftest import make_cifar_archive
 
 BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"
@@ -16,6 +22,19 @@ def nas(*args, cwd=None):
                           timeout=300)
 
 
+@pytest.fixture
+def cli(capsys):
+    """``cli(*args)``: ``nas ARGS`` through ``nas.cli.main`` in this process, with what it printed."""
+    from nas.cli import main
+
+    def run(*args: str) -> SimpleNamespace:
+        capsys.readouterr()
+        rc = main(list(args))
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=rc, stdout=out.out, stderr=out.err)
+    return run
+
+
 def test_info_json():
     r = nas("info", "--space", "nb201", "--genotype", BEST, "--json")
     assert r.returncode == 0, r.stderr
@@ -23,12 +42,12 @@ def test_info_json():
     assert info["params"] == 1_073_466 and info["flops"] > 0
 
 
-def test_lookup_json_and_text():
-    r = nas("lookup", "--genotype", BEST, "--json")
+def test_lookup_json_and_text(cli):
+    r = cli("lookup", "--genotype", BEST, "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert round(out["test_accuracy"], 2) == 94.37 and out["rank"] == 1
-    r = nas("lookup", "--genotype", BEST, "--dataset", "cifar100")
+    r = cli("lookup", "--genotype", BEST, "--dataset", "cifar100")
     assert "cifar100 test accuracy: 73.22" in r.stdout and "oracle 73.51" in r.stdout
 
 
@@ -42,9 +61,9 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path):
     assert r.returncode == 2 and "missing.tar.gz: not found" in r.stderr
 
 
-def test_search_select_and_prepare_through_the_cli(tmp_path):
+def test_search_select_and_prepare_through_the_cli(cli, tmp_path):
     out = tmp_path / "run"
-    r = nas("search", "--epochs", "1", "--out", str(out), "--device", "cpu", "--no-progress", "--json",
+    r = cli("search", "--epochs", "1", "--out", str(out), "--device", "cpu", "--no-progress", "--json",
             "--hessian-every", "1",
             "--set", "channels=4", "--set", "cells=1", "--set", "steps_per_epoch=3",
             "--set", f"cache_dir={tmp_path / 'cache'}")
@@ -53,31 +72,31 @@ def test_search_select_and_prepare_through_the_cli(tmp_path):
     assert summary["nb201"]["genotype"] == summary["genotype"]
     assert "epoch 1/1" in r.stderr
     assert "hessian_eig" in json.loads((out / "result.json").read_text())["history"][0]
-    r = nas("select", "--run", str(out), "--method", "magnitude", "--out", str(tmp_path / "sel"), "--json")
+    r = cli("select", "--run", str(out), "--method", "magnitude", "--out", str(tmp_path / "sel"), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["genotype"] == summary["genotype"]
     assert json.loads((tmp_path / "sel" / "selection.json").read_text())["genotype"] == summary["genotype"]
 
     make_cifar_archive(tmp_path / "cifar-10-python.tar.gz", per_batch=4)
-    r = nas("prepare", "--dataset", "cifar10", "--data", str(tmp_path / "cifar-10-python.tar.gz"),
+    r = cli("prepare", "--dataset", "cifar10", "--data", str(tmp_path / "cifar-10-python.tar.gz"),
             "--cache-dir", str(tmp_path / "cache"), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["counts"] == {"train": 20, "test": 4}
 
 
-def test_pt_select_strength_and_darts_info_through_the_cli(tmp_path):
+def test_pt_select_strength_and_darts_info_through_the_cli(cli, tmp_path):
     out = tmp_path / "run"
-    r = nas("search", "--epochs", "1", "--out", str(out), "--device", "cpu", "--no-progress",
+    r = cli("search", "--epochs", "1", "--out", str(out), "--device", "cpu", "--no-progress",
             "--set", "channels=4", "--set", "cells=1", "--set", "steps_per_epoch=2", "--set", "eval_batch_size=64",
             "--set", f"cache_dir={tmp_path / 'cache'}")
     assert r.returncode == 0, r.stderr
-    r = nas("select", "--method", "pt", "--run", str(out), "--out", str(tmp_path / "pt"), "--device", "cpu",
+    r = cli("select", "--method", "pt", "--run", str(out), "--out", str(tmp_path / "pt"), "--device", "cpu",
             "--set", "pt_tune_epochs=0", "--set", "pt_batches=1", "--json")
     assert r.returncode == 0, r.stderr
     sel = json.loads(r.stdout)
     assert sel["selection"] == "pt" and len(sel["decisions"]) == 6 and "nb201" in sel
     assert "PT edge 6/6" in r.stderr
-    r = nas("strength", "--run", str(out), "--out", str(tmp_path / "st"), "--device", "cpu", "--set", "pt_batches=1")
+    r = cli("strength", "--run", str(out), "--out", str(tmp_path / "st"), "--device", "cpu", "--set", "pt_batches=1")
     assert r.returncode == 0, r.stderr
     assert "Spearman" in r.stdout and (tmp_path / "st" / "strength.png").is_file()
     darts_v2 = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
@@ -85,36 +104,36 @@ def test_pt_select_strength_and_darts_info_through_the_cli(tmp_path):
                 "normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), "
                 "('max_pool_3x3', 1), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), "
                 "('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])")
-    r = nas("info", "--space", "darts", "--genotype", darts_v2, "--json")
+    r = cli("info", "--space", "darts", "--genotype", darts_v2, "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["params"] == 3_349_342
 
 
-def test_pipeline_stages_from_the_command_line(tmp_path, tiny_params):
+def test_pipeline_stages_from_the_command_line(cli, tmp_path, tiny_params):
     """select -> retrain --selection -> evaluate, as the DVC stages run them."""
     params = str(tiny_params())
-    r = nas("search", "--config", params, "--out", str(tmp_path / "s"), "--no-progress")
+    r = cli("search", "--config", params, "--out", str(tmp_path / "s"), "--no-progress")
     assert r.returncode == 0, r.stderr
-    r = nas("select", "--config", params, "--run", str(tmp_path / "s"), "--out", str(tmp_path / "sel"))
+    r = cli("select", "--config", params, "--run", str(tmp_path / "s"), "--out", str(tmp_path / "sel"))
     assert r.returncode == 0, r.stderr
     geno = json.loads((tmp_path / "sel" / "selection.json").read_text())["genotype"]
-    r = nas("retrain", "--config", params, "--selection", str(tmp_path / "sel"), "--out", str(tmp_path / "rt"),
+    r = cli("retrain", "--config", params, "--selection", str(tmp_path / "sel"), "--out", str(tmp_path / "rt"),
             "--no-progress", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["genotype"] == geno
-    r = nas("evaluate", "--search", str(tmp_path / "s"), "--selection", str(tmp_path / "sel"), "--retrain",
+    r = cli("evaluate", "--search", str(tmp_path / "s"), "--selection", str(tmp_path / "sel"), "--retrain",
             str(tmp_path / "rt"), "--out", str(tmp_path / "ev"), "--json")
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout)
     assert m["genotype"] == geno and m["params"] > 0 and "nb201" in m
     assert (tmp_path / "ev" / "plots" / "alpha.csv").is_file()
     # a retrain of another genotype is refused by evaluate
-    r = nas("retrain", "--config", params, "--genotype", BEST, "--out", str(tmp_path / "rt2"), "--no-progress")
+    r = cli("retrain", "--config", params, "--genotype", BEST, "--out", str(tmp_path / "rt2"), "--no-progress")
     assert r.returncode == 0, r.stderr
-    r = nas("evaluate", "--search", str(tmp_path / "s"), "--selection", str(tmp_path / "sel"), "--retrain",
+    r = cli("evaluate", "--search", str(tmp_path / "s"), "--selection", str(tmp_path / "sel"), "--retrain",
             str(tmp_path / "rt2"), "--out", str(tmp_path / "ev2"))
     assert r.returncode == 2 and "is not the selected" in r.stderr
-    r = nas("retrain", "--selection", str(tmp_path / "nope.json"))
+    r = cli("retrain", "--selection", str(tmp_path / "nope.json"))
     assert r.returncode == 2 and "nope.json: not found" in r.stderr
 
 
