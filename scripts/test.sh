@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Set up, then run the whole test suite on both cores.
+# Set up, then run the whole test suite on every core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# both cores: one pytest worker each (NAS_TEST_WORKERS=1 for one); tests go to whichever worker is
-# free, except those of a file that starts servers (the cluster, the Prefect test server), which
-# stay together on one worker (xdist_group) so that the servers start once
-exec .venv/bin/python -m pytest -n "${NAS_TEST_WORKERS:-2}" --dist loadgroup "$@"
+# one pytest worker per core and one more (NAS_TEST_WORKERS sets the count): many tests spend part of
+# their time waiting on a server or a subprocess, and the extra worker computes meanwhile.  Tests go
+# to whichever worker is free, except those of a file that starts servers (the cluster, the Prefect
+# test server), which stay together on one worker (xdist_group) so that the servers start once
+workers="${NAS_TEST_WORKERS:-$(( $(nproc) + 1 ))}"
+exec .venv/bin/python -m pytest -n "$workers" --dist loadgroup "$@"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-if os.environ.get("PYTEST_XDIST_WORKER"):  # one pytest worker per core: one compute thread each
+if os.environ.get("PYTEST_XDIST_WORKER"):  # each pytest worker computes on one thread
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import io

@@ -27,12 +27,13 @@ def _task_states(flow_run_id) -> dict[str, str]:
             runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
             return {r.name.rsplit("-", 1)[0]: r.state for r in runs}
 
-    # task states reach the server as events, a moment after the flow returns: wait for final ones
+    # task states reach the server as events, a moment after the flow returns (a task run can even
+    # be read before its first state): wait for final ones
     deadline = time.monotonic() + 60
     while True:
         states = asyncio.run(read())
-        if all(s.is_final() for s in states.values()) or time.monotonic() > deadline:
-            return {name: s.name for name, s in states.items()}
+        if all(s is not None and s.is_final() for s in states.values()) or time.monotonic() > deadline:
+            return {name: getattr(s, "name", None) for name, s in states.items()}
         time.sleep(0.5)
 
 
