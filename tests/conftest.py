@@ -7,6 +7,7 @@ import os
 if os.environ.get("PYTEST_XDIST_WORKER"):  # each pytest worker computes on one thread
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import contextlib
 import io
 import pickle
 import tarfile
@@ -114,14 +115,36 @@ def tiny_search(tmp_path: Path):
     return make
 
 
-@pytest.fixture(scope="session")
+# Servers that a file's tests share start with the first of those tests and stop after the last: not
+# at the end of the session, where they would have idled (taking CPU from the other workers) since.
+# A session fixture would keep them to the end; a module one would restart them whenever xdist ran
+# another file's test on this worker in between.
+_SHARED: dict[str, tuple[contextlib.ExitStack, object]] = {}
+
+
+def shared_servers(name: str, start) -> object:
+    """The value of the context manager ``start()``, entered by the first test that asks for ``name``
+    and exited after the last test in a row of this file that does (see pytest_runtest_teardown)."""
+    if name not in _SHARED:
+        stack = contextlib.ExitStack()
+        _SHARED[name] = (stack, stack.enter_context(start()))
+    return _SHARED[name][1]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    for name in list(_SHARED):
+        if nextitem is None or (name not in nextitem.fixturenames and nextitem.module is not item.module):
+            _SHARED.pop(name)[0].close()
+
+
+@pytest.fixture
 def prefect_server():
-    """Prefect's test harness: a temporary local server (SQLite) for the whole session; the first
+    """Prefect's test harness: a temporary local server (SQLite) for the tests that use it; the first
     start on an empty home can take a minute on 2 cores."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=300):
-        yield
+    return shared_servers("prefect_server", lambda: prefect_test_harness(server_startup_timeout=300))
 
 
 TINY_PIPELINE = {

@@ -5,6 +5,7 @@ them (`python -m flows.sweep`), from client folders that are not the repository.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -15,24 +16,29 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, TINY_PIPELINE
+from conftest import REPO, TINY_PIPELINE, shared_servers
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]
 
 CLIENT_SCRUB = ("MLFLOW_TRACKING_URI", "NAS_OPTUNA_STORAGE", "PREFECT_API_URL", "PREFECT_HOME")
 
 
-@pytest.fixture(scope="session")  # not module: xdist interleaves other files' tests on this worker, and a
-def cluster(tmp_path_factory):     # module fixture would be torn down and started again between them
+@contextlib.contextmanager
+def _cluster_up(root: Path):
     from nas.cluster import Cluster
 
-    root = tmp_path_factory.mktemp("cluster")
     c = Cluster(root / "c")
     c.up(workers=2, prefect=True, timeout=300)
     try:
         yield c
     finally:
         c.down(quiet=True)
+
+
+@pytest.fixture
+def cluster(tmp_path_factory):
+    """One cluster for this file's tests (conftest.shared_servers: up for the first, down after the last)."""
+    return shared_servers("cluster", lambda: _cluster_up(tmp_path_factory.mktemp("cluster")))
 
 
 def _params(folder: Path, **search) -> Path:
