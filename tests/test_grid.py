@@ -139,6 +139,7 @@ def test_changed_protocol_reruns_the_search(protocol, tmp_path):
     ({"strength": "yes"}, "key 'grid.strength' expects a non-empty list of str"),
     ({"curve": {"every": 0}}, "key 'grid.curve.every' expects a positive int"),
     ({"curve": {"every": 5, "methods": ["snas"]}}, "grid.curve.methods names 'snas', which is not in grid.methods"),
+    ({"reuse": ["data/results/nowhere"]}, "key 'grid.reuse' names 'data/results/nowhere', which has no cells/ folder"),
 ])
 def test_bad_protocols_are_named(protocol, section, msg):
     with pytest.raises(NasError, match=msg):
@@ -311,6 +312,23 @@ def test_retraining_grid_over_the_robustdarts_spaces(tmp_path):
     stamp = {f: f.stat().st_mtime_ns for f in (tmp_path / "g").rglob("result.json")}
     assert grid.run_grid(spec) == rows
     assert all(f.stat().st_mtime_ns == t for f, t in stamp.items())
+
+    # re-evaluation (docs, "Re-evaluating the selected cells"): another protocol with the same search and
+    # select sections but its own retrain section reads the searches and selections back from this
+    # grid's report (grid.reuse, no supernet on disk) and trains only the selected cells again
+    doc["retrain"]["epochs"] = 2
+    doc["grid"]["reuse"] = [str(tmp_path / "r")]
+    p2 = tmp_path / "s-eval.yaml"
+    p2.write_text(yaml.safe_dump(doc))
+    again = grid.run_grid(grid.load_grid(p2, str(tmp_path / "g2"), str(tmp_path / "r2")))
+    key = lambda r: (r["space"], r["selection"])  # noqa: E731
+    assert sorted((key(r), r["genotype"], r["search_minutes"]) for r in again) == sorted(
+        (key(r), r["genotype"], r["search_minutes"]) for r in rows)
+    assert {r["protocol"] for r in again} == {"s-eval"} and not list((tmp_path / "g2").glob("*/search*/*.pt"))
+    for r in again:
+        rt = json.loads((tmp_path / "g2" / f"{r['space']}-darts-s1" / f"retrain-{r['selection']}" / "result.json").read_text())
+        assert rt["config"]["epochs"] == 2 and len(rt["history"]) == 2
+    assert (tmp_path / "r2" / "figures" / "cells.png").is_file()
 
 
 def test_retraining_grid_settings_are_checked(protocol, tmp_path):

@@ -124,13 +124,23 @@ def load_grid(protocol: str | Path, out: str | None = None, report: str | None =
         if curve:
             raise NasError(f"{path}: key 'grid.curve' looks the kept supernets' cells up in NAS-Bench-201; "
                            f"a grid that retrains (grid.retrain or a space without a table) cannot have it")
-    reuse = grid.get("reuse", [])
-    if reuse:
-        reuse = _list(reuse, "reuse", str(path), str)
     name = path.stem
     return GridSpec(str(path), name, list(methods), [int(s) for s in seeds], list(selections), pt_methods, strength,
                     out or f"runs/grid/{name}", report or f"data/results/{name}", landscape, curve,
-                    list(spaces) if spaces else None, retrain, variants, list(reuse))
+                    list(spaces) if spaces else None, retrain, variants, _reuse(grid.get("reuse"), path))
+
+
+def _reuse(value: Any, path: Path) -> list[str]:
+    """``grid.reuse``: report folders (relative to the current folder) that exist and hold archived
+    cells; a misspelt folder would otherwise silently compute every search again."""
+    if not value:
+        return []
+    folders = _list(value, "reuse", str(path), str)
+    for folder in folders:
+        if not (Path(folder) / "cells").is_dir():
+            raise NasError(f"{path}: key 'grid.reuse' names {folder!r}, which has no cells/ folder "
+                           f"(expected a grid's report folder, read from {Path.cwd()})")
+    return folders
 
 
 def _strength(value: Any, path: Path, methods: list[str], variants: dict[str, Any]) -> list[str]:
