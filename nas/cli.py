@@ -109,9 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(sub: Any, name: str, text: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand: ``text`` is its one-line help (and its description unless one is given); its
+    examples from ``EXAMPLES`` go below the flags."""
+    if name not in EXAMPLES:
+        return sub.add_parser(name, help=text, description=description or text)
+    return sub.add_parser(name, help=text, description=description or text, epilog=EXAMPLES[name],
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def _parser_prepare(sub: Any) -> None:
-    p = sub.add_parser("prepare", help="decode a dataset once into a tensor file + manifest", description="decode a dataset once into a tensor file + manifest",
-                       epilog=EXAMPLES["prepare"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "prepare", "decode a dataset once into a tensor file + manifest")
     p.add_argument("--dataset")
     p.add_argument("--data")
     p.add_argument("--cache-dir", dest="cache_dir", help="where decoded datasets go (default data/prepared)")
@@ -119,8 +127,7 @@ def _parser_prepare(sub: Any) -> None:
 
 
 def _parser_search(sub: Any) -> None:
-    p = sub.add_parser("search", help="search a supernet and select an architecture by α magnitude", description="search a supernet and select an architecture by α magnitude",
-                       epilog=EXAMPLES["search"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "search", "search a supernet and select an architecture by α magnitude")
     p.add_argument("--space", help="nb201, darts, s1, s2, s3, s4")
     p.add_argument("--method", help=METHOD_HELP)
     p.add_argument("--order", type=int, choices=(1, 2), help="DARTS gradient order")
@@ -134,8 +141,7 @@ def _parser_search(sub: Any) -> None:
 
 
 def _parser_select(sub: Any) -> None:
-    p = sub.add_parser("select", help="select the final architecture of a finished search (magnitude or PT)", description="select the final architecture of a finished search (magnitude or PT)",
-                       epilog=EXAMPLES["select"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "select", "select the final architecture of a finished search (magnitude or PT)")
     p.add_argument("--method", help="magnitude (default), pt, or verify (the best of a few candidate cells "
                                     "trained briefly)")
     p.add_argument("--run", help="search run directory")
@@ -148,8 +154,7 @@ def _parser_select(sub: Any) -> None:
 
 
 def _parser_strength(sub: Any) -> None:
-    p = sub.add_parser("strength", help="α against the accuracy drop of removing each op (table, plot, rank correlation)", description="α against the accuracy drop of removing each op (table, plot, rank correlation)",
-                       epilog=EXAMPLES["strength"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "strength", "α against the accuracy drop of removing each op (table, plot, rank correlation)")
     p.add_argument("--run", help="search run directory")
     p.add_argument("--out", help="directory for strength.csv/.json/.png")
     p.add_argument("--device")
@@ -157,10 +162,9 @@ def _parser_strength(sub: Any) -> None:
 
 
 def _parser_landscape(sub: Any) -> None:
-    p = sub.add_parser("landscape", help="L_val of finished supernets around their α along two random directions",
-                       description="L_val of finished supernets around their α along two random directions "
-                                   "(edge rows of unit norm); a contour per run, side by side",
-                       epilog=EXAMPLES["landscape"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "landscape", "L_val of finished supernets around their α along two random directions",
+                 "L_val of finished supernets around their α along two random directions "
+                 "(edge rows of unit norm); a contour per run, side by side")
     p.add_argument("--run", action="append", required=True, help="search run directory (repeat for several)")
     p.add_argument("--out", required=True, help="folder for landscape.json/.csv/.png (one subfolder per run)")
     p.add_argument("--points", type=int, default=11, help="grid points per direction")
@@ -172,7 +176,7 @@ def _parser_landscape(sub: Any) -> None:
 
 
 def _parser_grid(sub: Any) -> None:
-    p = sub.add_parser("grid", help="the benchmark grid of a protocol: [spaces x] methods x seeds x selections, table and figures")
+    p = _command(sub, "grid", "the benchmark grid of a protocol: [spaces x] methods x seeds x selections, table and figures")
     p.add_argument("--protocol", default="params/cpu-proxy.yaml", help="protocol params file (cpu-proxy, paper)")
     p.add_argument("--data", help="the CIFAR-10 archive or folder (the protocol's dataset)")
     p.add_argument("--methods", help="comma-separated methods (default: the protocol's)")
@@ -191,10 +195,10 @@ def _parser_grid(sub: Any) -> None:
 
 
 def _parser_calibrate(sub: Any) -> None:
-    p = sub.add_parser("calibrate", help="can a retrain protocol tell a good cell from a degenerate one? (S1-S4)",
-                       description="Train each space's good and degenerate reference cells under the candidate "
-                                   "retrain protocols of a calibration file, cheapest first, and choose the first "
-                                   "whose gap exceeds three times the seed spread on every space.")
+    p = _command(sub, "calibrate", "can a retrain protocol tell a good cell from a degenerate one? (S1-S4)",
+                 "Train each space's good and degenerate reference cells under the candidate "
+                 "retrain protocols of a calibration file, cheapest first, and choose the first "
+                 "whose gap exceeds three times the seed spread on every space.")
     p.add_argument("--protocol", default="params/s-calibration.yaml", help="calibration file")
     p.add_argument("--data", help="the CIFAR-10 archive or folder")
     p.add_argument("--out", help="run directories (default runs/calibration/<file>)")
@@ -207,11 +211,10 @@ def _parser_calibrate(sub: Any) -> None:
 
 
 def _parser_cluster(sub: Any) -> None:
-    p = sub.add_parser("cluster", help="a throwaway cluster on this machine: PostgreSQL, MLflow, Prefect, Dask",
-                       description="Start, show or stop the services several machines share, on this machine "
-                                   "(loopback only): PostgreSQL, an MLflow server with proxied artifacts, a Prefect "
-                                   "server and a Dask scheduler with workers, each worker in its own folder.",
-                       epilog=EXAMPLES["cluster"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "cluster", "a throwaway cluster on this machine: PostgreSQL, MLflow, Prefect, Dask",
+                 "Start, show or stop the services several machines share, on this machine "
+                 "(loopback only): PostgreSQL, an MLflow server with proxied artifacts, a Prefect "
+                 "server and a Dask scheduler with workers, each worker in its own folder.")
     p.add_argument("action", choices=("up", "down", "env"))
     p.add_argument("--root", default="runs/cluster", help="the cluster's folder (default runs/cluster)")
     p.add_argument("--workers", type=int, default=2, help="Dask workers to start (default 2)")
@@ -221,7 +224,7 @@ def _parser_cluster(sub: Any) -> None:
 
 
 def _parser_info(sub: Any) -> None:
-    p = sub.add_parser("info", help="parameters and FLOPs of a genotype's network")
+    p = _command(sub, "info", "parameters and FLOPs of a genotype's network")
     p.add_argument("--space", default="nb201")
     p.add_argument("--genotype", required=True)
     p.add_argument("--channels", type=int, help="C (default: the space's evaluation network, 16 or 36)")
@@ -233,7 +236,7 @@ def _parser_info(sub: Any) -> None:
 
 
 def _parser_lookup(sub: Any) -> None:
-    p = sub.add_parser("lookup", help="NAS-Bench-201 test accuracy of a genotype, beside the oracle")
+    p = _command(sub, "lookup", "NAS-Bench-201 test accuracy of a genotype, beside the oracle")
     p.add_argument("--genotype", required=True)
     p.add_argument("--dataset", default="cifar10", help="cifar10, cifar100 or imagenet16-120")
     p.add_argument("--table", help="NAS-Bench-201 table CSV (default: data/benchmarks or $NAS_NB201_TABLE)")
@@ -241,8 +244,7 @@ def _parser_lookup(sub: Any) -> None:
 
 
 def _parser_retrain(sub: Any) -> None:
-    p = sub.add_parser("retrain", help="train a genotype's network from scratch and evaluate it", description="train a genotype's network from scratch and evaluate it",
-                       epilog=EXAMPLES["retrain"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _command(sub, "retrain", "train a genotype's network from scratch and evaluate it")
     p.add_argument("--space")
     p.add_argument("--genotype")
     p.add_argument("--selection", metavar="FILE", help="take the genotype (and space) from a selection.json "
@@ -252,7 +254,7 @@ def _parser_retrain(sub: Any) -> None:
 
 
 def _parser_evaluate(sub: Any) -> None:
-    p = sub.add_parser("evaluate", help="collect a pipeline run: metrics.json and the plot tables")
+    p = _command(sub, "evaluate", "collect a pipeline run: metrics.json and the plot tables")
     p.add_argument("--search", required=True, help="search run directory")
     p.add_argument("--selection", required=True, help="selection.json (or its directory)")
     p.add_argument("--retrain", required=True, help="retrain run directory")

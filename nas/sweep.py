@@ -64,13 +64,19 @@ def check(method: str, mode: str) -> tuple[str, float, float]:
 def heartbeat_interval() -> int:
     """Seconds between a running trial's heartbeats (``NAS_OPTUNA_HEARTBEAT``, default 60); a trial
     silent for twice that (a killed worker) is marked FAIL and retried once."""
-    raw = os.environ.get("NAS_OPTUNA_HEARTBEAT", "60")
+    return int(_env_seconds("NAS_OPTUNA_HEARTBEAT", "60", int, 1))
+
+
+def _env_seconds(name: str, default: str, kind: type, least: float) -> float:
+    """A number of seconds from the environment variable ``name``, checked: at least ``least``."""
+    raw = os.environ.get(name, default)
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise NasError(f"NAS_OPTUNA_HEARTBEAT: expected whole seconds, got {raw[:40]!r}") from None
-    if value < 1:
-        raise NasError(f"NAS_OPTUNA_HEARTBEAT: expected >= 1 second, got {value}")
+        what = "whole seconds" if kind is int else "seconds"
+        raise NasError(f"{name}: expected {what}, got {raw[:40]!r}") from None
+    if value < least:
+        raise NasError(f"{name}: expected >= {least:g} second{'s' if least != 1 else ''}, got {value:g}")
     return value
 
 
@@ -155,14 +161,7 @@ def make_storage(url: str):
 def db_retry_seconds() -> float:
     """How long a running trial waits for its study's database to come back (``NAS_DB_RETRY``,
     default 120 seconds) before the trial fails."""
-    raw = os.environ.get("NAS_DB_RETRY", "120")
-    try:
-        value = float(raw)
-    except ValueError:
-        raise NasError(f"NAS_DB_RETRY: expected seconds, got {raw[:40]!r}") from None
-    if value < 0:
-        raise NasError(f"NAS_DB_RETRY: expected >= 0 seconds, got {value:g}")
-    return value
+    return _env_seconds("NAS_DB_RETRY", "120", float, 0)
 
 
 def _transient(exc: BaseException) -> bool:

@@ -264,3 +264,17 @@ def test_a_trial_waits_for_its_database_and_gives_up_after_nas_db_retry(monkeypa
     monkeypatch.setenv("NAS_DB_RETRY", "soon")
     with pytest.raises(NasError, match=r"^NAS_DB_RETRY: expected seconds, got 'soon'$"):
         sweep.with_db_retry("trial 7", flaky, 1)
+    monkeypatch.setenv("NAS_DB_RETRY", "-1")
+    with pytest.raises(NasError, match=r"^NAS_DB_RETRY: expected >= 0 seconds, got -1$"):
+        sweep.db_retry_seconds()
+
+
+@pytest.mark.parametrize("raw,msg", [("1.5", "expected whole seconds, got '1.5'"), ("0", "expected >= 1 second, got 0")])
+def test_bad_heartbeat_is_named(monkeypatch, raw, msg):
+    from nas import sweep
+
+    monkeypatch.setenv("NAS_OPTUNA_HEARTBEAT", raw)
+    with pytest.raises(NasError, match=rf"^NAS_OPTUNA_HEARTBEAT: {msg}$"):
+        sweep.heartbeat_interval()
+    monkeypatch.setenv("NAS_OPTUNA_HEARTBEAT", "7")
+    assert sweep.heartbeat_interval() == 7
