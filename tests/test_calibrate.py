@@ -119,3 +119,17 @@ def test_a_calibration_runs_trains_both_cells_and_reads_its_runs_back(tmp_path):
     assert sorted((r["space"], r["cell"], r["seed"], r["test_acc"]) for r in again) == sorted(
         (r["space"], r["cell"], r["seed"], pytest.approx(r["test_acc"], abs=1e-4)) for r in rows
         if r["candidate"] == "tiny")
+
+
+def test_docs_quote_the_committed_calibration_table():
+    """The calibration table in the S1-S4 results page is the committed one, row for row, and the
+    committed table is what the committed runs give."""
+    from conftest import REPO
+
+    report = REPO / "data" / "results" / "s-calibration"
+    committed = (report / "table.md").read_text()
+    rows = [line for line in committed.splitlines() if line.startswith("| ") and not line.startswith("| candidate")]
+    doc = (REPO / "docs" / "results" / "s-spaces.md").read_text()
+    assert len(rows) >= 5 and all(row in doc for row in rows)
+    spec = calibrate.load_calibration(REPO / "params" / "s-calibration.yaml")
+    assert calibrate.table(spec, calibrate.read_csv(report / "runs.csv"))[0] in committed
