@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -16,9 +17,15 @@ def progress_bar(enabled: bool, total: int, initial: int, desc: str = "search") 
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=None, desc=desc)
 
 
-def log_line(bar: Any, msg: str) -> None:
-    """``msg`` on stderr, above the bar when one is shown."""
+def run_label(out: str | Path | None) -> str | None:
+    """A run folder's last two parts (``r32-i10k-e10/s1-good-s1``, ``s1-darts-s1/retrain-pt``): which
+    of the runs that share one log (a grid's or a calibration's workers) a plain line comes from."""
+    return "/".join(Path(out).parts[-2:]) if out else None
+
+
+def log_line(bar: Any, msg: str, label: str | None = None) -> None:
+    """``msg`` on stderr, above the bar when one is shown; a plain line starts with ``[label]``."""
     if bar is not None and not bar.disable:
         bar.write(msg, file=sys.stderr)
     else:
-        print(msg, file=sys.stderr, flush=True)
+        print(f"[{label}] {msg}" if label else msg, file=sys.stderr, flush=True)

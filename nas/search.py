@@ -40,7 +40,7 @@ from nas.data import BatchStream, DataBundle, search_streams
 from nas.methods import Method, Stage, build_method
 from nas.mix import Mix
 from nas.precision import Precision, Runner
-from nas.progress import log_line, progress_bar
+from nas.progress import log_line, progress_bar, run_label
 from nas.rng import rng_stream
 from nas.rundir import (
     CHECKPOINT_FORMAT,
@@ -311,7 +311,7 @@ class Search:
                 st.sched.step()
                 if st.epoch in self.stage_starts[1:]:
                     self.enter_stage(st, self.stage_starts.index(st.epoch))  # before the checkpoint
-                log_line(bar, epoch_line(record, cfg.epochs, self.space))
+                log_line(bar, epoch_line(record, cfg.epochs, self.space), run_label(self.out))
                 if bar is not None:
                     bar.set_description(f"search epoch {min(st.epoch + 1, cfg.epochs)}/{cfg.epochs}", refresh=False)
                     bar.set_postfix_str(f"val acc {record['val_acc']:.3f}")

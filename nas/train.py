@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +14,7 @@ from nas import config as config_mod
 from nas.data import balanced_subset, check_batch, load_bundle
 from nas.loops import count_params, evaluate, train_epoch
 from nas.precision import Precision, Runner
-from nas.progress import progress_bar
+from nas.progress import log_line, progress_bar, run_label
 from nas.rng import rng_stream
 from nas.rundir import check_resume, claim
 from nas.spaces import get_space
@@ -61,7 +60,7 @@ def _retrain(cfg: config_mod.RetrainConfig, resume: bool,
     try:
         for epoch in range(start, cfg.epochs):
             rec = t.epoch(epoch, bar)
-            _show(rec, cfg.epochs, bar)
+            _show(rec, cfg.epochs, bar, run_label(cfg.out))
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
                 t.save_checkpoint(epoch + 1)
             if callback is not None:
@@ -82,18 +81,16 @@ def _check_auxiliary(cfg: config_mod.RetrainConfig, space: Any, side: int) -> No
                        f"{side}x{side} (set auxiliary_weight=0)")
 
 
-def _show(rec: dict[str, Any], epochs: int, bar: Any) -> None:
-    """One line per epoch: above the progress bar on a terminal, else on stderr."""
+def _show(rec: dict[str, Any], epochs: int, bar: Any, label: str | None) -> None:
+    """One line per epoch: above the progress bar on a terminal, else on stderr after ``[label]``."""
     msg = f"epoch {rec['epoch']}/{epochs}  train loss {rec['train_loss']:.3f} acc {rec['train_acc']:.3f}"
     if "test_acc" in rec:
         msg += f"  test acc {rec['test_acc']:.4f}"
+    log_line(bar, msg, label)
     if bar is not None and not bar.disable:
-        bar.write(msg, file=sys.stderr)
         bar.set_description(f"retrain epoch {min(rec['epoch'] + 1, epochs)}/{epochs}", refresh=False)
         bar.set_postfix_str(f"train acc {rec['train_acc']:.3f}"
                             + (f" test acc {rec['test_acc']:.3f}" if "test_acc" in rec else ""))
-    else:
-        print(msg, file=sys.stderr, flush=True)
 
 
 class _Trainer:

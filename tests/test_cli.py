@@ -70,7 +70,7 @@ def test_search_select_and_prepare_through_the_cli(cli, tmp_path):
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["nb201"]["genotype"] == summary["genotype"]
-    assert "epoch 1/1" in r.stderr
+    assert f"[{tmp_path.name}/run] epoch 1/1" in r.stderr  # plain lines name their run (shared logs)
     assert "hessian_eig" in json.loads((out / "result.json").read_text())["history"][0]
     r = cli("select", "--run", str(out), "--method", "magnitude", "--out", str(tmp_path / "sel"), "--json")
     assert r.returncode == 0, r.stderr
@@ -130,6 +130,7 @@ def test_pipeline_stages_from_the_command_line(cli, tmp_path, tiny_params):
     # a retrain of another genotype is refused by evaluate
     r = cli("retrain", "--config", params, "--genotype", BEST, "--out", str(tmp_path / "rt2"), "--no-progress")
     assert r.returncode == 0, r.stderr
+    assert f"[{tmp_path.name}/rt2] epoch 1/" in r.stderr
     r = cli("evaluate", "--search", str(tmp_path / "s"), "--selection", str(tmp_path / "sel"), "--retrain",
             str(tmp_path / "rt2"), "--out", str(tmp_path / "ev2"))
     assert r.returncode == 2 and "is not the selected" in r.stderr
