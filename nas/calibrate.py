@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from nas import config as config_mod
+from nas.grid.spec import ARCHIVE
 from nas.spaces.darts import CELL_EDGES, CONCAT, N_CELL_EDGES, STEPS, DartsGenotype, format_genotype, space_edge_ops
 from nas.utils import NasError
 
@@ -210,7 +211,7 @@ def run_candidate(spec: CalibrationSpec, cand: Candidate, data: str | None, work
     longer be chosen, so its other spaces would be spent for nothing)."""
     from nas.grid.run import run_jobs
 
-    archive = Path(spec.report) / "cells"
+    archive = Path(spec.report) / ARCHIVE
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
     total = 2 * len(spec.seeds) * len(spec.spaces)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nas.benchmarks import load_table
-from nas.grid.spec import GridSpec
+from nas.grid.spec import ARCHIVE, GridSpec
 from nas.landscape import draw as draw_landscapes
 from nas.methods import trains_alpha
 from nas.spaces import get_space
@@ -24,7 +24,7 @@ def _cell_folder(spec: GridSpec, space: str | None, method: str, seed: int) -> P
     cell = spec.cell_dir(space, method, seed)
     if (cell / "search" / "result.json").is_file():
         return cell
-    return Path(spec.report) / "cells" / cell.name
+    return Path(spec.report) / ARCHIVE / cell.name
 
 
 def _result(spec: GridSpec, space: str | None, method: str, seed: int) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ from typing import Any
 from nas import config as config_mod
 from nas.benchmarks import load_table
 from nas.grid.report import write_report, write_runs_csv
-from nas.grid.spec import DATASETS, RETRAIN_FIELDS, RUN_FIELDS, GridSpec, cell_dir
+from nas.grid.spec import ARCHIVE, DATASETS, RETRAIN_FIELDS, RUN_FIELDS, GridSpec, cell_dir
 from nas.landscape import landscape as loss_landscape
 from nas.methods import trains_alpha
 from nas.rundir import SEARCH_RESULT, kept_epochs, read_search_result, same_config
@@ -311,14 +311,6 @@ def epoch_curve(protocol: str, cell: Path, res: dict[str, Any], seed: int, progr
                          "cifar10": table.accuracy(geno, "cifar10")})
     write_json(cell / CURVE, {"search_digest": digest, "rows": rows})
     return rows
-
-
-# What a finished cell leaves in the report folder (``<report>/cells/<cell>/``): its JSON results
-# (the search's result.json with the α history and Hessian spectrum, each selection, the epoch
-# curve, the strength analysis, the landscape, each retrain's result), never a weight file.  A
-# grid on another machine, with the committed report and an empty run folder, reads finished
-# cells back from there instead of computing them again.
-ARCHIVE = "cells"
 
 
 def _json_files(folder: Path) -> list[Path]:

@@ -10,6 +10,13 @@ from nas import config as config_mod
 from nas.methods import METHOD_NAMES as METHODS
 from nas.utils import NasError
 
+# What a finished cell leaves in the report folder (``<report>/cells/<cell>/``): its JSON results
+# (the search's result.json with the α history and Hessian spectrum, each selection, the epoch
+# curve, the strength analysis, the landscape, each retrain's result), never a weight file.  A
+# grid on another machine, with the committed report and an empty run folder, reads finished
+# cells back from there instead of computing them again.
+ARCHIVE = "cells"
+
 DATASETS = ("cifar10", "cifar100", "imagenet16-120")
 # pt-fix: PT on a supernet trained with α held at uniform (DARTS-PT's "fix α" column)
 # verify: the best of a few candidate cells trained briefly (nas.verify), PT's cell among them where
@@ -137,8 +144,8 @@ def _reuse(value: Any, path: Path) -> list[str]:
         return []
     folders = _list(value, "reuse", str(path), str)
     for folder in folders:
-        if not (Path(folder) / "cells").is_dir():
-            raise NasError(f"{path}: key 'grid.reuse' names {folder!r}, which has no cells/ folder "
+        if not (Path(folder) / ARCHIVE).is_dir():
+            raise NasError(f"{path}: key 'grid.reuse' names {folder!r}, which has no {ARCHIVE}/ folder "
                            f"(expected a grid's report folder, read from {Path.cwd()})")
     return folders
 
