@@ -21,7 +21,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import ready_local_prefect, task_runner
+from flows.common import flow_main, task_runner
 from nas import grid, tracking
 
 
@@ -80,29 +80,32 @@ def benchmark(protocol: str = "params/cpu-proxy.yaml", data: str | None = None, 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flows.benchmark", description="Run the nas-benchmark flow once.")
-    p.add_argument("--protocol", default="params/cpu-proxy.yaml")
-    p.add_argument("--data")
-    p.add_argument("--out")
-    p.add_argument("--report")
-    p.add_argument("--runner", default="thread", choices=("thread", "dask"))
+    p.add_argument("--protocol", default="params/cpu-proxy.yaml",
+                   help="protocol params file (default params/cpu-proxy.yaml)")
+    p.add_argument("--data", help="the CIFAR-10 archive or folder (the protocol's dataset)")
+    p.add_argument("--out", help="run directories (default runs/grid/<protocol>)")
+    p.add_argument("--report", help="table, CSV and figures (default data/results/<protocol>)")
+    p.add_argument("--runner", default="thread", choices=("thread", "dask"),
+                   help="where the cells run: threads of this process, or Dask (default thread)")
     p.add_argument("--address", default=os.environ.get("NAS_DASK_ADDRESS") or None,
                    help="Dask scheduler address (tcp://host:8786; default $NAS_DASK_ADDRESS)")
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--no-track", dest="track", action="store_false")
+    p.add_argument("--workers", type=int, default=1, help="cells run side by side (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per cell (default 1)")
+    p.add_argument("--no-track", dest="track", action="store_false", help="no MLflow tracking")
     a = p.parse_args(argv)
-    from nas.utils import NasError
 
-    ready_local_prefect()
-    try:
+    def check() -> None:  # a bad protocol or report folder: one line, before any flow or server starts
+        from nas.utils import check_output_dir
+
+        check_output_dir(grid.load_grid(a.protocol, a.out, a.report).report, "report")
+
+    def run() -> None:
         res = benchmark(a.protocol, a.data, out=a.out, report=a.report, runner=a.runner, address=a.address,
                         workers=a.workers, threads=a.threads, track=a.track)
-    except NasError as exc:
-        print(f"python -m flows.benchmark: error: {exc}", file=sys.stderr)
-        return 1
-    print(res["report"]["markdown"])
-    print(json.dumps({"figures": res["report"]["figures"], "runs_csv": res["report"]["runs_csv"]}, indent=2))
-    return 0
+        print(res["report"]["markdown"])
+        print(json.dumps({"figures": res["report"]["figures"], "runs_csv": res["report"]["runs_csv"]}, indent=2))
+
+    return flow_main("python -m flows.benchmark", check, run)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,28 @@ def ready_local_prefect() -> None:
 
         asyncio.run(provide_database_interface().create_db())
         marker.touch()
+
+
+def flow_main(prog: str, check: Callable[[], object], run: Callable[[], None]) -> int:
+    """A flow's command line: ``check`` refuses bad settings in one line before any flow (or
+    temporary Prefect server) starts; then ``run`` runs the flow, and a failure under it (all its
+    work failed, a server went away) ends in one line after Prefect's own log.  Exit status 0 or 1."""
+    try:
+        check()
+    except NasError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    ready_local_prefect()
+    try:
+        run()
+    except NasError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 -- whatever failed under the flow, said in one line
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        print(f"{prog}: error: {type(exc).__name__}: {first}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def not_a_config_error(task: Any, task_run: Any, state: Any) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
-from flows.common import StageFiles, cache_options, not_a_config_error, ready_local_prefect
+from flows.common import StageFiles, cache_options, flow_main, not_a_config_error
 from nas import config as config_mod
 from nas import stages, tracking
 
@@ -166,19 +166,27 @@ def pipeline(method: str | None = None, selection: str | None = None, seed: int 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flows.pipeline", description="Run the nas-pipeline flow once.")
-    p.add_argument("--method")
-    p.add_argument("--selection")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--params", default="params/pipeline.yaml")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    p.add_argument("--out")
-    p.add_argument("--no-track", dest="track", action="store_false")
-    p.add_argument("--refresh", action="store_true")
+    p.add_argument("--method", help="search method (default: the params file's search.method)")
+    p.add_argument("--selection", help="magnitude, pt or verify (default: the params file's select.method)")
+    p.add_argument("--seed", type=int, help="seed of every stage (default: the params file's)")
+    p.add_argument("--params", default="params/pipeline.yaml",
+                   help="params file with a section per stage (default params/pipeline.yaml)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one key of one stage, e.g. search.epochs=5 (repeatable)")
+    p.add_argument("--out", help="run folder (default runs/pipeline/<method>-s<seed>-<selection>)")
+    p.add_argument("--no-track", dest="track", action="store_false", help="no MLflow tracking")
+    p.add_argument("--refresh", action="store_true", help="recompute every stage, even a cached one")
     a = p.parse_args(argv)
-    ready_local_prefect()
-    res = pipeline(a.method, a.selection, a.seed, a.params, a.sets, a.out, a.track, a.refresh)
-    print(json.dumps({k: res[k] for k in ("genotype", "test_acc", "out", "mlflow_run")}, indent=2))
-    return 0
+
+    def check() -> None:  # a bad params file or key: one line, before any flow or server starts
+        config_mod.pipeline_configs(a.params, a.out or "runs/pipeline", a.sets, method=a.method,
+                                    selection=a.selection, seed=a.seed)
+
+    def run() -> None:
+        res = pipeline(a.method, a.selection, a.seed, a.params, a.sets, a.out, a.track, a.refresh)
+        print(json.dumps({k: res[k] for k in ("genotype", "test_acc", "out", "mlflow_run")}, indent=2))
+
+    return flow_main("python -m flows.pipeline", check, run)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import ready_local_prefect, task_runner
+from flows.common import flow_main, task_runner
 from nas import sweep, tracking
 
 
@@ -162,42 +162,41 @@ def _add_trials(kw: dict[str, Any], n_trials: int, max_trials: int | None, paral
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flows.sweep", description="Run the nas-sweep flow once.")
-    p.add_argument("--method", default="sdarts-rs", choices=sorted(sweep.STRENGTHS))
+    p.add_argument("--method", default="sdarts-rs", choices=sorted(sweep.STRENGTHS),
+                   help="the method whose regularisation strength is tuned (default sdarts-rs)")
     p.add_argument("--n-trials", type=int, default=8, help="trials this run adds to the study (default 8)")
     p.add_argument("--max-trials", type=int, help="cap on the study's total of finished trials (default none)")
-    p.add_argument("--mode", default="retrain", choices=sweep.MODES)
-    p.add_argument("--study")
-    p.add_argument("--storage", help="database URL (default sqlite:///runs/optuna.db)")
-    p.add_argument("--params", default="params/pipeline.yaml")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    p.add_argument("--parallel", type=int, default=1)
-    p.add_argument("--runner", default="thread", choices=("thread", "dask"))
+    p.add_argument("--mode", default="retrain", choices=sweep.MODES,
+                   help="a trial's score: the retrained cell's validation accuracy, or its NAS-Bench-201 "
+                        "lookup (default retrain)")
+    p.add_argument("--study", help="Optuna study name (default <method>-<mode>)")
+    p.add_argument("--storage", help="database URL (default $NAS_OPTUNA_STORAGE, else sqlite:///runs/optuna.db)")
+    p.add_argument("--params", default="params/pipeline.yaml",
+                   help="params file of every trial's stages (default params/pipeline.yaml)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one key of one stage, e.g. search.epochs=5 (repeatable)")
+    p.add_argument("--parallel", type=int, default=1, help="trials run side by side (default 1)")
+    p.add_argument("--runner", default="thread", choices=("thread", "dask"),
+                   help="where the trials run: threads of this process, or Dask (default thread)")
     p.add_argument("--address", default=os.environ.get("NAS_DASK_ADDRESS") or None,
                    help="Dask scheduler address (tcp://host:8786; default $NAS_DASK_ADDRESS)")
-    p.add_argument("--pruner", default="median")
+    p.add_argument("--pruner", default="median", choices=("median", "none"),
+                   help="stop a trial whose supernet accuracy falls below the median of earlier ones, or "
+                        "never (default median)")
     p.add_argument("--out", help="trial run directories (default runs/sweep/<study>)")
-    p.add_argument("--no-track", dest="track", action="store_false")
+    p.add_argument("--no-track", dest="track", action="store_false", help="no MLflow tracking")
     a = p.parse_args(argv)
-    from nas.utils import NasError
 
-    try:  # settings that cannot work are refused before any flow (or temporary Prefect server) starts
-        client_settings(a.params, a.storage, a.out or "runs/sweep", a.track, remote=a.runner == "dask" and bool(a.address))
-    except NasError as exc:
-        print(f"python -m flows.sweep: error: {exc}", file=sys.stderr)
-        return 1
-    ready_local_prefect()
-    try:
+    def check() -> None:  # settings that cannot work: one line, before any flow or server starts
+        client_settings(a.params, a.storage, a.out or "runs/sweep", a.track,
+                        remote=a.runner == "dask" and bool(a.address))
+
+    def run() -> None:
         res = sweep_flow(a.method, a.n_trials, a.mode, a.study, a.storage, a.params, a.sets, a.parallel, a.runner,
                          a.address, a.pruner, track=a.track, out=a.out, max_trials=a.max_trials)
-    except NasError as exc:
-        print(f"python -m flows.sweep: error: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # a server that failed under the flow: one line after Prefect's own log
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        print(f"python -m flows.sweep: error: {type(exc).__name__}: {first}", file=sys.stderr)
-        return 1
-    print(json.dumps({"study": res["study"], "best": res["best"], "csv": res["csv"]}, indent=2))
-    return 0
+        print(json.dumps({"study": res["study"], "best": res["best"], "csv": res["csv"]}, indent=2))
+
+    return flow_main("python -m flows.sweep", check, run)
 
 
 if __name__ == "__main__":

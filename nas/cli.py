@@ -67,11 +67,23 @@ def _default(kind: str, key: str) -> str:
     return "?"
 
 
+DATASET_HELP = "digits (embedded), cifar10, cifar100, svhn, imagefolder, prepared"
+DATA_HELP = "archive, image folder or prepared .pt file (default: none, the embedded digits)"
+DEVICE_HELP = "auto (CUDA when present), cpu, cuda, cuda:N (default auto)"
+GENOTYPE_HELP = ("the cell: an NB201 string '|op~0|+|op~0|op~1|+...|', or a DARTS-space "
+                 "'Genotype(normal=[...], ...)' or its JSON form")
+SPACE_HELP = "nb201, darts, s1, s2, s3, s4"
+
+
+def _json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
 def _common(p: argparse.ArgumentParser, kind: str | None = None) -> None:
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of key: value (or a section per stage)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key (repeatable); --list-keys shows them all")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _json_flag(p)
     if kind:
         p.add_argument("--list-keys", dest="list_keys", action="store_true",
                        help=f"list every key of '{kind}' with its default and meaning, and exit")
@@ -79,10 +91,9 @@ def _common(p: argparse.ArgumentParser, kind: str | None = None) -> None:
 
 def _data_args(p: argparse.ArgumentParser, kind: str) -> None:
     d = lambda key: _default(kind, key)  # noqa: E731
-    p.add_argument("--dataset", help=f"digits (embedded), cifar10, cifar100, svhn, imagefolder, prepared "
-                   f"(default {d('dataset')})")
-    p.add_argument("--data", help="archive, image folder or prepared .pt file (default: none, the embedded digits)")
-    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N (default auto)")
+    p.add_argument("--dataset", help=f"{DATASET_HELP} (default {d('dataset')})")
+    p.add_argument("--data", help=DATA_HELP)
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--seed", type=int, help=f"random seed (default {d('seed')})")
     p.add_argument("--epochs", type=int, help=f"{kind} epochs (default {d('epochs')})")
     p.add_argument("--out", help=f"run directory (default {d('out')})")
@@ -120,15 +131,15 @@ def _command(sub: Any, name: str, text: str, description: str | None = None) -> 
 
 def _parser_prepare(sub: Any) -> None:
     p = _command(sub, "prepare", "decode a dataset once into a tensor file + manifest")
-    p.add_argument("--dataset")
-    p.add_argument("--data")
+    p.add_argument("--dataset", help=f"{DATASET_HELP} (default {_default('prepare', 'dataset')})")
+    p.add_argument("--data", help=DATA_HELP)
     p.add_argument("--cache-dir", dest="cache_dir", help="where decoded datasets go (default data/prepared)")
     _common(p, "prepare")
 
 
 def _parser_search(sub: Any) -> None:
     p = _command(sub, "search", "search a supernet and select an architecture by α magnitude")
-    p.add_argument("--space", help="nb201, darts, s1, s2, s3, s4")
+    p.add_argument("--space", help=SPACE_HELP)
     p.add_argument("--method", help=METHOD_HELP)
     p.add_argument("--order", type=int, choices=(1, 2), help="DARTS gradient order")
     p.add_argument("--perturb", help="w-step perturbation: auto (method default), none, rs, adv")
@@ -157,7 +168,7 @@ def _parser_strength(sub: Any) -> None:
     p = _command(sub, "strength", "α against the accuracy drop of removing each op (table, plot, rank correlation)")
     p.add_argument("--run", help="search run directory")
     p.add_argument("--out", help="directory for strength.csv/.json/.png")
-    p.add_argument("--device")
+    p.add_argument("--device", help=DEVICE_HELP)
     _common(p, "select")
 
 
@@ -171,8 +182,8 @@ def _parser_landscape(sub: Any) -> None:
     p.add_argument("--radius", type=float, default=1.0, help="the grid spans [-radius, radius] along each direction")
     p.add_argument("--batches", type=int, default=4, help="α-split batches per loss evaluation")
     p.add_argument("--seed", type=int, default=0, help="seed of the two directions")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    _json_flag(p)
 
 
 def _parser_grid(sub: Any) -> None:
@@ -191,7 +202,7 @@ def _parser_grid(sub: Any) -> None:
     p.add_argument("--from-tracking", dest="from_tracking", action="store_true",
                    help="with --report-only: read the rows and cells of the protocol's latest benchmark flow "
                         "run from the tracking server (MLFLOW_TRACKING_URI) instead of the report folder")
-    p.add_argument("--json", action="store_true")
+    _json_flag(p)
 
 
 def _parser_calibrate(sub: Any) -> None:
@@ -207,7 +218,7 @@ def _parser_calibrate(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = torch's default)")
     p.add_argument("--all", dest="every", action="store_true", help="run every candidate, not only up to the chosen")
     p.add_argument("--references", action="store_true", help="only print the reference genotypes of each space")
-    p.add_argument("--json", action="store_true")
+    _json_flag(p)
 
 
 def _parser_cluster(sub: Any) -> None:
@@ -215,38 +226,39 @@ def _parser_cluster(sub: Any) -> None:
                  "Start, show or stop the services several machines share, on this machine "
                  "(loopback only): PostgreSQL, an MLflow server with proxied artifacts, a Prefect "
                  "server and a Dask scheduler with workers, each worker in its own folder.")
-    p.add_argument("action", choices=("up", "down", "env"))
+    p.add_argument("action", choices=("up", "down", "env"),
+                   help="up: start the services; down: stop them; env: print the variables that point a client at them")
     p.add_argument("--root", default="runs/cluster", help="the cluster's folder (default runs/cluster)")
     p.add_argument("--workers", type=int, default=2, help="Dask workers to start (default 2)")
     p.add_argument("--no-prefect", dest="prefect", action="store_false", help="no Prefect server")
     p.add_argument("--timeout", type=float, default=240.0, help="seconds each service may take to start")
-    p.add_argument("--json", action="store_true")
+    _json_flag(p)
 
 
 def _parser_info(sub: Any) -> None:
     p = _command(sub, "info", "parameters and FLOPs of a genotype's network")
-    p.add_argument("--space", default="nb201")
-    p.add_argument("--genotype", required=True)
+    p.add_argument("--space", default="nb201", help=f"{SPACE_HELP} (default nb201)")
+    p.add_argument("--genotype", required=True, help=GENOTYPE_HELP)
     p.add_argument("--channels", type=int, help="C (default: the space's evaluation network, 16 or 36)")
     p.add_argument("--cells", type=int, help="NB201: cells per stage (5); DARTS spaces: cells (20)")
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--in-channels", type=int, default=3)
-    p.add_argument("--resolution", type=int, default=32)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--num-classes", type=int, default=10, help="classes of the output layer (default 10)")
+    p.add_argument("--in-channels", type=int, default=3, help="image channels (default 3)")
+    p.add_argument("--resolution", type=int, default=32, help="image side in pixels, for the FLOPs (default 32)")
+    _json_flag(p)
 
 
 def _parser_lookup(sub: Any) -> None:
     p = _command(sub, "lookup", "NAS-Bench-201 test accuracy of a genotype, beside the oracle")
-    p.add_argument("--genotype", required=True)
+    p.add_argument("--genotype", required=True, help="an NB201 string '|op~0|+|op~0|op~1|+...|'")
     p.add_argument("--dataset", default="cifar10", help="cifar10, cifar100 or imagenet16-120")
     p.add_argument("--table", help="NAS-Bench-201 table CSV (default: data/benchmarks or $NAS_NB201_TABLE)")
-    p.add_argument("--json", action="store_true")
+    _json_flag(p)
 
 
 def _parser_retrain(sub: Any) -> None:
     p = _command(sub, "retrain", "train a genotype's network from scratch and evaluate it")
-    p.add_argument("--space")
-    p.add_argument("--genotype")
+    p.add_argument("--space", help=f"{SPACE_HELP} (default nb201; with --selection, the selection's)")
+    p.add_argument("--genotype", help=GENOTYPE_HELP)
     p.add_argument("--selection", metavar="FILE", help="take the genotype (and space) from a selection.json "
                    "or a search result.json")
     _data_args(p, "retrain")
@@ -259,7 +271,7 @@ def _parser_evaluate(sub: Any) -> None:
     p.add_argument("--selection", required=True, help="selection.json (or its directory)")
     p.add_argument("--retrain", required=True, help="retrain run directory")
     p.add_argument("--out", required=True, help="directory for metrics.json and plots/")
-    p.add_argument("--json", action="store_true")
+    _json_flag(p)
 
 
 def _print(obj: dict[str, Any], as_json: bool, lines: list[str]) -> None:

@@ -1,7 +1,7 @@
 """Pages of the documentation that are generated from the code and the committed results, so that
 they cannot drift: the command line (from the argparse parser), the settings of every stage (from
 the pydantic models) and one page per committed grid report (from its ``table.md``, ``runs.csv``
-and figures).  The docs site's build hook (``docs/hooks.py``) calls these; ``python -m
+and figures).  The docs site's build hook (``scripts/mkdocs_hooks.py``) calls these; ``python -m
 nas.reference OUT`` writes them into a folder.
 """
 
@@ -38,21 +38,26 @@ def _help(parser: argparse.ArgumentParser) -> str:
             os.environ["COLUMNS"] = old
 
 
-def cli_page() -> str:
-    """The ``nas`` command and each subcommand's ``--help``, and the flows' command lines."""
+def parsers() -> dict[str, argparse.ArgumentParser]:
+    """Every command line the project has, by the name the reference gives it: ``nas``, each
+    ``nas COMMAND`` and each flow's ``python -m flows.NAME`` (when the pipeline extra is installed)."""
     from nas.cli import build_parser
 
     parser = build_parser()
-    subs = _subparsers(parser)
-    lines = ["# Command line reference", "",
-             "Generated from the argparse parsers (`nas/reference.py`): each block is what `--help` prints.", "",
-             "## nas", "", "```text", _help(parser), "```", ""]
-    for name, sub in subs.items():
-        lines += [f"## nas {name}", "", "```text", _help(sub), "```", ""]
+    found = {"nas": parser, **{f"nas {name}": sub for name, sub in _subparsers(parser).items()}}
     for module in ("flows.pipeline", "flows.sweep", "flows.benchmark"):
         flow_parser = _flow_parser(module)
         if flow_parser is not None:
-            lines += [f"## python -m {module}", "", "```text", _help(flow_parser), "```", ""]
+            found[f"python -m {module}"] = flow_parser
+    return found
+
+
+def cli_page() -> str:
+    """The ``nas`` command and each subcommand's ``--help``, and the flows' command lines."""
+    lines = ["# Command line reference", "",
+             "Generated from the argparse parsers (`nas/reference.py`): each block is what `--help` prints.", ""]
+    for name, parser in parsers().items():
+        lines += [f"## {name}", "", "```text", _help(parser), "```", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

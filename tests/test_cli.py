@@ -146,3 +146,16 @@ def test_method_help_lists_exactly_the_registry():
     assert METHOD_HELP.split(", ") == list(REGISTRY)
     described = config_mod.SearchConfig.model_fields["method"].description
     assert described.split(" | ") == list(REGISTRY)
+
+
+def test_every_option_of_every_command_line_says_what_it_does():
+    import argparse
+
+    from nas.reference import parsers
+
+    found = parsers()
+    assert {"nas", "nas search", "nas cluster", "python -m flows.pipeline", "python -m flows.sweep",
+            "python -m flows.benchmark"} <= set(found)
+    silent = [f"{name} {(a.option_strings or [a.dest])[0]}" for name, p in found.items() for a in p._actions
+              if not a.help and not isinstance(a, argparse._SubParsersAction)]
+    assert silent == []

@@ -294,6 +294,39 @@ def test_bad_pipeline_params_are_named(tmp_path, tiny_params):
     assert cfgs["search"].method == "drnas" and cfgs["search"].out == str(tmp_path / "o" / "search")
 
 
+@pytest.mark.parametrize("module, args, named", [
+    ("flows.pipeline", ["--params", "{tmp}/nope.yaml"], "nope.yaml"),
+    ("flows.pipeline", ["--params", "{params}", "--set", "search.epochz=2"], "epochz"),
+    ("flows.benchmark", ["--protocol", "{tmp}/nope.yaml"], "nope.yaml"),
+    ("flows.sweep", ["--params", "{tmp}/nope.yaml"], "nope.yaml"),
+])
+def test_a_flow_command_refuses_bad_settings_in_one_line_before_prefect_starts(module, args, named, tmp_path,
+                                                                                tiny_params, monkeypatch, capsys):
+    import importlib
+
+    def no_server():
+        raise AssertionError("a Prefect server was readied for settings that cannot work")
+
+    monkeypatch.setattr("flows.common.ready_local_prefect", no_server)
+    argv = [a.format(tmp=tmp_path, params=tiny_params()) for a in args]
+    assert importlib.import_module(module).main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"python -m {module}: error: ") and named in err, err
+
+
+def test_a_flow_that_fails_under_its_command_ends_in_one_line(tiny_params, monkeypatch, capsys):
+    import flows.pipeline
+
+    def lost(*args, **kwargs):
+        raise ConnectionError("the server went away\nand a second line")
+
+    monkeypatch.setattr("flows.common.ready_local_prefect", lambda: None)
+    monkeypatch.setattr(flows.pipeline, "pipeline", lost)
+    assert flows.pipeline.main(["--params", str(tiny_params())]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "python -m flows.pipeline: error: ConnectionError: the server went away"
+
+
 def test_prepare_task_retries_io_errors_not_config_errors(prefect_server, tmp_path):
     from flows.pipeline import prepare_task
 
