@@ -86,7 +86,7 @@ def _show(rec: dict[str, Any], epochs: int, bar: Any, label: str | None) -> None
     msg = f"epoch {rec['epoch']}/{epochs}  train loss {rec['train_loss']:.3f} acc {rec['train_acc']:.3f}"
     if "test_acc" in rec:
         msg += f"  test acc {rec['test_acc']:.4f}"
-    log_line(bar, msg, label)
+    log_line(bar, msg + f"  {rec['seconds']:.1f}s", label)
     if bar is not None and not bar.disable:
         bar.set_description(f"retrain epoch {min(rec['epoch'] + 1, epochs)}/{epochs}", refresh=False)
         bar.set_postfix_str(f"train acc {rec['train_acc']:.3f}"
