@@ -32,6 +32,7 @@ CELLS = ("good", "degenerate")
 DEGENERATE_OP = {"s4": "noise"}  # every other space: skip_connect
 FIELDS = ["candidate", "space", "cell", "seed", "genotype", "test_acc", "params_m", "retrain_minutes"]
 SPACES = ("s1", "s2", "s3", "s4", "darts")
+REPORT_FILE = "calibration.json"  # in a report: the calibration file its runs follow (a report may be a machine's share)
 ARCHIVED = ("timings.json", "result.json")  # what a finished run leaves that the report keeps
 
 
@@ -205,7 +206,7 @@ def _archive(job: dict[str, Any], archive: Path) -> None:
 
 
 def run_candidate(spec: CalibrationSpec, cand: Candidate, data: str | None, workers: int = 1,
-                  threads: int = 0, stop_early: bool = False) -> list[dict[str, Any]]:
+                  threads: int = 0, stop_early: bool = False, spaces: list[str] | None = None) -> list[dict[str, Any]]:
     """Train both reference cells of every space and seed under one candidate protocol, space by
     space; with ``stop_early`` the candidate ends at the first space it cannot separate (it can no
     longer be chosen, so its other spaces would be spent for nothing)."""
@@ -214,7 +215,8 @@ def run_candidate(spec: CalibrationSpec, cand: Candidate, data: str | None, work
     archive = Path(spec.report) / ARCHIVE
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
-    total = 2 * len(spec.seeds) * len(spec.spaces)
+    spaces = [sp for sp in spec.spaces if not spaces or sp in spaces]
+    total = 2 * len(spec.seeds) * len(spaces)
 
     def collect(row: dict[str, Any]) -> None:
         rows.append(row)
@@ -228,7 +230,7 @@ def run_candidate(spec: CalibrationSpec, cand: Candidate, data: str | None, work
         failures.append(f"{r['space']} {r['cell']} seed {r['seed']}: {type(exc).__name__}: {exc}")
         print(f"[calibrate {cand.name}] FAILED {failures[-1]}", file=sys.stderr, flush=True)
 
-    for space in spec.spaces:
+    for space in spaces:
         jobs = [_job(spec, cand, space, cell, s, data, threads) for cell in CELLS for s in spec.seeds]
         for job in jobs:
             _restore(job, archive)
@@ -306,18 +308,29 @@ def table(spec: CalibrationSpec, rows: list[dict[str, Any]]) -> tuple[str, str |
 
 
 def run_calibration(spec: CalibrationSpec, data: str | None = None, workers: int = 1, threads: int = 0,
-                    every: bool = False) -> str | None:
+                    every: bool = False, only: list[str] | None = None, spaces: list[str] | None = None) -> str | None:
     """Try the candidates cheapest first and stop at the first valid on every space (``every``:
-    run them all).  Writes ``runs.csv`` and ``table.md`` to the report; returns the chosen name."""
-    from nas.utils import atomic_write
+    run them all; ``only``: just the named ones, in the file's order; ``spaces``: just those spaces).  Writes ``runs.csv`` and
+    ``table.md`` (every candidate with finished runs) to the report; returns the chosen name."""
+    from nas.utils import atomic_write, write_json
 
+    names = [c.name for c in spec.candidates]
+    unknown = [n for n in only or [] if n not in names]
+    if unknown:
+        raise NasError(f"--candidates: {spec.protocol} has no candidate {unknown[0]!r} (it has {', '.join(names)})")
+    other = [sp for sp in spaces or [] if sp not in spec.spaces]
+    if other:
+        raise NasError(f"--spaces: {spec.protocol} calibrates {', '.join(spec.spaces)}, not {other[0]!r}")
     chosen = None
     for cand in spec.candidates:
-        run_candidate(spec, cand, data, workers, threads, stop_early=not every)
+        if only and cand.name not in only:
+            continue
+        run_candidate(spec, cand, data, workers, threads, stop_early=not every, spaces=spaces)
         text, chosen = table(spec, read_csv(Path(spec.report) / "runs.csv"))
         verdict_line = f"\nChosen: **{chosen}**.\n" if chosen else "\nNo candidate is valid on every space yet.\n"
         body = text + verdict_line
         atomic_write(Path(spec.report) / "table.md", lambda tmp, body=body: tmp.write_text(body))
+        write_json(Path(spec.report) / REPORT_FILE, {"protocol": spec.protocol})
         if chosen and not every:
             break
     return chosen

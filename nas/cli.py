@@ -217,6 +217,10 @@ def _parser_calibrate(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=1, help="runs side by side (processes)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = torch's default)")
     p.add_argument("--all", dest="every", action="store_true", help="run every candidate, not only up to the chosen")
+    p.add_argument("--candidates", type=lambda s: [n.strip() for n in s.split(",") if n.strip()],
+                   help="only these candidates, comma-separated names (another machine's share of the file)")
+    p.add_argument("--spaces", type=lambda s: [n.strip() for n in s.split(",") if n.strip()],
+                   help="only these spaces, comma-separated (the table still shows every finished one)")
     p.add_argument("--references", action="store_true", help="only print the reference genotypes of each space")
     _json_flag(p)
 
@@ -450,7 +454,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         refs = {sp: calibrate.reference_genotypes(sp) for sp in spec.spaces}
         _print(refs, args.json, [f"{sp} {cell}: {g}" for sp, r in refs.items() for cell, g in r.items()])
         return 0
-    chosen = calibrate.run_calibration(spec, args.data, args.workers, args.threads, args.every)
+    chosen = calibrate.run_calibration(spec, args.data, args.workers, args.threads, args.every, args.candidates, args.spaces)
     table = (Path(spec.report) / "table.md").read_text()
     _print({"chosen": chosen, "report": spec.report}, args.json, [table, f"per-run CSV: {spec.report}/runs.csv"])
     return 0 if chosen else 1

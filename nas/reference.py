@@ -8,6 +8,7 @@ nas.reference OUT`` writes them into a folder.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -123,13 +124,16 @@ def results_page(protocol: str, results: Path = RESULTS) -> str:
     folder = results / protocol
     table = (folder / "table.md").read_text().strip()
     params = REPO / "params" / f"{protocol}.yaml"
-    calibration = params.is_file() and "calibration" in (config_mod.load_yaml(params) or {})
+    marker = folder / "calibration.json"  # nas.calibrate.REPORT_FILE: the calibration file of this report
+    cal_file = json.loads(marker.read_text())["protocol"] if marker.is_file() else f"params/{protocol}.yaml"
+    calibration = marker.is_file() or (params.is_file() and "calibration" in (config_mod.load_yaml(params) or {}))
     if calibration:
+        report = "" if cal_file == f"params/{protocol}.yaml" else f" --report data/results/{protocol}"
         lines = [f"# Calibration: {protocol}", "",
                  f"Generated from `data/results/{protocol}/` (`nas/reference.py`): the table is `table.md` as "
                  f"`nas calibrate` writes it, means and the largest sample standard deviation over seeds.", "",
-                 f"Calibration file: `params/{protocol}.yaml`; rebuild the table (every finished run is read "
-                 f"back) with `nas calibrate --protocol params/{protocol}.yaml`.", ""]
+                 f"Calibration file: `{cal_file}`; rebuild the table (every finished run is read "
+                 f"back) with `nas calibrate --protocol {cal_file}{report}`.", ""]
     else:
         lines = [f"# Results: {protocol}", "",
                  f"Generated from `data/results/{protocol}/` (`nas/reference.py`): the table is `table.md` as "

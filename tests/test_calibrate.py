@@ -112,6 +112,7 @@ def test_a_calibration_runs_trains_both_cells_and_reads_its_runs_back(tmp_path):
     text, chosen = calibrate.table(spec, rows)
     assert json.loads(proc.stdout)["chosen"] == chosen and (proc.returncode == 0) == (chosen is not None)
     assert text.count("\n") == 2 + 2 and (report / "table.md").read_text().startswith(text)
+    assert json.loads((report / calibrate.REPORT_FILE).read_text()) == {"protocol": str(p)}
     # a second run, from another machine's folder: every result comes back from the archive
     other = calibrate.load_calibration(p, str(tmp_path / "other"), str(report))
     again = calibrate.run_candidate(other, other.candidates[0], None)
@@ -121,15 +122,32 @@ def test_a_calibration_runs_trains_both_cells_and_reads_its_runs_back(tmp_path):
         if r["candidate"] == "tiny")
 
 
-def test_docs_quote_the_committed_calibration_table():
-    """The calibration table in the S1-S4 results page is the committed one, row for row, and the
-    committed table is what the committed runs give."""
+def test_candidates_and_spaces_run_only_the_named_share_and_refuse_an_unknown_name(tmp_path):
+    p = _file(tmp_path, spaces=["s3", "s4"])
+    spec = calibrate.load_calibration(p, str(tmp_path / "runs"), str(tmp_path / "report"))
+    calibrate.run_calibration(spec, every=True, only=["more"], spaces=["s4"])
+    rows = calibrate.read_csv(tmp_path / "report" / "runs.csv")
+    assert {(r["candidate"], r["space"]) for r in rows} == {("more", "s4")} and len(rows) == 2 * 2
+    assert not (tmp_path / "runs" / "tiny").exists()
+    assert "| more | s4 |" in (tmp_path / "report" / "table.md").read_text()
+    with pytest.raises(NasError, match=r"--candidates: .*cal.yaml has no candidate 'big' \(it has tiny, more\)") as exc:
+        calibrate.run_calibration(spec, only=["tiny", "big"])
+    assert "\n" not in str(exc.value) and not (tmp_path / "runs" / "tiny").exists()
+    with pytest.raises(NasError, match=r"--spaces: .*cal.yaml calibrates s3, s4, not 's1'"):
+        calibrate.run_calibration(spec, only=["tiny"], spaces=["s1"])
+
+
+def test_docs_quote_the_committed_calibration_tables():
+    """The calibration tables in the S1-S4 results page are the committed ones (the 2-core runs and
+    a GPU machine's share), row for row, and each committed table is what its committed runs give."""
     from conftest import REPO
 
-    report = REPO / "data" / "results" / "s-calibration"
-    committed = (report / "table.md").read_text()
-    rows = [line for line in committed.splitlines() if line.startswith("| ") and not line.startswith("| candidate")]
     doc = (REPO / "docs" / "results" / "s-spaces.md").read_text()
-    assert len(rows) >= 5 and all(row in doc for row in rows)
-    spec = calibrate.load_calibration(REPO / "params" / "s-calibration.yaml")
-    assert calibrate.table(spec, calibrate.read_csv(report / "runs.csv"))[0] in committed
+    reports = sorted(p.parent for p in (REPO / "data" / "results").glob(f"*/{calibrate.REPORT_FILE}"))
+    assert [r.name for r in reports] == ["s-calibration", "s-calibration-h200"]
+    for report in reports:
+        committed = (report / "table.md").read_text()
+        rows = [line for line in committed.splitlines() if line.startswith("| ") and not line.startswith("| candidate")]
+        assert len(rows) >= 5 and all(row in doc for row in rows), report.name
+        spec = calibrate.load_calibration(REPO / json.loads((report / calibrate.REPORT_FILE).read_text())["protocol"])
+        assert calibrate.table(spec, calibrate.read_csv(report / "runs.csv"))[0] in committed, report.name
