@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import flow_main, task_runner
+from flows.common import add_runner_flags, flow_main, task_runner
 from nas import grid, tracking
 
 
@@ -85,10 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="the CIFAR-10 archive or folder (the protocol's dataset)")
     p.add_argument("--out", help="run directories (default runs/grid/<protocol>)")
     p.add_argument("--report", help="table, CSV and figures (default data/results/<protocol>)")
-    p.add_argument("--runner", default="thread", choices=("thread", "dask"),
-                   help="where the cells run: threads of this process, or Dask (default thread)")
-    p.add_argument("--address", default=os.environ.get("NAS_DASK_ADDRESS") or None,
-                   help="Dask scheduler address (tcp://host:8786; default $NAS_DASK_ADDRESS)")
+    add_runner_flags(p, "cells")
     p.add_argument("--workers", type=int, default=1, help="cells run side by side (default 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per cell (default 1)")
     p.add_argument("--no-track", dest="track", action="store_false", help="no MLflow tracking")

@@ -122,6 +122,22 @@ def not_a_config_error(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
+def add_set_flag(p: Any) -> None:
+    """``--set SECTION.KEY=VALUE`` (repeatable), shared by the flows that run the stages."""
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one key of one stage, e.g. search.epochs=5 (repeatable)")
+
+
+def add_runner_flags(p: Any, what: str) -> None:
+    """``--runner`` and ``--address``: where a flow's ``what`` (cells, trials) run."""
+    import os
+
+    p.add_argument("--runner", default="thread", choices=("thread", "dask"),
+                   help=f"where the {what} run: threads of this process, or Dask (default thread)")
+    p.add_argument("--address", default=os.environ.get("NAS_DASK_ADDRESS") or None,
+                   help="Dask scheduler address (tcp://host:8786; default $NAS_DASK_ADDRESS)")
+
+
 def task_runner(runner: str = "thread", address: str | None = None, workers: int = 2, threads: int = 1):
     """``thread`` (Prefect's default), or ``dask``: a local cluster of ``workers`` processes with
     ``threads`` threads each, or the scheduler at ``address`` (``tcp://host:8786``) for several

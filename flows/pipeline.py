@@ -22,7 +22,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
-from flows.common import StageFiles, cache_options, flow_main, not_a_config_error
+from flows.common import StageFiles, add_set_flag, cache_options, flow_main, not_a_config_error
 from nas import config as config_mod
 from nas import stages, tracking
 
@@ -171,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, help="seed of every stage (default: the params file's)")
     p.add_argument("--params", default="params/pipeline.yaml",
                    help="params file with a section per stage (default params/pipeline.yaml)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one key of one stage, e.g. search.epochs=5 (repeatable)")
+    add_set_flag(p)
     p.add_argument("--out", help="run folder (default runs/pipeline/<method>-s<seed>-<selection>)")
     p.add_argument("--no-track", dest="track", action="store_false", help="no MLflow tracking")
     p.add_argument("--refresh", action="store_true", help="recompute every stage, even a cached one")

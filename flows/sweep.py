@@ -21,13 +21,12 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import flow_main, task_runner
+from flows.common import add_runner_flags, add_set_flag, flow_main, task_runner
 from nas import sweep, tracking
 
 
 @task(name="trial")
 def trial_task(kwargs: dict[str, Any]) -> dict[str, Any] | None:
-    import os
 
     row = sweep.run_trial(**kwargs)
     return None if row is None else {**row, "pid": os.getpid()}
@@ -173,13 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage", help="database URL (default $NAS_OPTUNA_STORAGE, else sqlite:///runs/optuna.db)")
     p.add_argument("--params", default="params/pipeline.yaml",
                    help="params file of every trial's stages (default params/pipeline.yaml)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one key of one stage, e.g. search.epochs=5 (repeatable)")
+    add_set_flag(p)
     p.add_argument("--parallel", type=int, default=1, help="trials run side by side (default 1)")
-    p.add_argument("--runner", default="thread", choices=("thread", "dask"),
-                   help="where the trials run: threads of this process, or Dask (default thread)")
-    p.add_argument("--address", default=os.environ.get("NAS_DASK_ADDRESS") or None,
-                   help="Dask scheduler address (tcp://host:8786; default $NAS_DASK_ADDRESS)")
+    add_runner_flags(p, "trials")
     p.add_argument("--pruner", default="median", choices=("median", "none"),
                    help="stop a trial whose supernet accuracy falls below the median of earlier ones, or "
                         "never (default median)")
