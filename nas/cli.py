@@ -205,6 +205,11 @@ def _parser_grid(sub: Any) -> None:
     _json_flag(p)
 
 
+def _names(text: str) -> list[str]:
+    """A comma-separated list of names."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
 def _parser_calibrate(sub: Any) -> None:
     p = _command(sub, "calibrate", "can a retrain protocol tell a good cell from a degenerate one? (S1-S4)",
                  "Train each space's good and degenerate reference cells under the candidate "
@@ -217,9 +222,9 @@ def _parser_calibrate(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=1, help="runs side by side (processes)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = torch's default)")
     p.add_argument("--all", dest="every", action="store_true", help="run every candidate, not only up to the chosen")
-    p.add_argument("--candidates", type=lambda s: [n.strip() for n in s.split(",") if n.strip()],
+    p.add_argument("--candidates", type=_names,
                    help="only these candidates, comma-separated names (another machine's share of the file)")
-    p.add_argument("--spaces", type=lambda s: [n.strip() for n in s.split(",") if n.strip()],
+    p.add_argument("--spaces", type=_names,
                    help="only these spaces, comma-separated (the table still shows every finished one)")
     p.add_argument("--references", action="store_true", help="only print the reference genotypes of each space")
     _json_flag(p)
