@@ -312,8 +312,6 @@ def run_calibration(spec: CalibrationSpec, data: str | None = None, workers: int
     """Try the candidates cheapest first and stop at the first valid on every space (``every``:
     run them all; ``only``: just the named ones, in the file's order; ``spaces``: just those spaces).  Writes ``runs.csv`` and
     ``table.md`` (every candidate with finished runs) to the report; returns the chosen name."""
-    from nas.utils import atomic_write, write_json
-
     names = [c.name for c in spec.candidates]
     unknown = [n for n in only or [] if n not in names]
     if unknown:
@@ -326,11 +324,22 @@ def run_calibration(spec: CalibrationSpec, data: str | None = None, workers: int
         if only and cand.name not in only:
             continue
         run_candidate(spec, cand, data, workers, threads, stop_early=not every, spaces=spaces)
-        text, chosen = table(spec, read_csv(Path(spec.report) / "runs.csv"))
-        verdict_line = f"\nChosen: **{chosen}**.\n" if chosen else "\nNo candidate is valid on every space yet.\n"
-        body = text + verdict_line
-        atomic_write(Path(spec.report) / "table.md", lambda tmp, body=body: tmp.write_text(body))
-        write_json(Path(spec.report) / REPORT_FILE, {"protocol": spec.protocol})
+        chosen = write_report(spec)
         if chosen and not every:
             break
+    return chosen
+
+
+def write_report(spec: CalibrationSpec) -> str | None:
+    """``table.md`` and ``calibration.json`` from the report's ``runs.csv`` (no training: also for
+    runs merged from other machines' reports); returns the chosen candidate's name."""
+    from nas.utils import atomic_write, write_json
+
+    runs = Path(spec.report) / "runs.csv"
+    if not runs.is_file():
+        raise NasError(f"{runs}: no calibration runs to report (run nas calibrate without --report-only first)")
+    text, chosen = table(spec, read_csv(runs))
+    body = text + (f"\nChosen: **{chosen}**.\n" if chosen else "\nNo candidate is valid on every space yet.\n")
+    atomic_write(Path(spec.report) / "table.md", lambda tmp: tmp.write_text(body))
+    write_json(Path(spec.report) / REPORT_FILE, {"protocol": spec.protocol})
     return chosen

@@ -227,6 +227,8 @@ def _parser_calibrate(sub: Any) -> None:
     p.add_argument("--spaces", type=_names,
                    help="only these spaces, comma-separated (the table still shows every finished one)")
     p.add_argument("--references", action="store_true", help="only print the reference genotypes of each space")
+    p.add_argument("--report-only", dest="report_only", action="store_true",
+                   help="only rebuild table.md from the report's runs.csv (no training)")
     _json_flag(p)
 
 
@@ -459,7 +461,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         refs = {sp: calibrate.reference_genotypes(sp) for sp in spec.spaces}
         _print(refs, args.json, [f"{sp} {cell}: {g}" for sp, r in refs.items() for cell, g in r.items()])
         return 0
-    chosen = calibrate.run_calibration(spec, args.data, args.workers, args.threads, args.every, args.candidates, args.spaces)
+    chosen = (calibrate.write_report(spec) if args.report_only else
+              calibrate.run_calibration(spec, args.data, args.workers, args.threads, args.every, args.candidates,
+                                        args.spaces))
     table = (Path(spec.report) / "table.md").read_text()
     _print({"chosen": chosen, "report": spec.report}, args.json, [table, f"per-run CSV: {spec.report}/runs.csv"])
     return 0 if chosen else 1

@@ -113,6 +113,14 @@ def test_a_calibration_runs_trains_both_cells_and_reads_its_runs_back(tmp_path):
     assert json.loads(proc.stdout)["chosen"] == chosen and (proc.returncode == 0) == (chosen is not None)
     assert text.count("\n") == 2 + 2 and (report / "table.md").read_text().startswith(text)
     assert json.loads((report / calibrate.REPORT_FILE).read_text()) == {"protocol": str(p)}
+    # the table again from runs.csv alone, without training (another machine's rows merged in, say)
+    table_md = (report / "table.md").read_text()
+    (report / "table.md").unlink()
+    again = subprocess.run(cmd[:-2] + ["--report-only"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == proc.returncode and (report / "table.md").read_text() == table_md, again.stderr
+    missing = subprocess.run(cmd[:-2] + ["--report-only", "--report", str(tmp_path / "none")], capture_output=True,
+                             text=True, timeout=600)
+    assert missing.returncode != 0 and "none/runs.csv: no calibration runs to report" in missing.stderr
     # a second run, from another machine's folder: every result comes back from the archive
     other = calibrate.load_calibration(p, str(tmp_path / "other"), str(report))
     again = calibrate.run_candidate(other, other.candidates[0], None)
