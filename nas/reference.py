@@ -132,8 +132,8 @@ def results_page(protocol: str, results: Path = RESULTS) -> str:
         lines = [f"# Calibration: {protocol}", "",
                  f"Generated from `data/results/{protocol}/` (`nas/reference.py`): the table is `table.md` as "
                  f"`nas calibrate` writes it, means and the largest sample standard deviation over seeds.", "",
-                 f"Calibration file: `{cal_file}`; rebuild the table (every finished run is read "
-                 f"back) with `nas calibrate --protocol {cal_file}{report}`.", ""]
+                 f"Calibration file: `{cal_file}`; rebuild the table from `runs.csv` with "
+                 f"`nas calibrate --protocol {cal_file}{report} --report-only`.", ""]
     else:
         lines = [f"# Results: {protocol}", "",
                  f"Generated from `data/results/{protocol}/` (`nas/reference.py`): the table is `table.md` as "
