@@ -27,7 +27,6 @@ from nas import sweep, tracking
 
 @task(name="trial")
 def trial_task(kwargs: dict[str, Any]) -> dict[str, Any] | None:
-
     row = sweep.run_trial(**kwargs)
     return None if row is None else {**row, "pid": os.getpid()}
 
