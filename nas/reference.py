@@ -124,7 +124,9 @@ def results_page(protocol: str, results: Path = RESULTS) -> str:
     folder = results / protocol
     table = (folder / "table.md").read_text().strip()
     params = REPO / "params" / f"{protocol}.yaml"
-    marker = folder / "calibration.json"  # nas.calibrate.REPORT_FILE: the calibration file of this report
+    from nas.calibrate import REPORT_FILE
+
+    marker = folder / REPORT_FILE  # the calibration file this report's runs follow
     cal_file = json.loads(marker.read_text())["protocol"] if marker.is_file() else f"params/{protocol}.yaml"
     calibration = marker.is_file() or (params.is_file() and "calibration" in (config_mod.load_yaml(params) or {}))
     if calibration:
