@@ -48,7 +48,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-SETTINGS = ("fp32", "bf16", "fp16", "fp32+compile", "bf16+compile")
+SETTINGS = ("fp32", "bf16", "fp16", "fp32+compile", "bf16+compile", "fp32+cudagraphs", "bf16+cudagraphs")
+# "+cudagraphs": torch.compile's "reduce-overhead" mode, which replays the step's kernels as CUDA
+# graphs (the benchmark's shapes are static); on a CPU it is plain compilation
 
 
 def build(impl: str, cfg: dict, device: str, setting: str = "fp32"):
@@ -88,6 +90,8 @@ def build(impl: str, cfg: dict, device: str, setting: str = "fp32"):
 
         precision = Precision(setting.split("+")[0], device)
         run = Runner(net, precision, "compile" in setting, "benchmark network")
+        if "cudagraphs" in setting:
+            run._compiled = torch.compile(net, mode="reduce-overhead")
         scaler_w, scaler_a = precision.scaler(), precision.scaler()
         if impl == "discrete":
             def fwd(inp, detach=False):
@@ -101,7 +105,11 @@ def build(impl: str, cfg: dict, device: str, setting: str = "fp32"):
     w_opt = torch.optim.SGD(w_params, lr=0.025, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam(a_params, lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3) if a_params else None
 
+    graphs = "cudagraphs" in setting
+
     def step():
+        if graphs:  # a new step: the previous step's graph outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         if a_opt is not None:
             # α step: gradients for α only
             loss_a = F.cross_entropy(fwd(xa), ya)
@@ -206,7 +214,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, default=3, help="steps per timed chunk")
     p.add_argument("--configs", default="reference,cpu-proxy")
-    p.add_argument("--settings", default=",".join(SETTINGS), help="the project's precision/compile settings")
+    p.add_argument("--settings", default=",".join(SETTINGS[:5]), help="the project's precision/compile settings")
     p.add_argument("--memory-repeats", dest="memory_repeats", type=int, default=3,
                    help="fresh processes per peak-memory figure (median)")
     p.add_argument("--memory", help=argparse.SUPPRESS)
@@ -241,7 +249,7 @@ def main() -> None:
         med = {k: 1000 * statistics.median(t) for k, t in times.items()}
         mem = {}
         for impl, setting in runs:
-            if "compile" in setting:
+            if "compile" in setting or "cudagraphs" in setting:
                 continue  # the compiler's own memory would be counted
             mem[(impl, setting)] = fresh_memory(impl, name, setting, args.device, args.memory_repeats)
         ref = ("xautodl", "fp32")

@@ -18,3 +18,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$VENV/bin/python" -m pip install "${args[@]}" -e ".[pipeline,cluster,test]"
   echo "$want" > "$stamp"
 fi
+# the reference supernet of the benchmarks (bench/supernet.py, bench/gpu_evidence.py): the NAS-Bench-201
+# authors' package, without its dependencies (its declared numpy pin conflicts with the project's)
+if ! "$VENV/bin/python" -c "import xautodl" 2>/dev/null; then
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps "xautodl==1.0.0"
+fi
