@@ -147,6 +147,12 @@ def _parser_search(sub: Any) -> None:
                    help="top Hessian eigenvalue of L_val w.r.t. alpha every K epochs (0 = off)")
     p.add_argument("--early-stop", dest="early_stop", action="store_const", const=True,
                    help="stop when the eigenvalue grows (DARTS-ES); needs --hessian-every 1")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="one data-parallel search in N processes on this host, started under torchrun "
+                        "(GPUs: one each; CPUs: gloo); the setting nproc")
+    p.add_argument("--max-restarts", dest="max_restarts", type=int, default=0, metavar="R",
+                   help="with --nproc: restart the processes up to R times after a failure; they resume from "
+                        "the last checkpoint (default 0)")
     _data_args(p, "search")
     _common(p, "search")
 
@@ -304,6 +310,7 @@ def _maybe_lookup(space: str, genotype: str) -> dict[str, Any] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if getattr(args, "list_keys", False):
         try:
             print(config_mod.format_key_help("select" if args.command == "strength" else args.command), flush=True)
@@ -361,16 +368,30 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from nas import stages
+    from nas import parallel, stages
 
-    cfg = config_mod.build_config("search", args.config,
-                                  _overrides(args, ("space", "method", "order", "perturb", "hessian_every", "early_stop", *_DATA_KEYS)), args.sets)
+    keys = ("space", "method", "order", "perturb", "hessian_every", "early_stop", "nproc", *_DATA_KEYS)
+    cfg = config_mod.build_config("search", args.config, _overrides(args, keys), args.sets)
+    if not 0 <= args.max_restarts <= 100:
+        raise NasError(f"--max-restarts: expected 0 to 100, got {args.max_restarts}")
+    if cfg.nproc > 1 and parallel.ENV_WORLD not in os.environ:  # start the ranks; each runs this command
+        stages.preflight("search", cfg, args.resume, args.force)
+        return _launch(cfg.nproc, args.max_restarts, args.argv)
+    if parallel.restarted():  # torchrun started this rank again after a failure: continue the run
+        args.resume, args.force = True, False
+    if os.environ.get(parallel.ENV_RANK, "0") != "0":  # rank 0 owns the run, its tracking and its output
+        try:
+            stages.search_stage(cfg, resume=args.resume, force=args.force)
+        finally:
+            parallel.stop()
+        return 0
     tags = {"method": cfg.method, "space": cfg.space, "dataset": cfg.dataset, "seed": cfg.seed}
     stages.preflight("search", cfg, args.resume, args.force)
     with _tracked("search", cfg, tags) as (tracker, run_id):
         res = stages.search_stage(cfg, resume=args.resume, force=args.force,
                                   callback=_epoch_logger(tracker, run_id, cfg.space))
         tracker.log_search(run_id, res, live=True)
+    parallel.stop()
     look = _maybe_lookup(res["space"], res["genotype"])
     lines = [f"genotype: {res['genotype']}", f"result:   {cfg.out}/result.json",
              f"seconds:  {res['seconds']:.1f}"]
@@ -382,6 +403,28 @@ def _cmd_search(args: argparse.Namespace) -> int:
     summary["nb201"] = look
     _print(summary, args.json, lines)
     return 0
+
+
+def _launch(nproc: int, max_restarts: int, argv: list[str]) -> int:
+    """This command again, in ``nproc`` processes under torchrun on this host; its exit status."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           f"--max-restarts={max_restarts}", "-m", "nas.cli", *_rank_argv(argv), "--set", f"nproc={nproc}"]
+    return subprocess.run(cmd).returncode
+
+
+def _rank_argv(argv: list[str]) -> list[str]:
+    """The command line of each rank: without the launcher's own flags (torchrun would read them)."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item in ("--nproc", "--max-restarts"):
+            skip = True
+        elif not item.startswith(("--nproc=", "--max-restarts=")):
+            out.append(item)
+    return out
 
 
 def _cmd_select(args: argparse.Namespace) -> int:

@@ -147,6 +147,20 @@ class SearchConfig(DataConfig):
     es_start: int = Field(10, ge=0, le=100_000, description="first epoch at which stopping is considered")
     steps_per_epoch: int = Field(0, ge=0, le=10**8,
                                  description="0 = one pass over the w split; >0 caps it (CPU budgets)")
+    # data-parallel search and gradient accumulation (nas.parallel)
+    accumulate: int = Field(1, ge=1, le=1024,
+                            description="micro-batches per step and rank: each global batch is cut into accumulate x "
+                                        "ranks slices, each with its own batch-norm statistics, and their gradients "
+                                        "are summed before the step (1 process with k = k ranks)")
+    nproc: int = Field(1, ge=1, le=1024,
+                       description="processes of one data-parallel search on this host: `nas search` starts them "
+                                   "under torchrun (GPUs: one each; CPUs: gloo)")
+    dist_timeout: float = Field(300.0, gt=0.0, le=86_400.0,
+                                description="seconds a rank waits to join the others, and at any collective, "
+                                            "before it fails with one line")
+    dist_check: bool = Field(False,
+                             description="after every step, gather α from every rank and stop with one line if "
+                                         "any differs from rank 0's (a check of the data-parallel search)")
     checkpoint_every: int = Field(1, ge=1, le=100_000, description="epochs between checkpoints")
     keep_every: int = Field(0, ge=0, le=100_000,
                             description="also keep the supernet of every k-th epoch (epochs/epoch-E.pt) for "

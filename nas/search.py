@@ -21,6 +21,8 @@ First order: ∇_α L_val(w, α); second order: ``nas.unrolled``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import shutil
 import time
@@ -35,6 +37,7 @@ from torch import nn
 
 from nas import config as config_mod
 from nas import hessian as hessian_mod
+from nas import parallel
 from nas.arch import Architecture
 from nas.data import BatchStream, DataBundle, search_streams
 from nas.methods import Method, Stage, build_method
@@ -145,6 +148,18 @@ def _edge_stats(weights: torch.Tensor, edge_ops: tuple[tuple[str, ...], ...]) ->
     return stats
 
 
+@dataclass
+class _StepContext:
+    """What every step of an epoch shares: the epoch, whether α trains, α's parameters, and each of
+    this rank's micro-batches' mixing generator and global random stream."""
+
+    epoch: int
+    train_alpha: bool
+    arch_params: list[torch.Tensor]
+    gens: dict[int, torch.Generator]
+    rand: parallel.ShardRandom
+
+
 class Search:
     """Set up and run one search from a ``SearchConfig`` (see the module's docstring for the API)."""
 
@@ -158,7 +173,9 @@ class Search:
             # with one output channel (seen with torch 2.13): such tiny supernets run in the plain format
             cfg = cfg.model_copy(update={"channels_last": False})
             self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(parallel.device_for(cfg.device, parallel.launched_world()))
+        self.shards = parallel.start(cfg.accumulate, cfg.dist_timeout, str(self.device))
+        self._check_shards()
         self.precision = Precision(cfg.precision, self.device)
         self.out = Path(cfg.out)
         self.stages: tuple[Stage, ...] = self.method.stages
@@ -167,6 +184,22 @@ class Search:
         self.bundle: DataBundle | None = None
         self.data_sha256: str | None = None
         self._hessian_batches: list | None = None
+
+    def _check_shards(self) -> None:
+        """The ranks agree on the config; what a sharded search cannot do is refused before any work."""
+        sh, cfg = self.shards, self.cfg
+        if sh.total == 1:
+            return
+        parallel.check_same(sh, "search config", config_mod.to_dict(cfg))
+        if self.method.run is not None:
+            raise NasError(f"method {cfg.method!r} trains no supernet: accumulate and several ranks apply to "
+                           "supernet searches only")
+        if sh.world > 1 and cfg.early_stop:
+            raise NasError("early_stop keeps its snapshots in rank 0's folder: not with several ranks "
+                           "(accumulate in one process instead)")
+        if cfg.batch_size < sh.total:
+            raise NasError(f"batch_size {cfg.batch_size} cannot be cut into {sh.total} micro-batches "
+                           f"({sh.world} ranks x accumulate {sh.accumulate})")
 
     # ----------------------------------------------------------------- set-up
     def streams(self) -> tuple[DataBundle, BatchStream, BatchStream]:
@@ -245,6 +278,9 @@ class Search:
 
     # ----------------------------------------------------------------- checkpoints
     def save_checkpoint(self, st: SearchState) -> None:
+        """Rank 0 writes the checkpoint; the other ranks write nothing."""
+        if not self.shards.main:
+            return
         torch_save(self.out / CHECKPOINT, {
             "format": CHECKPOINT_FORMAT,
             "config": config_mod.to_dict(self.cfg),
@@ -254,6 +290,7 @@ class Search:
             "sched": st.sched.state_dict(),
             "history": st.history,
             "early_stop": st.early_stop,
+            "world": self.shards.world,
         })
 
     def read_checkpoint(self) -> dict:
@@ -266,6 +303,25 @@ class Search:
             raise NasError(f"{path}: not a search checkpoint (no config)")
         check_resume(path, ck["config"], config_mod.to_dict(self.cfg), config_mod.to_dict(type(self.cfg)()),
                      RESUME_FREE_KEYS, ck.get("data_sha256"), self.data_sha256)
+        world = ck.get("world", 1)
+        if world != self.shards.world:
+            raise parallel.RankMismatch(f"{path}: cannot resume with {self.shards.world} rank(s): the checkpoint was "
+                                        f"written by {world} (resume with the world size the search started with)")
+        return ck
+
+    def resume_checkpoint(self, resume: bool) -> dict | None:
+        """The checkpoint to continue from (None: start afresh): rank 0 reads it, the other ranks
+        receive it over the process group (no shared folder needed)."""
+        def read() -> dict | None:
+            if resume and (self.out / CHECKPOINT).is_file():
+                return self.read_checkpoint()
+            if resume:
+                log_line(None, f"no checkpoint in {self.out}; starting from scratch")
+            return None
+
+        ck = self.shards.agree(read, "reading the checkpoint")
+        if self.shards.world > 1:
+            ck = self.shards.broadcast(None if ck is None else parallel.to_cpu(ck))
         return ck
 
     def load_checkpoint(self, st: SearchState, ck: dict) -> None:
@@ -284,7 +340,10 @@ class Search:
         """Search, writing into ``cfg.out``.  A folder that already holds a run is continued with
         ``resume``, started over with ``force``, and otherwise refused.  A method with a search of
         its own (``Method.run``: a baseline that trains no supernet) runs that instead."""
-        with claim(self.out, resume, force, SEARCH_RUN_FILES, "search"):
+        with contextlib.ExitStack() as held:
+            # rank 0 holds the folder; a refusal there is raised on every rank
+            self.shards.agree(lambda: held.enter_context(claim(self.out, resume, force, SEARCH_RUN_FILES, "search")),
+                              "claiming the run folder")
             if self.method.run is not None:
                 return self.method.run(self, resume=resume)
             return self._run(resume, callback)
@@ -293,13 +352,14 @@ class Search:
         cfg = self.cfg
         bundle, w_stream, a_stream = self.streams()
         st = self.build_state(bundle)
-        if resume and (self.out / CHECKPOINT).is_file():
-            self.load_checkpoint(st, self.read_checkpoint())
-        elif resume:
-            log_line(None, f"no checkpoint in {self.out}; starting from scratch")
-        self.out.mkdir(parents=True, exist_ok=True)
+        ck = self.resume_checkpoint(resume)
+        if ck is not None:
+            self.load_checkpoint(st, ck)
+        main = self.shards.main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
         steps = self.steps_per_epoch(w_stream)
-        bar = progress_bar(cfg.progress, total=cfg.epochs * steps, initial=st.epoch * steps,
+        bar = progress_bar(cfg.progress and main, total=cfg.epochs * steps, initial=st.epoch * steps,
                            desc=f"search epoch {min(st.epoch + 1, cfg.epochs)}/{cfg.epochs}")
         try:
             while st.epoch < cfg.epochs and st.early_stop is None:
@@ -311,7 +371,8 @@ class Search:
                 st.sched.step()
                 if st.epoch in self.stage_starts[1:]:
                     self.enter_stage(st, self.stage_starts.index(st.epoch))  # before the checkpoint
-                log_line(bar, epoch_line(record, cfg.epochs, self.space), run_label(self.out))
+                if main:
+                    log_line(bar, epoch_line(record, cfg.epochs, self.space), run_label(self.out))
                 if bar is not None:
                     bar.set_description(f"search epoch {min(st.epoch + 1, cfg.epochs)}/{cfg.epochs}", refresh=False)
                     bar.set_postfix_str(f"val acc {record['val_acc']:.3f}")
@@ -324,10 +385,10 @@ class Search:
                 keep = bool(cfg.keep_every) and st.epoch % cfg.keep_every == 0
                 if st.epoch % cfg.checkpoint_every == 0 or st.epoch == cfg.epochs or keep:
                     self.save_checkpoint(st)
-                if keep:  # a copy of this epoch's checkpoint, for selection at this epoch
+                if keep and main:  # a copy of this epoch's checkpoint, for selection at this epoch
                     atomic_write(kept_checkpoint(self.out, st.epoch),
                                  lambda p: shutil.copyfile(self.out / CHECKPOINT, p))
-                if callback is not None:
+                if callback is not None and main:
                     callback(st)
         finally:
             if bar is not None:
@@ -429,8 +490,10 @@ class Search:
     def run_epoch(self, st: SearchState, w_stream: BatchStream, a_stream: BatchStream, steps: int, bar: Any = None,
                   *, epoch: int | None = None, alpha: bool = True) -> dict[str, Any]:
         """One epoch of ``steps`` (α step, w step) pairs; returns its history record.  ``epoch``
-        (default ``st.epoch``) seeds its randomness and schedules; ``alpha=False`` trains w only."""
-        cfg = self.cfg
+        (default ``st.epoch``) seeds its randomness and schedules; ``alpha=False`` trains w only.
+        With several shards (ranks, micro-batches) each step runs on this rank's slices of the
+        global batches and the epoch's sums are totalled over the ranks."""
+        cfg, sh = self.cfg, self.shards
         t0 = time.perf_counter()
         epoch = st.epoch if epoch is None else epoch
         # Every random draw of an epoch derives from (seed, epoch): a resumed run repeats them.
@@ -441,35 +504,73 @@ class Search:
         a_iter = _cycle(a_stream, gen_a)
         stage, stage_epoch = self.stage_at(epoch)
         train_alpha = alpha and self.train_alpha and stage_epoch >= self.stages[stage].warmup
-        arch_params = [p for p in st.arch.parameters()]
+        ctx = _StepContext(epoch, train_alpha, [p for p in st.arch.parameters()], self._shard_generators(epoch, gen_m),
+                           self._shard_random(epoch))
+        step_fn = self._step if sh.total == 1 else self._sharded_step
         st.model.train()
         sums = torch.zeros(4, device=self.device)  # train loss, train correct, val loss, val correct
         counts = [0, 0]
         lr = st.w_opt.param_groups[0]["lr"]
-
-        def mix() -> Mix:
-            return self.mix(st, epoch, gen_m)
-
         for step, w_batch in enumerate(w_stream.epoch(gen_w)):
-            if step >= steps:
+            if step >= steps or len(w_batch[1]) < sh.total:  # sharded: a last batch too small to cut ends the epoch
                 break
             a_batch = next(a_iter)
-            if train_alpha:
-                loss_v, logits_v = self._alpha_step(st, mix, arch_params, w_batch, a_batch)
-            else:
-                with torch.no_grad():
-                    logits_v = st.forward(a_batch[0], mix())
-                    loss_v = F.cross_entropy(logits_v, a_batch[1])
-            loss, logits = self._w_step(st, mix, w_batch, epoch, gen_m)
-            yw, ya = w_batch[1], a_batch[1]
-            with torch.no_grad():
-                sums += torch.stack([loss * len(yw), (logits.argmax(1) == yw).sum(),
-                                     loss_v * len(ya), (logits_v.argmax(1) == ya).sum()]).float()
-            counts[0] += len(yw)
-            counts[1] += len(ya)
+            while len(a_batch[1]) < sh.total:  # ... and an α batch too small is passed over
+                a_batch = next(a_iter)
+            part, n_w, n_a = step_fn(st, ctx, w_batch, a_batch)
+            sums += part
+            counts[0] += n_w
+            counts[1] += n_a
+            if cfg.dist_check:
+                self._check_ranks(st, epoch, step)
             if bar is not None:
                 bar.update(1)
+        if sh.world > 1:
+            totals = torch.tensor(counts, dtype=torch.float64, device=self.device)
+            sh.sum_([sums])
+            sh.sum_([totals])
+            counts = [int(c) for c in totals.tolist()]
         return self._record(st, epoch, stage, train_alpha, sums.tolist(), counts, lr, t0)
+
+    def _shard_generators(self, epoch: int, gen_m: torch.Generator) -> dict[int, torch.Generator]:
+        """Each of this rank's micro-batches' mixing stream; micro-batch 0 keeps the search's own."""
+        return {j: gen_m if j == 0 else
+                generator_for(self.cfg.seed, epoch, rng_stream("epoch-mixing"), j, device=self.device)
+                for j in self.shards.mine()}
+
+    def _shard_random(self, epoch: int) -> parallel.ShardRandom:
+        seeds = {j: generator_for(self.cfg.seed, epoch, rng_stream("epoch-global"), j).initial_seed()
+                 for j in self.shards.mine() if j != 0}
+        return parallel.ShardRandom(seeds, self.device)
+
+    def _check_ranks(self, st: SearchState, epoch: int, step: int) -> None:
+        """``dist_check``: every rank's architecture parameters are rank 0's, bit for bit."""
+        mine = torch.cat([p.detach().reshape(-1) for p in st.arch.parameters()]).cpu()
+        values = self.shards.gather(mine)
+        for rank, other in enumerate(values[1:], start=1):
+            if not torch.equal(other, values[0]):
+                raise parallel.RankMismatch(
+                    f"dist_check: rank {rank}'s α differs from rank 0's after step {step + 1} of epoch {epoch + 1} "
+                    f"(largest difference {(other - values[0]).abs().max().item():.3g})")
+
+    def _step(self, st: SearchState, ctx: _StepContext, w_batch: tuple[torch.Tensor, torch.Tensor],
+              a_batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
+        """One (α step, w step) pair on whole batches: the step's four sums and the two batch sizes."""
+        def mix() -> Mix:
+            return self.mix(st, ctx.epoch, ctx.gens[0])
+
+        if ctx.train_alpha:
+            loss_v, logits_v = self._alpha_step(st, mix, ctx.arch_params, w_batch, a_batch)
+        else:
+            with torch.no_grad():
+                logits_v = st.forward(a_batch[0], mix())
+                loss_v = F.cross_entropy(logits_v, a_batch[1])
+        loss, logits = self._w_step(st, mix, w_batch, ctx.epoch, ctx.gens[0])
+        yw, ya = w_batch[1], a_batch[1]
+        with torch.no_grad():
+            part = torch.stack([loss * len(yw), (logits.argmax(1) == yw).sum(),
+                                loss_v * len(ya), (logits_v.argmax(1) == ya).sum()]).float()
+        return part, len(yw), len(ya)
 
     def _alpha_step(self, st: SearchState, mix: Callable[[], Mix], arch_params: list[torch.Tensor],
                     w_batch: tuple[torch.Tensor, torch.Tensor],
@@ -490,15 +591,101 @@ class Search:
             total = loss_v if penalty is None else loss_v + penalty
             grads = list(torch.autograd.grad(st.a_scaler.scale(total), arch_params, allow_unused=True))
             grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, arch_params)]
+        self._apply_alpha(st, arch_params, grads)
+        return loss_v.detach(), logits_v
+
+    def _apply_alpha(self, st: SearchState, arch_params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         st.a_opt.zero_grad(set_to_none=True)
         for p, g in zip(arch_params, grads):
             p.grad = g
-        if method.second_order:
+        if self.method.second_order:
             st.a_opt.step()
         else:  # unscales (fp16), skips a step with inf/NaN gradients, adapts the scale
             st.a_scaler.step(st.a_opt)
             st.a_scaler.update()
-        return loss_v.detach(), logits_v
+
+    # ----------------------------------------------------------------- sharded steps (nas.parallel)
+    def _sharded_step(self, st: SearchState, ctx: _StepContext, w_batch: tuple[torch.Tensor, torch.Tensor],
+                      a_batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
+        """``_step`` on this rank's micro-batches of the global batches, gradients summed over ranks."""
+        w_parts, a_parts = self.shards.parts(w_batch), self.shards.parts(a_batch)
+        if ctx.train_alpha:
+            val = self._sharded_alpha_step(st, ctx, w_parts, a_parts)
+        else:
+            val = torch.zeros(2, device=self.device)
+            with torch.no_grad():
+                for j, (xa, ya), _ in a_parts:
+                    with ctx.rand.of(j):
+                        logits = st.forward(xa, self.mix(st, ctx.epoch, ctx.gens[j]))
+                    val += torch.stack([F.cross_entropy(logits, ya) * len(ya), (logits.argmax(1) == ya).sum()]).float()
+        train = self._sharded_w_step(st, ctx, w_parts)
+        return (torch.cat([train, val]), sum(len(b[1]) for _, b, _ in w_parts),
+                sum(len(b[1]) for _, b, _ in a_parts))
+
+    def _sharded_alpha_step(self, st: SearchState, ctx: _StepContext, w_parts: list, a_parts: list) -> torch.Tensor:
+        """The α step over micro-batches: each one's gradient weighted by its share of the global
+        batch (second order: its own unrolled gradient), summed over the ranks, the penalty once."""
+        method = self.method
+        grads = [torch.zeros_like(p) for p in ctx.arch_params]
+        stats = torch.zeros(2, device=self.device)
+        for (j, wb, _), (_, ab, share) in zip(w_parts, a_parts):
+            with ctx.rand.of(j):
+                mix = functools.partial(self.mix, st, ctx.epoch, ctx.gens[j])
+                if method.second_order:
+                    g, loss_v, logits_v = unrolled_alpha_grad(st.model, ctx.arch_params, mix, wb, ab, st.w_opt,
+                                                              self.cfg.unrolled_eps)
+                    g = [x * share for x in g]
+                else:
+                    logits_v = st.forward(ab[0], mix())
+                    loss_v = F.cross_entropy(logits_v, ab[1])
+                    g = torch.autograd.grad(st.a_scaler.scale(loss_v * share), ctx.arch_params, allow_unused=True)
+            for acc, x in zip(grads, g):
+                if x is not None:
+                    acc += x
+            with torch.no_grad():
+                stats += torch.stack([loss_v.detach() * len(ab[1]), (logits_v.argmax(1) == ab[1]).sum()]).float()
+        self.shards.sum_(grads)
+        penalty = method.mixing.penalty(st.arch.alpha)
+        if penalty is not None:
+            scaled = penalty if method.second_order else st.a_scaler.scale(penalty)
+            grads[0] = grads[0] + torch.autograd.grad(scaled, [st.arch.alpha])[0]
+        self._apply_alpha(st, ctx.arch_params, grads)
+        return stats
+
+    def _sharded_w_step(self, st: SearchState, ctx: _StepContext, w_parts: list) -> torch.Tensor:
+        """The w step over micro-batches: each one's (perturbed) loss, weighted by its share, adds
+        to the gradients; they are summed over the ranks before clipping and the step."""
+        st.w_opt.zero_grad(set_to_none=True)
+        stats = torch.zeros(2, device=self.device)
+        for j, (xw, yw), share in w_parts:
+            with ctx.rand.of(j):
+                base = self.mix(st, ctx.epoch, ctx.gens[j]).detach()
+                m = self.method.perturbation(base, lambda mm, x=xw, y=yw: F.cross_entropy(st.forward(x, mm), y), ctx.epoch,
+                                             self.cfg.epochs, ctx.gens[j])
+                logits = st.forward(xw, m)
+                loss = F.cross_entropy(logits, yw)
+                st.w_scaler.scale(loss * share).backward()
+            with torch.no_grad():
+                stats += torch.stack([loss.detach() * len(yw), (logits.argmax(1) == yw).sum()]).float()
+        self._sum_w_grads(st)
+        if self.cfg.grad_clip > 0:
+            st.w_scaler.unscale_(st.w_opt)
+            nn.utils.clip_grad_norm_(st.model.parameters(), self.cfg.grad_clip)
+        st.w_scaler.step(st.w_opt)
+        st.w_scaler.update()
+        return stats
+
+    def _sum_w_grads(self, st: SearchState) -> None:
+        """w's gradients summed over the ranks; a weight no rank used keeps no gradient (SGD skips it,
+        as in one process)."""
+        if self.shards.world == 1:
+            return
+        params = list(st.model.parameters())
+        used = torch.tensor([float(p.grad is not None) for p in params], device=self.device)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        self.shards.sum_([used, *grads])
+        for p, g, u in zip(params, grads, used.tolist()):
+            p.grad = g if u else None
 
     def _w_step(self, st: SearchState, mix: Callable[[], Mix], w_batch: tuple[torch.Tensor, torch.Tensor],
                 epoch: int, gen_m: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -565,8 +752,9 @@ class Search:
             alpha=st.arch.alpha.detach().cpu().tolist(), weights=self.expected(st).tolist(),
             mask=st.arch.mask.cpu().tolist(), dataset=self.bundle.describe(self.cfg.dataset), device=str(self.device),
             seconds=sum(h.get("seconds", 0.0) for h in st.history), history=st.history, **extra)
-        write_json(self.out / RESULT, result)
-        return result
+        if self.shards.main:
+            write_json(self.out / RESULT, result)
+        return self.shards.broadcast(result)  # every rank returns rank 0's result
 
 
 def _cycle(stream, gen):
