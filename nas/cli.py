@@ -311,6 +311,8 @@ def _maybe_lookup(space: str, genotype: str) -> dict[str, Any] | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    if "WORLD_SIZE" in os.environ:  # a rank of a data-parallel search: torch's C++ retry logs would bury
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")  # the one-line error (set it to see them)
     if getattr(args, "list_keys", False):
         try:
             print(config_mod.format_key_help("select" if args.command == "strength" else args.command), flush=True)

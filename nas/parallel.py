@@ -161,12 +161,26 @@ def start(accumulate: int, timeout_s: float, device: str) -> Shards:
         if backend == "nccl":
             torch.cuda.set_device(torch.device(device))
         try:
-            torch.distributed.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-        except (RuntimeError, ValueError, OSError) as exc:  # the store or the peers cannot be reached
+            _join(backend, world, datetime.timedelta(seconds=timeout_s))
+        except (RuntimeError, ValueError, OSError, KeyError) as exc:  # the store or the peers cannot be reached
             where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
             raise NasError(f"rank {os.environ.get(ENV_RANK, '?')} of {world}: could not join the others at {where} "
                            f"within {timeout_s:g} s ({type(exc).__name__})") from None
     return Shards(torch.distributed.get_rank(), torch.distributed.get_world_size(), accumulate)
+
+
+def _join(backend: str, world: int, timeout: datetime.timedelta) -> None:
+    """The process group, over a store whose keys are this attempt's own: after torchrun restarts
+    the ranks (``--max-restarts``), the store it keeps still holds the dead ranks' addresses, and a
+    rank that read one of them would wait for a peer that is gone."""
+    rank = int(os.environ.get(ENV_RANK, "0"))
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's agent hosts the store
+    store = torch.distributed.TCPStore(os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ["MASTER_PORT"]),
+                                       world, is_master=not agent and rank == 0, timeout=timeout,
+                                       wait_for_workers=False)
+    attempt = os.environ.get(ENV_RESTARTS, "0")
+    torch.distributed.init_process_group(backend, store=torch.distributed.PrefixStore(f"nas/attempt-{attempt}", store),
+                                         rank=rank, world_size=world, timeout=timeout)
 
 
 def stop() -> None:
