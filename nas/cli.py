@@ -150,9 +150,9 @@ def _parser_search(sub: Any) -> None:
     p.add_argument("--nproc", type=int, metavar="N",
                    help="one data-parallel search in N processes on this host, started under torchrun "
                         "(GPUs: one each; CPUs: gloo); the setting nproc")
-    p.add_argument("--max-restarts", dest="max_restarts", type=int, default=0, metavar="R",
-                   help="with --nproc: restart the processes up to R times after a failure; they resume from "
-                        "the last checkpoint (default 0)")
+    p.add_argument("--max-restarts", dest="max_restarts", type=int, metavar="R",
+                   help="with --nproc: start the processes again up to R times after a failure; they continue "
+                        "from the last checkpoint (the setting max_restarts, default 0)")
     _data_args(p, "search")
     _common(p, "search")
 
@@ -372,13 +372,9 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 def _cmd_search(args: argparse.Namespace) -> int:
     from nas import parallel, stages
 
-    keys = ("space", "method", "order", "perturb", "hessian_every", "early_stop", "nproc", *_DATA_KEYS)
+    keys = ("space", "method", "order", "perturb", "hessian_every", "early_stop", "nproc", "max_restarts",
+            *_DATA_KEYS)
     cfg = config_mod.build_config("search", args.config, _overrides(args, keys), args.sets)
-    if not 0 <= args.max_restarts <= 100:
-        raise NasError(f"--max-restarts: expected 0 to 100, got {args.max_restarts}")
-    if cfg.nproc > 1 and parallel.ENV_WORLD not in os.environ:  # start the ranks; each runs this command
-        stages.preflight("search", cfg, args.resume, args.force)
-        return _launch(cfg.nproc, args.max_restarts, args.argv)
     if parallel.restarted():  # torchrun started this rank again after a failure: continue the run
         args.resume, args.force = True, False
     if os.environ.get(parallel.ENV_RANK, "0") != "0":  # rank 0 owns the run, its tracking and its output
@@ -392,7 +388,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     with _tracked("search", cfg, tags) as (tracker, run_id):
         res = stages.search_stage(cfg, resume=args.resume, force=args.force,
                                   callback=_epoch_logger(tracker, run_id, cfg.space))
-        tracker.log_search(run_id, res, live=True)
+        tracker.log_search(run_id, res, live=not _launches(cfg))
     parallel.stop()
     look = _maybe_lookup(res["space"], res["genotype"])
     lines = [f"genotype: {res['genotype']}", f"result:   {cfg.out}/result.json",
@@ -407,26 +403,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _launch(nproc: int, max_restarts: int, argv: list[str]) -> int:
-    """This command again, in ``nproc`` processes under torchrun on this host; its exit status."""
-    import subprocess
-
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           f"--max-restarts={max_restarts}", "-m", "nas.cli", *_rank_argv(argv), "--set", f"nproc={nproc}"]
-    return subprocess.run(cmd).returncode
-
-
-def _rank_argv(argv: list[str]) -> list[str]:
-    """The command line of each rank: without the launcher's own flags (torchrun would read them)."""
-    out, skip = [], False
-    for item in argv:
-        if skip:
-            skip = False
-        elif item in ("--nproc", "--max-restarts"):
-            skip = True
-        elif not item.startswith(("--nproc=", "--max-restarts=")):
-            out.append(item)
-    return out
+def _launches(cfg: Any) -> bool:
+    """Whether ``cfg``'s search runs in processes of its own (data-parallel, started from here)."""
+    return cfg.nproc > 1 and "WORLD_SIZE" not in os.environ
 
 
 def _cmd_select(args: argparse.Namespace) -> int:

@@ -155,6 +155,9 @@ class SearchConfig(DataConfig):
     nproc: int = Field(1, ge=1, le=1024,
                        description="processes of one data-parallel search on this host: `nas search` starts them "
                                    "under torchrun (GPUs: one each; CPUs: gloo)")
+    max_restarts: int = Field(0, ge=0, le=100,
+                              description="with nproc > 1: torchrun starts the processes again up to this many times "
+                                          "after a failure; they continue from the last checkpoint")
     dist_timeout: float = Field(300.0, gt=0.0, le=86_400.0,
                                 description="seconds a rank waits to join the others, and at any collective, "
                                             "before it fails with one line")

@@ -29,6 +29,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -181,6 +182,31 @@ def _join(backend: str, world: int, timeout: datetime.timedelta) -> None:
     attempt = os.environ.get(ENV_RESTARTS, "0")
     torch.distributed.init_process_group(backend, store=torch.distributed.PrefixStore(f"nas/attempt-{attempt}", store),
                                          rank=rank, world_size=world, timeout=timeout)
+
+
+def launch_search(cfg: Any, resume: bool, force: bool) -> Path:
+    """Run the search ``cfg`` in ``cfg.nproc`` processes on this host under torchrun (each one
+    ``nas search`` with the same settings); returns the run folder rank 0 wrote.  The ranks track
+    nothing: whoever called this tracks the result."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import yaml
+
+    from nas import config as config_mod
+
+    with tempfile.TemporaryDirectory(prefix="nas-ranks-") as tmp:
+        settings = Path(tmp) / "search.yaml"
+        settings.write_text(yaml.safe_dump({"search": config_mod.to_dict(cfg)}, sort_keys=False))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={cfg.nproc}",
+               f"--max-restarts={cfg.max_restarts}", "-m", "nas.cli", "search", "--config", str(settings), "--json",
+               *(["--resume"] if resume else []), *(["--force"] if force else [])]
+        proc = subprocess.run(cmd, env={**os.environ, "NAS_MLFLOW": "0"}, stdout=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise NasError(f"{cfg.out}: the search in {cfg.nproc} processes failed (torchrun exit {proc.returncode}); "
+                       "the ranks' own lines above say why")
+    return Path(cfg.out)
 
 
 def stop() -> None:

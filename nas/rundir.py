@@ -109,7 +109,7 @@ CHECKPOINT_FORMAT = "nas-search-checkpoint-v1"
 # search and the grid's request for it).  ``data`` may move: its content is checked through the
 # prepared file's SHA-256 instead.
 SEARCH_FREE_KEYS = frozenset({"out", "progress", "device", "cache_dir", "checkpoint_every", "data",
-                              "eval_batch_size", "threads", "dist_timeout", "dist_check"})
+                              "eval_batch_size", "threads", "dist_timeout", "dist_check", "max_restarts"})
 KEPT_DIR = "epochs"  # the supernets kept every `keep_every` epochs
 # Files of a search run folder: a new run refuses a folder holding any of them (without --force).
 SEARCH_RUN_FILES = (SEARCH_CHECKPOINT, SEARCH_RESULT, "snapshots", KEPT_DIR)

@@ -5,6 +5,7 @@ The CLI, DVC stages and Prefect flows all call these; none of them re-implements
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,13 @@ def prepare_stage(cfg: config_mod.PrepareConfig) -> dict[str, Any]:
 def search_stage(cfg: config_mod.SearchConfig, resume: bool = False, callback: Any = None,
                  force: bool = False) -> dict[str, Any]:
     """Search a supernet; ``callback(state)`` runs after each epoch (progress, tracking).  An ``out``
-    folder holding a run is continued with ``resume``, started over with ``force``, else refused."""
+    folder holding a run is continued with ``resume``, started over with ``force``, else refused.
+    With ``nproc`` > 1 (and not already a rank) the search runs data-parallel in that many processes
+    of this host (``nas.parallel``), without the per-epoch callback, and its result is read back."""
+    from nas import parallel
+
+    if cfg.nproc > 1 and parallel.ENV_WORLD not in os.environ:
+        return read_search_result(parallel.launch_search(cfg, resume, force))
     return search(cfg, resume=resume, callback=callback, force=force)
 
 

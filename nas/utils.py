@@ -318,7 +318,7 @@ _CODE_VERSION: str | None = None
 
 # Parts of a config that never change what a run computes: left out of the digest in run names.
 _NOT_IN_DIGEST = {"out", "run", "progress", "device", "cache_dir", "checkpoint_every", "eval_batch_size",
-                  "dist_timeout", "dist_check"}
+                  "dist_timeout", "dist_check", "max_restarts"}
 
 
 def config_digest(cfg: dict[str, Any]) -> str:
