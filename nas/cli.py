@@ -164,6 +164,9 @@ def _parser_select(sub: Any) -> None:
     p.add_argument("--run", help="search run directory")
     p.add_argument("--out", help="directory for selection.json (and PT's per-edge checkpoint); default: none")
     p.add_argument("--seed", type=int, help="seed of PT's edge order (default 0)")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="PT in N processes of this host under torchrun: evaluations split, tuning data-parallel "
+                        "(needs --out; the setting nproc)")
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N (default auto)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted PT selection in --out")
     p.add_argument("--force", action="store_true", help="start over in an --out that already holds a selection")
@@ -411,8 +414,11 @@ def _launches(cfg: Any) -> bool:
 def _cmd_select(args: argparse.Namespace) -> int:
     from nas import stages
 
-    cfg = config_mod.build_config("select", args.config, _overrides(args, ("method", "run", "out", "seed", "device")),
-                                  args.sets)
+    cfg = config_mod.build_config("select", args.config,
+                                  _overrides(args, ("method", "run", "out", "seed", "device", "nproc")), args.sets)
+    if os.environ.get("RANK", "0") != "0":  # a rank of a PT spread over processes: rank 0 reports
+        stages.select_stage(cfg, resume=args.resume, force=args.force)
+        return 0
     stages.preflight("selection", cfg, args.resume, args.force)
     with _tracked("select", cfg, {"selection": cfg.method, "seed": cfg.seed}, cfg.method) as (tracker, run_id):
         sel = stages.select_stage(cfg, resume=args.resume, force=args.force)

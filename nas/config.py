@@ -217,6 +217,9 @@ class SelectConfig(_Config):
     out: str | None = Field(None, description="where selection.json goes (none = not written)")
     seed: int = Field(0, ge=0, le=2**63 - 1, description="PT edge order")
     device: str = Field("auto", description="auto (CUDA when present) | cpu | cuda | cuda:N")
+    nproc: int = Field(1, ge=1, le=1024,
+                       description="PT in this many processes of this host under torchrun: the evaluations split "
+                                   "between them, the tuning epochs data-parallel (needs out)")
     pt_tune_epochs: int = Field(5, ge=0, le=100_000,
                                 description="fine-tuning epochs between PT decisions (the reference uses 5)")
     pt_batches: int = Field(0, ge=0, le=10**8,

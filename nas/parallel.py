@@ -184,10 +184,10 @@ def _join(backend: str, world: int, timeout: datetime.timedelta) -> None:
                                          rank=rank, world_size=world, timeout=timeout)
 
 
-def launch_search(cfg: Any, resume: bool, force: bool) -> Path:
-    """Run the search ``cfg`` in ``cfg.nproc`` processes on this host under torchrun (each one
-    ``nas search`` with the same settings); returns the run folder rank 0 wrote.  The ranks track
-    nothing: whoever called this tracks the result."""
+def launch(kind: str, cfg: Any, resume: bool, force: bool) -> Path:
+    """Run the ``nas search`` or ``nas select`` stage ``cfg`` in ``cfg.nproc`` processes on this host
+    under torchrun (each with the same settings); returns ``cfg.out``, which rank 0 wrote.  The ranks
+    track nothing: whoever called this tracks the result."""
     import subprocess
     import sys
     import tempfile
@@ -197,16 +197,24 @@ def launch_search(cfg: Any, resume: bool, force: bool) -> Path:
     from nas import config as config_mod
 
     with tempfile.TemporaryDirectory(prefix="nas-ranks-") as tmp:
-        settings = Path(tmp) / "search.yaml"
-        settings.write_text(yaml.safe_dump({"search": config_mod.to_dict(cfg)}, sort_keys=False))
+        settings = Path(tmp) / f"{kind}.yaml"
+        settings.write_text(yaml.safe_dump({kind: config_mod.to_dict(cfg)}, sort_keys=False))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={cfg.nproc}",
-               f"--max-restarts={cfg.max_restarts}", "-m", "nas.cli", "search", "--config", str(settings), "--json",
-               *(["--resume"] if resume else []), *(["--force"] if force else [])]
+               f"--max-restarts={getattr(cfg, 'max_restarts', 0)}", "-m", "nas.cli", kind, "--config", str(settings),
+               "--json", *(["--resume"] if resume else []), *(["--force"] if force else [])]
         proc = subprocess.run(cmd, env={**os.environ, "NAS_MLFLOW": "0"}, stdout=subprocess.DEVNULL)
     if proc.returncode != 0:
-        raise NasError(f"{cfg.out}: the search in {cfg.nproc} processes failed (torchrun exit {proc.returncode}); "
+        raise NasError(f"{cfg.out}: the {kind} in {cfg.nproc} processes failed (torchrun exit {proc.returncode}); "
                        "the ranks' own lines above say why")
     return Path(cfg.out)
+
+
+def env_rank() -> int:
+    """This process's rank as torchrun set it (0 when started plainly)."""
+    try:
+        return int(os.environ.get(ENV_RANK, "0"))
+    except ValueError:
+        raise NasError(f"${ENV_RANK}: expected a whole number, got {os.environ[ENV_RANK]!r}") from None
 
 
 def stop() -> None:

@@ -460,7 +460,9 @@ class Search:
                 batches: int = 0, bn: str = "running") -> tuple[float, float]:
         """(mean cross-entropy loss, accuracy) of the supernet as ``evaluate`` takes it.  ``bn``:
         ``running`` normalises with the batch-norm running statistics (evaluation mode); ``batch``
-        with each batch's own statistics, leaving the running ones untouched (PT's measurement)."""
+        with each batch's own statistics, leaving the running ones untouched (PT's measurement).
+        With several ranks, each measures every world-th batch and the sums are totalled: the same
+        numbers on every rank (with ``bn="batch"``, the numbers of one process)."""
         if bn not in ("running", "batch"):
             raise NasError(f"measure: bn must be 'running' or 'batch', not {bn!r}")
         mix = self.expected_mix(st) if mix is None else mix
@@ -473,10 +475,13 @@ class Search:
         else:
             st.model.eval()
         loss, correct, n = 0.0, 0.0, 0
+        sh = self.shards
         try:
             for b, (x, y) in enumerate(stream.epoch(None, shuffle=False)):
                 if batches and b >= batches:
                     break
+                if b % sh.world != sh.rank:  # several ranks: each measures its share of the batches
+                    continue
                 logits = st.forward(x, mix)
                 loss += float(F.cross_entropy(logits, y, reduction="sum"))
                 correct += float((logits.argmax(1) == y).sum())
@@ -485,6 +490,10 @@ class Search:
             for m, t in zip(norms, tracked):
                 m.track_running_stats = t
             st.model.train()
+        if sh.world > 1:
+            totals = torch.tensor([loss, correct, float(n)], dtype=torch.float64, device=self.device)
+            sh.sum_([totals])
+            loss, correct, n = totals[0].item(), totals[1].item(), int(totals[2].item())
         return loss / max(n, 1), correct / max(n, 1)
 
     def run_epoch(self, st: SearchState, w_stream: BatchStream, a_stream: BatchStream, steps: int, bar: Any = None,

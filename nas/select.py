@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from nas import config as config_mod
+from nas import parallel
 from nas.arch import without_edge, without_op
 from nas.rng import rng_stream
 from nas.rundir import SEARCH_CHECKPOINT, check_resume, claim, kept_checkpoint, kept_epochs, read_search_result
@@ -54,6 +55,17 @@ def supernet_checkpoint(run: str | Path, epoch: int = 0) -> Path:
     return path
 
 
+def _shards_for(saved: dict[str, Any]) -> dict[str, int]:
+    """The tuning epochs of a selection cut each batch as the search did (its ranks x accumulate)
+    where the processes at hand divide that count, so that PT in 1 or 2 processes tunes alike;
+    otherwise each process takes the search's accumulate."""
+    world = parallel.launched_world()
+    total = int(saved.get("nproc", 1)) * int(saved.get("accumulate", 1))
+    if total % world == 0:
+        return {"nproc": world, "accumulate": total // world}
+    return {"nproc": world}
+
+
 def load_supernet(run: str | Path, device: str = "auto", epoch: int = 0) -> tuple[Search, SearchState, Any, Any, Any]:
     """Rebuild a search's supernet, architecture and data streams from its run directory, as it was
     at the end (or at ``epoch``, when kept): (engine, state, w stream, α stream, unaugmented α-split
@@ -66,7 +78,7 @@ def load_supernet(run: str | Path, device: str = "auto", epoch: int = 0) -> tupl
     if not isinstance(ck, dict) or "config" not in ck:
         raise NasError(f"{ck_path}: not a search checkpoint")
     saved = dict(ck["config"])
-    saved.update(out=str(run), device=device, progress=False)
+    saved.update(out=str(run), device=device, progress=False, **_shards_for(saved))
     cfg = config_mod.build_config("search", overrides=saved)
     search = Search(cfg)
     if not search.method.trains_supernet:
@@ -148,14 +160,15 @@ def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: co
             decision = _decide_node(search, st, val, cfg, base_mix, base, item)
             msg = f"PT node {k + 1 - len(order)}/{len(groups)}: keep {', '.join(decision['kept'])}"
         decisions.append(decision)
-        if cfg.progress:
+        if cfg.progress and search.shards.main:
             print(msg, file=sys.stderr, flush=True)
         if k < len(plan) - 1:
             tune()
         if checkpoint is not None:
             seconds = float((resume_from or {}).get("seconds", 0.0)) + time.perf_counter() - t_start
-            torch_save(checkpoint, {**(header or {}), "format": "nas-pt-checkpoint-v1", "seconds": seconds,
-                                    **st.train_state(), "decisions": decisions, "tune_epoch": tune_epoch})
+            if search.shards.main:  # rank 0 owns the selection's files
+                torch_save(checkpoint, {**(header or {}), "format": "nas-pt-checkpoint-v1", "seconds": seconds,
+                                        **st.train_state(), "decisions": decisions, "tune_epoch": tune_epoch})
         if on_step is not None:
             on_step(k)
     return decisions, order
@@ -195,6 +208,21 @@ def _pt_header(run: str | Path, cfg: config_mod.SelectConfig) -> dict[str, Any]:
     return {"config": config_mod.to_dict(cfg), "search_sha256": sha256_file(supernet_checkpoint(run, cfg.epoch))}
 
 
+def _pt_resume_from(run: str | Path, checkpoint: Path | None, header: dict[str, Any],
+                    resume: bool) -> dict[str, Any] | None:
+    """The PT checkpoint to continue from (checked against this selection and its search), or None."""
+    if checkpoint is None or not resume or not checkpoint.is_file():
+        return None
+    resume_from = torch_load(checkpoint)
+    if not isinstance(resume_from, dict) or resume_from.get("format") != "nas-pt-checkpoint-v1":
+        raise NasError(f"{checkpoint}: not a PT checkpoint")
+    check_resume(checkpoint, resume_from.get("config", {}), header["config"],
+                 {**config_mod.to_dict(config_mod.SelectConfig()), **PT_LEGACY}, PT_FREE_KEYS)
+    if resume_from.get("search_sha256") != header["search_sha256"]:
+        raise NasError(f"{checkpoint}: cannot resume, the search in {run} changed since this PT started")
+    return resume_from
+
+
 def pt_select(run: str | Path, cfg: config_mod.SelectConfig, resume: bool = False,
               on_step: Any = None) -> dict[str, Any]:
     """Perturbation-based selection on a finished supernet; returns the decisions and genotype.
@@ -205,15 +233,11 @@ def pt_select(run: str | Path, cfg: config_mod.SelectConfig, resume: bool = Fals
     magnitude = space.format_genotype(space.select_magnitude(search.expected(st)))
     checkpoint = Path(cfg.out) / PT_CHECKPOINT if cfg.out else None
     header = _pt_header(run, cfg)
-    resume_from = None
-    if checkpoint is not None and resume and checkpoint.is_file():
-        resume_from = torch_load(checkpoint)
-        if not isinstance(resume_from, dict) or resume_from.get("format") != "nas-pt-checkpoint-v1":
-            raise NasError(f"{checkpoint}: not a PT checkpoint")
-        check_resume(checkpoint, resume_from.get("config", {}), header["config"],
-                     {**config_mod.to_dict(config_mod.SelectConfig()), **PT_LEGACY}, PT_FREE_KEYS)
-        if resume_from.get("search_sha256") != header["search_sha256"]:
-            raise NasError(f"{checkpoint}: cannot resume, the search in {run} changed since this PT started")
+    resume_from = search.shards.agree(lambda: _pt_resume_from(run, checkpoint, header, resume),
+                                      "reading the PT checkpoint")
+    if search.shards.world > 1:  # the other ranks receive rank 0's checkpoint
+        resume_from = search.shards.broadcast(None if resume_from is None else parallel.to_cpu(resume_from))
+    if resume_from is not None:
         t0 -= float(resume_from.get("seconds", 0.0))
     decisions, order = pt_project(search, st, val, w_stream, a_stream, cfg, checkpoint, header, resume_from, on_step)
     geno = space.select_magnitude(search.expected(st))
@@ -322,7 +346,11 @@ def select(cfg: config_mod.SelectConfig, resume: bool = False, force: bool = Fal
         raise NasError(f"select: out {cfg.out} is the search's own folder; give the {cfg.method} selection a folder "
                        f"of its own (its checkpoints would sit among the search's files)")
 
-    lock = claim(cfg.out, resume, force, (PT_CHECKPOINT, VERIFY_CHECKPOINT), "selection") if cfg.out else nullcontext()
+    main = parallel.env_rank() == 0  # rank 0 owns the selection's folder and files
+    if parallel.launched_world() > 1 and cfg.method != "pt":
+        raise NasError(f"select: {cfg.method} runs in one process; several processes spread PT only")
+    lock = (claim(cfg.out, resume, force, (PT_CHECKPOINT, VERIFY_CHECKPOINT), "selection") if cfg.out and main
+            else nullcontext())
     with lock:
         if cfg.method == "magnitude":
             if res.get("selection") != "magnitude":  # the method chose its architecture by other means
@@ -340,6 +368,6 @@ def select(cfg: config_mod.SelectConfig, resume: bool = False, force: bool = Fal
             sel = verify_select(cfg, resume=resume)
         else:
             raise NasError(f"select: unknown method {cfg.method!r} (expected magnitude, pt or verify)")
-        if cfg.out:
+        if cfg.out and main:
             write_json(Path(cfg.out) / SELECTION, sel)
     return sel

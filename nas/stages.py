@@ -40,7 +40,7 @@ def search_stage(cfg: config_mod.SearchConfig, resume: bool = False, callback: A
     from nas import parallel
 
     if cfg.nproc > 1 and parallel.ENV_WORLD not in os.environ:
-        return read_search_result(parallel.launch_search(cfg, resume, force))
+        return read_search_result(parallel.launch("search", cfg, resume, force))
     return search(cfg, resume=resume, callback=callback, force=force)
 
 
@@ -78,7 +78,14 @@ def read_genotype(path: str | Path) -> dict[str, Any]:
 def select_stage(cfg: config_mod.SelectConfig, resume: bool = False, force: bool = False) -> dict[str, Any]:
     """Choose the final architecture of a finished search (magnitude or PT); writes
     ``<out>/selection.json`` when ``out`` is set.  PT checkpoints each decided edge in ``out``:
-    ``resume`` continues an interrupted PT, ``force`` starts it over."""
+    ``resume`` continues an interrupted PT, ``force`` starts it over.  With ``nproc`` > 1 (and not
+    already a rank) it runs in that many processes of this host and its selection.json is read back."""
+    from nas import parallel
+
+    if cfg.nproc > 1 and parallel.ENV_WORLD not in os.environ:
+        if not cfg.out:
+            raise NasError("select: nproc > 1 needs out (the ranks' selection.json is read back from it)")
+        return read_json(parallel.launch("select", cfg, resume, force) / "selection.json")
     return select(cfg, resume=resume, force=force)
 
 

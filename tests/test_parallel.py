@@ -68,6 +68,28 @@ def test_two_ranks_equal_one_process_with_two_micro_batches(tmp_path):
 
 
 @pytest.mark.slow
+def test_pt_in_two_processes_decides_as_in_one(tmp_path):
+    """PT on a 2-rank supernet: in 2 processes (evaluations split, tuning data-parallel) and in 1
+    (the tuning accumulates the search's 2 micro-batches) every decision and accuracy is the same."""
+    cache = tmp_path / "cache"
+    proc = subprocess.run(_search_cmd(tmp_path / "search", cache, "--nproc", "2"), env=ENV, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sel = {}
+    for n in (1, 2):
+        proc = subprocess.run([sys.executable, "-m", "nas.cli", "select", "--method", "pt", "--run",
+                               str(tmp_path / "search"), "--out", str(tmp_path / f"pt{n}"), "--nproc", str(n),
+                               "--set", "pt_tune_epochs=1", "--set", "progress=false", "--json"], env=ENV,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        sel[n] = json.loads((tmp_path / f"pt{n}" / "selection.json").read_text())
+        assert json.loads(proc.stdout)["genotype"] == sel[n]["genotype"]
+    assert sel[1]["genotype"] == sel[2]["genotype"] and sel[1]["decisions"] == sel[2]["decisions"]
+    assert sel[1]["final_val_acc"] == sel[2]["final_val_acc"]
+    assert sorted(p.name for p in (tmp_path / "pt2").iterdir()) == sorted(p.name for p in (tmp_path / "pt1").iterdir())
+
+
+@pytest.mark.slow
 def test_sampling_methods_keep_every_rank_on_one_alpha_and_repeat_bitwise(tmp_path):
     proc = subprocess.run([*TORCHRUN, str(REPO / "tests" / "dp_searches.py"), "methods", str(tmp_path),
                            str(tmp_path / "cache")], env=ENV, capture_output=True, text=True, timeout=600)
