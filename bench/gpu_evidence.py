@@ -46,7 +46,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
+sys.path.append(str(HERE))  # after the installed packages: bench/ module names never shadow them
 
 FORMAT = 1
 STAGES = ("supernet", "searches", "concurrent", "calibration")

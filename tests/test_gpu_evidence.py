@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-sys.path.insert(0, str(REPO / "bench"))
+sys.path.append(str(REPO / "bench"))  # after the installed packages (bench/ names shadow none)
 import gpu_evidence as ev  # noqa: E402
 
 SCRIPT = str(REPO / "bench" / "gpu_evidence.py")
