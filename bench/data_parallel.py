@@ -46,21 +46,21 @@ def worker(args: argparse.Namespace) -> None:
     sets = ["channels=16", "batch_size=64", "epochs=1", "progress=false", "method=darts", *CONFIGS[args.config]]
     if not args.data:
         sets += ["dataset=digits"]
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = build_config("search", REPO / "params" / "cpu-proxy-c16.yaml",
-                           {"data": args.data, "device": args.device, "out": str(Path(tmp) / "run"),
-                            "cache_dir": args.cache}, sets)
-        s = Search(cfg)
-        bundle, w_stream, a_stream = s.streams()
-        st = s.build_state(bundle)
-        s.run_epoch(st, w_stream, a_stream, 2)  # warm-up
-        times = []
-        for _ in range(args.repeats):
-            if world > 1:
-                torch.distributed.barrier()
-            t0 = time.perf_counter()
-            s.run_epoch(st, w_stream, a_stream, args.steps)  # ends on a sync (the epoch's sums)
-            times.append((time.perf_counter() - t0) / args.steps)
+    # the ranks' configs must agree, "out" included (nothing is written there: the loop runs bare)
+    cfg = build_config("search", REPO / "params" / "cpu-proxy-c16.yaml",
+                       {"data": args.data, "device": args.device, "out": str(Path(args.cache) / "unused-run"),
+                        "cache_dir": args.cache}, sets)
+    s = Search(cfg)
+    bundle, w_stream, a_stream = s.streams()
+    st = s.build_state(bundle)
+    s.run_epoch(st, w_stream, a_stream, 2)  # warm-up
+    times = []
+    for _ in range(args.repeats):
+        if world > 1:
+            torch.distributed.barrier()
+        t0 = time.perf_counter()
+        s.run_epoch(st, w_stream, a_stream, args.steps)  # ends on a sync (the epoch's sums)
+        times.append((time.perf_counter() - t0) / args.steps)
     if s.shards.main:
         print(json.dumps({"ms_per_step": 1000 * statistics.median(times), "batch": cfg.batch_size,
                           "threads": torch.get_num_threads()}), flush=True)
