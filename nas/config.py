@@ -161,6 +161,10 @@ class SearchConfig(DataConfig):
     dist_timeout: float = Field(300.0, gt=0.0, le=86_400.0,
                                 description="seconds a rank waits to join the others, and at any collective, "
                                             "before it fails with one line")
+    bn_sync: bool = Field(False,
+                          description="several ranks: average the batch-norm running statistics over the ranks at "
+                                      "the end of every epoch (training uses each micro-batch's own statistics; "
+                                      "without it each rank keeps its own and the checkpoint holds rank 0's)")
     dist_check: bool = Field(False,
                              description="after every step, gather α from every rank and stop with one line if "
                                          "any differs from rank 0's (a check of the data-parallel search)")

@@ -539,7 +539,17 @@ class Search:
             sh.sum_([sums])
             sh.sum_([totals])
             counts = [int(c) for c in totals.tolist()]
+            if cfg.bn_sync:
+                self._average_bn_stats(st)
         return self._record(st, epoch, stage, train_alpha, sums.tolist(), counts, lr, t0)
+
+    def _average_bn_stats(self, st: SearchState) -> None:
+        """``bn_sync``: every rank's batch-norm running statistics become their mean over the ranks."""
+        stats = [b for name, b in st.model.named_buffers() if name.endswith(("running_mean", "running_var"))]
+        self.shards.sum_(stats)
+        with torch.no_grad():
+            for b in stats:
+                b.div_(self.shards.world)
 
     def _shard_generators(self, epoch: int, gen_m: torch.Generator) -> dict[int, torch.Generator]:
         """Each of this rank's micro-batches' mixing stream; micro-batch 0 keeps the search's own."""

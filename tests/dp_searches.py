@@ -40,6 +40,13 @@ def main() -> None:
                 cfg = build_config("search", overrides={**base(cache), "method": method, "out": f"{out}/{method}-{rep}"})
                 res = Search(cfg).run()
                 say({"rank": rank, "run": f"{method}-{rep}", "genotype": res["genotype"]})
+        for sync in (False, True):  # each rank's batch-norm running statistics, averaged or not
+            s = Search(build_config("search", overrides={**base(cache), "bn_sync": sync, "out": f"{out}/bn-{sync}"}))
+            bundle, w_stream, a_stream = s.streams()
+            st = s.build_state(bundle)
+            s.run_epoch(st, w_stream, a_stream, 3)
+            means = [b.tolist() for n, b in st.model.named_buffers() if n.endswith("running_mean")]
+            say({"rank": rank, "run": f"bn-{sync}", "running_mean": means})
         return
     over = {**base(cache), "out": f"{out}/single"}
     if mode == "mismatch":

@@ -95,6 +95,9 @@ def test_sampling_methods_keep_every_rank_on_one_alpha_and_repeat_bitwise(tmp_pa
                            str(tmp_path / "cache")], env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]  # dist_check: α gathered and compared after every step
     lines = _said(tmp_path)
+    bn = {(d["rank"], d["run"]): d["running_mean"] for d in lines if d["run"].startswith("bn-")}
+    assert bn[(0, "bn-False")] != bn[(1, "bn-False")]  # each rank's own statistics ...
+    assert bn[(0, "bn-True")] == bn[(1, "bn-True")]  # ... or, with bn_sync, their mean on every rank
     for method in ("gdas", "snas", "drnas", "sdarts-rs"):
         genos = {(d["rank"], d["run"]): d["genotype"] for d in lines if d["run"].startswith(method + "-")}
         assert len(genos) == 4 and len(set(genos.values())) == 1, genos  # both ranks, both runs: one cell
