@@ -380,7 +380,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     cfg = config_mod.build_config("search", args.config, _overrides(args, keys), args.sets)
     if parallel.restarted():  # torchrun started this rank again after a failure: continue the run
         args.resume, args.force = True, False
-    if os.environ.get(parallel.ENV_RANK, "0") != "0":  # rank 0 owns the run, its tracking and its output
+    if parallel.env_rank() != 0:  # rank 0 owns the run, its tracking and its output
         try:
             stages.search_stage(cfg, resume=args.resume, force=args.force)
         finally:
@@ -391,7 +391,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     with _tracked("search", cfg, tags) as (tracker, run_id):
         res = stages.search_stage(cfg, resume=args.resume, force=args.force,
                                   callback=_epoch_logger(tracker, run_id, cfg.space))
-        tracker.log_search(run_id, res, live=not _launches(cfg))
+        tracker.log_search(run_id, res, live=not parallel.starts_ranks(cfg.nproc))
     parallel.stop()
     look = _maybe_lookup(res["space"], res["genotype"])
     lines = [f"genotype: {res['genotype']}", f"result:   {cfg.out}/result.json",
@@ -406,17 +406,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _launches(cfg: Any) -> bool:
-    """Whether ``cfg``'s search runs in processes of its own (data-parallel, started from here)."""
-    return cfg.nproc > 1 and "WORLD_SIZE" not in os.environ
-
-
 def _cmd_select(args: argparse.Namespace) -> int:
-    from nas import stages
+    from nas import parallel, stages
 
     cfg = config_mod.build_config("select", args.config,
                                   _overrides(args, ("method", "run", "out", "seed", "device", "nproc")), args.sets)
-    if os.environ.get("RANK", "0") != "0":  # a rank of a PT spread over processes: rank 0 reports
+    if parallel.env_rank() != 0:  # a rank of a PT spread over processes: rank 0 reports
         stages.select_stage(cfg, resume=args.resume, force=args.force)
         return 0
     stages.preflight("selection", cfg, args.resume, args.force)

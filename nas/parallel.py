@@ -209,6 +209,11 @@ def launch(kind: str, cfg: Any, resume: bool, force: bool) -> Path:
     return Path(cfg.out)
 
 
+def starts_ranks(nproc: int) -> bool:
+    """Whether a stage asking for ``nproc`` processes starts them itself (it is not one already)."""
+    return nproc > 1 and ENV_WORLD not in os.environ
+
+
 def env_rank() -> int:
     """This process's rank as torchrun set it (0 when started plainly)."""
     try:

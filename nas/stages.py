@@ -5,7 +5,6 @@ The CLI, DVC stages and Prefect flows all call these; none of them re-implements
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ def search_stage(cfg: config_mod.SearchConfig, resume: bool = False, callback: A
     of this host (``nas.parallel``), without the per-epoch callback, and its result is read back."""
     from nas import parallel
 
-    if cfg.nproc > 1 and parallel.ENV_WORLD not in os.environ:
+    if parallel.starts_ranks(cfg.nproc):
         return read_search_result(parallel.launch("search", cfg, resume, force))
     return search(cfg, resume=resume, callback=callback, force=force)
 
@@ -82,7 +81,7 @@ def select_stage(cfg: config_mod.SelectConfig, resume: bool = False, force: bool
     already a rank) it runs in that many processes of this host and its selection.json is read back."""
     from nas import parallel
 
-    if cfg.nproc > 1 and parallel.ENV_WORLD not in os.environ:
+    if parallel.starts_ranks(cfg.nproc):
         if not cfg.out:
             raise NasError("select: nproc > 1 needs out (the ranks' selection.json is read back from it)")
         return read_json(parallel.launch("select", cfg, resume, force) / "selection.json")
