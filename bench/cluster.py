@@ -58,13 +58,13 @@ def _shipping(proto: Path, scratch: Path, repeats: int = 20) -> dict:
     from nas import grid, tracking
 
     spec = grid.load_grid(proto, str(scratch / "g-1w-0"), str(scratch / "r-1w-0"))
-    kw = grid.cell_kwargs(spec, None, 1)[0]
+    cell = grid.cell_jobs(spec, None, 1)[0]
     t0 = time.perf_counter()
     for _ in range(repeats):
-        job = grid.ship_cell(kw)
+        shipped = grid.ship_cell(cell)
     ship = (time.perf_counter() - t0) / repeats
-    files = job["archived"]
-    result = {"rows": [], "files": files, "cell": Path(kw["out"]).name + "-x"}
+    files = shipped.archived
+    result = {"rows": [], "files": files, "cell": cell.cell.name + "-x"}
     t0 = time.perf_counter()
     for i in range(repeats):
         grid.store_shipped_cell(scratch / f"store-{i}", {**result, "cell": f"c{i}"})

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         vals = [rows[n][key] for n in names]
         ratios = [f"{v / ref[key]:.3g}" if ref[key] else "-" for v in vals[1:]]
         print(f"| {key} | " + " | ".join(f"{v:.4g}" for v in vals) + " | " + " | ".join(ratios) + " |")
-    from nas.timings import read_json
+    from nas.runs.files import read_json
 
     for folder in args.runs:
         results = sorted(Path(folder).glob("*/search/result.json"))
@@ -151,14 +151,14 @@ def study(folder: Path, protocol: str, csv_path: str | None) -> int:
 def read_run(run: Path) -> dict | None:
     """A search's result.json; for a search stopped early, the same fields from its checkpoint's
     last epoch (``epochs_run`` then says how far it got)."""
-    from nas.timings import read_json
+    from nas.runs.files import read_json
 
     if (run / "result.json").is_file():
         return read_json(run / "result.json")
     if not (run / "checkpoint.pt").is_file():
         return None
+    from nas.runs.files import torch_load
     from nas.spaces import get_space
-    from nas.timings import torch_load
 
     ck = torch_load(run / "checkpoint.pt")
     last = ck["history"][-1]

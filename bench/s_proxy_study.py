@@ -33,7 +33,7 @@ FIELDS = ["run", "space", "method", "seed", "settings", "op", "epochs", "normal_
 
 
 def _history(run: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    from nas.timings import read_json, torch_load
+    from nas.runs.files import read_json, torch_load
     from nas.utils import NasError
 
     if (run / "result.json").is_file():

@@ -22,31 +22,29 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.common import add_runner_flags, flow_main, task_runner
 from nas import grid, tracking
+from nas.runs.store import Failures
 
 
 @task(name="grid-cell")
-def cell_task(kwargs: dict[str, Any]) -> dict[str, Any]:
+def cell_task(shipped: grid.ShippedCell) -> dict[str, Any]:
     """One cell on whatever worker runs it: the job carries its protocol and archived results
     (``grid.ship_cell``), and the cell's results come back with its rows."""
-    return grid.run_shipped_cell(kwargs)
+    return grid.run_shipped_cell(shipped)
 
 
 @flow(name="nas-benchmark-cells")
-def _cells(jobs: list[dict[str, Any]], report: str) -> tuple[list[dict[str, Any]], list[str]]:
-    futures = [cell_task.submit(grid.ship_cell(kw)) for kw in jobs]
-    out, failures = [], []
-    for kw, fut in zip(jobs, futures):
+def _cells(jobs: list[grid.CellJob], report: str, what: str) -> tuple[list[dict[str, Any]], list[str]]:
+    futures = [cell_task.submit(grid.ship_cell(job)) for job in jobs]
+    out, failures = [], Failures(what)
+    for job, fut in zip(jobs, futures):
         try:
             res = fut.result()
         except Exception as exc:  # the other cells go on; rerun the flow to retry this one
-            where = f"{kw['space']} " if kw.get("space") else ""
-            msg = f"{where}{kw['method']} seed {kw['seed']}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            print(f"cell {msg} failed")
-            failures.append(msg)
+            failures.add(job.label, exc)
             continue
         grid.store_shipped_cell(report, res)  # the results come home: no shared folder needed
         out.append(res)
-    return out, failures
+    return out, failures.items
 
 
 @flow(name="nas-benchmark", log_prints=True)
@@ -54,25 +52,25 @@ def benchmark(protocol: str = "params/cpu-proxy.yaml", data: str | None = None, 
               seeds: list[int] | None = None, selections: list[str] | None = None, out: str | None = None,
               report: str | None = None, runner: str = "thread", address: str | None = None, workers: int = 1,
               threads: int = 1, track: bool = True) -> dict[str, Any]:
-    from nas.utils import NasError, check_output_dir
+    from nas.utils import check_output_dir
 
     spec = grid.load_grid(protocol, out, report, methods, seeds, selections)
     check_output_dir(spec.report, "report")
-    jobs = grid.cell_kwargs(spec, data, threads)
-    results, failures = _cells.with_options(task_runner=task_runner(runner, address, workers=workers,
-                                                                    threads=threads))(jobs, spec.report)
+    jobs = grid.cell_jobs(spec, data, threads)
+    failures = Failures(f"grid {spec.name}")
+    results, failures.items = _cells.with_options(task_runner=task_runner(runner, address, workers=workers,
+                                                                          threads=threads))(jobs, spec.report,
+                                                                                            failures.what)
     rows = [r for res in results for r in res["rows"]]
-    if not rows and failures:
-        raise NasError(f"grid {spec.name}: all {len(failures)} cells failed (first: {failures[0]})")
+    if not rows:
+        failures.raise_if_any(len(jobs), "cells")
     rep = grid.write_report(spec, rows)
     create_markdown_artifact(key=f"nas-benchmark-{spec.name}".lower().replace("_", "-"), markdown=rep["markdown"],
                              description=f"{'retrained' if spec.retrain else 'NAS-Bench-201'} table of protocol "
                                          f"{spec.name}")
     tr = tracking.tracker(track)
     run_id = tr.log_benchmark(spec, protocol, rep, rows, results) if tr.active else None
-    if failures:
-        raise NasError(f"grid {spec.name}: {len(failures)} of {len(jobs)} cells failed (first: {failures[0]}); the "
-                       f"report holds the others; rerun the same command to retry them")
+    failures.raise_if_any(len(jobs), "cells")
     return {"rows": rows, "report": {k: v for k, v in rep.items() if k != "summary"},
             "pids": sorted({res["pid"] for res in results}), "mlflow_run": run_id}
 

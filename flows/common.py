@@ -12,6 +12,7 @@ from typing import Any
 
 from prefect.cache_policies import CachePolicy
 
+from nas.runs import jobs
 from nas.tracking import disable_telemetry
 from nas.utils import NasError, code_version, sha256_file
 
@@ -34,13 +35,23 @@ def file_digest(path: str | Path) -> str:
 
 
 def stage_cache_key(context: Any, parameters: dict[str, Any]) -> str:
-    """A stage's cache key: its inputs, the code version and the digests of its input files
-    (the ``inputs`` parameter lists them).  Unlike Prefect's default policy it holds no run id,
-    so a second pipeline run with the same inputs reuses the finished stages."""
+    """A stage's cache key: the run layer's key of its resolved config (``nas.runs.jobs.key``, so a
+    key left to the space's default and the default itself are one key), its other inputs, the code
+    version and the digests of its input files (the ``inputs`` parameter lists them).  Unlike
+    Prefect's default policy it holds no run id, so a second pipeline run with the same inputs
+    reuses the finished stages."""
     files = {str(p): file_digest(p) for p in parameters.get("inputs") or []}
-    payload = {"task": context.task.name, "code": code_version(),
-               "params": {k: v for k, v in parameters.items() if k not in NOT_IN_KEY and k != "inputs"},
-               "files": files}
+    params = {k: v for k, v in parameters.items() if k not in NOT_IN_KEY and k != "inputs"}
+    task = context.task.name
+    if task in jobs.STAGES and isinstance(params.get("cfg"), dict):
+        from nas import config as config_mod
+
+        try:
+            cfg = jobs.resolve(task, config_mod.from_dict(task, params["cfg"]))
+            params["cfg"] = jobs.key(task, config_mod.to_dict(cfg))
+        except NasError:  # the stage itself refuses it, with its one-line error
+            pass
+    payload = {"task": task, "code": code_version(), "params": params, "files": files}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

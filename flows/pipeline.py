@@ -25,6 +25,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from flows.common import StageFiles, add_set_flag, cache_options, flow_main, not_a_config_error
 from nas import config as config_mod
 from nas import stages, tracking
+from nas.runs import jobs
 
 TASK_OPTS: dict[str, Any] = dict(cache_policy=StageFiles(), persist_result=True, result_serializer="json")
 
@@ -58,7 +59,7 @@ def search_task(cfg: dict[str, Any], inputs: list[str], outputs: list[str] | Non
             log_epoch(st.history[-1])
             update_progress_artifact(progress_id, progress=100.0 * st.epoch / scfg.epochs)
 
-        res = stages.resume_or_restart(stages.search_stage, scfg, callback=on_epoch)
+        res = jobs.run(jobs.Job.of("search", scfg), callback=on_epoch)
         tracker.log_search(run_id, res, live=True)
     return {"result": str(Path(scfg.out) / "result.json"), "genotype": res["genotype"], "seconds": res["seconds"],
             "mlflow_run": run_id}
@@ -70,7 +71,7 @@ def select_task(cfg: dict[str, Any], inputs: list[str], outputs: list[str] | Non
     scfg = config_mod.from_dict("select", cfg)
     with tracking.stage_run(_name("select", scfg, scfg.method), {"stage": "select", "selection": scfg.method,
                                                                  "seed": scfg.seed}, parent_run, track) as (tracker, run_id):
-        sel = stages.resume_or_restart(stages.select_stage, scfg)
+        sel = jobs.run(jobs.Job.selection(scfg))
         tracker.log_selection(run_id, config_mod.to_dict(scfg), sel)
     return {"selection": str(Path(scfg.out) / "selection.json"), "genotype": sel["genotype"], "mlflow_run": run_id}
 
@@ -84,7 +85,7 @@ def retrain_task(cfg: dict[str, Any], inputs: list[str], outputs: list[str] | No
             **(run_tags or {})}
     name = tracking.stage_run_name("retrain", config_mod.to_dict(rcfg), tags.get("method"), tags.get("selection"))
     with tracking.stage_run(name, tags, parent_run, track) as (tracker, run_id):
-        res = stages.resume_or_restart(stages.retrain_stage, rcfg)
+        res = jobs.run(jobs.Job.of("retrain", rcfg))
         tracker.log_retrain(run_id, res, Path(rcfg.out) / "model.pt")
     return {"result": str(Path(rcfg.out) / "result.json"), "test_acc": res["test_acc"], "mlflow_run": run_id}
 

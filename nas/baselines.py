@@ -19,7 +19,7 @@ from nas.precision import Runner
 from nas.progress import log_line, progress_bar
 from nas.rng import rng_stream
 from nas.rundir import CHECKPOINT_FORMAT, SEARCH_CHECKPOINT, SEARCH_RESULT, search_result
-from nas.timings import torch_save, write_json
+from nas.runs.files import torch_save, write_json
 from nas.utils import generator_for, seed_everything
 
 

@@ -33,7 +33,6 @@ DEGENERATE_OP = {"s4": "noise"}  # every other space: skip_connect
 FIELDS = ["candidate", "space", "cell", "seed", "genotype", "test_acc", "params_m", "retrain_minutes"]
 SPACES = ("s1", "s2", "s3", "s4", "darts")
 REPORT_FILE = "calibration.json"  # in a report: the calibration file its runs follow (a report may be a machine's share)
-ARCHIVED = ("timings.json", "result.json")  # what a finished run leaves that the report keeps
 
 
 def op_weights(op: str, channels: int = 16) -> int:
@@ -160,10 +159,10 @@ def _job(spec: CalibrationSpec, cand: Candidate, space: str, cell: str, seed: in
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Train one reference cell (cached: a finished folder with the same config is read back)."""
-    from nas.grid.run import cached_retrain
+    from nas.runs import jobs
 
     cfg = config_mod.build_config("retrain", job["protocol"], job["overrides"])
-    res, _ = cached_retrain(cfg)
+    res, _ = jobs.cached(jobs.Job.of("retrain", cfg))
     return {**job["row"], "genotype": cfg.genotype, "test_acc": 100.0 * float(res["test_acc"]),
             "params_m": res["params"] / 1e6, "retrain_minutes": res["seconds"] / 60}
 
@@ -180,29 +179,10 @@ def verdict(rows: list[dict[str, Any]], space: str) -> dict[str, Any]:
             "valid": gap > 3 * spread, "minutes": sum(r["retrain_minutes"] for r in rows if r["space"] == space)}
 
 
-def _restore(job: dict[str, Any], archive: Path) -> None:
-    """Seed a job's empty run folder from the report's archived result (another machine's run)."""
-    import shutil
-
+def _archived(job: dict[str, Any], archive: Path) -> tuple[Path, Path]:
+    """A job's run folder and its place in the report's archive."""
     folder = Path(job["overrides"]["out"])
-    src = archive / folder.parent.name / folder.name
-    if (src / "result.json").is_file() and not folder.exists():
-        folder.mkdir(parents=True)
-        for name in ARCHIVED:
-            if (src / name).is_file():
-                shutil.copyfile(src / name, folder / name)
-
-
-def _archive(job: dict[str, Any], archive: Path) -> None:
-    import shutil
-
-    from nas.utils import atomic_write
-
-    folder = Path(job["overrides"]["out"])
-    dest = archive / folder.parent.name / folder.name
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ARCHIVED:  # the result last: an archive with a result is complete
-        atomic_write(dest / name, lambda tmp, src=folder / name: shutil.copyfile(src, tmp))
+    return folder, archive / folder.parent.name / folder.name
 
 
 def run_candidate(spec: CalibrationSpec, cand: Candidate, data: str | None, workers: int = 1,
@@ -210,34 +190,34 @@ def run_candidate(spec: CalibrationSpec, cand: Candidate, data: str | None, work
     """Train both reference cells of every space and seed under one candidate protocol, space by
     space; with ``stop_early`` the candidate ends at the first space it cannot separate (it can no
     longer be chosen, so its other spaces would be spent for nothing)."""
-    from nas.grid.run import run_jobs
+    from nas.runs import store
+    from nas.runs.runner import run_jobs
 
     archive = Path(spec.report) / ARCHIVE
     rows: list[dict[str, Any]] = []
-    failures: list[str] = []
+    failures = store.Failures(f"calibration {spec.name}, candidate {cand.name}")
     spaces = [sp for sp in spec.spaces if not spaces or sp in spaces]
     total = 2 * len(spec.seeds) * len(spaces)
 
     def collect(row: dict[str, Any]) -> None:
         rows.append(row)
-        _archive(_job(spec, cand, row["space"], row["cell"], row["seed"], data, threads), archive)
+        store.archive(*_archived(_job(spec, cand, row["space"], row["cell"], row["seed"], data, threads), archive),
+                      "result.json")
         write_csv(Path(spec.report) / "runs.csv", [row])
         print(f"[calibrate {cand.name}] {row['space']} {row['cell']} seed {row['seed']}: {row['test_acc']:.2f}% "
               f"({len(rows)}/{total})", file=sys.stderr, flush=True)
 
     def failed(job: dict[str, Any], exc: BaseException) -> None:
         r = job["row"]
-        failures.append(f"{r['space']} {r['cell']} seed {r['seed']}: {type(exc).__name__}: {exc}")
-        print(f"[calibrate {cand.name}] FAILED {failures[-1]}", file=sys.stderr, flush=True)
+        failures.add(f"{r['space']} {r['cell']} seed {r['seed']}", exc)
 
     for space in spaces:
         jobs = [_job(spec, cand, space, cell, s, data, threads) for cell in CELLS for s in spec.seeds]
         for job in jobs:
-            _restore(job, archive)
-        run_jobs(jobs, workers, collect, failed, fn=run_job)
-        if failures:
-            raise NasError(f"calibration {spec.name}, candidate {cand.name}: {len(failures)} runs failed "
-                           f"(first: {failures[0]}); rerun the same command to retry them, finished runs are kept")
+            folder, src = _archived(job, archive)
+            store.restore(src, folder, "result.json")
+        run_jobs(jobs, workers, run_job, collect, failed)
+        failures.raise_if_any(len(jobs), "runs")
         v = verdict(rows, space)
         print(f"[calibrate {cand.name}] {space}: gap {v['gap']:.2f} against 3 x spread {3 * v['spread']:.2f}: "
               f"{'valid' if v['valid'] else 'not valid'}", file=sys.stderr, flush=True)
@@ -246,46 +226,35 @@ def run_candidate(spec: CalibrationSpec, cand: Candidate, data: str | None, work
     return rows
 
 
+def runs_file(path: Path) -> Any:
+    """The calibration's per-run CSV: one row per candidate, space, cell and seed."""
+    from nas.runs.store import RowsFile
+
+    return RowsFile(Path(path), FIELDS, lambda r: (r["candidate"], r["space"], r["cell"], int(r["seed"])), _typed,
+                    lineterminator="\n")
+
+
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Merge rows into the per-run CSV (one row per candidate, space, cell and seed), atomically."""
-    import csv
-    import io
-
-    from filelock import FileLock
-
-    from nas.utils import atomic_write
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        keep = {}
-        if path.is_file():
-            with path.open(newline="") as f:
-                for r in csv.DictReader(f):
-                    keep[(r["candidate"], r["space"], r["cell"], int(r["seed"]))] = r
-        for r in rows:
-            keep[(r["candidate"], r["space"], r["cell"], int(r["seed"]))] = r
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
-        w.writeheader()
-        for key in sorted(keep):
-            w.writerow({k: _fmt(keep[key][k]) for k in FIELDS})
-        atomic_write(path, lambda tmp: tmp.write_text(buf.getvalue()))
+    """Merge rows into the per-run CSV, atomically and under its lock."""
+    runs_file(path).merge(rows)
 
 
-def _fmt(v: Any) -> Any:
-    return f"{v:.4f}" if isinstance(v, float) else v
+def _typed(rows: list[dict[str, str]], where: str) -> list[dict[str, Any]]:
+    """The CSV's rows with their numbers as numbers; a one-line error names the row and column."""
+    if rows and set(FIELDS) - set(rows[0]):
+        raise NasError(f"{where}: not a calibration runs file (missing column {sorted(set(FIELDS) - set(rows[0]))[0]!r})")
+    for i, r in enumerate(rows, 2):
+        try:
+            r["seed"] = int(r["seed"])
+            for k in ("test_acc", "params_m", "retrain_minutes"):
+                r[k] = float(r[k])
+        except (TypeError, ValueError):
+            raise NasError(f"{where}: line {i}: expected numbers in seed, test_acc, params_m, retrain_minutes") from None
+    return rows
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:
-    import csv
-
-    with Path(path).open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        r["seed"] = int(r["seed"])
-        for k in ("test_acc", "params_m", "retrain_minutes"):
-            r[k] = float(r[k])
-    return rows
+    return runs_file(path).rows()
 
 
 def table(spec: CalibrationSpec, rows: list[dict[str, Any]]) -> tuple[str, str | None]:
@@ -333,7 +302,8 @@ def run_calibration(spec: CalibrationSpec, data: str | None = None, workers: int
 def write_report(spec: CalibrationSpec) -> str | None:
     """``table.md`` and ``calibration.json`` from the report's ``runs.csv`` (no training: also for
     runs merged from other machines' reports); returns the chosen candidate's name."""
-    from nas.utils import atomic_write, write_json
+    from nas.runs.files import write_json
+    from nas.utils import atomic_write
 
     runs = Path(spec.report) / "runs.csv"
     if not runs.is_file():

@@ -33,7 +33,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from nas.utils import NasError, write_json
+from nas.runs.files import write_json
+from nas.utils import NasError
 
 STATE = "cluster.json"
 # an MLflow server without its GenAI job runner (seven processes that each import MLflow)

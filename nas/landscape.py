@@ -14,8 +14,9 @@ import torch
 
 from nas.progress import progress_bar
 from nas.rng import rng_stream
+from nas.runs.files import write_json
 from nas.select import load_supernet
-from nas.utils import NasError, atomic_write, check_output_dir, generator_for, write_csv, write_json
+from nas.utils import NasError, atomic_write, check_output_dir, generator_for, write_csv
 
 
 def directions(shape: tuple[int, int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:

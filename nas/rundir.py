@@ -16,10 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from nas.runs.files import read_json
 from nas.schemas import validate_search_result
 from nas.spaces import get_space
-from nas.timings import read_json
-from nas.utils import NasError, RunLock, clip
+from nas.utils import NasError, ResumeMismatch, RunLock, clip
 
 
 @contextmanager
@@ -94,9 +94,9 @@ def check_resume(path: Path, saved: dict[str, Any], now: dict[str, Any], default
     prepared file's SHA-256: a different archive, subset of classes or image size)."""
     diff = config_difference(saved, now, defaults, free)
     if diff:
-        raise NasError(f"{path}: cannot resume, {diff}")
+        raise ResumeMismatch(f"{path}: cannot resume, {diff}")
     if saved_data is not None and data is not None and saved_data != data:
-        raise NasError(f"{path}: cannot resume, the data changed (the checkpoint was trained on prepared data "
+        raise ResumeMismatch(f"{path}: cannot resume, the data changed (the checkpoint was trained on prepared data "
                        f"{saved_data[:12]}, this run reads {data[:12]}); use another --out or --force")
 
 

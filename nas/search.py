@@ -56,9 +56,10 @@ from nas.rundir import (
     kept_checkpoint,
     search_result,
 )
+from nas.runs.files import torch_load, torch_save, write_json
+from nas.runs.jobs import resolve
 from nas.spaces import SearchSpace, get_space
 from nas.supernet import Supernet
-from nas.timings import torch_load, torch_save, write_json
 from nas.unrolled import unrolled_alpha_grad
 from nas.utils import (
     NasError,
@@ -165,14 +166,9 @@ class Search:
 
     def __init__(self, cfg: config_mod.SearchConfig):
         self.space: SearchSpace = get_space(cfg.space)
-        cfg = config_mod.resolve_defaults(cfg, self.space.search_defaults)
+        cfg = resolve("search", cfg)  # the space's defaults, as a job of the run layer is keyed
         self.cfg = cfg
         self.method: Method = build_method(cfg)
-        if cfg.channels_last and cfg.channels // self.method.partial_channels < 4:
-            # torch's CPU convolution backward in channels-last format corrupts memory for convolutions
-            # with one output channel (seen with torch 2.13): such tiny supernets run in the plain format
-            cfg = cfg.model_copy(update={"channels_last": False})
-            self.cfg = cfg
         self.device = resolve_device(parallel.device_for(cfg.device, parallel.launched_world()))
         self.shards = parallel.start(cfg.accumulate, cfg.dist_timeout, str(self.device))
         self._check_shards()

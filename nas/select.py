@@ -27,11 +27,12 @@ from nas import parallel
 from nas.arch import without_edge, without_op
 from nas.rng import rng_stream
 from nas.rundir import SEARCH_CHECKPOINT, check_resume, claim, kept_checkpoint, kept_epochs, read_search_result
+from nas.runs.files import torch_load, torch_save, write_json
 from nas.search import Search, SearchState
 from nas.spaces import get_space
-from nas.timings import torch_load, torch_save, write_json
 from nas.utils import (
     NasError,
+    ResumeMismatch,
     atomic_write,
     check_output_dir,
     generator_for,
@@ -219,7 +220,7 @@ def _pt_resume_from(run: str | Path, checkpoint: Path | None, header: dict[str, 
     check_resume(checkpoint, resume_from.get("config", {}), header["config"],
                  {**config_mod.to_dict(config_mod.SelectConfig()), **PT_LEGACY}, PT_FREE_KEYS)
     if resume_from.get("search_sha256") != header["search_sha256"]:
-        raise NasError(f"{checkpoint}: cannot resume, the search in {run} changed since this PT started")
+        raise ResumeMismatch(f"{checkpoint}: cannot resume, the search in {run} changed since this PT started")
     return resume_from
 
 

@@ -15,10 +15,10 @@ from nas.landscape import draw as draw_landscapes
 from nas.landscape import landscape
 from nas.loops import count_macs, count_params
 from nas.rundir import SEARCH_RESULT, read_search_result
+from nas.runs.files import read_json, write_json
 from nas.search import search
 from nas.select import op_strength, select
 from nas.spaces import get_space
-from nas.timings import read_json, write_json
 from nas.train import retrain
 from nas.utils import NasError, config_digest, cut, write_csv
 
@@ -233,17 +233,3 @@ def _plot_tables(plots: Path, search_res: dict[str, Any], history: list[dict[str
           [[h["epoch"], h["train_acc"], h["val_acc"]] for h in history])
     table("retrain_accuracy.csv", ["epoch", "train_acc", "train_loss"],
           [[h["epoch"], h["train_acc"], h["train_loss"]] for h in rt.get("history", [])])
-
-
-def resume_or_restart(stage: Any, cfg: Any, **kwargs: Any) -> dict[str, Any]:
-    """Run ``stage(cfg, resume=True)``; when the checkpoint in ``cfg.out`` was written with another
-    config (a changed parameter) or other data, start that stage over (``force``) instead of refusing."""
-    import sys
-
-    try:
-        return stage(cfg, resume=True, **kwargs)
-    except NasError as exc:
-        if "cannot resume" not in str(exc):
-            raise
-        print(f"{exc}; starting over", file=sys.stderr)
-        return stage(cfg, resume=False, force=True, **kwargs)

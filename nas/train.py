@@ -17,8 +17,9 @@ from nas.precision import Precision, Runner
 from nas.progress import log_line, progress_bar, run_label
 from nas.rng import rng_stream
 from nas.rundir import check_resume, claim
+from nas.runs.files import torch_load, torch_save, write_json
+from nas.runs.jobs import resolve
 from nas.spaces import get_space
-from nas.timings import torch_load, torch_save, write_json
 from nas.utils import NasError, generator_for, resolve_device, seed_everything, torch_threads
 
 CHECKPOINT = "checkpoint.pt"
@@ -48,7 +49,7 @@ def retrain(cfg: config_mod.RetrainConfig, resume: bool = False,
 def _retrain(cfg: config_mod.RetrainConfig, resume: bool,
              callback: Callable[[int, dict], None] | None) -> dict[str, Any]:
     space = get_space(cfg.space)
-    cfg = config_mod.resolve_defaults(cfg, space.retrain_defaults)
+    cfg = resolve("retrain", cfg)  # the space's defaults, as a job of the run layer is keyed
     t = _Trainer(cfg, space)
     if resume and t.ck_path.is_file():
         t.resume()
@@ -209,7 +210,7 @@ class _Trainer:
 def load_model(folder: str | Path) -> nn.Module:
     """The trained network of a finished ``nas retrain`` folder (``result.json`` + ``model.pt``),
     in eval mode on the CPU."""
-    from nas.timings import read_json
+    from nas.runs.files import read_json
 
     folder = Path(folder)
     res_path = folder / RESULT

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import random
@@ -19,6 +18,15 @@ if TYPE_CHECKING:  # torch and numpy load lazily: `nas --help` answers without t
 
 class NasError(Exception):
     """A user-facing error: the message is one line naming the file, key or token at fault."""
+
+
+class ResumeMismatch(NasError):
+    """A checkpoint written with another configuration or other data: resuming it is refused, and
+    starting the run over is the caller's decision (``nas.runs.resume_or_restart``)."""
+
+
+class FolderBusy(NasError):
+    """Another process holds the folder's lock (``RunLock``)."""
 
 
 ECHO_LIMIT = 200
@@ -74,10 +82,6 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
         os.replace(tmp_path, path)
     except OSError as exc:
         raise _os_error(path, exc) from None
-    except RuntimeError as exc:  # torch.save reports a failed write (e.g. a full disk) as RuntimeError
-        if "write" not in str(exc).lower() and "file" not in str(exc).lower():
-            raise
-        raise NasError(f"{path}: cannot write ({str(exc).splitlines()[0][:120]})") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -159,96 +163,13 @@ class RunLock:
         try:
             self._lock.acquire(timeout=-1 if self.wait else 0)
         except Timeout:
-            raise NasError(f"{self.folder}: another process is writing this {self.what} folder "
+            raise FolderBusy(f"{self.folder}: another process is writing this {self.what} folder "
                            "(wait for it to finish, or choose another --out)") from None
         remove_stale_temporaries(self.folder)
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._lock.release()
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
-    return atomic_write(path, lambda p: p.write_text(text))
-
-
-MAX_JSON_BYTES = 256 << 20
-
-
-def read_json(path: str | Path) -> Any:
-    """A JSON file's content, or a one-line error naming the file and the position."""
-    path = Path(path)
-    try:
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise NasError(f"{path}: {path.stat().st_size} bytes, more than a result file may hold "
-                           f"({MAX_JSON_BYTES >> 20} MiB)")
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except json.JSONDecodeError as exc:
-        raise NasError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except UnicodeDecodeError:
-        raise NasError(f"{path}: not valid JSON (not UTF-8 text)") from None
-    except RecursionError:
-        raise NasError(f"{path}: not valid JSON (nested too deeply)") from None
-    except OSError as exc:
-        raise NasError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
-
-
-# A checkpoint file is this magic, the SHA-256 of the payload, then torch.save's bytes: a flipped
-# bit anywhere is found on load instead of resuming from garbage.
-CHECKPOINT_MAGIC = b"NASCKPT1"
-
-
-def torch_save(path: str | Path, obj: Any, digest: bool = True) -> Path:
-    """Save ``obj`` atomically; with ``digest`` (checkpoints) the file carries its payload's SHA-256,
-    verified by ``torch_load``.  ``digest=False`` writes the plain ``torch.save`` format (weights
-    meant for other tools)."""
-    import torch
-
-    # serialised in memory: torch names the archive's root folder after the file it writes to, so
-    # saving straight into the temporary file would make the bytes differ from run to run
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    payload = buf.getvalue()
-    if not digest:
-        return atomic_write(path, lambda p: p.write_bytes(payload))
-
-    def write(p: Path) -> None:
-        with open(p, "wb") as f:
-            f.write(CHECKPOINT_MAGIC)
-            f.write(hashlib.sha256(payload).digest())
-            f.write(payload)
-
-    return atomic_write(path, write)
-
-
-def torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """Load a checkpoint or tensor file safely (``weights_only=True``): no code runs on load.
-
-    A file written with a digest (``torch_save``) is checked against it first."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise NasError(f"{path}: file not found")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(CHECKPOINT_MAGIC))
-            if head == CHECKPOINT_MAGIC:
-                want = f.read(32)
-                payload = f.read()
-                if hashlib.sha256(payload).digest() != want:
-                    raise NasError(f"{path}: checksum mismatch (the file is corrupt or was changed); "
-                                   "delete it to start that run over")
-                source: Any = io.BytesIO(payload)
-            else:
-                source = path
-        return torch.load(source, map_location=map_location, weights_only=True)
-    except NasError:
-        raise
-    except Exception as exc:  # pickle.UnpicklingError, RuntimeError, EOFError ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NasError(f"{path}: not a loadable tensor/checkpoint file ({first[:200]})") from None
 
 
 @contextmanager

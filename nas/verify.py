@@ -33,8 +33,8 @@ import torch
 from nas import config as config_mod
 from nas.progress import log_line, progress_bar
 from nas.rundir import read_search_result
+from nas.runs.files import read_json, write_json
 from nas.spaces import SearchSpace, get_space
-from nas.timings import read_json, write_json
 from nas.utils import NasError
 
 VERIFY_CHECKPOINT = "verify-checkpoint.json"

@@ -19,9 +19,10 @@ from conftest import nb201_table, one_line, scfg
 from nas import config as config_mod
 from nas.cli import main
 from nas.config import build_config
+from nas.runs.files import torch_load, torch_save
 from nas.search import search
 from nas.select import select
-from nas.utils import NasError, torch_load, torch_save
+from nas.utils import NasError
 
 REPO = Path(__file__).resolve().parent.parent
 NB201_BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"

@@ -31,7 +31,7 @@ who = sys.argv[1]
 for i in range(40):
     write_runs_csv(Path(sys.argv[2]), [{"protocol": "p", "method": who, "selection": "magnitude", "seed": i,
         "genotype": "|none~0|", "cifar10": 90.0, "cifar100": 70.0, "imagenet16-120": 40.0, "search_minutes": 1.0,
-        "select_minutes": 0.0, "final_eigenvalue": 0.1, "skip_edges": 0}], merge=True)
+        "select_minutes": 0.0, "final_eigenvalue": 0.1, "skip_edges": 0}])
 """
     path = tmp_path / "runs.csv"
     procs = [subprocess.Popen([sys.executable, "-c", code, who, str(path)], env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -197,7 +197,7 @@ def test_grid_workers_end_when_the_grid_is_killed(tmp_path):
     script.write_text(textwrap.dedent("""
         import multiprocessing as mp, os, sys, time
         from concurrent.futures import ProcessPoolExecutor
-        from nas.grid.run import exit_with_parent
+        from nas.runs.runner import exit_with_parent
 
         def job(path):
             with open(path + ".tmp", "w") as f:

@@ -11,6 +11,7 @@ from torch import nn
 from nas.config import build_config
 from nas.loops import count_params
 from nas.mix import Mix
+from nas.runs.files import torch_load
 from nas.search import Search, search
 from nas.select import pt_project
 from nas.spaces import get_space
@@ -18,7 +19,7 @@ from nas.spaces.darts import CELL_EDGES, N_CELL_EDGES, parse_genotype
 from nas.spaces.darts_ops import make_darts_op
 from nas.stages import info_stage
 from nas.train import retrain
-from nas.utils import NasError, torch_load
+from nas.utils import NasError
 
 DARTS_V2 = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
             "('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)], "

@@ -18,7 +18,8 @@ from nas.data import (
     read_image_folder,
     search_split,
 )
-from nas.utils import NasError, torch_load, torch_save
+from nas.runs.files import torch_load, torch_save
+from nas.utils import NasError
 
 # ---------------------------------------------------------------- formats
 

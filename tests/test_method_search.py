@@ -7,8 +7,8 @@ import torch
 
 from nas.config import build_config
 from nas.methods import METHOD_NAMES
+from nas.runs.files import torch_load
 from nas.search import search
-from nas.utils import torch_load
 
 EXTRA = {"rsps": {"rsps_candidates": 4}, "random": {"random_samples": 2, "random_epochs": 1},
          "pc-darts": {"channels": 8}, "naswot": {"naswot_samples": 4, "naswot_batch": 16}}

@@ -18,8 +18,8 @@ from conftest import REPO
 
 from nas import parallel
 from nas.config import build_config
+from nas.runs.files import torch_load
 from nas.search import Search
-from nas.timings import torch_load
 from nas.utils import NasError
 
 ENV = {**os.environ, "NAS_MLFLOW": "0", "OMP_NUM_THREADS": "1"}

@@ -6,9 +6,10 @@ from conftest import Killed, killed_then_resumed
 
 from nas.config import build_config
 from nas.precision import Precision, Runner
+from nas.runs.files import torch_load
 from nas.search import Search, search
 from nas.train import retrain
-from nas.utils import NasError, torch_load
+from nas.utils import NasError
 
 GENO = "|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|skip_connect~0|nor_conv_1x1~1|nor_conv_3x3~2|"
 

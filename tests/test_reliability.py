@@ -17,10 +17,11 @@ from conftest import one_line, scfg
 
 from nas.cli import main
 from nas.config import build_config
+from nas.runs.files import torch_load
 from nas.search import search
 from nas.select import PT_CHECKPOINT, select
 from nas.train import retrain
-from nas.utils import NasError, atomic_write, torch_load
+from nas.utils import NasError, atomic_write
 
 REPO = Path(__file__).resolve().parent.parent
 NB201_BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"

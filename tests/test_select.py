@@ -127,7 +127,7 @@ def test_magnitude_selection_is_refused_for_runs_without_alpha(tiny_search, tmp_
 
 def test_selection_at_a_kept_epoch_reads_that_epochs_supernet(tiny_search, tmp_path):
     """keep_every keeps each k-th epoch's checkpoint; a selection at that epoch starts from it."""
-    from nas.utils import torch_load
+    from nas.runs.files import torch_load
 
     res = search(build_config("search", overrides=tiny_search(epochs=3, keep_every=2)))
     run = tmp_path / "run"
@@ -187,7 +187,7 @@ def test_batch_statistics_measurement_leaves_the_running_ones_alone(finished_run
 
 @pytest.mark.parametrize("fix_alpha", [False, True])
 def test_pt_tuning_takes_alpha_steps_unless_asked_not_to_or_alpha_is_fixed(tiny_search, tmp_path, fix_alpha):
-    from nas.utils import torch_load
+    from nas.runs.files import torch_load
 
     search(build_config("search", overrides=tiny_search(epochs=1, fix_alpha=fix_alpha)))
     run = tmp_path / "run"
@@ -204,8 +204,8 @@ def test_pt_tuning_takes_alpha_steps_unless_asked_not_to_or_alpha_is_fixed(tiny_
 
 
 def test_a_pt_checkpoint_from_before_the_pt_keys_resumes_as_the_first_variant(finished_run, tmp_path):
+    from nas.runs.files import torch_load, torch_save
     from nas.select import PT_CHECKPOINT, PT_LEGACY
-    from nas.utils import torch_load, torch_save
 
     base = dict(method="pt", run=str(finished_run), device="cpu", progress=False, pt_tune_epochs=1, pt_batches=1,
                 out=str(tmp_path / "pt"))

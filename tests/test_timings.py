@@ -8,7 +8,7 @@ from collections import OrderedDict
 
 import torch
 
-from nas import timings
+from nas.runs import files as timings
 
 
 def test_split_and_merge_round_trip_any_nesting():

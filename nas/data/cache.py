@@ -13,16 +13,8 @@ import numpy as np
 import torch
 
 from nas.data.formats import FORMAT_VERSION, read_raw
-from nas.utils import (
-    NasError,
-    check_output_dir,
-    cut,
-    read_json,
-    sha256_file,
-    torch_load,
-    torch_save,
-    write_json,
-)
+from nas.runs.files import read_json, torch_load, torch_save, write_json
+from nas.utils import NasError, check_output_dir, cut, sha256_file
 
 # --------------------------------------------------------------------------- prepare / load
 

@@ -31,10 +31,9 @@ from nas.grid.figures import collect_curves, draw_figures
 from nas.grid.report import read_runs_csv, summarise, summarise_retrained, table_markdown, write_report, write_runs_csv
 from nas.grid.run import (
     CellBusy,
-    cached_retrain,
-    cached_search,
-    cached_selection,
-    cell_kwargs,
+    CellJob,
+    ShippedCell,
+    cell_jobs,
     run_cell,
     run_grid,
     run_shipped_cell,
@@ -44,7 +43,7 @@ from nas.grid.run import (
 from nas.grid.spec import DATASETS, RETRAIN_FIELDS, RUN_FIELDS, SELECTIONS, GridSpec, load_grid
 
 __all__ = ["DATASETS", "RUN_FIELDS", "RETRAIN_FIELDS", "SELECTIONS", "GridSpec", "load_grid", "CellBusy",
-           "cached_search", "cached_selection", "cached_retrain", "cell_kwargs", "run_cell", "run_grid",
+           "CellJob", "ShippedCell", "cell_jobs", "run_cell", "run_grid",
            "ship_cell", "run_shipped_cell", "store_shipped_cell",
            "read_runs_csv", "summarise", "summarise_retrained",
            "table_markdown", "write_report", "write_runs_csv", "collect_curves", "draw_figures"]

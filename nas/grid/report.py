@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import statistics
 from collections.abc import Iterable
@@ -12,49 +11,46 @@ from typing import Any
 from nas.benchmarks import load_table
 from nas.grid.figures import draw_figures
 from nas.grid.spec import DATASETS, RETRAIN_FIELDS, RUN_FIELDS, GridSpec
+from nas.runs.files import write_json
+from nas.runs.store import RowsFile
 from nas.schemas import validate_retrain_runs, validate_runs
-from nas.utils import NasError, atomic_write, check_output_dir, write_csv, write_json
+from nas.utils import NasError, atomic_write, write_csv
 
 
-def write_runs_csv(path: Path, rows: list[dict[str, Any]], merge: bool = False) -> None:
-    """The per-run CSV, sorted; with ``merge`` the rows already in the file for other cells stay.
-    Writers hold ``<path>.lock``, so that concurrent merges (two grids) lose no row."""
-    from filelock import FileLock
+def runs_file(path: str | Path, retrained: bool = False) -> RowsFile:
+    """The grid's per-run CSV: looked-up rows (``RUN_FIELDS``) or retrained rows (``RETRAIN_FIELDS``),
+    one per (protocol, space, method, selection, seed)."""
+    return RowsFile(Path(path), RETRAIN_FIELDS if retrained else RUN_FIELDS, _key, _read_rows)
 
+
+def write_runs_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Merge ``rows`` into the per-run CSV (rows of other cells stay), sorted, under ``<path>.lock``."""
     path = Path(path)
-    check_output_dir(path.parent, "report")
-    with FileLock(str(path) + ".lock"):
-        _write_runs_csv(path, rows, merge)
+    retrained = any("test_error" in r for r in rows)
+
+    def same_kind(merged: list[dict[str, Any]]) -> None:
+        if any(("test_error" in r) != retrained for r in merged):
+            raise NasError(f"{path}: holds rows of a {'lookup' if retrained else 'retraining'} grid; a "
+                           f"{'retraining' if retrained else 'lookup'} grid writes its rows to a report folder of "
+                           f"its own")
+
+    return runs_file(path, retrained).merge(rows, same_kind)
 
 
 def _key(r: dict[str, Any]) -> tuple:
     return (r["protocol"], r.get("space", ""), r["method"], r["selection"], int(r["seed"]))
 
 
-def _write_runs_csv(path: Path, rows: list[dict[str, Any]], merge: bool) -> None:
-    keep: dict[tuple, dict[str, Any]] = {}
-    if merge and path.is_file():
-        for r in read_runs_csv(path):
-            keep[_key(r)] = r
-    for r in rows:
-        keep[_key(r)] = r
-    retrained = any("test_error" in r for r in keep.values())
-    if retrained and not all("test_error" in r for r in keep.values()):
-        raise NasError(f"{path}: holds rows of a lookup grid; a retraining grid writes its rows to a report folder "
-                       f"of its own")
-    write_csv(path, [keep[k] for k in sorted(keep)], RETRAIN_FIELDS if retrained else RUN_FIELDS, "{:.4f}")
+def _read_rows(rows: list[dict[str, str]], where: str) -> list[dict[str, Any]]:
+    if rows and "test_error" in rows[0]:
+        return validate_retrain_runs(rows, where)
+    return validate_runs(rows, where)
 
 
-def read_runs_csv(path: Path) -> list[dict[str, Any]]:
+def read_runs_csv(path: str | Path) -> list[dict[str, Any]]:
     """The per-run CSV of a grid, schema-checked: looked-up rows (RUN_FIELDS) or retrained rows
     (RETRAIN_FIELDS), told apart by the header."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-        header = reader.fieldnames or []
-    if "test_error" in header:
-        return validate_retrain_runs(rows, str(path))
-    return validate_runs(rows, str(path))
+    return runs_file(path).rows()
 
 
 def _mean_std(vals: list[float]) -> tuple[float, float]:
@@ -148,7 +144,7 @@ def write_report(spec: GridSpec, rows: list[dict[str, Any]] | None = None) -> di
     report = Path(spec.report)
     runs_csv = report / "runs.csv"
     if rows:
-        write_runs_csv(runs_csv, rows, merge=True)
+        write_runs_csv(runs_csv, rows)
     if not runs_csv.is_file():
         raise NasError(f"{runs_csv}: no finished runs to report")
     all_rows = [r for r in read_runs_csv(runs_csv) if r["protocol"] == spec.name]

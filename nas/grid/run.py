@@ -1,9 +1,9 @@
-"""Running a grid: one cached cell per (method, seed), a process pool over the cells."""
+"""Running a grid: one cached cell per (space, method, seed), each a list of run-layer jobs
+(``nas.runs.jobs``: its search, selections and retrains), the cells run in a pool of processes."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -17,68 +17,14 @@ from nas.grid.report import write_report, write_runs_csv
 from nas.grid.spec import ARCHIVE, DATASETS, RETRAIN_FIELDS, RUN_FIELDS, GridSpec, cell_dir
 from nas.landscape import landscape as loss_landscape
 from nas.methods import trains_alpha
-from nas.rundir import SEARCH_RESULT, kept_epochs, read_search_result, same_config
-from nas.search import search
-from nas.select import PT_LEGACY, op_strength, same_selection
+from nas.rundir import SEARCH_RESULT, kept_epochs
+from nas.runs import jobs, store
+from nas.runs.files import read_json, write_json
+from nas.runs.runner import run_jobs
+from nas.select import PT_LEGACY, op_strength
 from nas.spaces import get_space
-from nas.stages import resume_or_restart, retrain_stage, select_stage
-from nas.timings import read_json as read_run_json
-from nas.utils import NasError, RunLock, check_output_dir, read_json, sha256_file, write_json
-
-
-def cached_search(cfg: config_mod.SearchConfig) -> tuple[dict[str, Any], bool]:
-    """The search of ``cfg``: read back when ``<out>/result.json`` was written with the same config,
-    otherwise run (resuming a checkpoint if one is there). Returns (result, was_cached)."""
-    path = Path(cfg.out) / SEARCH_RESULT
-    if path.is_file():
-        try:
-            res = read_search_result(path)  # schema-checked: a corrupt result is computed again
-        except NasError as exc:
-            print(f"{exc}; finishing the search again from its checkpoint", file=sys.stderr, flush=True)
-            res = None
-        if res and same_config(res.get("config", {}), config_mod.to_dict(cfg), config_mod.to_dict(config_mod.SearchConfig())):
-            return res, True
-    return search(cfg, resume=True), False
-
-
-def cached_selection(sel_cfg: config_mod.SelectConfig, search_result: Path) -> tuple[dict[str, Any], bool]:
-    """A selection on a finished search, reused when it was made from the same ``result.json``
-    with the same selection config."""
-
-    out = Path(sel_cfg.out) / "selection.json"
-    digest = sha256_file(search_result)
-    key = {k: v for k, v in config_mod.to_dict(sel_cfg).items() if k not in ("out", "progress", "device", "run")}
-    if out.is_file():
-        try:
-            old = json.loads(out.read_text())
-        except json.JSONDecodeError:
-            old = {}
-        if old.get("search_digest") == digest and same_selection(old.get("select_config", {}), key):
-            return old, True
-    # PT checkpoints each decision in its folder: an interrupted grid continues the selection
-    sel = resume_or_restart(select_stage, sel_cfg)
-    sel = {**sel, "search_digest": digest, "select_config": key}
-    write_json(out, sel)
-    return sel, False
-
-
-def cached_retrain(cfg: config_mod.RetrainConfig) -> tuple[dict[str, Any], bool]:
-    """The retrain of ``cfg``: read back when ``<out>/result.json`` was written with the same
-    config (after the space's defaults), otherwise run, resuming its checkpoint."""
-    from nas.train import RESULT, RESUME_FREE_KEYS
-
-    path = Path(cfg.out) / RESULT
-    if path.is_file():
-        try:
-            old = read_run_json(path)  # with its seconds (timings.json beside it)
-        except NasError:
-            old = {}
-        now = config_mod.resolve_defaults(cfg, get_space(cfg.space).retrain_defaults)
-        if isinstance(old.get("config"), dict) and "test_acc" in old and same_config(
-                old["config"], config_mod.to_dict(now), config_mod.to_dict(config_mod.RetrainConfig()),
-                RESUME_FREE_KEYS):
-            return old, True
-    return resume_or_restart(retrain_stage, cfg), False
+from nas.stages import select_stage
+from nas.utils import FolderBusy, NasError, RunLock, check_output_dir, sha256_file
 
 
 def _final_eigenvalue(res: dict[str, Any]) -> float:
@@ -86,47 +32,25 @@ def _final_eigenvalue(res: dict[str, Any]) -> float:
     return float(eig[-1]) if eig else math.nan
 
 
+def _read_or_empty(path: Path) -> dict[str, Any]:
+    """A cell's analysis file, or {} when it is missing or damaged (the analysis is then redone)."""
+    try:
+        doc = read_json(path) if path.is_file() else {}
+    except NasError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 class CellBusy(NasError):
     """Another process is computing this cell."""
 
 
-def run_cell(protocol: str, method: str, seed: int, selections: list[str], out: str, data: str | None = None,
-             pt_methods: list[str] | None = None, strength: bool = False, threads: int = 0,
-             progress: bool = False, wait: bool = True, landscape: bool = False,
-             curve_every: int = 0, space: str | None = None, retrain: bool = False,
-             variant: dict[str, Any] | None = None, report: str | None = None,
-             reuse: list[str] | None = None) -> list[dict[str, Any]]:
-    """Search one (space, method, seed) of a protocol, select with each selection, then look the
-    genotypes up (``RUN_FIELDS`` rows) or, with ``retrain``, train each from scratch and test it
-    (``RETRAIN_FIELDS`` rows).  ``variant`` holds a named variant's search settings.  The cell's
-    folder is claimed for the whole computation: a second grid on the same folder waits for it
-    (``wait``) or gets ``CellBusy``, and then reads the finished cell back instead of computing it again.
-
-    With ``report`` (the grid's report folder), an unstarted cell is first seeded from the results
-    archived there (``restore_cell``), and the finished cell's results are archived there
-    (``archive_cell``): the CLI grid and the Prefect flow both carry a grid across machines this way."""
-    cell = cell_dir(out, space, method, seed)
-    try:
-        with RunLock(cell, wait=wait, what="grid cell"):
-            for source in [report, *(reuse or [])] if report else []:
-                if restore_cell(cell, Path(source)):
-                    print(f"[grid {Path(protocol).stem}] {cell.name}: read back from {Path(source) / ARCHIVE}",
-                          file=sys.stderr, flush=True)
-                    break
-            rows = _run_cell(CellJob(protocol, method, seed, list(selections), out, data, pt_methods, strength,
-                                     threads, progress, landscape, curve_every, space, retrain, variant or {}))
-            if report:
-                archive_cell(cell, Path(report))
-            return rows
-    except NasError as exc:
-        if not wait and "another process is writing" in str(exc):
-            raise CellBusy(f"{cell}: computed by another grid process") from None
-        raise
-
-
 @dataclasses.dataclass
 class CellJob:
-    """One (space, method, seed) of a grid and what to do with it (``run_cell``'s arguments)."""
+    """One (space, method, seed) of a grid and what to do with it: search, select with each
+    selection, then look the genotypes up or (``retrain``) train each from scratch.  ``variant``
+    holds a named variant's search settings; ``report`` (the grid's report folder) and ``reuse``
+    (other reports) are where the cell's archived results are read back from and written to."""
 
     protocol: str
     method: str
@@ -143,14 +67,21 @@ class CellJob:
     space: str | None = None
     retrain: bool = False
     variant: dict[str, Any] = dataclasses.field(default_factory=dict)
+    report: str | None = None
+    reuse: list[str] = dataclasses.field(default_factory=list)
+    wait: bool = True  # a cell another process holds: wait for it, or raise CellBusy
 
     @property
     def cell(self) -> Path:
         return cell_dir(self.out, self.space, self.method, self.seed)
 
     @property
+    def label(self) -> str:
+        return f"{self.space + ' ' if self.space else ''}{self.method} seed {self.seed}"
+
+    @property
     def tag(self) -> str:
-        return f"[grid {Path(self.protocol).stem}] {self.space + ' ' if self.space else ''}{self.method} seed {self.seed}"
+        return f"[grid {Path(self.protocol).stem}] {self.label}"
 
     def search_overrides(self) -> dict[str, Any]:
         o: dict[str, Any] = {**self.variant, "seed": self.seed, "out": str(self.cell / "search"),
@@ -158,6 +89,33 @@ class CellJob:
         o.setdefault("method", self.method)
         o.update({k: v for k, v in (("space", self.space), ("keep_every", self.curve_every), ("data", self.data)) if v})
         return o
+
+
+SEARCH_ARCHIVED = f"search/{SEARCH_RESULT}"  # an archived cell holding it is complete
+
+
+def run_cell(job: CellJob) -> list[dict[str, Any]]:
+    """Compute one cell (``RUN_FIELDS`` rows, or ``RETRAIN_FIELDS`` with ``retrain``).  The cell's
+    folder is claimed for the whole computation: a second grid on the same folder waits for it
+    (``job.wait``) or gets ``CellBusy``, and then reads the finished cell back instead of computing it
+    again.  With a ``report``, an unstarted cell is first seeded from the results archived there
+    (or in a ``reuse`` report), and the finished cell is archived there: the CLI grid and the
+    Prefect flow both carry a grid across machines this way."""
+    cell = job.cell
+    try:
+        with RunLock(cell, wait=job.wait, what="grid cell"):
+            for source in [job.report, *job.reuse] if job.report else []:
+                if store.restore(Path(source) / ARCHIVE / cell.name, cell, SEARCH_ARCHIVED):
+                    _say(job, f"read back from {Path(source) / ARCHIVE}")
+                    break
+            rows = _run_cell(job)
+            if job.report:
+                store.archive(cell, Path(job.report) / ARCHIVE / cell.name, SEARCH_ARCHIVED)
+            return rows
+    except FolderBusy:
+        if job.wait:
+            raise
+        raise CellBusy(f"{cell}: computed by another grid process") from None
 
 
 def _say(job: CellJob, text: str) -> None:
@@ -173,7 +131,7 @@ def _run_cell(job: CellJob) -> list[dict[str, Any]]:
     if get_space(cfg.space).benchmark is None and not job.retrain:
         raise NasError(f"{job.protocol}: space {cfg.space!r} has no lookup table (only nb201 has): its cells must be "
                        f"trained from scratch (grid.retrain: true)")
-    res, cached = cached_search(cfg)
+    res, cached = jobs.cached(jobs.Job.of("search", cfg), restart=False)
     _say(job, f"search {'cached' if cached else 'done'} ({res['seconds'] / 60:.1f} min) -> {res['genotype']}")
     table = None if job.retrain else load_table()
     base = {"protocol": Path(job.protocol).stem, "method": job.method, "seed": job.seed,
@@ -213,7 +171,7 @@ def _selected(job: CellJob, selection: str, rows: list[dict[str, Any]]) -> dict[
         fix_cfg = config_mod.build_config("search", job.protocol, {
             **job.search_overrides(), "fix_alpha": True, "hessian_every": 0, "keep_every": 0,
             "out": str(cell / "search-fix")})
-        fix_res, was = cached_search(fix_cfg)
+        fix_res, was = jobs.cached(jobs.Job.of("search", fix_cfg), restart=False)
         _say(job, f"fix-α search {'cached' if was else 'done'}")
         run_dir = cell / "search-fix"
         row.update(search_minutes=fix_res["seconds"] / 60, final_eigenvalue=math.nan)
@@ -225,7 +183,7 @@ def _selected(job: CellJob, selection: str, rows: list[dict[str, Any]]) -> dict[
     sel_cfg = config_mod.build_config("select", job.protocol, {
         "method": "pt", "run": str(run_dir), "out": str(cell / f"select-{selection}"), "seed": job.seed,
         "progress": job.progress, **extra})
-    sel, was = cached_selection(sel_cfg, run_dir / SEARCH_RESULT)
+    sel, was = jobs.cached(jobs.Job.selection(sel_cfg))
     minutes = sel.get("seconds", 0.0) / 60
     if selection == "verify" and extra["verify_with"]:
         minutes += pt_row["select_minutes"]  # PT's minutes are part of this selection's cost
@@ -242,7 +200,7 @@ def _analyses(job: CellJob, res: dict[str, Any], table: Any) -> None:
         sfile = cell / "strength" / "strength.json"
         sel_cfg = config_mod.build_config("select", job.protocol, {"run": str(cell / "search"),
                                                                     "progress": job.progress})
-        old = json.loads(sfile.read_text()) if sfile.is_file() else {}
+        old = _read_or_empty(sfile)
         # a file without the measurement's settings was made with the first ones (PT_LEGACY)
         same = (old.get("removal", PT_LEGACY["pt_removal"]) == sel_cfg.pt_removal
                 and old.get("bn", PT_LEGACY["pt_bn"]) == sel_cfg.pt_bn)
@@ -251,7 +209,7 @@ def _analyses(job: CellJob, res: dict[str, Any], table: Any) -> None:
             write_json(sfile, {**summary, "search_digest": digest})
     if job.landscape:
         lfile = cell / "landscape" / "landscape.json"
-        if not lfile.is_file() or json.loads(lfile.read_text()).get("search_digest") != digest:
+        if _read_or_empty(lfile).get("search_digest") != digest:
             res_l = loss_landscape(cell / "search", out=cell / "landscape")
             write_json(lfile, {**res_l, "search_digest": digest})
     if job.curve_every and table is not None:
@@ -266,7 +224,7 @@ def _retrained(protocol: str, space: str, genotype: str, seed: int, folder: Path
                                  "progress": progress}
     if data:
         overrides["data"] = data
-    rt, _ = cached_retrain(config_mod.build_config("retrain", protocol, overrides))
+    rt, _ = jobs.cached(jobs.Job.of("retrain", config_mod.build_config("retrain", protocol, overrides)))
     sp = get_space(space)
     ops = sp.counted_ops(sp.parse_genotype(genotype))
     acc = 100.0 * float(rt["test_acc"])
@@ -286,10 +244,9 @@ def epoch_curve(protocol: str, cell: Path, res: dict[str, Any], seed: int, progr
     search_dir = cell / "search"
     digest = sha256_file(search_dir / SEARCH_RESULT)
     done = cell / CURVE
-    if done.is_file():  # made from this very search: read back (the kept supernets may be gone)
-        old = json.loads(done.read_text())
-        if old.get("search_digest") == digest:
-            return old["rows"]
+    old = _read_or_empty(done)  # made from this very search: read back (the kept supernets may be gone)
+    if old.get("search_digest") == digest and isinstance(old.get("rows"), list):
+        return old["rows"]
     final = res["history"][-1]["epoch"]
     rows = []
     for epoch in [*kept_epochs(search_dir), final]:
@@ -303,7 +260,7 @@ def epoch_curve(protocol: str, cell: Path, res: dict[str, Any], seed: int, progr
             if selection == "magnitude":
                 geno = select_stage(sel_cfg)["genotype"]
             else:
-                sel, was = cached_selection(sel_cfg, search_dir / SEARCH_RESULT)
+                sel, was = jobs.cached(jobs.Job.selection(sel_cfg))
                 geno = sel["genotype"]
                 print(f"[grid {name}] {cell.name}: pt at epoch {epoch} {'cached' if was else 'done'} -> {geno}",
                       file=sys.stderr, flush=True)
@@ -313,115 +270,66 @@ def epoch_curve(protocol: str, cell: Path, res: dict[str, Any], seed: int, progr
     return rows
 
 
-def _json_files(folder: Path) -> list[Path]:
-    return sorted(p.relative_to(folder) for p in folder.rglob("*.json") if p.is_file())
+@dataclasses.dataclass
+class ShippedCell:
+    """A cell made self-contained on the client, for a worker that shares no folder with it: the
+    job (absolute paths), the protocol file's name and content, and the cell's archived results
+    from the client's report folder (so a finished cell is read back, not rerun)."""
+
+    job: CellJob
+    protocol_name: str
+    protocol_text: str
+    archived: dict[str, Any]
 
 
-def archive_cell(cell: Path, report: Path) -> Path:
-    """Copy a finished cell's JSON results into ``<report>/cells/<cell name>/`` (each file written
-    atomically, the search result last, so that a half-copied cell is never taken as finished)."""
-    import shutil
-
-    from nas.utils import atomic_write
-
-    dest = Path(report) / ARCHIVE / cell.name
-    files = _json_files(cell)
-    files.sort(key=lambda rel: rel == Path("search") / SEARCH_RESULT)
-    for rel in files:
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(target, lambda tmp, src=cell / rel: shutil.copyfile(src, tmp))
-    return dest
-
-
-def restore_cell(cell: Path, report: Path) -> bool:
-    """Seed an unstarted cell folder from its archived results; False when there is nothing to
-    restore or the folder already holds a search (a run folder is never overwritten)."""
-    import shutil
-
-    src = Path(report) / ARCHIVE / cell.name
-    if not (src / "search" / SEARCH_RESULT).is_file() or (cell / "search").exists():
-        return False
-    for rel in _json_files(src):
-        (cell / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src / rel, cell / rel)
-    return True
-
-
-def _run_cell_kwargs(kw: dict[str, Any]) -> list[dict[str, Any]]:
-    return run_cell(**kw)
-
-
-def _read_archive(folder: Path) -> dict[str, Any]:
-    """A cell's archived JSON results: relative path -> content."""
-    return {rel.as_posix(): read_json(folder / rel) for rel in _json_files(folder)}
-
-
-def ship_cell(kw: dict[str, Any]) -> dict[str, Any]:
-    """A cell's job made self-contained on the client, for a worker that shares no folder with it:
-    the protocol file's content, absolute paths for the run folder and the data, and the cell's
-    archived results from the client's report folder (so a finished cell is read back, not rerun)."""
-    kw = dict(kw)
-    protocol = Path(kw["protocol"])
-    kw["protocol_text"] = {"name": protocol.name, "text": config_mod.load_yaml_text(protocol)}
-    kw["out"] = str(Path(kw["out"]).resolve())
-    if kw.get("data"):
-        kw["data"] = str(Path(kw["data"]).resolve())
-    report, reuse = kw.pop("report", None), kw.pop("reuse", None) or []
+def ship_cell(job: CellJob) -> ShippedCell:
+    """The cell of ``job`` made self-contained, with its archived results from the job's report
+    (or a ``reuse`` report) when it has some."""
     archived: dict[str, Any] = {}
-    name = cell_dir("", kw.get("space"), kw["method"], kw["seed"]).name
-    for source in [report, *reuse] if report else []:
-        folder = Path(source) / ARCHIVE / name
-        if (folder / "search" / SEARCH_RESULT).is_file():
-            archived = _read_archive(folder)
+    for source in [job.report, *job.reuse] if job.report else []:
+        folder = Path(source) / ARCHIVE / job.cell.name
+        if (folder / SEARCH_ARCHIVED).is_file():
+            archived = store.read_archive(folder)
             break
-    kw["archived"] = archived
-    return kw
+    protocol = Path(job.protocol)
+    text = config_mod.load_yaml_text(protocol)
+    job = dataclasses.replace(job, out=str(Path(job.out).resolve()),
+                              data=str(Path(job.data).resolve()) if job.data else None, report=None, reuse=[])
+    return ShippedCell(job, protocol.name, text, archived)
 
 
-def run_shipped_cell(kw: dict[str, Any]) -> dict[str, Any]:
-    """On a worker: run a job made by ``ship_cell`` in a scratch folder of this machine, and return
-    the rows with the cell's JSON results (``files``: relative path -> content) for the client to
-    archive in its report folder."""
+def run_shipped_cell(shipped: ShippedCell) -> dict[str, Any]:
+    """On a worker: run a shipped cell in a scratch folder of this machine, and return the rows with
+    the cell's JSON results (``files``: relative path -> content) for the client to archive in its
+    report folder."""
     import tempfile
 
-    kw = dict(kw)
-    shipped, archived = kw.pop("protocol_text"), kw.pop("archived")
     with tempfile.TemporaryDirectory(prefix="nas-cell-") as scratch:
-        protocol = Path(scratch) / shipped["name"]
-        protocol.write_text(shipped["text"])
+        protocol = Path(scratch) / Path(shipped.protocol_name).name
+        protocol.write_text(shipped.protocol_text)
         report = Path(scratch) / "report"
-        name = cell_dir("", kw.get("space"), kw["method"], kw["seed"]).name
-        for rel, obj in archived.items():
-            write_json(report / ARCHIVE / name / rel, obj)
-        rows = run_cell(**{**kw, "protocol": str(protocol), "report": str(report)})
-        files = _read_archive(report / ARCHIVE / name)
+        name = shipped.job.cell.name
+        store.write_archive(report / ARCHIVE / name, shipped.archived, SEARCH_ARCHIVED)
+        rows = run_cell(dataclasses.replace(shipped.job, protocol=str(protocol), report=str(report)))
+        files = store.read_archive(report / ARCHIVE / name)
     return {"rows": rows, "files": files, "cell": name, "host": os.uname().nodename, "pid": os.getpid()}
 
 
 def store_shipped_cell(report: str | Path, result: dict[str, Any]) -> Path:
-    """On the client: a shipped cell's returned results into ``<report>/cells/<cell>/`` (each file
-    atomically, the search result last)."""
-    dest = Path(report) / ARCHIVE / result["cell"]
-    for rel in sorted(result["files"], key=lambda r: r == f"search/{SEARCH_RESULT}"):
-        write_json(dest / rel, result["files"][rel])
-    return dest
+    """On the client: a shipped cell's returned results into ``<report>/cells/<cell>/``."""
+    name = Path(str(result["cell"])).name
+    return store.write_archive(Path(report) / ARCHIVE / name, result["files"], SEARCH_ARCHIVED)
 
 
-def cell_kwargs(spec: GridSpec, data: str | None, threads: int = 0, progress: bool = False) -> list[dict[str, Any]]:
-    # the strength analysis and the landscape run on each method's first seed only
-    jobs = []
+def cell_jobs(spec: GridSpec, data: str | None, threads: int = 0, progress: bool = False) -> list[CellJob]:
+    """The grid's cells; the strength analysis and the landscape run on each method's first seed only."""
+    out = []
     for sp, m, s in spec.cells():
-        kw = dict(protocol=spec.protocol, method=m, seed=s, selections=spec.selections, out=spec.out, data=data,
-                  pt_methods=spec.pt_methods, strength=m in spec.strength and s == spec.seeds[0], threads=threads,
-                  progress=progress, landscape=spec.landscape and s == spec.seeds[0],
-                  curve_every=spec.curve_every(m, s), report=spec.report)
-        if spec.reuse:
-            kw["reuse"] = spec.reuse
-        if sp or spec.retrain or m in spec.variants:  # (the one-space lookup grid's jobs stay as they were)
-            kw.update(space=sp, retrain=spec.retrain, variant=spec.variants.get(m))
-        jobs.append(kw)
-    return jobs
+        out.append(CellJob(spec.protocol, m, s, list(spec.selections), spec.out, data, spec.pt_methods,
+                           m in spec.strength and s == spec.seeds[0], threads, progress,
+                           spec.landscape and s == spec.seeds[0], spec.curve_every(m, s), sp, spec.retrain,
+                           dict(spec.variants.get(m) or {}), spec.report, list(spec.reuse or [])))
+    return out
 
 
 def run_grid(spec: GridSpec, data: str | None = None, workers: int = 1, threads: int = 0,
@@ -430,82 +338,32 @@ def run_grid(spec: GridSpec, data: str | None = None, workers: int = 1, threads:
     Cells already finished are read back from their run directories."""
     check_output_dir(spec.out, "out")  # both folders are checked before any cell runs
     check_output_dir(spec.report, "report")
-    jobs = cell_kwargs(spec, data, threads)  # each cell is restored from and archived to the report
+    cells = cell_jobs(spec, data, threads)  # each cell is restored from and archived to the report
     rows: list[dict[str, Any]] = []
+    failures = store.Failures(f"grid {spec.name}")
+    busy: list[CellJob] = []
 
     def collect(new: list[dict[str, Any]]) -> None:
         rows.extend(new)
-        write_runs_csv(Path(spec.report) / "runs.csv", rows, merge=True)
+        write_runs_csv(Path(spec.report) / "runs.csv", rows)
         if on_rows is not None:
             on_rows(new)
 
-    failures: list[str] = []
-    busy: list[dict[str, Any]] = []
-
-    def failed(kw: dict[str, Any], exc: BaseException) -> None:
+    def failed(job: CellJob, exc: BaseException) -> None:
         if isinstance(exc, CellBusy):  # another grid computes it: come back to it at the end
-            busy.append(kw)
-            return
-        where = f"{kw['space']} " if kw.get("space") else ""
-        msg = f"{where}{kw['method']} seed {kw['seed']}: {type(exc).__name__}: {exc}"
-        failures.append(msg)
-        print(f"[grid {spec.name}] FAILED {msg}", file=sys.stderr, flush=True)
+            busy.append(job)
+        else:
+            failures.add(job.label, exc)
 
-    first = [{**kw, "wait": False} for kw in jobs]
-    run_jobs(first, workers, collect, failed)
+    run_jobs([dataclasses.replace(c, wait=False) for c in cells], workers, run_cell, collect, failed)
     if busy:  # cells another grid was computing: wait for it, then read them back
-        again = [{**kw, "wait": True} for kw in busy]
+        again = [dataclasses.replace(c, wait=True) for c in busy]
         busy.clear()
-        run_jobs(again, workers, collect, failed)
+        run_jobs(again, workers, run_cell, collect, failed)
     if rows or (Path(spec.report) / "runs.csv").is_file():
         write_report(spec, rows)
-    if failures:
-        raise NasError(f"grid {spec.name}: {len(failures)} of {len(jobs)} cells failed (first: {failures[0]}); "
-                       f"rerun the same command to retry them, finished cells are kept")
+    failures.raise_if_any(len(cells), "cells")
     return rows
-
-
-def exit_with_parent(parent: int, every: float = 1.0) -> None:
-    """In a worker process: a daemon thread that ends the process once ``parent`` is gone (the
-    worker is re-parented), so that a grid killed by SIGTERM or SIGKILL leaves no orphan worker.
-    Cells write their results atomically and hold their folder's lock through the OS, so a worker
-    ended this way leaves a resumable checkpoint and no stale claim."""
-    import threading
-    import time
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(every)
-        os._exit(143)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
-def run_jobs(jobs: list[dict[str, Any]], workers: int, collect: Callable, failed: Callable,
-              fn: Callable[[dict[str, Any]], Any] | None = None) -> None:
-    """Run ``fn(job)`` for every job (default: a grid cell), in ``workers`` processes; ``collect``
-    takes each result, ``failed`` each job that raised.  ``fn`` must be a module-level function."""
-    fn = fn or _run_cell_kwargs
-    if workers <= 1:
-        for kw in jobs:
-            try:
-                collect(fn(kw))
-            except Exception as exc:  # one failing cell must not stop the others
-                failed(kw, exc)
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        # spawn: workers start clean (no CUDA context or thread pool inherited from this process);
-        # each leaves when this process dies (a killed grid leaves no worker computing on)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                 initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
-            futures = {pool.submit(fn, kw): kw for kw in jobs}
-            for fut in as_completed(futures):
-                try:
-                    collect(fut.result())
-                except Exception as exc:
-                    failed(futures[fut], exc)
 
 
 def rows_from_tracking(spec: GridSpec, uri: str | None = None) -> list[dict[str, Any]]:

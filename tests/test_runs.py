@@ -1,0 +1,159 @@
+"""The run layer: one cache key on resolved configs, one archive, one rows file, one failure report,
+typed decisions."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from nas import config as config_mod
+from nas import grid, stages
+from nas.runs import jobs, store
+from nas.runs.files import read_json, write_json
+from nas.utils import FolderBusy, NasError, ResumeMismatch, RunLock
+
+
+def test_a_job_resolves_the_space_and_method_defaults_once():
+    cfg = config_mod.from_dict("search", {"space": "nb201", "method": "pc-darts", "channels": 8})
+    assert cfg.cells is None and cfg.channels_last
+    job = jobs.Job.of("search", cfg)
+    # the space's cells; PC-DARTS at C=8 mixes 2 channels: too narrow for channels-last
+    assert job.config.cells == 5 and job.config.channels_last is False
+    assert jobs.Job.of("search", job.config).config == job.config  # resolving twice changes nothing
+    rt = jobs.Job.of("retrain", config_mod.from_dict("retrain", {"space": "darts", "genotype": "x"}))
+    assert (rt.config.channels, rt.config.cells, rt.config.epochs) == (36, 20, 600)
+
+
+def test_the_key_ignores_free_keys_and_counts_newer_keys_as_their_default():
+    cfg = config_mod.from_dict("search", {"space": "nb201", "method": "darts"})
+    job = jobs.Job.of("search", cfg)
+    saved = config_mod.to_dict(job.config)
+    assert jobs.key("search", {**saved, "out": "elsewhere", "device": "cuda", "threads": 7}) == job.key
+    assert jobs.key("search", {k: v for k, v in saved.items() if k != "accumulate"}) == job.key  # an older run
+    assert jobs.key("search", {**saved, "epochs": saved["epochs"] + 1}) != job.key
+    assert jobs.key("search", saved, {"data": "a"}) != job.key  # inputs are part of the key
+
+
+def test_a_selection_key_reads_keys_older_than_a_setting_as_the_behaviour_before_it():
+    from nas.select import PT_LEGACY
+
+    now = config_mod.to_dict(config_mod.from_dict("select", {"method": "pt", **PT_LEGACY}))
+    old = {k: v for k, v in now.items() if k not in PT_LEGACY}
+    assert jobs.key("select", old, {"search": "d"}) == jobs.key("select", now, {"search": "d"})
+    new = config_mod.to_dict(config_mod.from_dict("select", {"method": "pt"}))
+    assert jobs.key("select", old, {"search": "d"}) != jobs.key("select", new, {"search": "d"})
+
+
+def test_unknown_stage_is_refused():
+    with pytest.raises(NasError, match="job: unknown stage 'evaluate'"):
+        jobs.Job.of("evaluate", None)
+
+
+def test_resume_or_restart_decides_on_the_error_type_not_its_text(tmp_path):
+    calls = []
+
+    def stage(cfg, resume=False, force=False):
+        calls.append((resume, force))
+        if resume:
+            raise exc
+        return {"ok": True}
+
+    exc = ResumeMismatch("x: checkpoint of another config")
+    assert jobs.resume_or_restart(stage, None) == {"ok": True} and calls == [(True, False), (False, True)]
+    exc = NasError("x: cannot resume, worded like a mismatch but of another type")
+    with pytest.raises(NasError, match="worded like"):
+        jobs.resume_or_restart(stage, None)
+
+
+def test_a_busy_folder_is_a_type(tmp_path):
+    with RunLock(tmp_path / "run"):
+        with pytest.raises(FolderBusy, match="another process is writing"):
+            RunLock(tmp_path / "run").__enter__()
+
+
+def test_archive_and_restore_round_trip_and_never_overwrite(tmp_path):
+    run = tmp_path / "run"
+    write_json(run / "search" / "result.json", {"genotype": "g", "seconds": 3.0})
+    write_json(run / "select-pt" / "selection.json", {"genotype": "h"})
+    (run / "search" / "checkpoint.pt").write_bytes(b"not archived")
+    dest = store.archive(run, tmp_path / "report" / "cells" / "run", "search/result.json")
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
+        "search/result.json", "search/timings.json", "select-pt/selection.json"]
+    fresh = tmp_path / "fresh"
+    with RunLock(fresh):  # a claimed, unstarted folder holds only its lock: it is seeded
+        assert store.restore(dest, fresh, "search/result.json")
+    assert read_json(fresh / "search" / "result.json") == {"genotype": "g", "seconds": 3.0}
+    write_json(dest / "search" / "result.json", {"genotype": "other"})
+    assert not store.restore(dest, fresh, "search/result.json")  # a folder with a run is never overwritten
+    assert read_json(fresh / "search" / "result.json")["genotype"] == "g"
+    assert not store.restore(tmp_path / "nothing", tmp_path / "new", "search/result.json")
+    shipped = store.read_archive(dest)  # what a worker sends home: the seconds merged, no timings.json
+    assert shipped == {"search/result.json": {"genotype": "other"}, "select-pt/selection.json": {"genotype": "h"}}
+    write_json(dest / "search" / "result.json", {"genotype": "g", "seconds": 3.0})
+    back = store.write_archive(tmp_path / "home", store.read_archive(dest), "search/result.json")
+    assert read_json(back / "search" / "result.json") == {"genotype": "g", "seconds": 3.0}
+    with pytest.raises(NasError, match="is not a JSON file inside its folder"):
+        store.write_archive(tmp_path / "a", {"../escaped.json": {}}, "result.json")
+    assert not (tmp_path / "escaped.json").exists()
+
+
+def _rows_file(path):
+    def read(rows, where):
+        return [{**r, "seed": int(r["seed"]), "acc": float(r["acc"])} for r in rows]
+
+    return store.RowsFile(path, ["name", "seed", "acc"], lambda r: (r["name"], int(r["seed"])), read, "{:.2f}", "\n")
+
+
+def test_rows_merge_by_key_sorted_and_refuse_non_utf8(tmp_path):
+    f = _rows_file(tmp_path / "runs.csv")
+    f.merge([{"name": "b", "seed": 1, "acc": 1.0}, {"name": "a", "seed": 2, "acc": 2.0}])
+    f.merge([{"name": "b", "seed": 1, "acc": 3.5}])
+    assert (tmp_path / "runs.csv").read_text() == "name,seed,acc\na,2,2.00\nb,1,3.50\n"
+    (tmp_path / "runs.csv").write_bytes(b"name,seed\n\xff\xfe\n")
+    with pytest.raises(NasError, match="runs.csv: not a CSV of runs \\(not UTF-8 text\\)"):
+        f.rows()
+
+
+def test_the_failure_report_counts_and_names_the_first():
+    f = store.Failures("grid g")
+    f.raise_if_any(3, "cells")  # nothing failed: nothing raised
+    f.add("darts seed 1", ValueError("bad\nsecond line"))
+    f.add("darts seed 2", OSError("disk"))
+    with pytest.raises(store.JobsFailed, match=r"^grid g: 2 of 5 cells failed \(first: darts seed 1: ValueError: "
+                                               r"bad\\nsecond line\); rerun the same command") as info:
+        f.raise_if_any(5, "cells")
+    assert (info.value.failed, info.value.total) == (2, 5)
+
+
+@pytest.fixture
+def count_searches(monkeypatch):
+    calls = []
+    real = stages.search
+
+    def counted(cfg, **kw):
+        calls.append(cfg.out)
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(stages, "search", counted)
+    return calls
+
+
+@pytest.mark.slow
+def test_a_grid_that_leaves_the_space_defaults_unset_searches_nothing_the_second_time(tmp_path, count_searches):
+    doc = {"search": {"dataset": "digits", "cache_dir": str(tmp_path / "prep"), "epochs": 1, "batch_size": 16,
+                      "steps_per_epoch": 1, "eval_batch_size": 64},  # channels, cells, channels_last: the defaults
+           "select": {"pt_tune_epochs": 0, "pt_batches": 1},
+           "grid": {"methods": ["darts", "pc8"], "seeds": [1], "selections": ["magnitude", "pt"],
+                    "variants": {"pc8": {"method": "pc-darts", "channels": 8}}}}  # PC-DARTS at C=8: no channels-last
+    p = tmp_path / "proto.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    spec = grid.load_grid(p, str(tmp_path / "g"), str(tmp_path / "r"))
+    first = grid.run_grid(spec)
+    assert len(count_searches) == 2
+    saved = read_json(tmp_path / "g" / "pc8-s1" / "search" / "result.json")["config"]
+    assert (saved["channels"], saved["cells"], saved["channels_last"]) == (8, 5, False)
+    selections = sorted((tmp_path / "g").rglob("selection.json"))
+    stamps = [f.stat().st_mtime_ns for f in selections]
+    assert grid.run_grid(spec) == first
+    assert len(count_searches) == 2  # no search ran again
+    assert [f.stat().st_mtime_ns for f in selections] == stamps  # nor a selection
