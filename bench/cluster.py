@@ -36,6 +36,7 @@ def _protocol(folder: Path, cells: int, epochs: int) -> Path:
 
 def _run(cluster, workers: int, proto: Path, scratch: Path, tag: str) -> dict:
     from flows.benchmark import benchmark
+    from flows.common import Where
 
     for name in [n for n in cluster.state["services"] if n.startswith("worker-")]:
         cluster.stop_service(name)
@@ -45,7 +46,7 @@ def _run(cluster, workers: int, proto: Path, scratch: Path, tag: str) -> dict:
     cluster._wait_workers(cluster.env()["NAS_DASK_ADDRESS"], workers, 120)
     t0 = time.perf_counter()
     res = benchmark(protocol=str(proto), out=str(scratch / f"g-{tag}"), report=str(scratch / f"r-{tag}"),
-                    runner="dask", address=cluster.env()["NAS_DASK_ADDRESS"], track=False)
+                    where=Where(runner="dask", address=cluster.env()["NAS_DASK_ADDRESS"]), track=False)
     wall = time.perf_counter() - t0
     compute = 60 * sum(r["search_minutes"] for r in res["rows"])
     return {"workers": workers, "cells": len(res["rows"]), "wall": wall, "compute": compute,

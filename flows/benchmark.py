@@ -19,8 +19,9 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel, ConfigDict
 
-from flows.common import add_runner_flags, flow_main, task_runner
+from flows.common import Where, add_runner_flags, flow_main, task_runner, where_from
 from nas import grid, tracking
 from nas.runs.store import Failures
 
@@ -47,20 +48,30 @@ def _cells(jobs: list[grid.CellJob], report: str, what: str) -> tuple[list[dict[
     return out, failures.items
 
 
+class Only(BaseModel):
+    """A part of a protocol's grid: these methods, seeds or selections only (None: the protocol's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    methods: list[str] | None = None
+    seeds: list[int] | None = None
+    selections: list[str] | None = None
+
+
 @flow(name="nas-benchmark", log_prints=True)
-def benchmark(protocol: str = "params/cpu-proxy.yaml", data: str | None = None, methods: list[str] | None = None,
-              seeds: list[int] | None = None, selections: list[str] | None = None, out: str | None = None,
-              report: str | None = None, runner: str = "thread", address: str | None = None, workers: int = 1,
-              threads: int = 1, track: bool = True) -> dict[str, Any]:
+def benchmark(protocol: str = "params/cpu-proxy.yaml", data: str | None = None, out: str | None = None,
+              report: str | None = None, where: Where | None = None, track: bool = True,
+              only: Only | None = None) -> dict[str, Any]:
+    """The grid of ``protocol`` (``only``: a part of it) on ``where``'s workers, its report written to
+    ``report`` and logged to MLflow (``track``); run folders under ``out``."""
     from nas.utils import check_output_dir
 
-    spec = grid.load_grid(protocol, out, report, methods, seeds, selections)
+    where, only = where or Where(), only or Only()
+    spec = grid.load_grid(protocol, out, report, only.methods, only.seeds, only.selections)
     check_output_dir(spec.report, "report")
-    jobs = grid.cell_jobs(spec, data, threads)
+    jobs = grid.cell_jobs(spec, data, where.threads)
     failures = Failures(f"grid {spec.name}")
-    results, failures.items = _cells.with_options(task_runner=task_runner(runner, address, workers=workers,
-                                                                          threads=threads))(jobs, spec.report,
-                                                                                            failures.what)
+    results, failures.items = _cells.with_options(task_runner=task_runner(where))(jobs, spec.report, failures.what)
     rows = [r for res in results for r in res["rows"]]
     if not rows:
         failures.raise_if_any(len(jobs), "cells")
@@ -91,11 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     def check() -> None:  # a bad protocol or report folder: one line, before any flow or server starts
         from nas.utils import check_output_dir
 
+        where_from(a, a.workers)
         check_output_dir(grid.load_grid(a.protocol, a.out, a.report).report, "report")
 
     def run() -> None:
-        res = benchmark(a.protocol, a.data, out=a.out, report=a.report, runner=a.runner, address=a.address,
-                        workers=a.workers, threads=a.threads, track=a.track)
+        res = benchmark(a.protocol, a.data, a.out, a.report, where_from(a, a.workers), a.track)
         print(res["report"]["markdown"])
         print(json.dumps({"figures": res["report"]["figures"], "runs_csv": res["report"]["runs_csv"]}, indent=2))
 

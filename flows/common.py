@@ -8,9 +8,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect.cache_policies import CachePolicy
+from pydantic import BaseModel, ConfigDict, Field
 
 from nas.runs import jobs
 from nas.tracking import disable_telemetry
@@ -149,19 +150,43 @@ def add_runner_flags(p: Any, what: str) -> None:
                    help="Dask scheduler address (tcp://host:8786; default $NAS_DASK_ADDRESS)")
 
 
-def task_runner(runner: str = "thread", address: str | None = None, workers: int = 2, threads: int = 1):
-    """``thread`` (Prefect's default), or ``dask``: a local cluster of ``workers`` processes with
-    ``threads`` threads each, or the scheduler at ``address`` (``tcp://host:8786``) for several
-    machines.  The flow process itself never touches CUDA, so workers may take GPUs."""
-    if runner == "thread":
+class Where(BaseModel):
+    """Where a flow's jobs run: ``runner`` ``thread`` (threads of the flow's process) or ``dask`` (a
+    local cluster of processes, or the scheduler at ``address``, ``tcp://host:8786``, for several
+    machines), ``workers`` side by side with ``threads`` torch threads each."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runner: Literal["thread", "dask"] = "thread"
+    address: str | None = None
+    workers: int = Field(1, ge=1, le=1024)
+    threads: int = Field(1, ge=0, le=1024)
+
+
+def where_from(args: Any, workers: int) -> Where:
+    """The ``Where`` of a flow's command line (``--runner``, ``--address``, ``--threads``; ``workers``
+    from its own flag), or a one-line error naming the flag."""
+    from pydantic import ValidationError
+
+    try:
+        return Where(runner=args.runner, address=args.address, workers=workers, threads=args.threads)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        flag = {"workers": "--workers/--parallel"}.get(str(err["loc"][0]), f"--{err['loc'][0]}")
+        raise NasError(f"{flag}: {err['msg'].lower()}, got {err.get('input')!r}") from None
+
+
+def task_runner(where: Where, workers: int | None = None):
+    """The Prefect task runner of ``where`` (``workers`` overrides its worker count).  The flow
+    process itself never touches CUDA, so workers may take GPUs."""
+    workers = where.workers if workers is None else workers
+    if where.runner == "thread":
         from prefect.task_runners import ThreadPoolTaskRunner
 
         return ThreadPoolTaskRunner(max_workers=workers)
-    if runner == "dask":
-        from prefect_dask import DaskTaskRunner
+    from prefect_dask import DaskTaskRunner
 
-        if address:
-            return DaskTaskRunner(address=address)
-        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": threads,
-                                              "processes": True, "dashboard_address": None})
-    raise NasError(f"runner: unknown {runner!r} (expected thread or dask)")
+    if where.address:
+        return DaskTaskRunner(address=where.address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": max(where.threads, 1),
+                                          "processes": True, "dashboard_address": None})

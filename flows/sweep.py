@@ -16,24 +16,25 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel, ConfigDict, Field
 
-from flows.common import add_runner_flags, add_set_flag, flow_main, task_runner
+from flows.common import Where, add_runner_flags, add_set_flag, flow_main, task_runner, where_from
 from nas import sweep, tracking
 
 
 @task(name="trial")
-def trial_task(kwargs: dict[str, Any]) -> dict[str, Any] | None:
-    row = sweep.run_trial(**kwargs)
+def trial_task(job: sweep.TrialJob) -> dict[str, Any] | None:
+    row = sweep.run_trial(job)
     return None if row is None else {**row, "pid": os.getpid()}
 
 
 @flow(name="nas-sweep-trials")
-def _trials(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    futures = [trial_task.submit(kw) for kw in jobs]
+def _trials(jobs: list[sweep.TrialJob]) -> list[dict[str, Any]]:
+    futures = [trial_task.submit(job) for job in jobs]
     rows = []
     for fut in futures:
         try:
@@ -68,15 +69,29 @@ def client_settings(params: str, storage: str | None, out: str, track: bool, rem
             "out": str(Path(out).resolve()), "track": uri is not None, "tracking_uri": uri}
 
 
+class Study(BaseModel):
+    """The study a sweep adds to: its ``name`` (default ``<method>-<mode>``), database ``storage``
+    (default ``$NAS_OPTUNA_STORAGE``, else ``sqlite:///runs/optuna.db``), ``pruner``, sampler
+    ``seed``, the cap on its finished trials ``max_trials`` and the trials' folder ``out`` (default
+    ``runs/sweep/<name>``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    storage: str | None = None
+    pruner: Literal["median", "none"] = "median"
+    seed: int = Field(0, ge=0)
+    max_trials: int | None = Field(None, ge=0)
+    out: str | None = None
+
+
 @flow(name="nas-sweep", log_prints=True)
-def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrain", study: str | None = None,
-               storage: str | None = None, params: str = "params/pipeline.yaml", sets: list[str] | None = None,
-               parallel: int = 1, runner: str = "thread", address: str | None = None, pruner: str = "median",
-               seed: int = 0, threads: int = 0, track: bool = True, out: str | None = None,
-               max_trials: int | None = None) -> dict[str, Any]:
-    """Add ``n_trials`` finished (complete or pruned) trials to the study, ``parallel`` at a time, so
-    that every run (every night of the nightly deployment) grows it.  ``max_trials`` caps the
-    study's total: a run stops early once the study holds that many.
+def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrain",
+               params: str = "params/pipeline.yaml", sets: list[str] | None = None, study: Study | None = None,
+               where: Where | None = None, track: bool = True) -> dict[str, Any]:
+    """Add ``n_trials`` finished (complete or pruned) trials to the study, ``where.workers`` at a
+    time, so that every run (every night of the nightly deployment) grows it.  ``study.max_trials``
+    caps the study's total: a run stops early once the study holds that many.
 
     Several processes may run this flow on one study at once: each adds its own trials, each trial
     is claimed under the study's lock (so together they never pass ``max_trials``), and a trial
@@ -84,78 +99,97 @@ def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrai
     retried once."""
     from nas.utils import NasError
 
-    if n_trials < 0 or (max_trials is not None and max_trials < 0):
-        raise NasError(f"sweep: n_trials and max_trials must be >= 0, got {n_trials} and {max_trials}")
-    name = study or f"{method}-{mode}"
-    settings = client_settings(params, storage, out or f"runs/sweep/{name}", track,
-                               remote=runner == "dask" and bool(address))
+    study, where = study or Study(), where or Where(threads=0)  # 0: torch's own thread count
+    if n_trials < 0:
+        raise NasError(f"sweep: n_trials must be >= 0, got {n_trials}")
+    name = study.name or f"{method}-{mode}"
+    settings = client_settings(params, study.storage, study.out or f"runs/sweep/{name}", track,
+                               remote=where.runner == "dask" and bool(where.address))
     storage, out, track = settings["storage"], settings["out"], settings["track"]
-    st = sweep.open_study(name, storage, method, mode, pruner, seed)
+    st = sweep.open_study(name, storage, method, mode, study.pruner, study.seed)
     sweep.fail_stale(st, storage)
     before = sweep.finished(st)
-    cap = "" if max_trials is None else f" (study capped at {max_trials})"
+    cap = "" if study.max_trials is None else f" (study capped at {study.max_trials})"
     print(f"study {name}: {before} finished trials, adding {n_trials}{cap}; objective {sweep.METRIC_NAMES[mode]}")
     tracker = tracking.tracker(track, uri=settings["tracking_uri"])
     parent = tracker.study_run(name, storage, {
         "stage": "sweep", "method": method, "objective": mode, "selection": "magnitude"})
-    kw = dict(name=name, method=method, mode=mode, sets=list(sets or []), pruner=pruner, seed=seed,
-              parent_run=parent, threads=threads, max_trials=max_trials, **settings)
+    job = sweep.TrialJob(name=name, method=method, mode=mode, sets=tuple(sets or ()), pruner=study.pruner,
+                         seed=study.seed, parent_run=parent, threads=where.threads, max_trials=study.max_trials,
+                         **settings)
     try:
-        new = _add_trials(kw, n_trials, max_trials, parallel, runner, address)
+        new = _add_trials(job, n_trials, where)
     except BaseException:
         tracker.end(parent, ok=False)
         raise
-    st = sweep.open_study(name, storage, method, mode, pruner, seed)
+    st = sweep.open_study(name, storage, method, mode, study.pruner, study.seed)
     rep = sweep.study_report(st, name, method, mode, out)
     create_markdown_artifact(key=f"nas-sweep-{name}".lower().replace("_", "-"), markdown=rep["markdown"],
                              description="Optuna trials of the regularisation strength")
-    tracker.log_study(parent, rep, {"study": name, "storage": storage, "objective": mode, "pruner": pruner})
+    tracker.log_study(parent, rep, {"study": name, "storage": storage, "objective": mode, "pruner": study.pruner})
     tracker.end(parent)
     return {"study": name, "trials": rep["table"], "new": new, "best": rep["best"], "csv": str(rep["csv"]),
             "mlflow_run": parent}
 
 
-def _add_trials(kw: dict[str, Any], n_trials: int, max_trials: int | None, parallel: int, runner: str,
-                address: str | None) -> list[dict[str, Any]]:
-    """Run waves of up to ``parallel`` trials until ``n_trials`` finished (or the study reached
+def _add_trials(job: sweep.TrialJob, n_trials: int, where: Where) -> list[dict[str, Any]]:
+    """Run waves of up to ``where.workers`` trials until ``n_trials`` finished (or the study reached
     ``max_trials``, or two waves in a row failed); the finished rows.  A run that came up short
     because trials failed raises, naming the first failure."""
-    import time
+    from nas.runs.store import Failures
 
-    from nas.utils import NasError
-
-    name = kw["name"]
     new: list[dict[str, Any]] = []
-    failures: list[str] = []
+    failures = Failures(f"sweep {job.name}")
     failed_waves = 0  # waves in a row whose every trial failed
     capped = False
     while len(new) < n_trials:
-        st = sweep.open_study(name, kw["storage"], kw["method"], kw["mode"], kw["pruner"], kw["seed"])
-        sweep.fail_stale(st, kw["storage"])
-        room = n_trials - len(new)
-        if max_trials is not None:
-            done, busy = sweep.finished(st), sweep.running(st)
-            if done >= max_trials:
-                capped = True
-                break
-            if done + busy >= max_trials:  # the rest runs in other workers: wait for them
-                time.sleep(min(sweep.heartbeat_interval(), 10))
-                continue
-            room = min(room, max_trials - done - busy)
-        wave = min(parallel, room)
-        rows = _trials.with_options(task_runner=task_runner(runner, address, workers=wave,
-                                                            threads=max(kw["threads"], 1)))([kw] * wave)
+        wave = _wave_size(job, n_trials - len(new), where.workers)
+        if wave is None:
+            capped = True
+            break
+        if wave == 0:
+            continue
+        rows = _trials.with_options(task_runner=task_runner(where, workers=wave))([job] * wave)
         new.extend(r for r in rows if r["state"] not in ("SKIPPED", "FAILED"))
-        failures.extend(r["error"] for r in rows if r["state"] == "FAILED")
+        failures.items.extend(r["error"] for r in rows if r["state"] == "FAILED")
         failed_waves = failed_waves + 1 if rows and all(r["state"] == "FAILED" for r in rows) else 0
         if failed_waves >= 2:
             break  # two waves in a row failed (each trial recorded as FAIL): stop instead of failing forever
-    if failures and not new:
-        raise NasError(f"sweep {name}: all {len(failures)} trials of this run failed (first: {failures[0]})")
-    if failures and len(new) < n_trials and not capped:
-        raise NasError(f"sweep {name}: {len(new)} of {n_trials} trials finished, {len(failures)} failed "
-                       f"(first: {failures[0]}); the finished ones are in the study")
+    if not new or (len(new) < n_trials and not capped):
+        failures.raise_if_any(len(new) + len(failures.items), "trials")
     return new
+
+
+def _wave_size(job: sweep.TrialJob, room: int, parallel: int) -> int | None:
+    """How many trials the next wave starts: None when the study is full, 0 (after a pause) while
+    the last trials under ``max_trials`` run in other workers."""
+    import time
+
+    st = sweep.open_study(job.name, job.storage, job.method, job.mode, job.pruner, job.seed)
+    sweep.fail_stale(st, job.storage)
+    if job.max_trials is not None:
+        done, busy = sweep.finished(st), sweep.running(st)
+        if done >= job.max_trials:
+            return None
+        if done + busy >= job.max_trials:  # the rest runs in other workers: wait for them
+            time.sleep(min(sweep.heartbeat_interval(), 10))
+            return 0
+        room = min(room, job.max_trials - done - busy)
+    return min(parallel, room)
+
+
+def study_from(a: Any) -> Study:
+    """The ``Study`` of the command line, or a one-line error naming the flag."""
+    from pydantic import ValidationError
+
+    from nas.utils import NasError
+
+    try:
+        return Study(name=a.study, storage=a.storage, pruner=a.pruner, max_trials=a.max_trials, out=a.out)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        flag = "--" + str(err["loc"][0]).replace("_", "-").replace("name", "study")
+        raise NasError(f"{flag}: {err['msg'].lower()}, got {err.get('input')!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,17 +211,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pruner", default="median", choices=("median", "none"),
                    help="stop a trial whose supernet accuracy falls below the median of earlier ones, or "
                         "never (default median)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per trial (default 0: torch's own)")
     p.add_argument("--out", help="trial run directories (default runs/sweep/<study>)")
     p.add_argument("--no-track", dest="track", action="store_false", help="no MLflow tracking")
     a = p.parse_args(argv)
 
     def check() -> None:  # settings that cannot work: one line, before any flow or server starts
+        from nas.utils import NasError
+
+        if a.n_trials < 0:
+            raise NasError(f"--n-trials: expected 0 or more, got {a.n_trials}")
+        study_from(a)
+        where_from(a, a.parallel)
         client_settings(a.params, a.storage, a.out or "runs/sweep", a.track,
                         remote=a.runner == "dask" and bool(a.address))
 
     def run() -> None:
-        res = sweep_flow(a.method, a.n_trials, a.mode, a.study, a.storage, a.params, a.sets, a.parallel, a.runner,
-                         a.address, a.pruner, track=a.track, out=a.out, max_trials=a.max_trials)
+        res = sweep_flow(a.method, a.n_trials, a.mode, a.params, a.sets, study_from(a), where_from(a, a.parallel),
+                         a.track)
         print(json.dumps({"study": res["study"], "best": res["best"], "csv": res["csv"]}, indent=2))
 
     return flow_main("python -m flows.sweep", check, run)

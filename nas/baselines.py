@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from nas.loops import evaluate, train_epoch
+from nas.loops import Training, evaluate, train_epoch
 from nas.precision import Runner
 from nas.progress import log_line, progress_bar
 from nas.rng import rng_stream
@@ -41,7 +41,7 @@ def random_search(search: Any, resume: bool = False) -> dict[str, Any]:
                     initial=len(candidates) * cfg.random_epochs * len(w_stream), desc="random")
     try:
         for c in range(len(candidates), cfg.random_samples):
-            rec = train_briefly(search, bundle, w_stream, eval_stream, genotypes[c], cfg.random_epochs,
+            rec = train_briefly(search, (bundle, w_stream, eval_stream), genotypes[c], cfg.random_epochs,
                                 init_seed=cfg.seed * 1000 + c, batches=("random-batches", c), bar=bar)
             candidates.append({"candidate": c + 1, **rec})
             log_line(bar, f"candidate {c + 1}/{cfg.random_samples}  val acc {rec['val_acc']:.3f}  {rec['genotype']}")
@@ -53,14 +53,16 @@ def random_search(search: Any, resume: bool = False) -> dict[str, Any]:
     return _keep_best(search, bundle, candidates, "val_acc", sum(c["seconds"] for c in candidates))
 
 
-def train_briefly(search: Any, bundle: Any, w_stream: Any, eval_stream: Any, geno: Any, epochs: int,
-                  init_seed: int, batches: tuple[Any, ...], bar: Any = None) -> dict[str, Any]:
+def train_briefly(search: Any, streams: tuple[Any, Any, Any], geno: Any, epochs: int, init_seed: int,
+                  batches: tuple[Any, ...], bar: Any = None) -> dict[str, Any]:
     """Train the discrete network of ``geno`` from scratch for ``epochs`` on the w split with the
-    search's w optimiser (SGD, cosine-annealed), then measure it on ``eval_stream`` (the α split).
+    search's w optimiser (SGD, cosine-annealed), then measure it on the evaluation stream (the α split);
+    ``streams`` is (the data bundle, the w split's stream, the evaluation stream).
     ``init_seed`` seeds the weights; ``batches`` (an RNG stream name and extra keys) the batch order
     of each epoch.  Returns the genotype, the last epoch's train loss/accuracy, the validation
     loss/accuracy and the seconds taken."""
     cfg, space, device = search.cfg, search.space, search.device
+    bundle, w_stream, eval_stream = streams
     t0 = time.perf_counter()
     seed_everything(init_seed)
     net = space.build_network(geno, cfg.channels, cfg.cells, bundle.num_classes, bundle.channels).to(device)
@@ -73,7 +75,7 @@ def train_briefly(search: Any, bundle: Any, w_stream: Any, eval_stream: Any, gen
     loss = acc = float("nan")
     for e in range(epochs):
         gen_e = generator_for(cfg.seed, rng_stream(name), *keys, e, device=device)
-        loss, acc = train_epoch(net, w_stream, opt, gen_e, cfg.grad_clip, 0.0, bar, forward=run, scaler=scaler)
+        loss, acc = train_epoch(net, w_stream, opt, gen_e, Training(cfg.grad_clip, forward=run, scaler=scaler), bar)
         sched.step()
     val_loss, val_acc = evaluate(run, eval_stream)
     return {"genotype": space.format_genotype(geno), "train_loss": loss, "train_acc": acc, "val_loss": val_loss,
@@ -87,10 +89,7 @@ def _keep_best(search: Any, bundle: Any, candidates: list[dict[str, Any]], key: 
     space = search.space
     best = max(range(len(candidates)), key=lambda i: (candidates[i][key], -i))
     geno = space.parse_genotype(candidates[best]["genotype"])
-    result = search_result(space, search.method.describe(), search.cfg.model_dump(), geno, search.method.selection,
-                           alpha=None, weights=space.genotype_weights(geno).tolist(),
-                           dataset=bundle.describe(search.cfg.dataset), device=str(search.device), seconds=seconds,
-                           history=candidates)
+    result = search_result(search, geno, None, space.genotype_weights(geno).tolist(), seconds, candidates)
     write_json(search.out / SEARCH_RESULT, result)
     return result
 

@@ -4,6 +4,7 @@ one training epoch, evaluation, parameter and multiply-accumulate counts, saved 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -67,13 +68,25 @@ def evaluate(model: nn.Module | Runner, stream: BatchStream, *args: Any) -> tupl
     return float(loss_sum) / max(n, 1), float(correct) / max(n, 1)
 
 
+@dataclass
+class Training:
+    """How ``train_epoch`` steps: gradient clipping, label smoothing, the auxiliary head's weight,
+    the forward that runs the network (another precision, compiled) and the loss scaler (fp16)."""
+
+    grad_clip: float = 0.0
+    label_smoothing: float = 0.0
+    aux_weight: float = 0.0
+    forward: Runner | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+
 def train_epoch(net: nn.Module, stream: BatchStream, opt: torch.optim.Optimizer, gen: torch.Generator,
-                grad_clip: float = 0.0, label_smoothing: float = 0.0, bar=None,
-                aux_weight: float = 0.0, forward: Runner | None = None,
-                scaler: torch.amp.GradScaler | None = None) -> tuple[float, float]:
+                how: Training | None = None, bar: Any = None) -> tuple[float, float]:
     """One pass of plain supervised training; returns (mean loss, accuracy).  A network that
-    returns ``(logits, aux_logits)`` in training adds ``aux_weight`` times the auxiliary loss.
-    ``forward`` runs ``net`` in another precision or compiled; ``scaler`` scales the loss (fp16)."""
+    returns ``(logits, aux_logits)`` in training adds ``how.aux_weight`` times the auxiliary loss."""
+    how = how or Training()
+    grad_clip, label_smoothing, aux_weight = how.grad_clip, how.label_smoothing, how.aux_weight
+    forward, scaler = how.forward, how.scaler
     net.train()
     forward = forward or net
     scaler = scaler or torch.amp.GradScaler(stream.device.type, enabled=False)

@@ -128,11 +128,13 @@ def kept_epochs(run: str | Path) -> list[int]:
     return sorted(int(p.stem.split("-")[1]) for p in folder.glob("epoch-*.pt") if p.stem.split("-")[1].isdigit())
 
 
-def search_result(space: Any, method_info: dict[str, Any], config: dict[str, Any], genotype: Any, selection: str,
-                  alpha: Any, weights: Any, dataset: dict[str, Any], device: str, seconds: float,
+def search_result(search: Any, genotype: Any, alpha: Any, weights: Any, seconds: float,
                   history: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    """The ``result.json`` of a search (of the loop or of a baseline): what was searched, the
-    architecture it selected, and its history; ``extra`` keys follow."""
+    """The ``result.json`` of a ``Search`` (of the loop or of a baseline, its data loaded): what was
+    searched, the architecture it selected, and its history; ``extra`` keys follow."""
+    space, method_info, config = search.space, search.method.describe(), search.cfg.model_dump()
+    selection, dataset = search.method.selection, search.bundle.describe(search.cfg.dataset)
+    device = str(search.device)
     return {
         "space": space.name,
         "method": method_info["name"],

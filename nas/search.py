@@ -57,7 +57,7 @@ from nas.rundir import (
     search_result,
 )
 from nas.runs.files import torch_load, torch_save, write_json
-from nas.runs.jobs import resolve
+from nas.runs.resolve import resolve
 from nas.spaces import SearchSpace, get_space
 from nas.supernet import Supernet
 from nas.unrolled import unrolled_alpha_grad
@@ -762,11 +762,9 @@ class Search:
         if st.arch.beta is not None:
             extra["edge_scale"] = st.arch.edge_scale().detach().cpu().tolist()
         assert self.bundle is not None
-        result = search_result(
-            self.space, self.method.describe(), config_mod.to_dict(self.cfg), geno, self.method.selection,
-            alpha=st.arch.alpha.detach().cpu().tolist(), weights=self.expected(st).tolist(),
-            mask=st.arch.mask.cpu().tolist(), dataset=self.bundle.describe(self.cfg.dataset), device=str(self.device),
-            seconds=sum(h.get("seconds", 0.0) for h in st.history), history=st.history, **extra)
+        result = search_result(self, geno, st.arch.alpha.detach().cpu().tolist(), self.expected(st).tolist(),
+                               sum(h.get("seconds", 0.0) for h in st.history), st.history,
+                               mask=st.arch.mask.cpu().tolist(), **extra)
         if self.shards.main:
             write_json(self.out / RESULT, result)
         return self.shards.broadcast(result)  # every rank returns rank 0's result

@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,17 +114,27 @@ def same_selection(saved: dict[str, Any], now: dict[str, Any]) -> bool:
     return selection_key({**defaults, **saved}) == selection_key({**defaults, **now})
 
 
+@dataclass
+class PTCheckpoint:
+    """Where PT checkpoints its decisions (``path``; None: nowhere), the ``header`` stored with each,
+    and the checkpoint an interrupted selection continues from (``resume_from``)."""
+
+    path: Path | None = None
+    header: dict[str, Any] | None = None
+    resume_from: dict[str, Any] | None = None
+
+
 def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: config_mod.SelectConfig,
-               checkpoint: Path | None = None, header: dict[str, Any] | None = None,
-               resume_from: dict[str, Any] | None = None, on_step: Any = None
-               ) -> tuple[list[dict[str, Any]], list[int]]:
+               saving: PTCheckpoint | None = None, on_step: Any = None) -> tuple[list[dict[str, Any]], list[int]]:
     """The PT loop on a loaded supernet: decide each edge in a seeded random order by the op whose
     removal hurts validation accuracy most, tuning the supernet between decisions.  Mutates ``st``.
 
-    With ``checkpoint``, the supernet, the decisions so far and the tuning counter are written
+    With a checkpoint path, the supernet, the decisions so far and the tuning counter are written
     after every decision (and its fine-tuning), so that ``resume_from`` (that file's content)
     continues exactly where an interrupted selection stopped; ``header`` is stored with it.
     ``on_step(k)`` runs after step k (and its checkpoint)."""
+    saving = saving or PTCheckpoint()
+    checkpoint, header, resume_from = saving.path, saving.header, saving.resume_from
     space = search.space
     order = torch.randperm(space.alpha_shape[0], generator=generator_for(cfg.seed, rng_stream("pt-order"))).tolist()
     for group in st.w_opt.param_groups:
@@ -240,7 +251,8 @@ def pt_select(run: str | Path, cfg: config_mod.SelectConfig, resume: bool = Fals
         resume_from = search.shards.broadcast(None if resume_from is None else parallel.to_cpu(resume_from))
     if resume_from is not None:
         t0 -= float(resume_from.get("seconds", 0.0))
-    decisions, order = pt_project(search, st, val, w_stream, a_stream, cfg, checkpoint, header, resume_from, on_step)
+    decisions, order = pt_project(search, st, val, w_stream, a_stream, cfg,
+                                  PTCheckpoint(checkpoint, header, resume_from), on_step)
     geno = space.select_magnitude(search.expected(st))
     return {
         "space": space.name,

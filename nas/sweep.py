@@ -20,6 +20,7 @@ import math
 import os
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -346,61 +347,88 @@ class Heartbeat:
         self.thread.join(timeout=5)
 
 
-def run_trial(name: str, storage: str | None, method: str, mode: str, params: str, sets: list[str], out: str,
-              pruner: str = "median", seed: int = 0, track: bool = True, parent_run: str | None = None,
-              threads: int = 0, max_trials: int | None = None, params_text: str | None = None,
-              tracking_uri: str | None = None) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class TrialJob:
+    """What one trial needs, resolved on the client, so that a worker on another machine (or in
+    another folder) takes nothing from its own folder or environment: the study (``name``, its
+    database ``storage``, ``pruner``, sampler ``seed`` and ``max_trials`` cap), the method and
+    objective ``mode``, the params file (``params`` names it in messages, ``params_text`` is its
+    content, written into the trial's folder), the ``--set`` items, the trials' folder ``out``,
+    tracking (``track``, ``tracking_uri``, the study's ``parent_run``) and torch ``threads``."""
+
+    name: str
+    storage: str | None
+    method: str
+    mode: str
+    params: str
+    sets: tuple[str, ...] = ()
+    out: str = "runs/sweep"
+    pruner: str = "median"
+    seed: int = 0
+    track: bool = True
+    parent_run: str | None = None
+    threads: int = 0
+    max_trials: int | None = None
+    params_text: str | None = None
+    tracking_uri: str | None = None
+
+
+def run_trial(job: TrialJob) -> dict[str, Any] | None:
     """Ask the study for one trial, run it, tell the result.  Returns the trial's row, or None when
     the study already has ``max_trials`` complete, pruned or running trials.  The sampler is seeded
     from (seed, the trial's number): a sequential sweep is reproducible and no two trials share a
-    seed.  A heartbeat is recorded while the trial runs.
-
-    On a worker of a cluster everything comes from the arguments, nothing from the worker's folder
-    or environment: ``params_text`` is the params file's content (written into the trial's folder
-    as ``params.yaml``; ``params`` then only names it in messages), ``tracking_uri`` the tracking
-    store, ``storage`` the study's database."""
+    seed.  A heartbeat is recorded while the trial runs."""
     import optuna
 
-    if threads:
+    if job.threads:
         import torch
 
-        torch.set_num_threads(threads)
-    key, lo, hi = check(method, mode)
-    study = with_db_retry(f"study {name}", open_study, name, storage, method, mode, pruner, seed)
-    trial = with_db_retry(f"study {name}", claim_trial, study, storage, max_trials, seed)
+        torch.set_num_threads(job.threads)
+    check(job.method, job.mode)
+    tag = f"study {job.name}"
+    study = with_db_retry(tag, open_study, job.name, job.storage, job.method, job.mode, job.pruner, job.seed)
+    trial = with_db_retry(tag, claim_trial, study, job.storage, job.max_trials, job.seed)
     if trial is None:
         return None
-    with Heartbeat(study, trial, storage):
+    with Heartbeat(study, trial, job.storage):
         try:
-            return _run_trial(study, trial, storage, key, lo, hi, method, mode, params, sets, out, track,
-                              parent_run, params_text, tracking_uri)
+            return _run_trial(study, trial, job)
         except BaseException:  # whatever stopped the trial, it does not stay RUNNING
-            tell(study, trial, storage, state=optuna.trial.TrialState.FAIL, quiet=True)
+            tell(study, trial, job.storage, state=optuna.trial.TrialState.FAIL, quiet=True)
             raise
 
 
-def _run_trial(study, trial, storage_url: str | None, key: str, lo: float, hi: float, method: str, mode: str,
-               params: str, sets: list[str], out: str, track: bool, parent_run: str | None,
-               params_text: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
-    import optuna
-
-    from nas import stages, tracking
+def _trial_configs(trial: Any, job: TrialJob, key: str, value: float) -> tuple[Path, dict[str, Any]]:
+    """The trial's folder and its stage configs, the sampled strength set."""
     from nas.utils import atomic_write
 
-    value = trial.suggest_float(key, lo, hi, log=True)
-    root = Path(out) / f"trial-{trial.number:04d}"
-    if params_text is not None:  # the client's params file, as it was when the sweep started
+    root = Path(job.out) / f"trial-{trial.number:04d}"
+    params = job.params
+    if job.params_text is not None:  # the client's params file, as it was when the sweep started
         root.mkdir(parents=True, exist_ok=True)
-        params = str(atomic_write(root / "params.yaml", lambda p: p.write_text(params_text)))
-    per = config_mod.pipeline_configs(params, root, [*sets, f"search.{key}={value}"], method=method)
+        params = str(atomic_write(root / "params.yaml", lambda p: p.write_text(job.params_text)))
+    per = config_mod.pipeline_configs(params, root, [*job.sets, f"search.{key}={value}"], method=job.method)
+    if job.mode == "benchmark" and get_space(per["search"].space).benchmark is None:
+        raise NasError(f"sweep: mode 'benchmark' needs search.space nb201, got {per['search'].space!r}")
+    return root, per
+
+
+def _run_trial(study: Any, trial: Any, job: TrialJob) -> dict[str, Any]:
+    import optuna
+
+    from nas import tracking
+    from nas.runs import jobs
+
+    key, lo, hi = check(job.method, job.mode)
+    method, mode, storage_url = job.method, job.mode, job.storage
+    value = trial.suggest_float(key, lo, hi, log=True)
+    root, per = _trial_configs(trial, job, key, value)
     scfg, sel_cfg = per["search"], per["select"]
-    if mode == "benchmark" and get_space(scfg.space).benchmark is None:
-        raise NasError(f"sweep: mode 'benchmark' needs search.space nb201, got {scfg.space!r}")
-    tracker = tracking.tracker(track, uri=tracking_uri)
+    tracker = tracking.tracker(job.track, uri=job.tracking_uri)
     run_id = tracker.start(f"trial-{trial.number}-{method}-{key}={value:.3g}", {
         "stage": "trial", "method": method, "space": scfg.space, "dataset": scfg.dataset, "seed": scfg.seed,
         "objective": mode, "selection": sel_cfg.method, "study": study.study_name, "trial": trial.number},
-        parent=parent_run)
+        parent=job.parent_run)
     tracker.log_params(run_id, {key: value, "objective": mode, "study": study.study_name, "trial": trial.number})
 
     reported: list[float | None] = [None]  # the last supernet accuracy reported (the pruning signal)
@@ -416,8 +444,8 @@ def _run_trial(study, trial, storage_url: str | None, key: str, lo: float, hi: f
 
     row: dict[str, Any] = {"number": trial.number, key: value, "method": method, "mode": mode}
     try:
-        stages.search_stage(scfg, callback=on_epoch)
-        sel = stages.select_stage(sel_cfg)
+        jobs.run(jobs.Job.of("search", scfg), callback=on_epoch)
+        sel = jobs.run(jobs.Job.selection(sel_cfg))
         row["genotype"] = sel["genotype"]
         for attr in ("genotype", "space"):
             with_db_retry(f"trial {trial.number}", trial.set_user_attr, attr, sel[attr])
@@ -446,13 +474,14 @@ def _objective(mode: str, genotype: str, rcfg: Any) -> float:
     its validation accuracy on a held-out split after the retrain (``retrain``; 20% held out
     when the params file holds out none), in percent."""
     from nas import stages
+    from nas.runs import jobs
 
     if mode == "benchmark":
         return stages.lookup_stage(genotype, "cifar10")["test_accuracy"]
     if rcfg.holdout <= 0:
         rcfg = config_mod.from_dict("retrain", {**config_mod.to_dict(rcfg), "holdout": 0.2})
     rcfg = config_mod.from_dict("retrain", {**config_mod.to_dict(rcfg), "genotype": genotype})
-    return 100.0 * stages.retrain_stage(rcfg)["val_acc"]
+    return 100.0 * jobs.run(jobs.Job.of("retrain", rcfg))["val_acc"]
 
 
 def _log_finished(tracker: Any, run_id: str, objective: float, space: str, genotype: str, root: Path) -> None:

@@ -12,13 +12,13 @@ from torch import nn
 
 from nas import config as config_mod
 from nas.data import balanced_subset, check_batch, load_bundle
-from nas.loops import count_params, evaluate, train_epoch
+from nas.loops import Training, count_params, evaluate, train_epoch
 from nas.precision import Precision, Runner
 from nas.progress import log_line, progress_bar, run_label
 from nas.rng import rng_stream
 from nas.rundir import check_resume, claim
 from nas.runs.files import torch_load, torch_save, write_json
-from nas.runs.jobs import resolve
+from nas.runs.resolve import resolve
 from nas.spaces import get_space
 from nas.utils import NasError, generator_for, resolve_device, seed_everything, torch_threads
 
@@ -164,8 +164,8 @@ class _Trainer:
         lr = self.opt.param_groups[0]["lr"]
         if hasattr(self.net, "drop_path_prob"):
             self.net.drop_path_prob = cfg.drop_path * epoch / cfg.epochs  # DARTS ramps it linearly
-        loss, acc = train_epoch(self.net, self.train, self.opt, gen, cfg.grad_clip, cfg.label_smoothing, bar,
-                                aux_weight=cfg.auxiliary_weight, forward=self.run, scaler=self.scaler)
+        how = Training(cfg.grad_clip, cfg.label_smoothing, cfg.auxiliary_weight, self.run, self.scaler)
+        loss, acc = train_epoch(self.net, self.train, self.opt, gen, how, bar)
         self.sched.step()
         rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss, "train_acc": acc, "lr": lr}
         if (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or epoch + 1 == cfg.epochs:

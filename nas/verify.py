@@ -152,7 +152,7 @@ def verify_select(cfg: config_mod.SelectConfig, resume: bool = False) -> dict[st
     try:
         for i in range(len(done), len(candidates)):
             c = candidates[i]
-            rec = train_briefly(search, bundle, w_stream, eval_stream, space.parse_genotype(c["genotype"]),
+            rec = train_briefly(search, (bundle, w_stream, eval_stream), space.parse_genotype(c["genotype"]),
                                 cfg.verify_epochs, init_seed=cfg.seed, batches=("verify-batches",), bar=bar)
             done.append({"candidate": i + 1, "source": c["source"], **rec})
             log_line(bar, f"verify {i + 1}/{len(candidates)} ({c['source']}): val acc {rec['val_acc']:.4f}  "

@@ -248,10 +248,11 @@ def test_the_auxiliary_head_on_too_small_images_is_refused_in_one_line(tmp_path)
 
 def test_cutout_zeroes_one_square_per_image():
     from nas.data import BatchStream
+    from nas.data.stream import StreamSettings
 
     x = torch.full((4, 1, 12, 12), 200, dtype=torch.uint8)
-    s = BatchStream(x, torch.zeros(4, dtype=torch.long), torch.arange(4), mean=[0.0], std=[1.0], batch_size=4,
-                    augment=True, padding=0, flip=False, cutout=4)
+    s = BatchStream(x, torch.zeros(4, dtype=torch.long), torch.arange(4),
+                    StreamSettings([0.0], [1.0], batch_size=4, augment=True, padding=0, flip=False, cutout=4))
     xb, _ = s.batch(torch.arange(4), torch.Generator().manual_seed(0))
     zeros = (xb == 0).flatten(1).sum(1)
     assert ((zeros > 0) & (zeros <= 16)).all()

@@ -18,6 +18,7 @@ from nas.data import (
     read_image_folder,
     search_split,
 )
+from nas.data.stream import StreamSettings
 from nas.runs.files import torch_load, torch_save
 from nas.utils import NasError
 
@@ -229,7 +230,7 @@ def _stream(**kw):
     y = torch.tensor([0, 1])
     args = dict(mean=[0.0], std=[1.0], batch_size=2, augment=True, padding=2, flip=True)
     args.update(kw)
-    return BatchStream(x, y, torch.arange(2), **args), x
+    return BatchStream(x, y, torch.arange(2), StreamSettings(**args)), x
 
 
 def test_augmentation_is_a_padded_crop_and_flip_of_the_image():

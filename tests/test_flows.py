@@ -155,13 +155,14 @@ def test_sweep_grows_every_run_prunes_and_keeps_one_parent(prefect_server, tiny_
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from flows.sweep import sweep_flow
+    from flows.sweep import Study, sweep_flow
     from nas import sweep
 
     monkeypatch.setenv("NAS_MLFLOW", "1")
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     params = tiny_params(search={"epochs": 5})
-    kw = dict(method="drnas", mode="retrain", study="t", storage=storage, params=str(params), out=str(tmp_path / "s"))
+    study = Study(name="t", storage=storage, out=str(tmp_path / "s"))
+    kw = dict(method="drnas", mode="retrain", params=str(params), study=study)
     res = sweep_flow(n_trials=3, **kw)
     states = [t["state"] for t in res["trials"]]
     assert len(states) == 3 and states[0] == "COMPLETE" and set(states) <= {"COMPLETE", "PRUNED"}
@@ -176,7 +177,7 @@ def test_sweep_grows_every_run_prunes_and_keeps_one_parent(prefect_server, tiny_
     assert len(res2["new"]) == 2 and len(res2["trials"]) == 5
     assert {t["number"]: t["value"] for t in res2["trials"][:3]} == values
     # max_trials caps the study's total
-    res3 = sweep_flow(n_trials=4, max_trials=6, **kw)
+    res3 = sweep_flow(n_trials=4, **{**kw, "study": study.model_copy(update={"max_trials": 6})})
     assert len(res3["new"]) == 1 and len(res3["trials"]) == 6
     study = optuna.load_study(study_name="t", storage=storage)
     assert sweep.finished(study) == 6
@@ -224,6 +225,7 @@ def test_sweep_pruner_stops_a_bad_trial(tmp_path, tiny_params):
 
 def test_benchmark_flow_on_two_dask_processes(prefect_server, tmp_path):
     from flows.benchmark import benchmark
+    from flows.common import Where
 
     proto = tmp_path / "proto.yaml"
     proto.write_text(yaml.safe_dump({
@@ -232,15 +234,14 @@ def test_benchmark_flow_on_two_dask_processes(prefect_server, tmp_path):
         "select": {"pt_tune_epochs": 0, "pt_batches": 1},
         "grid": {"methods": ["darts", "gdas"], "seeds": [1, 2], "selections": ["magnitude", "pt"],
                  "pt_methods": ["darts"]}}))
-    res = benchmark(protocol=str(proto), out=str(tmp_path / "g"), report=str(tmp_path / "r"), runner="dask",
-                    workers=2, threads=1)
+    res = benchmark(protocol=str(proto), out=str(tmp_path / "g"), report=str(tmp_path / "r"),
+                    where=Where(runner="dask", workers=2, threads=1))
     assert len(res["pids"]) == 2 and os.getpid() not in res["pids"]
     assert len(res["rows"]) == 6  # darts x 2 seeds x 2 selections + gdas x 2 seeds
     table = (tmp_path / "r" / "table.md").read_text()
     assert "| darts | pt | 2 |" in table and "oracle" in table
     # the same grid on threads reads every cell back from the run directories: same rows
-    res2 = benchmark(protocol=str(proto), out=str(tmp_path / "g"), report=str(tmp_path / "r"), runner="thread",
-                     workers=1)
+    res2 = benchmark(protocol=str(proto), out=str(tmp_path / "g"), report=str(tmp_path / "r"))
     key = lambda r: (r["method"], r["selection"], r["seed"])  # noqa: E731
     assert sorted(res2["rows"], key=key) == sorted(res["rows"], key=key)
     # a fresh clone has the report (with its archived cells) but no run folders: the flow reads
@@ -249,8 +250,7 @@ def test_benchmark_flow_on_two_dask_processes(prefect_server, tmp_path):
 
     shutil.rmtree(tmp_path / "g")
     assert {p.name for p in (tmp_path / "r" / "cells").iterdir()} == {"darts-s1", "darts-s2", "gdas-s1", "gdas-s2"}
-    res3 = benchmark(protocol=str(proto), out=str(tmp_path / "g"), report=str(tmp_path / "r"), runner="thread",
-                     workers=1)
+    res3 = benchmark(protocol=str(proto), out=str(tmp_path / "g"), report=str(tmp_path / "r"))
     assert sorted(res3["rows"], key=key) == sorted(res["rows"], key=key)
     assert not list((tmp_path / "g").rglob("*.pt"))
 

@@ -155,3 +155,37 @@ def test_the_length_check_finds_a_long_function(tmp_path):
     src.write_text(f"def short():\n    return 1\n\n\ndef long():\n{body}\n")
     found = long_functions([src], 60)
     assert len(found) == 1 and "long (62 lines)" in found[0]
+
+
+MAX_PARAMETERS = 8
+
+
+def wide_functions(files: list[Path], limit: int = MAX_PARAMETERS) -> list[str]:
+    """``path:line name (n parameters)`` of every function or method taking more than ``limit``
+    parameters (``self`` and ``cls`` aside; ``*args`` and ``**kwargs`` count one each): pass a
+    typed object instead."""
+    out = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                names = [x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs]]
+                n = len(names) + (a.vararg is not None) + (a.kwarg is not None)
+                n -= bool(names) and names[0] in ("self", "cls")
+                if n > limit:
+                    where = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+                    out.append(f"{where}:{node.lineno} {node.name} ({n} parameters)")
+    return out
+
+
+def test_no_function_takes_more_than_8_parameters():
+    files = sorted([*(REPO / "nas").rglob("*.py"), *(REPO / "flows").rglob("*.py")])
+    assert not wide_functions(files), wide_functions(files)
+
+
+def test_the_width_check_finds_a_wide_function(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("class C:\n    def ok(self, a, b, c, d, e, f, g, h):\n        pass\n\n\n"
+                   "def wide(a, b, c, d, e, f, g, *rest, key=None):\n    pass\n")
+    found = wide_functions([src], 8)
+    assert found == [f"{src}:6 wide (9 parameters)"]

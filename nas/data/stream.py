@@ -58,6 +58,22 @@ def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat(out)
 
 
+@dataclass(frozen=True)
+class StreamSettings:
+    """How a ``BatchStream`` draws its batches: the normalisation, the batch size, the augmentation
+    (a zero-padded random crop, a flip, cutout) and the memory format of the batches."""
+
+    mean: list[float]
+    std: list[float]
+    batch_size: int
+    augment: bool
+    padding: int
+    flip: bool
+    drop_last: bool = False
+    channels_last: bool = False
+    cutout: int = 0
+
+
 class BatchStream:
     """Batches of one index set, drawn and augmented on the device.
 
@@ -66,21 +82,19 @@ class BatchStream:
     flipped, and normalised, with no per-sample Python.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, *, mean: list[float],
-                 std: list[float], batch_size: int, augment: bool, padding: int, flip: bool,
-                 drop_last: bool = False, channels_last: bool = False, cutout: int = 0):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, how: StreamSettings):
         self.x, self.y = x, y
         self.device = x.device
         self.indices = indices.to(self.device)
-        self.batch_size = batch_size
-        self.augment = augment
-        self.padding = padding
-        self.flip = flip
-        self.drop_last = drop_last
-        self.cutout = cutout
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
-        self.inv_std = 1.0 / torch.tensor(std, device=self.device).view(1, -1, 1, 1)
+        self.batch_size = how.batch_size
+        self.augment = how.augment
+        self.padding = how.padding
+        self.flip = how.flip
+        self.drop_last = how.drop_last
+        self.cutout = how.cutout
+        self.memory_format = torch.channels_last if how.channels_last else torch.contiguous_format
+        self.mean = torch.tensor(how.mean, device=self.device).view(1, -1, 1, 1)
+        self.inv_std = 1.0 / torch.tensor(how.std, device=self.device).view(1, -1, 1, 1)
 
     def __len__(self) -> int:
         n = len(self.indices)
@@ -160,9 +174,8 @@ class DataBundle:
                drop_last: bool = False, cutout: int = 0) -> BatchStream:
         x = self.test_x if test else self.x
         y = (self.prepared.test_y if test else self.prepared.train_y).to(x.device)
-        return BatchStream(x, y, indices, mean=self.mean, std=self.std, batch_size=batch_size,
-                           augment=augment, padding=self.padding, flip=self.flip, drop_last=drop_last,
-                           channels_last=self.channels_last, cutout=cutout)
+        return BatchStream(x, y, indices, StreamSettings(self.mean, self.std, batch_size, augment, self.padding,
+                                                         self.flip, drop_last, self.channels_last, cutout))
 
 
 def check_memory(manifest: dict, size: int, padding: int, batch_size: int, what: str) -> None:
