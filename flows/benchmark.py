@@ -22,7 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict
 
 from flows.common import Where, add_runner_flags, flow_main, task_runner, where_from
-from nas import grid, tracking
+from nas import grid, tracking, tracking_stages
 from nas.runs.store import Failures
 
 
@@ -80,7 +80,7 @@ def benchmark(protocol: str = "params/cpu-proxy.yaml", data: str | None = None, 
                              description=f"{'retrained' if spec.retrain else 'NAS-Bench-201'} table of protocol "
                                          f"{spec.name}")
     tr = tracking.tracker(track)
-    run_id = tr.log_benchmark(spec, protocol, rep, rows, results) if tr.active else None
+    run_id = tracking_stages.log_benchmark(tr, spec, protocol, rep, rows, results) if tr.active else None
     failures.raise_if_any(len(jobs), "cells")
     return {"rows": rows, "report": {k: v for k, v in rep.items() if k != "summary"},
             "pids": sorted({res["pid"] for res in results}), "mlflow_run": run_id}

@@ -24,7 +24,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 
 from flows.common import StageFiles, add_set_flag, cache_options, flow_main, not_a_config_error
 from nas import config as config_mod
-from nas import stages, tracking
+from nas import stages, tracking, tracking_stages
 from nas.runs import jobs
 
 TASK_OPTS: dict[str, Any] = dict(cache_policy=StageFiles(), persist_result=True, result_serializer="json")
@@ -53,14 +53,14 @@ def search_task(cfg: dict[str, Any], inputs: list[str], outputs: list[str] | Non
     with tracking.stage_run(_name("search", scfg), tags, parent_run, track) as (tracker, run_id):
         progress_id = create_progress_artifact(progress=0.0, key="search-progress",
                                                description=f"{scfg.method} search on {scfg.space}: epochs done")
-        log_epoch = tracker.epoch_logger(run_id, scfg.space)
+        log_epoch = tracking_stages.epoch_logger(tracker, run_id, scfg.space)
 
         def on_epoch(st: Any) -> None:
             log_epoch(st.history[-1])
             update_progress_artifact(progress_id, progress=100.0 * st.epoch / scfg.epochs)
 
         res = jobs.run(jobs.Job.of("search", scfg), callback=on_epoch)
-        tracker.log_search(run_id, res, live=True)
+        tracking_stages.log_search(tracker, run_id, res, live=True)
     return {"result": str(Path(scfg.out) / "result.json"), "genotype": res["genotype"], "seconds": res["seconds"],
             "mlflow_run": run_id}
 
@@ -72,7 +72,7 @@ def select_task(cfg: dict[str, Any], inputs: list[str], outputs: list[str] | Non
     with tracking.stage_run(_name("select", scfg, scfg.method), {"stage": "select", "selection": scfg.method,
                                                                  "seed": scfg.seed}, parent_run, track) as (tracker, run_id):
         sel = jobs.run(jobs.Job.selection(scfg))
-        tracker.log_selection(run_id, config_mod.to_dict(scfg), sel)
+        tracking_stages.log_selection(tracker, run_id, config_mod.to_dict(scfg), sel)
     return {"selection": str(Path(scfg.out) / "selection.json"), "genotype": sel["genotype"], "mlflow_run": run_id}
 
 
@@ -86,7 +86,7 @@ def retrain_task(cfg: dict[str, Any], inputs: list[str], outputs: list[str] | No
     name = tracking.stage_run_name("retrain", config_mod.to_dict(rcfg), tags.get("method"), tags.get("selection"))
     with tracking.stage_run(name, tags, parent_run, track) as (tracker, run_id):
         res = jobs.run(jobs.Job.of("retrain", rcfg))
-        tracker.log_retrain(run_id, res, Path(rcfg.out) / "model.pt")
+        tracking_stages.log_retrain(tracker, run_id, res, Path(rcfg.out) / "model.pt")
     return {"result": str(Path(rcfg.out) / "result.json"), "test_acc": res["test_acc"], "mlflow_run": run_id}
 
 
@@ -155,7 +155,7 @@ def pipeline(method: str | None = None, selection: str | None = None, seed: int 
         tracker.end(parent, ok=False)
         raise
     ui = os.environ.get("NAS_MLFLOW_UI", "http://127.0.0.1:5000")
-    tracker.log_summary(parent, metrics)
+    tracking_stages.log_summary(tracker, parent, metrics)
     tracker.set_tags(parent, {"search_run": srch["mlflow_run"], "retrain_run": rt["mlflow_run"]})
     tracker.end(parent)
     links = {"pipeline": tracker.url(parent), "search": srch["mlflow_run"] and tracker.url(srch["mlflow_run"]),

@@ -23,7 +23,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.common import Where, add_runner_flags, add_set_flag, flow_main, task_runner, where_from
-from nas import sweep, tracking
+from nas import sweep, tracking, tracking_stages
 
 
 @task(name="trial")
@@ -126,7 +126,7 @@ def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrai
     rep = sweep.study_report(st, name, method, mode, out)
     create_markdown_artifact(key=f"nas-sweep-{name}".lower().replace("_", "-"), markdown=rep["markdown"],
                              description="Optuna trials of the regularisation strength")
-    tracker.log_study(parent, rep, {"study": name, "storage": storage, "objective": mode, "pruner": study.pruner})
+    tracking_stages.log_study(tracker, parent, rep, {"study": name, "storage": storage, "objective": mode, "pruner": study.pruner})
     tracker.end(parent)
     return {"study": name, "trials": rep["table"], "new": new, "best": rep["best"], "csv": str(rep["csv"]),
             "mlflow_run": parent}

@@ -33,7 +33,7 @@ def random_search(search: Any, resume: bool = False) -> dict[str, Any]:
     candidates: list[dict[str, Any]] = []
     ck_path = search.out / SEARCH_CHECKPOINT
     if resume and ck_path.is_file():
-        candidates = list(search.read_checkpoint()["history"])
+        candidates = list(search.files.read()["history"])
     search.out.mkdir(parents=True, exist_ok=True)
     gen = generator_for(cfg.seed, rng_stream("random-candidates"))
     genotypes = [space.random_genotype(gen) for _ in range(cfg.random_samples)]

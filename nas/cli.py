@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nas import __version__
+from nas import __version__, tracking_stages
 from nas import config as config_mod
 from nas.utils import NasError, clip
 
@@ -391,7 +391,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     with _tracked("search", cfg, tags) as (tracker, run_id):
         res = stages.search_stage(cfg, resume=args.resume, force=args.force,
                                   callback=_epoch_logger(tracker, run_id, cfg.space))
-        tracker.log_search(run_id, res, live=not parallel.starts_ranks(cfg.nproc))
+        tracking_stages.log_search(tracker, run_id, res, live=not parallel.starts_ranks(cfg.nproc))
     parallel.stop()
     look = _maybe_lookup(res["space"], res["genotype"])
     lines = [f"genotype: {res['genotype']}", f"result:   {cfg.out}/result.json",
@@ -417,7 +417,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     stages.preflight("selection", cfg, args.resume, args.force)
     with _tracked("select", cfg, {"selection": cfg.method, "seed": cfg.seed}, cfg.method) as (tracker, run_id):
         sel = stages.select_stage(cfg, resume=args.resume, force=args.force)
-        tracker.log_selection(run_id, config_mod.to_dict(cfg), sel)
+        tracking_stages.log_selection(tracker, run_id, config_mod.to_dict(cfg), sel)
     lines = [f"genotype: {sel['genotype']}"]
     if sel["selection"] == "pt":
         lines.append(f"magnitude would give: {sel['magnitude_genotype']}  (PT took {sel['seconds']:.1f}s)")
@@ -547,7 +547,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         name = tracking.run_name("evaluate", m["method"], m["selection"], m["space"], m.get("seed"),
                                  m.get("config_digest"))
         with tracking.stage_run(name, tags) as (tracker, run_id):
-            tracker.log_summary(run_id, m)
+            tracking_stages.log_summary(tracker, run_id, m)
     lines = [f"genotype: {m['genotype']}", f"test accuracy: {100 * m['test_acc']:.2f}%  params {m['params']:,}"]
     if "nb201" in m:
         lines.append("NAS-Bench-201: " + ", ".join(f"{d} {v:.2f}" for d, v in m["nb201"].items()))
@@ -569,7 +569,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     stages.preflight("retrain", cfg, args.resume, args.force)
     with _tracked("retrain", cfg, tags) as (tracker, run_id):
         res = stages.retrain_stage(cfg, resume=args.resume, force=args.force)
-        tracker.log_retrain(run_id, res, f"{cfg.out}/model.pt")
+        tracking_stages.log_retrain(tracker, run_id, res, f"{cfg.out}/model.pt")
     out = {k: res[k] for k in ("space", "genotype", "params", "test_acc", "test_loss", "epochs", "seconds")}
     out["result"] = f"{cfg.out}/result.json"
     _print(out, args.json, [f"genotype: {res['genotype']}", f"params:   {res['params']:,}",
@@ -582,7 +582,7 @@ COMMANDS = {"prepare": _cmd_prepare, "search": _cmd_search, "select": _cmd_selec
 
 
 def _epoch_logger(tracker: Any, run_id: str | None, space: str) -> Any:
-    log = tracker.epoch_logger(run_id, space)
+    log = tracking_stages.epoch_logger(tracker, run_id, space)
     return lambda st: log(st.history[-1])
 
 

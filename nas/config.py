@@ -10,36 +10,15 @@ from __future__ import annotations
 import math
 import re
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 
+from nas.settings import Settings as _Config
 from nas.utils import NasError, clip, cut
-
-
-def _number_as_text(value: Any) -> Any:
-    """A text key given a number (``--set device=0``, ``seed`` in a YAML file) keeps its text."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    return value
-
-
-class _Config(BaseModel):
-    """A stage's settings: unknown keys, wrong types (no silent coercion: ``"3"`` is not an int, ``1``
-    is not a bool), NaN and inf, values out of their range and choices outside their list are
-    refused when the model is built; ``validate`` adds the checks between keys."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, validate_default=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _text(cls, value: Any, info: Any) -> Any:
-        field = cls.model_fields[info.field_name]
-        if field.annotation is str or field.annotation == (str | None):
-            return _number_as_text(value)
-        return value
 
 
 class DataConfig(_Config):
@@ -68,8 +47,9 @@ class DataConfig(_Config):
                                      "fixed number gives the same CPU numbers on machines with other core counts")
 
 
-class SearchConfig(DataConfig):
-    """Supernet search: a space, a method, the bi-level optimisation."""
+class SearchCore(DataConfig):
+    """Supernet search: a space, a method, the bi-level optimisation (the keys every method shares;
+    ``SearchConfig`` adds the settings each method and plug-in owns)."""
 
     space: str = Field("nb201", description="nb201 | darts | s1 | s2 | s3 | s4")
     method: str = Field("darts",
@@ -105,30 +85,9 @@ class SearchConfig(DataConfig):
     partial_channels: int = Field(0, ge=0, le=4096,
                                   description="K of PC-DARTS; 0 = method default (4 for pc-darts, else 1)")
     edge_norm: bool | None = Field(None, description="PC-DARTS edge normalisation; None = on for pc-darts only")
-    tau_max: float | None = Field(None, gt=0.0, le=1e6, description="Gumbel temperature start; None = 10 (snas, gdas)")
-    tau_min: float | None = Field(None, gt=0.0, le=1e6,
-                                  description="Gumbel temperature end; None = 1 (snas), 0.1 (gdas)")
-    drnas_reg: Literal["l2", "kl", "none"] = Field("l2", description="l2 | kl | none")
-    drnas_lambda: float = Field(1e-3, ge=0.0, le=1e6, description="strength of the DrNAS regulariser")
-    rs_sigma: float = Field(0.3, ge=0.0, le=1e3, description="SDARTS-RS noise amplitude at the end of the ramp")
-    adv_epsilon: float = Field(0.3, ge=0.0, le=1e3, description="SDARTS-ADV attack radius at the end of the ramp")
-    eps_start: float = Field(0.03, ge=0.0, le=1e3, description="both ramp linearly from this value")
-    adv_steps: int = Field(7, ge=1, le=1000, description="SDARTS-ADV PGD steps per w step")
-    progressive: bool = Field(False, description="DrNAS progressive: two stages, K k1 -> k2, ops pruned to `keep`")
-    progressive_k1: int = Field(4, ge=1, le=4096, description="DrNAS progressive: partial-channel K of the first stage")
-    progressive_k2: int = Field(2, ge=1, le=4096, description="... and of the second stage")
-    progressive_keep: int = Field(3, ge=1, le=5, description="ops kept per edge between the stages")
     arch_warmup: int | None = Field(None, ge=0, le=100_000,
                                     description="epochs of frozen α at the start of each stage; "
                                                 "None = 0, or 20% of a stage when progressive")
-    rsps_candidates: int = Field(100, ge=1, le=20_000,
-                                 description="RSPS: sampled architectures ranked by supernet validation accuracy")
-    rsps_eval_batches: int = Field(1, ge=1, le=10**6, description="α-split batches per candidate")
-    random_samples: int = Field(10, ge=1, le=10**5, description="random baseline: architectures trained from scratch")
-    random_epochs: int = Field(5, ge=1, le=100_000, description="epochs per random architecture")
-    naswot_samples: int = Field(10, ge=1, le=10**6,
-                                description="naswot: sampled architectures, the best by training-free score is kept")
-    naswot_batch: int = Field(128, ge=2, le=4096, description="naswot: images of the batch the score is taken on")
     fix_alpha: bool = Field(False,
                             description="keep α at zero (uniform weights), train w only: the fix-α supernet for PT")
     # sharpness: the top eigenvalue of the Hessian of L_val w.r.t. α
@@ -263,12 +222,66 @@ class PrepareConfig(_Config):
 
 
 
-CONFIGS: dict[str, type] = {
-    "search": SearchConfig,
-    "retrain": RetrainConfig,
-    "prepare": PrepareConfig,
-    "select": SelectConfig,
-}
+_SEARCH: dict[tuple[str, ...], type] = {}  # the composed search config, per set of registered methods
+
+
+def search_config() -> type:
+    """``SearchConfig``: the shared keys (``SearchCore``) and the settings every registered method
+    and plug-in owns (``nas.methods.settings_models``), composed on first use and again after a
+    method is registered; keys keep their flat names."""
+    from nas.methods import REGISTRY
+
+    names = tuple(REGISTRY)
+    if names not in _SEARCH:
+        _SEARCH.clear()
+        _SEARCH[names] = _compose_search()
+    return _SEARCH[names]
+
+
+def _compose_search() -> type:
+    from pydantic import create_model
+
+    from nas.methods import settings_models
+
+    fields: dict[str, Any] = {}
+    for model in settings_models():
+        for name, info in model.model_fields.items():
+            if name in SearchCore.model_fields:
+                raise NasError(f"settings {model.__name__}: {name!r} is a key every method shares")
+            if name in fields and (fields[name][0] != info.annotation or fields[name][1].default != info.default):
+                raise NasError(f"settings {model.__name__}: {name!r} is declared by another method with another "
+                               f"type or default")
+            fields.setdefault(name, (info.annotation, info))
+    cls = create_model("SearchConfig", __base__=SearchCore, __module__=__name__, **fields)
+    cls.__doc__ = "Supernet search: the shared keys and the settings each method and plug-in owns."
+    cls.__qualname__ = "SearchConfig"
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SearchConfig":
+        return search_config()
+    if name in _DERIVED:
+        return _DERIVED[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _Configs(Mapping):
+    """Stage name -> its config class (the search's composed on first use)."""
+
+    _fixed: dict[str, type] = {"retrain": RetrainConfig, "prepare": PrepareConfig, "select": SelectConfig}
+
+    def __getitem__(self, kind: str) -> type:
+        return search_config() if kind == "search" else self._fixed[kind]
+
+    def __iter__(self) -> Any:
+        return iter(("search", "retrain", "prepare", "select"))
+
+    def __len__(self) -> int:
+        return 4
+
+
+CONFIGS = _Configs()
 
 
 def _suggest(key: Any, known: Any) -> str:
@@ -446,9 +459,9 @@ def _build(cls: type, values: dict[str, Any], sources: dict[str, str]) -> Any:
         value = values.get(key)
         source = sources.get(key, "config")
         if err["type"] in _RANGE_ERRORS:
-            raise NasError(f"config: key {key!r} must be {_range_text(*RANGES[key])}, got {clip(value, 80)}") from None
+            raise NasError(f"config: key {key!r} must be {_range_text(*_field_ranges()[key])}, got {clip(value, 80)}") from None
         if err["type"] == "literal_error":
-            raise NasError(f"config: key {key!r} must be one of {', '.join(map(str, CHOICES[key]))}, "
+            raise NasError(f"config: key {key!r} must be one of {', '.join(map(str, _field_choices()[key]))}, "
                            f"got {clip(value, 80)}") from None
         if err["type"] == "finite_number" or (isinstance(value, float) and not math.isfinite(value)):
             raise NasError(f"{source}: key {key!r} expects a finite number, got {clip(value, 100)}") from None
@@ -502,10 +515,9 @@ def _field_choices() -> dict[str, tuple[Any, ...]]:
 
 
 # Range of each numeric key and the choices of each choice key, as the models declare them (the
-# error messages and the tests read them here).  A key that is None means "the default of the
-# space or method" and is not checked.
-RANGES = _field_ranges()
-CHOICES = _field_choices()
+# error messages and the tests read them as ``RANGES`` and ``CHOICES``, made on first use).  A key
+# that is None means "the default of the space or method" and is not checked.
+_DERIVED = {"RANGES": _field_ranges, "CHOICES": _field_choices}
 
 
 def _range_text(lo: float | None, hi: float | None, lo_in: bool, hi_in: bool) -> str:
@@ -531,7 +543,7 @@ def validate(cfg: Any) -> None:
         from nas.data import DATASETS
 
         need(cfg.dataset in DATASETS, "dataset", "must be one of " + ", ".join(DATASETS))
-    if isinstance(cfg, SearchConfig):
+    if isinstance(cfg, SearchCore):
         from nas.methods import build_method
         from nas.spaces import get_space
 
@@ -610,7 +622,7 @@ def config_fields(kind: str) -> list[str]:
     return list(CONFIGS[kind].model_fields)
 
 
-__all__ = ["DataConfig", "SearchConfig", "RetrainConfig", "PrepareConfig", "SelectConfig", "build_config",
+__all__ = ["DataConfig", "SearchCore", "search_config", "RetrainConfig", "PrepareConfig", "SelectConfig", "build_config",
            "from_dict", "to_dict", "key_help"]
 
 

@@ -50,11 +50,11 @@ def landscape(run: str | Path, points: int = 11, radius: float = 1.0, batches: i
                 row = []
                 for b in axis:
                     mix = search.expected_mix(st, alpha + a * d1 + b * d2)
-                    row.append(search.measure(st, val, mix, batches)[0])
+                    row.append(search.measurement.measure(st, val, mix, batches)[0])
                     if bar is not None:
                         bar.update(1)
                 losses.append(row)
-            center = search.measure(st, val, search.expected_mix(st, alpha), batches)[0]
+            center = search.measurement.measure(st, val, search.expected_mix(st, alpha), batches)[0]
     finally:
         if bar is not None:
             bar.close()

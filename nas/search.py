@@ -10,10 +10,13 @@ baselines, the grid and the benchmarks:
 - ``streams()``: the search data (bundle, w stream, α stream); ``build_state(bundle)``: a fresh
   ``SearchState`` (supernet, architecture, optimisers);
 - ``run_epoch(st, ...)``: one epoch (``alpha=False``: w only); PT's tuning epochs run it too;
-- ``read_checkpoint()`` / ``load_checkpoint(st, ck)`` / ``save_checkpoint(st)``;
 - ``mix(st, epoch, gen)``: training mixing weights; ``expected_mix(st)`` / ``expected(st)``:
-  deterministic ones; ``evaluate(st, stream, mix)``: supernet accuracy (``measure``: loss and
-  accuracy); ``hessian(st, stream)``;
+  deterministic ones;
+- its collaborators: ``files`` (``nas.search_files``: ``read()`` / ``load(st, ck)`` / ``save(st)``
+  of the checkpoint, kept supernets, early-stop snapshots), ``measurement``
+  (``nas.search_measure``: ``evaluate(st, stream, mix)`` the supernet's accuracy, ``measure`` its
+  loss and accuracy, ``hessian(st, stream)``) and ``records`` (``nas.search_record``: each epoch's
+  record, the result);
 - ``run()``: a whole search, writing ``result.json`` and ``checkpoint.pt``.
 
 First order: ∇_α L_val(w, α); second order: ``nas.unrolled``.
@@ -23,8 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +37,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas import config as config_mod
-from nas import hessian as hessian_mod
 from nas import parallel
 from nas.arch import Architecture
 from nas.data import BatchStream, DataBundle, search_streams
@@ -46,24 +46,21 @@ from nas.precision import Precision, Runner
 from nas.progress import log_line, progress_bar, run_label
 from nas.rng import rng_stream
 from nas.rundir import (
-    CHECKPOINT_FORMAT,
     SEARCH_CHECKPOINT,
     SEARCH_FREE_KEYS,
     SEARCH_RESULT,
     SEARCH_RUN_FILES,
-    check_resume,
     claim,
-    kept_checkpoint,
-    search_result,
 )
-from nas.runs.files import torch_load, torch_save, write_json
 from nas.runs.resolve import resolve
+from nas.search_files import SearchFiles
+from nas.search_measure import SearchMeasure
+from nas.search_record import SearchRecord
 from nas.spaces import SearchSpace, get_space
 from nas.supernet import Supernet
 from nas.unrolled import unrolled_alpha_grad
 from nas.utils import (
     NasError,
-    atomic_write,
     generator_for,
     resolve_device,
     seed_everything,
@@ -137,17 +134,6 @@ class SearchState:
         return self.arch.alpha
 
 
-def _edge_stats(weights: torch.Tensor, edge_ops: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
-    ent = -(weights * weights.clamp_min(1e-12).log()).sum(-1)
-    stats: dict[str, Any] = {
-        "edge_entropy": ent.tolist(),
-        "edge_max_weight": weights.max(-1).values.tolist(),
-    }
-    skips = [float(weights[e, ops.index("skip_connect")]) for e, ops in enumerate(edge_ops) if "skip_connect" in ops]
-    if skips:
-        stats["skip_weight_mean"] = sum(skips) / len(skips)
-    return stats
-
 
 @dataclass
 class _StepContext:
@@ -179,7 +165,10 @@ class Search:
         self.train_alpha = self.method.train_alpha and not cfg.fix_alpha
         self.bundle: DataBundle | None = None
         self.data_sha256: str | None = None
-        self._hessian_batches: list | None = None
+        # its collaborators: files (checkpoints, kept supernets, snapshots), measurements, records
+        self.files = SearchFiles(self)
+        self.measurement = SearchMeasure(self)
+        self.records = SearchRecord(self)
 
     def _check_shards(self) -> None:
         """The ranks agree on the config; what a sharded search cannot do is refused before any work."""
@@ -273,63 +262,6 @@ class Search:
         return len(w_stream) if cfg.steps_per_epoch <= 0 else min(cfg.steps_per_epoch, len(w_stream))
 
     # ----------------------------------------------------------------- checkpoints
-    def save_checkpoint(self, st: SearchState) -> None:
-        """Rank 0 writes the checkpoint; the other ranks write nothing."""
-        if not self.shards.main:
-            return
-        torch_save(self.out / CHECKPOINT, {
-            "format": CHECKPOINT_FORMAT,
-            "config": config_mod.to_dict(self.cfg),
-            "data_sha256": self.data_sha256,
-            "epoch": st.epoch,
-            **st.train_state(),
-            "sched": st.sched.state_dict(),
-            "history": st.history,
-            "early_stop": st.early_stop,
-            "world": self.shards.world,
-        })
-
-    def read_checkpoint(self) -> dict:
-        """This run's checkpoint, refused when written with another config or other data."""
-        path = self.out / CHECKPOINT
-        ck = torch_load(path, map_location=self.device)
-        if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-            raise NasError(f"{path}: not a search checkpoint")
-        if not isinstance(ck.get("config"), dict):
-            raise NasError(f"{path}: not a search checkpoint (no config)")
-        check_resume(path, ck["config"], config_mod.to_dict(self.cfg), config_mod.to_dict(type(self.cfg)()),
-                     RESUME_FREE_KEYS, ck.get("data_sha256"), self.data_sha256)
-        world = ck.get("world", 1)
-        if world != self.shards.world:
-            raise parallel.RankMismatch(f"{path}: cannot resume with {self.shards.world} rank(s): the checkpoint was "
-                                        f"written by {world} (resume with the world size the search started with)")
-        return ck
-
-    def resume_checkpoint(self, resume: bool) -> dict | None:
-        """The checkpoint to continue from (None: start afresh): rank 0 reads it, the other ranks
-        receive it over the process group (no shared folder needed)."""
-        def read() -> dict | None:
-            if resume and (self.out / CHECKPOINT).is_file():
-                return self.read_checkpoint()
-            if resume:
-                log_line(None, f"no checkpoint in {self.out}; starting from scratch")
-            return None
-
-        ck = self.shards.agree(read, "reading the checkpoint")
-        if self.shards.world > 1:
-            ck = self.shards.broadcast(None if ck is None else parallel.to_cpu(ck))
-        return ck
-
-    def load_checkpoint(self, st: SearchState, ck: dict) -> None:
-        for i in range(1, len(self.stages)):
-            if int(ck["epoch"]) >= self.stage_starts[i]:
-                self.enter_stage(st, i, prune=False)  # the stage's shapes; values come from the checkpoint
-        st.load_train_state(ck, self.out / CHECKPOINT)
-        st.sched.load_state_dict(ck["sched"])
-        st.epoch = int(ck["epoch"])
-        st.history = list(ck["history"])
-        st.early_stop = ck.get("early_stop")
-
     # ----------------------------------------------------------------- the loop
     def run(self, resume: bool = False, callback: Callable[[SearchState], None] | None = None,
             force: bool = False) -> dict[str, Any]:
@@ -348,9 +280,9 @@ class Search:
         cfg = self.cfg
         bundle, w_stream, a_stream = self.streams()
         st = self.build_state(bundle)
-        ck = self.resume_checkpoint(resume)
+        ck = self.files.resume(resume)
         if ck is not None:
-            self.load_checkpoint(st, ck)
+            self.files.load(st, ck)
         main = self.shards.main
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -361,7 +293,7 @@ class Search:
             while st.epoch < cfg.epochs and st.early_stop is None:
                 record = self.run_epoch(st, w_stream, a_stream, steps, bar)
                 if cfg.hessian_every and (st.epoch + 1) % cfg.hessian_every == 0:
-                    record.update(self.hessian(st, a_stream))
+                    record.update(self.measurement.hessian(st, a_stream))
                 st.history.append(record)
                 st.epoch += 1
                 st.sched.step()
@@ -372,57 +304,23 @@ class Search:
                 if bar is not None:
                     bar.set_description(f"search epoch {min(st.epoch + 1, cfg.epochs)}/{cfg.epochs}", refresh=False)
                     bar.set_postfix_str(f"val acc {record['val_acc']:.3f}")
-                rollback = self._early_stop(st)
+                rollback = self.files.early_stop(st)
                 if rollback is not None:
                     log_line(bar, f"early stop at epoch {st.epoch}: the top eigenvalue grew by more than "
                                   f"{cfg.es_factor}x; returning the architecture of epoch {rollback}")
-                    self.save_checkpoint(st)
+                    self.files.save(st)
                     break
                 keep = bool(cfg.keep_every) and st.epoch % cfg.keep_every == 0
                 if st.epoch % cfg.checkpoint_every == 0 or st.epoch == cfg.epochs or keep:
-                    self.save_checkpoint(st)
-                if keep and main:  # a copy of this epoch's checkpoint, for selection at this epoch
-                    atomic_write(kept_checkpoint(self.out, st.epoch),
-                                 lambda p: shutil.copyfile(self.out / CHECKPOINT, p))
+                    self.files.save(st)
+                if keep and main:
+                    self.files.keep(st.epoch)
                 if callback is not None and main:
                     callback(st)
         finally:
             if bar is not None:
                 bar.close()
-        return self.finish(st, a_stream)
-
-    def hessian(self, st: SearchState, a_stream: BatchStream) -> dict[str, Any]:
-        """Top eigenvalue(s) of ∇²_α L_val on fixed α-split batches."""
-        cfg = self.cfg
-        if self._hessian_batches is None:
-            self._hessian_batches = hessian_mod.fixed_batches(a_stream, cfg.hessian_batches, cfg.seed)
-        eig = hessian_mod.sharpness(st.model, self._hessian_batches, lambda a: self.expected_mix(st, a), st.arch.alpha,
-                        cfg.hessian_method, cfg.hessian_topk, seed=cfg.seed, tol=cfg.hessian_tol)
-        out = {"hessian_eig": eig.value, "hessian_seconds": eig.seconds, "hessian_hvps": eig.iterations}
-        if eig.top is not None:
-            out["hessian_top"] = eig.top
-        return out
-
-    def _early_stop(self, st: SearchState) -> int | None:
-        """Keep snapshots of (w, arch) for the look-back; on a stop, restore the one to return."""
-        cfg = self.cfg
-        if not cfg.early_stop:
-            return None
-        snap_dir = self.out / "snapshots"
-        snap_dir.mkdir(parents=True, exist_ok=True)
-        torch_save(snap_dir / f"epoch-{st.epoch}.pt", {"model": st.model.state_dict(), "arch": st.arch.state_dict()})
-        old = snap_dir / f"epoch-{st.epoch - cfg.es_lookback - 1}.pt"
-        if old.exists():
-            old.unlink()
-        eigs = {h["epoch"]: h["hessian_eig"] for h in st.history if "hessian_eig" in h}
-        rollback = hessian_mod.early_stop_epoch(eigs, st.epoch, cfg.es_window, cfg.es_lookback, cfg.es_factor, cfg.es_start)
-        if rollback is None:
-            return None
-        snap = torch_load(snap_dir / f"epoch-{rollback}.pt", map_location=self.device)
-        st.model.load_state_dict(snap["model"])
-        st.arch.load_state_dict(snap["arch"])
-        st.early_stop = {"stopped_at": st.epoch, "rollback_epoch": rollback}
-        return rollback
+        return self.records.result(st, a_stream)
 
     def mix(self, st: SearchState, epoch: int, gen: torch.Generator | None) -> Mix:
         """The training-time mixing weights of the current architecture."""
@@ -444,53 +342,6 @@ class Search:
         """``expected_mix``'s weights on the CPU, without gradient."""
         with torch.no_grad():
             return self.expected_mix(st).weights.cpu()
-
-    def evaluate(self, st: SearchState, stream: BatchStream, mix: Mix | None = None, batches: int = 0,
-                 bn: str = "running") -> float:
-        """Supernet accuracy with ``mix`` (default: ``expected_mix``) on (the first ``batches`` of)
-        ``stream``, in order and without augmentation; the model is left in training mode."""
-        return self.measure(st, stream, mix, batches, bn)[1]
-
-    @torch.no_grad()
-    def measure(self, st: SearchState, stream: BatchStream, mix: Mix | None = None,
-                batches: int = 0, bn: str = "running") -> tuple[float, float]:
-        """(mean cross-entropy loss, accuracy) of the supernet as ``evaluate`` takes it.  ``bn``:
-        ``running`` normalises with the batch-norm running statistics (evaluation mode); ``batch``
-        with each batch's own statistics, leaving the running ones untouched (PT's measurement).
-        With several ranks, each measures every world-th batch and the sums are totalled: the same
-        numbers on every rank (with ``bn="batch"``, the numbers of one process)."""
-        if bn not in ("running", "batch"):
-            raise NasError(f"measure: bn must be 'running' or 'batch', not {bn!r}")
-        mix = self.expected_mix(st) if mix is None else mix
-        norms = [m for m in st.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        tracked = [m.track_running_stats for m in norms]
-        if bn == "batch":  # training mode without tracking: batch statistics, running ones not updated
-            st.model.train()
-            for m in norms:
-                m.track_running_stats = False
-        else:
-            st.model.eval()
-        loss, correct, n = 0.0, 0.0, 0
-        sh = self.shards
-        try:
-            for b, (x, y) in enumerate(stream.epoch(None, shuffle=False)):
-                if batches and b >= batches:
-                    break
-                if b % sh.world != sh.rank:  # several ranks: each measures its share of the batches
-                    continue
-                logits = st.forward(x, mix)
-                loss += float(F.cross_entropy(logits, y, reduction="sum"))
-                correct += float((logits.argmax(1) == y).sum())
-                n += len(y)
-        finally:
-            for m, t in zip(norms, tracked):
-                m.track_running_stats = t
-            st.model.train()
-        if sh.world > 1:
-            totals = torch.tensor([loss, correct, float(n)], dtype=torch.float64, device=self.device)
-            sh.sum_([totals])
-            loss, correct, n = totals[0].item(), totals[1].item(), int(totals[2].item())
-        return loss / max(n, 1), correct / max(n, 1)
 
     def run_epoch(self, st: SearchState, w_stream: BatchStream, a_stream: BatchStream, steps: int, bar: Any = None,
                   *, epoch: int | None = None, alpha: bool = True) -> dict[str, Any]:
@@ -537,7 +388,7 @@ class Search:
             counts = [int(c) for c in totals.tolist()]
             if cfg.bn_sync:
                 self._average_bn_stats(st)
-        return self._record(st, epoch, stage, train_alpha, sums.tolist(), counts, lr, t0)
+        return self.records.epoch(st, epoch, stage, train_alpha, sums.tolist(), counts, lr, t0)
 
     def _average_bn_stats(self, st: SearchState) -> None:
         """``bn_sync``: every rank's batch-norm running statistics become their mean over the ranks."""
@@ -719,56 +570,6 @@ class Search:
         st.w_scaler.step(st.w_opt)
         st.w_scaler.update()
         return loss.detach(), logits
-
-    def _record(self, st: SearchState, epoch: int, stage: int, train_alpha: bool, s: list[float], counts: list[int],
-                lr: float, t0: float) -> dict[str, Any]:
-        """An epoch's history record from its sums (train loss, train correct, val loss, val
-        correct); a non-finite loss ends the search with one line."""
-        method, epochs = self.method, self.cfg.epochs
-        weights = self.expected(st)
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": s[0] / counts[0],
-            "train_acc": s[1] / counts[0],
-            "val_loss": s[2] / counts[1],
-            "val_acc": s[3] / counts[1],
-            "w_lr": lr,
-            "alpha_trained": train_alpha,
-            "stage": stage + 1,
-            "alpha": st.arch.alpha.detach().cpu().tolist(),
-            "weights": weights.tolist(),
-            "genotype": self.space.format_genotype(self.space.select_magnitude(weights)),
-            **_edge_stats(weights, self.space.edge_ops),
-            **method.mixing.describe(epoch, epochs),
-            "perturb_epsilon": method.perturbation.epsilon(epoch, epochs),
-            "seconds": time.perf_counter() - t0,
-        }
-        if st.arch.beta is not None:
-            record["edge_scale"] = st.arch.edge_scale().detach().cpu().tolist()
-        for v in (record["train_loss"], record["val_loss"]):
-            if not math.isfinite(v):
-                raise NasError(f"search diverged at epoch {epoch + 1}: loss is {v} (lower w_lr or a_lr)")
-        return record
-
-    def finish(self, st: SearchState, a_stream: BatchStream) -> dict[str, Any]:
-        """Select the final architecture (the method's selection) and write ``result.json``."""
-        geno, extra = self.method.select(self, st, a_stream)
-        if st.early_stop is not None:
-            extra["early_stop"] = st.early_stop
-        eigs = [(h["epoch"], h["hessian_eig"]) for h in st.history if "hessian_eig" in h]
-        if eigs:
-            extra["hessian"] = {"epochs": [e for e, _ in eigs], "top_eigenvalue": [v for _, v in eigs],
-                                "spectra": [h.get("hessian_top") for h in st.history if "hessian_eig" in h]}
-        if st.arch.beta is not None:
-            extra["edge_scale"] = st.arch.edge_scale().detach().cpu().tolist()
-        assert self.bundle is not None
-        result = search_result(self, geno, st.arch.alpha.detach().cpu().tolist(), self.expected(st).tolist(),
-                               sum(h.get("seconds", 0.0) for h in st.history), st.history,
-                               mask=st.arch.mask.cpu().tolist(), **extra)
-        if self.shards.main:
-            write_json(self.out / RESULT, result)
-        return self.shards.broadcast(result)  # every rank returns rank 0's result
-
 
 def _cycle(stream, gen):
     while True:

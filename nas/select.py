@@ -87,7 +87,7 @@ def load_supernet(run: str | Path, device: str = "auto", epoch: int = 0) -> tupl
         raise NasError(f"{run}: the {search.method.name} baseline trains no supernet to select from")
     bundle, w_stream, a_stream = search.streams()
     st = search.build_state(bundle)
-    search.load_checkpoint(st, ck)
+    search.files.load(st, ck)
     val = bundle.stream(a_stream.indices, cfg.eval_batch_size, augment=False)
     return search, st, w_stream, a_stream, val
 
@@ -163,7 +163,7 @@ def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: co
         kind, item = plan[k]
         with torch.no_grad():
             base_mix = search.expected_mix(st)
-        base = search.evaluate(st, val, base_mix, cfg.pt_batches, cfg.pt_bn)
+        base = search.measurement.evaluate(st, val, base_mix, cfg.pt_batches, cfg.pt_bn)
         if kind == "edge":
             decision = _decide_edge(search, st, val, cfg, base_mix, base, item)
             msg = (f"PT edge {k + 1}/{len(order)} ({decision['name']}): keep {decision['chosen']} (accuracy "
@@ -193,7 +193,7 @@ def _decide_edge(search: Search, st: SearchState, val: Any, cfg: config_mod.Sele
     renormalise = cfg.pt_removal == "renormalise"
     accs = {}
     for op_k in st.arch.candidate_ops(e, space.pt_exclude, space.edge_ops):
-        accs[ops[op_k]] = search.evaluate(st, val, without_op(base_mix, e, op_k, renormalise), cfg.pt_batches,
+        accs[ops[op_k]] = search.measurement.evaluate(st, val, without_op(base_mix, e, op_k, renormalise), cfg.pt_batches,
                                           cfg.pt_bn)
     chosen = min(accs, key=lambda op: (accs[op], ops.index(op)))  # removal hurts most
     st.arch.decided[e] = ops.index(chosen)
@@ -204,7 +204,7 @@ def _decide_node(search: Search, st: SearchState, val: Any, cfg: config_mod.Sele
                  base: float, group: Any) -> dict[str, Any]:
     """PT's topology step on one node: keep the ``keep_edges_per_node`` edges whose removal costs most."""
     space = search.space
-    accs_e = {e: search.evaluate(st, val, without_edge(base_mix, e), cfg.pt_batches, cfg.pt_bn) for e in group}
+    accs_e = {e: search.measurement.evaluate(st, val, without_edge(base_mix, e), cfg.pt_batches, cfg.pt_bn) for e in group}
     keep = sorted(group, key=lambda e: (accs_e[e], e))[: space.keep_edges_per_node]
     for e in group:
         if e not in keep:
@@ -269,7 +269,7 @@ def pt_select(run: str | Path, cfg: config_mod.SelectConfig, resume: bool = Fals
         "removal": cfg.pt_removal,
         "bn": cfg.pt_bn,
         "tune_alpha": cfg.pt_tune_alpha and search.train_alpha,
-        "final_val_acc": search.evaluate(st, val, search.expected_mix(st), cfg.pt_batches, cfg.pt_bn),
+        "final_val_acc": search.measurement.evaluate(st, val, search.expected_mix(st), cfg.pt_batches, cfg.pt_bn),
         "seconds": time.perf_counter() - t0,
     }
 
@@ -285,11 +285,11 @@ def op_strength(run: str | Path, cfg: config_mod.SelectConfig, out: str | Path |
     space = search.space
     with torch.no_grad():
         mix = search.expected_mix(st)
-    base = search.evaluate(st, val, mix, cfg.pt_batches, cfg.pt_bn)
+    base = search.measurement.evaluate(st, val, mix, cfg.pt_batches, cfg.pt_bn)
     rows = []
     for e, name in enumerate(space.edge_names):
         for k in st.arch.candidate_ops(e):
-            acc = search.evaluate(st, val, without_op(mix, e, k, cfg.pt_removal == "renormalise"), cfg.pt_batches,
+            acc = search.measurement.evaluate(st, val, without_op(mix, e, k, cfg.pt_removal == "renormalise"), cfg.pt_batches,
                                   cfg.pt_bn)
             rows.append({"edge": name, "op": space.edge_ops[e][k], "alpha": float(st.arch.alpha[e, k].detach()),
                          "weight": float(mix.weights[e, k]), "acc_without": acc, "drop": base - acc})

@@ -19,7 +19,6 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -78,20 +77,6 @@ def _store_lock(uri: str) -> Any:
     db = Path(uri[len("sqlite:///"):])
     db.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(db) + ".lock")
-
-
-class NullTracker:
-    """The tracker when tracking is off: every call does nothing and returns None (``epoch_logger``
-    a callback that does nothing), so that callers never test whether they track."""
-
-    active = False
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        if name.startswith("_") or not hasattr(Tracker, name):
-            raise AttributeError(name)
-        if name == "epoch_logger":
-            return lambda *a, **k: (lambda record: None)
-        return lambda *a, **k: None
 
 
 def tracker(track: bool = True, uri: str | None = None) -> Tracker | NullTracker:
@@ -237,212 +222,6 @@ class Tracker:
     def log_file(self, run_id: str, path: str | Path, folder: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), folder)
 
-    # ---------------------------------------------------------- stage content
-    def epoch_logger(self, run_id: str, space: str | None = None) -> Callable[[dict[str, Any]], None]:
-        """A callback for one search epoch's record: all of its scalars in one batch.  The time it
-        spends is kept and recorded by ``log_search`` as the tags ``mlflow_log_seconds`` and
-        ``mlflow_log_fraction`` (bookkeeping, kept out of the charts)."""
-        def log(record: dict[str, Any]) -> None:
-            t0 = time.perf_counter()
-            self.log_metrics(run_id, epoch_metrics(record, space), step=int(record["epoch"]))
-            self.log_seconds[run_id] = self.log_seconds.get(run_id, 0.0) + time.perf_counter() - t0
-
-        return log
-
-    def log_search(self, run_id: str, result: dict[str, Any], live: bool = False) -> None:
-        """Params, tags, (per-epoch metrics unless they were logged live), α history with heatmap,
-        Hessian spectra, genotype with a picture of its cell, NB201 lookup."""
-        cfg = result.get("config", {})
-        self.log_params(run_id, {f"search.{k}": v for k, v in cfg.items()})
-        self.set_tags(run_id, {"method": result.get("method"), "space": result.get("space"),
-                               "dataset": cfg.get("dataset"), "seed": cfg.get("seed"),
-                               "selection": result.get("selection"), "genotype": result.get("genotype")})
-        if not live:
-            for rec in result.get("history", []):
-                self.log_metrics(run_id, epoch_metrics(rec, result.get("space")), step=int(rec["epoch"]))
-        eig = (result.get("hessian") or {}).get("top_eigenvalue") or []
-        self.log_metrics(run_id, {"search_seconds": result.get("seconds", 0.0),
-                                  "skip_edges": str(result["genotype"]).count("skip_connect"),
-                                  **({"final_eigenvalue": eig[-1]} if eig else {})})
-        if run_id in self.log_seconds:
-            spent = self.log_seconds.pop(run_id)
-            self.set_tags(run_id, {"mlflow_log_seconds": f"{spent:.3f}",
-                                   "mlflow_log_fraction": f"{spent / max(result.get('seconds', 0.0), 1e-9):.4f}"})
-        hist = result.get("history", [])
-        if hist and "weights" in hist[0]:
-            self.log_bytes(run_id, alpha_history_npz(hist), "alpha_history.npz", "alpha")
-            self.log_bytes(run_id, alpha_heatmap_png(result), "alpha_heatmap.png", "alpha")
-            self.log_bytes(run_id, alpha_lines_png(result), "alpha_per_op.png", "alpha")
-        if "hessian" in result:
-            self.log_json(run_id, result["hessian"], "hessian_spectra.json", "hessian")
-        self.log_genotype(run_id, result["space"], result["genotype"], folder="genotype")
-        look = nb201_lookup(result["space"], result["genotype"])
-        if look:
-            self.log_json(run_id, look, "nb201_lookup.json", "genotype")
-            self.log_metrics(run_id, {f"nb201_{d}": v for d, v in look["all_datasets"].items()})
-
-    def log_summary(self, run_id: str, metrics: dict[str, Any]) -> None:
-        """A pipeline's key results on one run (the parent, or the DVC ``evaluate`` run): test
-        accuracy, NB201 accuracies (``nb201_cifar10`` ...), params, FLOPs, final eigenvalue, skip
-        edges as metrics; the genotype as a tag and an artifact."""
-        flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        flat.update({f"nb201_{k}": v for k, v in (metrics.get("nb201") or {}).items()})
-        self.log_metrics(run_id, percent(flat))
-        self.set_tags(run_id, {"genotype": metrics.get("genotype")})
-        self.log_json(run_id, metrics, "metrics.json")
-        self.log_genotype(run_id, metrics["space"], metrics["genotype"])
-
-    def log_selection(self, run_id: str, cfg: dict[str, Any], sel: dict[str, Any]) -> None:
-        self.log_params(run_id, {f"select.{k}": v for k, v in cfg.items()})
-        self.log_json(run_id, sel, "selection.json", "genotype")
-        self.log_genotype(run_id, sel["space"], sel["genotype"])
-        self.set_tags(run_id, {"genotype": sel["genotype"], "method": sel.get("search_method"),
-                               "space": sel.get("space")})
-        metrics: dict[str, float] = {"skip_edges": str(sel["genotype"]).count("skip_connect")}
-        if isinstance(sel.get("seconds"), (int, float)):
-            metrics["select_seconds"] = sel["seconds"]
-        look = nb201_lookup(sel["space"], sel["genotype"])
-        if look:
-            metrics.update({f"nb201_{d}": v for d, v in look["all_datasets"].items()})
-        self.log_metrics(run_id, metrics)
-
-    def log_study(self, run_id: str, rep: dict[str, Any], params: dict[str, Any]) -> None:
-        """A study's parent run: its settings, the trials CSV, the comparison page, the trial counts
-        and the best trial's value, strength, cell and NB201 accuracies."""
-        self.log_params(run_id, params)
-        self.log_file(run_id, rep["csv"], "sweep")
-        table, best, key = rep["table"], rep["best"], rep["key"]
-        cols = ["number", "state", key, "value", "genotype"]
-        self.log_comparison(run_id, f"Study {params.get('study')}, objective in percent: {rep['objective']}", cols,
-                            sorted(table, key=lambda r: -(r["value"] if r["value"] is not None else -1e9)))
-        counts = {s_: sum(r["state"] == s_ for r in table) for s_ in ("COMPLETE", "PRUNED", "FAIL")}
-        self.log_metrics(run_id, {"trials_complete": counts["COMPLETE"], "trials_pruned": counts["PRUNED"],
-                                  "trials_failed": counts["FAIL"]})
-        if not best:
-            return
-        self.log_metrics(run_id, {"best_value": best["value"], f"best_{key}": best[key]})
-        if best.get("genotype"):
-            self.set_tags(run_id, {"genotype": best["genotype"], "space": best.get("space")})
-            look = nb201_lookup(best.get("space") or "", best["genotype"])
-            if look:  # the best trial's cell in the NAS-Bench-201 table, as the pipeline reports it
-                self.log_metrics(run_id, {f"nb201_{d}": v for d, v in look["all_datasets"].items()})
-
-    def log_benchmark(self, spec: Any, protocol: str, rep: dict[str, Any], rows: list[dict[str, Any]],
-                      results: list[dict[str, Any]]) -> str:
-        """A benchmark grid as a parent run (its summary as metrics, the table, CSVs, figures and
-        comparison page) with one nested run per row; returns the parent's id."""
-        from nas.grid.spec import DATASETS
-
-        spaces = ",".join(spec.spaces) if spec.spaces else ("nb201" if not spec.retrain else "")
-        run_id = self.start(f"benchmark-{spec.name}", {"stage": "benchmark", "protocol": spec.name, "space": spaces})
-        self.log_params(run_id, {"protocol": protocol, "methods": ",".join(spec.methods),
-                                 "seeds": ",".join(map(str, spec.seeds)), "selections": ",".join(spec.selections)})
-        for r in rep["summary"]:
-            if spec.retrain:
-                self.log_metrics(run_id, {f"{r['space']}.{r['method']}.{r['selection']}.test_error_mean":
-                                          r["test_error_mean"]})
-            else:
-                self.log_metrics(run_id, {f"{r['method']}.{r['selection']}.{d}_mean": r[f"{d}_mean"] for d in DATASETS})
-        for path in (rep["table_md"], rep["table_csv"], rep["runs_csv"]):
-            self.log_file(run_id, path, "table")
-        key = "test_error_mean" if spec.retrain else "cifar10_mean"
-        cols = ([c for c in ("space",) if spec.retrain] + ["method", "selection", "runs", "seeds", key,
-                 "test_error_std" if spec.retrain else "cifar10_std", "search_minutes", "select_minutes"])
-        self.log_comparison(run_id, f"Protocol {spec.name}: " + ("test error (%), lowest first" if spec.retrain else
-                                                                 "NAS-Bench-201 CIFAR-10 test accuracy (%), best first"),
-                            cols, sorted(rep["summary"], key=lambda r: r[key] * (1 if spec.retrain else -1)))
-        for path in rep["figures"]:
-            self.log_file(run_id, path, "figures")
-        by_cell = {(res["rows"][0].get("space"), res["rows"][0]["method"], int(res["rows"][0]["seed"])): res
-                   for res in results if res["rows"]}
-        for r in rows:  # one nested run per (space, method, selection, seed), comparable with pipeline runs
-            self._log_grid_row(run_id, spec, r, by_cell.get((r.get("space"), r["method"], int(r["seed"]))))
-        self.end(run_id)
-        return run_id
-
-    def _log_grid_row(self, parent: str, spec: Any, r: dict[str, Any], cell: dict[str, Any] | None) -> None:
-        space = r.get("space", "nb201")
-        child = self.start(run_name("grid", r["method"], r["selection"], space, r["seed"], spec.name), {
-            "stage": "grid", "protocol": spec.name, "method": r["method"], "selection": r["selection"],
-            "seed": r["seed"], "space": space, "genotype": r["genotype"]}, parent=parent)
-        if spec.retrain:
-            numbers = {k: r[k] for k in ("test_acc", "test_error", "params_m", "normal_skip", "normal_noise",
-                                         "normal_none", "retrain_minutes")}
-        else:
-            numbers = {"nb201_cifar10": r["cifar10"], "nb201_cifar100": r["cifar100"],
-                       "nb201_imagenet16-120": r["imagenet16-120"], "skip_edges": r["skip_edges"]}
-        eig = r.get("final_eigenvalue")
-        self.log_metrics(child, {**numbers, "search_minutes": r["search_minutes"], "select_minutes": r["select_minutes"],
-                                 **({"final_eigenvalue": eig} if eig is not None and not math.isnan(eig) else {})})
-        if cell is not None:  # the row and the cell's results: a report can be rebuilt from the server
-            self.log_json(child, {"row": r, "cell": cell["cell"], "files": cell["files"]}, "cell.json", "cell")
-        self.end(child)
-
-    def log_comparison(self, run_id: str, title: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
-        """``comparison.html`` on a parent run: its children side by side in one table, best first,
-        with every column a user compares (MLflow's artifact view renders it as a page)."""
-        self.log_bytes(run_id, html_table(title, columns, rows).encode(), "comparison.html")
-
-    def log_genotype(self, run_id: str, space: str, genotype: str, folder: str = "genotype") -> None:
-        from nas.spaces import get_space
-
-        sp = get_space(space)
-        geno = sp.parse_genotype(genotype)
-        self.log_json(run_id, {"space": space, "genotype": genotype,
-                               **({"genotype_json": sp.genotype_json(geno)} if sp.genotype_json else {})},
-                      "genotype.json", folder)
-        self.log_bytes(run_id, cell_png(space, genotype), "cell.png", folder)
-
-    def log_retrain(self, run_id: str, result: dict[str, Any], model_path: str | Path | None = None) -> None:
-        cfg = result.get("config", {})
-        self.log_params(run_id, {f"retrain.{k}": v for k, v in cfg.items()})
-        self.set_tags(run_id, {"space": result.get("space"), "dataset": cfg.get("dataset"), "seed": cfg.get("seed")})
-        for rec in result.get("history", []):
-            self.log_metrics(run_id, percent({k: v for k, v in rec.items() if k != "epoch"}), step=int(rec["epoch"]))
-        self.log_metrics(run_id, percent({"test_acc": result["test_acc"], "test_loss": result["test_loss"],
-                                          "params": result["params"], **({"val_acc": result["val_acc"]}
-                                                                         if "val_acc" in result else {})}))
-        if model_path is not None and Path(model_path).is_file():
-            self.log_model(run_id, Path(model_path).parent)
-
-    def log_model(self, run_id: str, folder: str | Path) -> None:
-        """The trained network of a retrain folder as an MLflow PyTorch model (``model``), so that
-        ``mlflow.pytorch.load_model("runs:/<run>/model")`` returns it."""
-        import logging
-        import warnings
-
-        import mlflow
-        import mlflow.pytorch
-        import numpy as np
-
-        from nas.train import load_model
-
-        net = load_model(folder)
-        data = json.loads((Path(folder) / "result.json").read_text()).get("dataset", {})
-        side = data.get("resolution") or 32
-        example = np.zeros((1, data.get("channels", 3), side, side), dtype=np.float32)
-        mlflow.set_tracking_uri(self.uri)
-
-        quiet = logging.getLogger("mlflow.pytorch")
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)  # its note on pickled models: this model is the project's own code
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pip-requirement inference notes
-            try:
-                # pickled module (loads where the `nas` package is installed), with an input example
-                # so that the model's signature (normalised NCHW images -> logits) is recorded
-                with mlflow.start_run(run_id=run_id, nested=True):
-                    mlflow.pytorch.log_model(net, name="model", serialization_format="pickle", input_example=example,
-                                             pip_requirements=[f"torch=={_torch_version()}", "nas-darts"])
-            finally:
-                quiet.setLevel(level)
-
-
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__.split("+")[0]
-
 
 # ------------------------------------------------------------------------------------- helpers
 def run_name(stage: str, method: str | None = None, selection: str | None = None, space: str | None = None,
@@ -528,3 +307,47 @@ def nb201_lookup(space: str, genotype: str) -> dict[str, Any] | None:
     from nas.benchmarks import benchmark_lookup
 
     return benchmark_lookup(space, genotype)
+
+
+class NullTracker(Tracker):
+    """The tracker when tracking is off: every call of the client, with the client's very
+    signature (a call with wrong arguments fails with tracking off too), doing nothing; ``start``
+    and ``study_run`` return None, and the stage functions (``nas.tracking_stages``) log nothing."""
+
+    active = False
+
+    def __init__(self, uri: str | None = None, experiment: str | None = None):
+        self.uri, self.experiment_id, self.log_seconds = "", "", {}
+
+    def start(self, name: str, tags: dict[str, Any] | None = None, parent: str | None = None) -> str | None:
+        return None
+
+    def study_run(self, study: str, storage: str, tags: dict[str, Any]) -> str | None:
+        return None
+
+    def end(self, run_id: str, ok: bool = True) -> None:
+        return None
+
+    def url(self, run_id: str) -> str:
+        return ""
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        return None
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        return None
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        return None
+
+    def log_json(self, run_id: str, obj: Any, name: str, folder: str | None = None) -> None:
+        return None
+
+    def log_bytes(self, run_id: str, data: bytes, name: str, folder: str | None = None) -> None:
+        return None
+
+    def log_run_folder(self, run_id: str, folder: str | Path, artifact_path: str = "run") -> None:
+        return None
+
+    def log_file(self, run_id: str, path: str | Path, folder: str | None = None) -> None:
+        return None

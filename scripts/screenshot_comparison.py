@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from nas import tracking_stages
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -49,12 +51,12 @@ def study(root: Path, uri: str) -> str:
     parent = tracker.study_run("drnas-benchmark", storage, {"stage": "sweep", "method": "drnas",
                                                            "objective": "benchmark", "selection": "magnitude"})
     for _ in range(4):
-        sweep.run_trial("drnas-benchmark", storage, "drnas", "benchmark", str(params), [], str(root / "trials"),
-                        parent_run=parent, tracking_uri=uri)
+        sweep.run_trial(sweep.TrialJob("drnas-benchmark", storage, "drnas", "benchmark", str(params),
+                                       out=str(root / "trials"), parent_run=parent, tracking_uri=uri))
     st = sweep.open_study("drnas-benchmark", storage, "drnas", "benchmark")
     rep = sweep.study_report(st, "drnas-benchmark", "drnas", "benchmark", root / "trials")
-    tracker.log_study(parent, rep, {"study": "drnas-benchmark", "storage": storage, "objective": "benchmark",
-                                    "pruner": "median"})
+    tracking_stages.log_study(tracker, parent, rep, {"study": "drnas-benchmark", "storage": storage,
+                                                     "objective": "benchmark", "pruner": "median"})
     tracker.end(parent)
     return parent
 

@@ -73,8 +73,8 @@ from nas import sweep
 n = int(sys.argv[2])
 rows = []
 while True:
-    row = sweep.run_trial(name="s", storage=sys.argv[1], method="drnas", mode="benchmark", params=sys.argv[3],
-                          sets=[], out=sys.argv[4], pruner="none", track=True, max_trials=n)
+    row = sweep.run_trial(sweep.TrialJob(name="s", storage=sys.argv[1], method="drnas", mode="benchmark",
+                                         params=sys.argv[3], out=sys.argv[4], pruner="none", max_trials=n))
     if row is None:
         break
     rows.append(row)

@@ -216,8 +216,8 @@ def test_sweep_pruner_stops_a_bad_trial(tmp_path, tiny_params):
         for step in range(1, 6):
             t.report(100.0, step)
         study.tell(t, 94.0)
-    row = sweep.run_trial("p", storage, "drnas", "benchmark", str(tiny_params(search={"epochs": 5})), [],
-                          str(tmp_path / "o"), track=False)
+    row = sweep.run_trial(sweep.TrialJob("p", storage, "drnas", "benchmark", str(tiny_params(search={"epochs": 5})),
+                                         out=str(tmp_path / "o"), track=False))
     assert row["state"] == "PRUNED" and row["value"] is None and row["supernet_val_acc"] is not None
     trial = optuna.load_study(study_name="p", storage=storage).trials[2]
     assert trial.state == optuna.trial.TrialState.PRUNED and max(trial.intermediate_values) == 2

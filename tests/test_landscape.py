@@ -36,7 +36,7 @@ def test_the_grid_centre_is_the_validation_loss_at_alpha(two_runs):
     assert res["axis"] == [-0.5, 0.0, 0.5] and len(res["loss"]) == 3 and all(len(r) == 3 for r in res["loss"])
     assert res["loss"][1][1] == res["center_loss"]
     search, st, _, _, val = load_supernet(two_runs[0], "cpu")
-    assert res["center_loss"] == search.measure(st, val, None, 2)[0]
+    assert res["center_loss"] == search.measurement.measure(st, val, None, 2)[0]
     assert res["max_rise"] >= 0 and len({v for r in res["loss"] for v in r}) > 1
     assert landscape(two_runs[0], points=3, radius=0.5, batches=2)["loss"] == res["loss"]  # deterministic
 

@@ -67,7 +67,7 @@ def test_second_order_hypergradient_and_hessian_stay_fp32(tiny_search, tmp_path)
     for p in ("fp32", "bf16"):
         s = Search(build_config("search", overrides=tiny_search(precision=p, out=str(tmp_path / f"h{p}"))))
         bundle, _, a_stream = s.streams()
-        eigs.append(s.hessian(s.build_state(bundle), a_stream)["hessian_eig"])
+        eigs.append(s.measurement.hessian(s.build_state(bundle), a_stream)["hessian_eig"])
     assert eigs[0] == eigs[1]
 
 

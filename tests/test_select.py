@@ -166,7 +166,7 @@ def test_batch_statistics_measurement_leaves_the_running_ones_alone(finished_run
     norms = [m for m in st.model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert norms
     before = {k: v.clone() for k, v in st.model.state_dict().items() if "running" in k or "num_batches" in k}
-    batch = s.evaluate(st, val, None, 2, bn="batch")
+    batch = s.measurement.evaluate(st, val, None, 2, bn="batch")
     after = {k: v for k, v in st.model.state_dict().items() if k in before}
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert st.model.training and all(m.track_running_stats for m in norms)
@@ -182,7 +182,7 @@ def test_batch_statistics_measurement_leaves_the_running_ones_alone(finished_run
             n += len(y)
     assert batch == pytest.approx(correct / n)
     with pytest.raises(NasError, match="bn must be 'running' or 'batch', not 'nope'"):
-        s.evaluate(st, val, None, 1, bn="nope")
+        s.measurement.evaluate(st, val, None, 1, bn="nope")
 
 
 @pytest.mark.parametrize("fix_alpha", [False, True])

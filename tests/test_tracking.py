@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from nas import tracking_stages
+
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
@@ -39,7 +41,7 @@ def test_an_epoch_is_one_batched_call(store):
     calls = []
     real = tr.client.log_batch
     tr.client.log_batch = lambda *a, **k: (calls.append(k.get("metrics")), real(*a, **k))[1]
-    log = tr.epoch_logger(run_id, "nb201")
+    log = tracking_stages.epoch_logger(tr, run_id, "nb201")
     rec = {"epoch": 1, "train_loss": 1.0, "val_acc": 0.5, "w_lr": 0.02, "seconds": 1.5,
            "weights": [[0.2] * 5] * 6, "edge_entropy": [1.0] * 6, "edge_max_weight": [0.3] * 6}
     log(rec)
@@ -145,20 +147,9 @@ def test_cli_stages_are_runs_and_the_model_loads(store, tiny_search, tmp_path):
     assert net(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
 
 
-def test_the_null_tracker_answers_every_tracker_call_with_nothing():
+def test_a_stage_run_with_tracking_off_is_none():
     from nas import tracking
 
-    t = tracking.tracker(track=False)
-    assert not t.active and tracking.Tracker.active
-    public = [n for n in vars(tracking.Tracker) if not n.startswith("_") and callable(getattr(tracking.Tracker, n))]
-    assert {"start", "end", "log_search", "log_selection", "log_retrain", "log_metrics"} <= set(public)
-    for name in public:
-        if name == "epoch_logger":
-            assert getattr(t, name)("run")({"epoch": 1, "train_loss": 1.0}) is None
-        else:
-            assert getattr(t, name)("run", {}) is None
-    with pytest.raises(AttributeError):
-        t.no_such_call  # noqa: B018
     with tracking.stage_run("a run", {"stage": "search"}, track=False) as (tr, run_id):
         assert run_id is None and not tr.active
 
@@ -195,3 +186,23 @@ def test_tracking_writes_nothing_under_the_home_folder(tmp_path):
     subprocess.run(cmd, check=True, env=env, cwd=tmp_path, capture_output=True, timeout=300)
     assert (tmp_path / "r" / "result.json").is_file()
     assert not [p for p in home.rglob("*") if "mlflow" in p.name], [str(p) for p in home.rglob("*")]
+
+
+def test_the_null_tracker_has_the_clients_signatures_so_a_wrong_call_fails_with_tracking_off():
+    import inspect
+
+    from nas import tracking, tracking_stages
+
+    public = [n for n, f in vars(tracking.Tracker).items() if callable(f) and not n.startswith("_")]
+    assert {"start", "end", "log_metrics", "log_params", "set_tags", "log_bytes"} <= set(public)
+    for name in public:
+        assert name in vars(tracking.NullTracker), name  # overridden: nothing reaches a client it has not
+        null, real = (inspect.signature(getattr(cls, name)).parameters for cls in (tracking.NullTracker, tracking.Tracker))
+        assert null == real, name
+    off = tracking.tracker(track=False)
+    assert off.start("r", {"stage": "x"}) is None
+    with pytest.raises(TypeError):
+        off.log_metrics(None, {"a": 1.0}, 0, "one too many")
+    with pytest.raises(TypeError):
+        tracking_stages.log_search(off, None)  # the stage functions bind their arguments too
+    tracking_stages.log_search(off, None, {"genotype": "g"})  # and then log nothing

@@ -120,6 +120,7 @@ def test_verify_refuses_a_baseline_and_a_missing_given_selection(tiny_search, tm
 
 def test_grid_verify_row_joins_pt_and_counts_its_minutes(tmp_path):
     from nas.grid import load_grid, run_grid
+    from nas.runs.files import read_json
 
     proto = tmp_path / "proto.yaml"
     proto.write_text(yaml.safe_dump({
@@ -130,7 +131,7 @@ def test_grid_verify_row_joins_pt_and_counts_its_minutes(tmp_path):
     spec = load_grid(proto, out=str(tmp_path / "g"), report=str(tmp_path / "r"))
     rows = {r["selection"]: r for r in run_grid(spec)}
     assert set(rows) == {"magnitude", "pt", "verify"}
-    sel = json.loads((tmp_path / "g" / "darts-s1" / "select-verify" / "selection.json").read_text())
+    sel = read_json(tmp_path / "g" / "darts-s1" / "select-verify" / "selection.json")  # its seconds: timings.json
     assert [c["source"] for c in sel["candidates"]] == ["magnitude", "given-1"] or \
         rows["pt"]["genotype"] == rows["magnitude"]["genotype"]
     assert rows["verify"]["select_minutes"] == pytest.approx(sel["seconds"] / 60 + rows["pt"]["select_minutes"])

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from nas import config as config_mod
-from nas.methods import METHOD_NAMES as METHODS
+from nas import methods as _methods
 from nas.utils import NasError
 
 # What a finished cell leaves in the report folder (``<report>/cells/<cell>/``): its JSON results
@@ -156,7 +156,7 @@ def _strength(value: Any, path: Path, methods: list[str], variants: dict[str, An
     if isinstance(value, bool):
         return list(methods) if value else []
     rows = _list(value, "strength", str(path), str)
-    unknown = [m for m in rows if m not in METHODS and m not in variants]
+    unknown = [m for m in rows if m not in _methods.METHOD_NAMES and m not in variants]
     if unknown:
         raise NasError(f"{path}: key 'grid.strength' names {unknown[0]!r}, which is neither a method nor a "
                        f"grid.variants name; expected true, false or a list of grid rows")
@@ -172,8 +172,8 @@ def _flag(grid: dict[str, Any], key: str, path: Path) -> bool:
 
 def _check_names(path: Path, methods: list[str], selections: list[str], variants: dict[str, Any]) -> None:
     for m in methods:
-        if m not in METHODS and m not in variants:
-            raise NasError(f"{path}: unknown method {m!r} in grid.methods (expected one of {', '.join(METHODS)}"
+        if m not in _methods.METHOD_NAMES and m not in variants:
+            raise NasError(f"{path}: unknown method {m!r} in grid.methods (expected one of {', '.join(_methods.METHOD_NAMES)}"
                            f"{' or a grid.variants name' if variants else ''})")
     for s in selections:
         if s not in SELECTIONS:
@@ -202,10 +202,10 @@ def _variants(raw: Any, path: Path) -> dict[str, dict[str, Any]]:
         raise NasError(f"{path}: key 'grid.variants' expects a mapping of name -> settings, got {raw!r}")
     out = {}
     for name, settings in raw.items():
-        if not isinstance(settings, dict) or settings.get("method") not in METHODS:
+        if not isinstance(settings, dict) or settings.get("method") not in _methods.METHOD_NAMES:
             raise NasError(f"{path}: key 'grid.variants.{name}' expects a mapping with 'method' one of "
-                           f"{', '.join(METHODS)}, got {settings!r}")
-        if name in METHODS and settings["method"] != name:  # a method's own name: that method, other settings
+                           f"{', '.join(_methods.METHOD_NAMES)}, got {settings!r}")
+        if name in _methods.METHOD_NAMES and settings["method"] != name:  # a method's own name: that method, other settings
             raise NasError(f"{path}: key 'grid.variants.{name}' names the method {name!r} but runs "
                            f"{settings['method']!r}; give the variant a name of its own")
         try:

@@ -3,9 +3,11 @@
 Each method is one module here that declares its ``SPEC``, a ``MethodSpec`` (``nas.methods.base``):
 its name, ``build(cfg, seams)`` returning its ``Method``, its defaults for the shared seams, the
 strength a sweep tunes, whether it trains α, whether it has the progressive schedule and the settings
-that are its own.  ``REGISTRY`` lists the specs; ``build_method`` resolves the shared seams from the
-config and refuses combinations that make no sense.  Adding a method is one module and one line in
-``REGISTRY``.
+that are its own (a ``nas.settings.Settings`` subclass: types, defaults, help).  ``REGISTRY`` lists
+the specs; the search config (``nas.config``) composes the shared keys with every registered
+method's and plug-in's settings; ``build_method`` resolves the shared seams from the config and
+refuses combinations that make no sense.  Adding a method is one module and one line in
+``REGISTRY`` (or ``register(SPEC)`` from anywhere, e.g. a module of one's own).
 """
 
 from __future__ import annotations
@@ -15,17 +17,45 @@ from typing import Any
 from nas.methods import darts, drnas, gdas, naswot, pcdarts, random, rsps, sdarts_adv, sdarts_rs, snas
 from nas.methods.base import Method, MethodSpec, Stage
 from nas.methods.mixing import Dirichlet, GumbelHard, GumbelSoftmax, Mixing, Softmax, UniformPath
-from nas.methods.perturb import AdversarialPerturbation, NoPerturbation, Perturbation, RandomSmoothing
+from nas.methods.perturb import (
+    AdversarialPerturbation,
+    AdversarialSettings,
+    NoPerturbation,
+    Perturbation,
+    RandomSmoothing,
+    RandomSmoothingSettings,
+)
 from nas.spaces import get_space
 from nas.utils import NasError, clip
 
 __all__ = ["Mixing", "Softmax", "GumbelSoftmax", "GumbelHard", "Dirichlet", "UniformPath", "Method", "Stage",
-           "build_method", "effective_perturb", "foreign_settings", "owners", "METHOD_NAMES", "MethodSpec", "REGISTRY", "Perturbation", "trains_alpha", "tuned_strengths"]
+           "build_method", "effective_perturb", "register", "settings_models", "foreign_settings", "owners", "METHOD_NAMES", "MethodSpec", "REGISTRY", "Perturbation", "trains_alpha", "tuned_strengths"]
 
 REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in (
     darts.SPEC, snas.SPEC, gdas.SPEC, drnas.SPEC, sdarts_rs.SPEC, sdarts_adv.SPEC, pcdarts.SPEC, random.SPEC,
     rsps.SPEC, naswot.SPEC)}
 METHOD_NAMES = tuple(REGISTRY)
+# settings of the plug-ins any method may switch on (the perturbations: ``perturb: rs | adv``)
+PLUGIN_SETTINGS: tuple[type, ...] = (RandomSmoothingSettings, AdversarialSettings)
+
+
+def register(spec: MethodSpec) -> None:
+    """Add a method (its module's ``SPEC``) to the registry: from then on ``method: <name>`` builds it
+    and its settings are keys of the search config (``--set``, params files, ``--list-keys``)."""
+    global METHOD_NAMES
+    if spec.name in REGISTRY and REGISTRY[spec.name] is not spec:
+        raise NasError(f"method: {spec.name!r} is already registered")
+    REGISTRY[spec.name] = spec
+    METHOD_NAMES = tuple(REGISTRY)
+
+
+def settings_models() -> list[type]:
+    """Every registered method's and plug-in's settings, each once, in registry order."""
+    out: list[type] = []
+    for model in [*(spec.settings for spec in REGISTRY.values()), *PLUGIN_SETTINGS]:
+        if model is not None and model not in out:
+            out.append(model)
+    return out
 
 
 def tuned_strengths() -> dict[str, tuple[str, float, float]]:
@@ -40,7 +70,7 @@ def trains_alpha(name: str) -> bool:
 
 # the keys of the shared seams: every method reads them (its defaults fill in ``auto``/``null``)
 SHARED_SETTINGS = ("perturb", "partial_channels", "edge_norm", "a_weight_decay")
-PERTURB_SETTINGS = {"rs": ("rs_sigma", "eps_start"), "adv": ("adv_epsilon", "eps_start", "adv_steps")}
+PERTURB_SETTINGS = {"rs": tuple(RandomSmoothingSettings.model_fields), "adv": tuple(AdversarialSettings.model_fields)}
 # what only a supernet search reads (a method with a search of its own ignores them)
 SUPERNET_SETTINGS = ("hessian_every", "hessian_topk", "early_stop", "keep_every", "arch_warmup")
 
@@ -51,7 +81,7 @@ def owners(key: str) -> list[str]:
         return []
     if key in SUPERNET_SETTINGS:
         return [name for name, spec in REGISTRY.items() if spec.supernet]
-    return [name for name, spec in REGISTRY.items() if key in spec.settings]
+    return [name for name, spec in REGISTRY.items() if key in spec.setting_names]
 
 
 def foreign_settings(cfg: Any, keys: Any) -> list[tuple[str, list[str]]]:
@@ -62,7 +92,7 @@ def foreign_settings(cfg: Any, keys: Any) -> list[tuple[str, list[str]]]:
     if spec is None:
         return []
     perturb = effective_perturb(cfg)
-    read = set(spec.settings) | set(PERTURB_SETTINGS.get(perturb, ())) | (set(SUPERNET_SETTINGS) if spec.supernet else set())
+    read = set(spec.setting_names) | set(PERTURB_SETTINGS.get(perturb, ())) | (set(SUPERNET_SETTINGS) if spec.supernet else set())
     return [(k, owners(k)) for k in keys if owners(k) and k not in read]
 
 

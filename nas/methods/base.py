@@ -105,7 +105,8 @@ class MethodSpec:
     - ``trains_alpha``: False when the architecture is chosen by a selection of its own (PT and
       verified selection then have no supernet to work on);
     - ``progressive``: whether it has DrNAS's progressive schedule (``progressive: true``);
-    - ``settings``: the config keys that are its own (documentation and help);
+    - ``settings``: the settings that are its own, a ``nas.settings.Settings`` subclass (types,
+      defaults, ranges, help); the search config composes them, so they are keys like any other;
     - ``supernet``: False for a method that trains no supernet (its own search): the supernet's
       settings (``SUPERNET_SETTINGS``) then mean nothing to it."""
 
@@ -115,5 +116,9 @@ class MethodSpec:
     tuned: tuple[str, float, float] | None = None
     trains_alpha: bool = True
     progressive: bool = False
-    settings: tuple[str, ...] = ()
+    settings: type | None = None
     supernet: bool = True
+
+    @property
+    def setting_names(self) -> tuple[str, ...]:
+        return tuple(self.settings.model_fields) if self.settings is not None else ()

@@ -3,9 +3,25 @@ regulariser on α, and optionally the progressive schedule: a first stage on C/k
 then each edge pruned to its ``progressive_keep`` strongest ops and C/k2 channels for the second
 stage; each stage starts with 20% of its epochs of w-only warm-up unless ``arch_warmup`` is set."""
 
+from typing import Literal
+
+from pydantic import Field
+
 from nas.methods.base import Method, MethodSpec, Stage
 from nas.methods.mixing import Dirichlet
+from nas.settings import Settings
 from nas.utils import NasError
+
+
+class DrNASSettings(Settings):
+    """DrNAS's regulariser on α and its progressive schedule."""
+
+    drnas_reg: Literal["l2", "kl", "none"] = Field("l2", description="l2 | kl | none")
+    drnas_lambda: float = Field(1e-3, ge=0.0, le=1e6, description="strength of the DrNAS regulariser")
+    progressive: bool = Field(False, description="DrNAS progressive: two stages, K k1 -> k2, ops pruned to `keep`")
+    progressive_k1: int = Field(4, ge=1, le=4096, description="DrNAS progressive: partial-channel K of the first stage")
+    progressive_k2: int = Field(2, ge=1, le=4096, description="... and of the second stage")
+    progressive_keep: int = Field(3, ge=1, le=5, description="ops kept per edge between the stages")
 
 
 def build(cfg, seams: dict) -> Method:
@@ -29,5 +45,5 @@ SPEC = MethodSpec(
     defaults={"a_weight_decay": 0.0},
     tuned=("drnas_lambda", 1e-4, 1e-1),
     progressive=True,
-    settings=("drnas_reg", "drnas_lambda", "progressive", "progressive_k1", "progressive_k2", "progressive_keep"),
+    settings=DrNASSettings,
 )

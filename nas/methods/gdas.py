@@ -2,7 +2,7 @@
 temperature linear from 10 to 0.1."""
 
 from nas.methods.base import Method, MethodSpec
-from nas.methods.mixing import GumbelHard
+from nas.methods.mixing import GumbelHard, GumbelSettings
 
 
 def build(cfg, seams: dict) -> Method:
@@ -13,5 +13,5 @@ def build(cfg, seams: dict) -> Method:
 SPEC = MethodSpec(
     name="gdas",
     build=build,
-    settings=("tau_max", "tau_min"),
+    settings=GumbelSettings,
 )

@@ -10,8 +10,10 @@ from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from nas.mix import Mix
+from nas.settings import Settings
 from nas.utils import NasError
 
 
@@ -30,6 +32,13 @@ def linear_schedule(start: float, end: float, epoch: int, epochs: int) -> float:
     epoch = min(epoch, epochs - 1)  # epochs past the search (PT fine-tuning) keep the final value
     return start - (start - end) * epoch / (epochs - 1)
 
+
+class GumbelSettings(Settings):
+    """The Gumbel-softmax temperature schedule of SNAS and GDAS: linear from ``tau_max`` to ``tau_min``."""
+
+    tau_max: float | None = Field(None, gt=0.0, le=1e6, description="Gumbel temperature start; None = 10 (snas, gdas)")
+    tau_min: float | None = Field(None, gt=0.0, le=1e6,
+                                  description="Gumbel temperature end; None = 1 (snas), 0.1 (gdas)")
 
 class Mixing(ABC):
     """Turns α into mixing weights.  ``sample`` is used in training forward passes and may be

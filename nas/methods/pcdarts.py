@@ -13,5 +13,4 @@ SPEC = MethodSpec(
     name="pc-darts",
     build=build,
     defaults={"partial_channels": 4, "edge_norm": True},
-    settings=("partial_channels", "edge_norm"),
 )

@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from pydantic import Field
 
 from nas.mix import Mix
+from nas.settings import Settings
 
 
 def project_capped_simplex(y: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, iters: int = 60) -> torch.Tensor:
@@ -35,6 +37,25 @@ def ramp(eps_max: float, eps_start: float, epoch: int, epochs: int) -> float:
 
 def _ball(w: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     return (w - eps).clamp(min=0.0), (w + eps).clamp(max=1.0)
+
+
+class RampSettings(Settings):
+    """The ramp both perturbations share: their size grows linearly from ``eps_start``."""
+
+    eps_start: float = Field(0.03, ge=0.0, le=1e3, description="both ramp linearly from this value")
+
+
+class RandomSmoothingSettings(RampSettings):
+    """SDARTS-RS: uniform noise on α of amplitude up to ``rs_sigma``."""
+
+    rs_sigma: float = Field(0.3, ge=0.0, le=1e3, description="SDARTS-RS noise amplitude at the end of the ramp")
+
+
+class AdversarialSettings(RampSettings):
+    """SDARTS-ADV: a PGD attack on α within ``adv_epsilon``."""
+
+    adv_epsilon: float = Field(0.3, ge=0.0, le=1e3, description="SDARTS-ADV attack radius at the end of the ramp")
+    adv_steps: int = Field(7, ge=1, le=1000, description="SDARTS-ADV PGD steps per w step")
 
 
 class Perturbation:

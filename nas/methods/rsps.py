@@ -7,14 +7,24 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from pydantic import Field
 
 from nas.methods.base import Method, MethodSpec
 from nas.methods.mixing import UniformPath
 from nas.mix import Mix
 from nas.rng import rng_stream
+from nas.settings import Settings
 from nas.utils import generator_for
 
 TRAINS_ALPHA = False  # its architecture is chosen by its own selection, not read from α
+
+
+class RSPSSettings(Settings):
+    """RSPS: how many sampled architectures are ranked, on how many batches."""
+
+    rsps_candidates: int = Field(100, ge=1, le=20_000,
+                                 description="RSPS: sampled architectures ranked by supernet validation accuracy")
+    rsps_eval_batches: int = Field(1, ge=1, le=10**6, description="α-split batches per candidate")
 
 
 @torch.no_grad()
@@ -53,5 +63,5 @@ SPEC = MethodSpec(
     name="rsps",
     build=build,
     trains_alpha=TRAINS_ALPHA,
-    settings=("rsps_candidates", "rsps_eval_batches"),
+    settings=RSPSSettings,
 )

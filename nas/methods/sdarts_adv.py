@@ -3,6 +3,7 @@ weights (a PGD attack of radius ``adv_epsilon``, see ``nas.methods.perturb``).""
 
 from nas.methods.base import Method, MethodSpec
 from nas.methods.mixing import Softmax
+from nas.methods.perturb import AdversarialSettings
 
 
 def build(cfg, seams: dict) -> Method:
@@ -14,5 +15,5 @@ SPEC = MethodSpec(
     build=build,
     defaults={"perturb": "adv"},
     tuned=("adv_epsilon", 0.03, 1.0),
-    settings=("adv_epsilon", "eps_start", "adv_steps"),
+    settings=AdversarialSettings,
 )

@@ -3,6 +3,7 @@ weights (uniform noise of amplitude ``rs_sigma``, see ``nas.methods.perturb``)."
 
 from nas.methods.base import Method, MethodSpec
 from nas.methods.mixing import Softmax
+from nas.methods.perturb import RandomSmoothingSettings
 
 
 def build(cfg, seams: dict) -> Method:
@@ -14,5 +15,5 @@ SPEC = MethodSpec(
     build=build,
     defaults={"perturb": "rs"},
     tuned=("rs_sigma", 0.03, 1.0),
-    settings=("rs_sigma", "eps_start"),
+    settings=RandomSmoothingSettings,
 )

@@ -1,7 +1,7 @@
 """SNAS (Xie et al. 2019): relaxed Gumbel-softmax weights, temperature linear from 10 to 1."""
 
 from nas.methods.base import Method, MethodSpec
-from nas.methods.mixing import GumbelSoftmax
+from nas.methods.mixing import GumbelSettings, GumbelSoftmax
 
 
 def build(cfg, seams: dict) -> Method:
@@ -12,5 +12,5 @@ def build(cfg, seams: dict) -> Method:
 SPEC = MethodSpec(
     name="snas",
     build=build,
-    settings=("tau_max", "tau_min"),
+    settings=GumbelSettings,
 )
