@@ -8,4 +8,8 @@ bash scripts/setup.sh
 # to whichever worker is free, except those of a file that starts servers (the cluster, the Prefect
 # test server), which stay together on one worker (xdist_group) so that the servers start once
 workers="${NAS_TEST_WORKERS:-$(( $(nproc) + 1 ))}"
+if [ "${1:-}" = "--fast" ]; then  # the fast tier: no training, no subprocess, no server, in one process
+    shift
+    exec .venv/bin/python -m pytest -q -p no:cacheprovider -m fast "$@"
+fi
 exec .venv/bin/python -m pytest -n "$workers" --dist loadgroup "$@"

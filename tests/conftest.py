@@ -233,3 +233,16 @@ def pytest_runtest_logreport(report):
                 "phase": report.when, "start": report.start, "stop": report.stop}
         with open(path, "a") as f:
             f.write(json.dumps(line) + "\n")
+
+
+# The fast tier (`bash scripts/test.sh --fast`, `pytest -m fast`): the files whose tests train
+# nothing beyond a few tensors, start no subprocess and no server; their `slow` tests aside.
+FAST_FILES = {"test_config.py", "test_structure.py", "test_schemas.py", "test_runs.py", "test_timings.py",
+              "test_methods.py", "test_supernet.py", "test_benchmarks.py", "test_nb201.py", "test_docs.py",
+              "test_second_order.py", "test_naswot.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in FAST_FILES and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.fast)

@@ -145,6 +145,7 @@ def test_candidates_and_spaces_run_only_the_named_share_and_refuse_an_unknown_na
         calibrate.run_calibration(spec, only=["tiny"], spaces=["s1"])
 
 
+@pytest.mark.committed
 def test_docs_quote_the_committed_calibration_tables():
     """The calibration tables in the S1-S4 results page are the committed ones (the 2-core runs and
     a GPU machine's share), row for row, and each committed table is what its committed runs give."""

@@ -122,6 +122,7 @@ def test_prepare_gives_the_same_lock_entry_in_two_fresh_clones(tmp_path):
     assert committed["outs"] == locks[0]["outs"]
 
 
+@pytest.mark.committed
 def test_frozen_benchmark_stages_are_up_to_date_in_the_repository():
     """`dvc status` of the frozen grid stages: the committed reports are the ones their locks record."""
     dvc = Path(sys.executable).parent / "dvc"
@@ -131,6 +132,7 @@ def test_frozen_benchmark_stages_are_up_to_date_in_the_repository():
     assert json.loads(p.stdout or "{}") == {}
 
 
+@pytest.mark.committed
 def test_committed_lock_matches_the_code_and_the_readme():
     """The committed dvc.lock was written by `dvc repro` of the code and params as they are now,
     and the docs state what that run found (reports/pipeline/summary.json, committed)."""

@@ -196,6 +196,7 @@ def test_the_bf16_protocol_is_cpu_proxy_in_bf16():
 
 
 @pytest.mark.parametrize("protocol", ["cpu-proxy", "cpu-proxy-bf16", "cpu-proxy-c16", "cpu-proxy-c16-verify"])
+@pytest.mark.committed
 def test_committed_results_match_the_table(protocol):
     """The per-run CSV in the repository is valid and each row's accuracy is the table's."""
     from conftest import REPO
@@ -218,6 +219,7 @@ DOCS_TABLES = {
 
 
 @pytest.mark.parametrize("protocol", list(DOCS_TABLES))
+@pytest.mark.committed
 def test_docs_quote_the_committed_table(protocol):
     """The docs' table is the grid's table.md, and each of its cells is the mean ± sample std of
     the committed per-run rows."""
@@ -392,6 +394,7 @@ def test_the_darts_paper_grid_at_tiny_scale(tmp_path):
         assert len(g.normal) == len(g.reduce) == 8 and all(op != "none" for op, _ in g.normal + g.reduce)
 
 
+@pytest.mark.committed
 def test_readme_headline_table_is_the_committed_one():
     from conftest import REPO
 
