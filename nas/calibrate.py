@@ -144,8 +144,33 @@ def load_calibration(protocol: str | Path, out: str | None = None, report: str |
                            out or f"runs/calibration/{path.stem}", report or f"data/results/{path.stem}")
 
 
+@dataclasses.dataclass(frozen=True)
+class CalibrationJob:
+    """One reference cell of a calibration: a retrain of ``cell`` on ``space`` with ``seed`` under a
+    candidate protocol (``overrides`` of the protocol file's retrain section, its run folder included)."""
+
+    protocol: str
+    overrides: dict[str, Any]
+    candidate: str
+    space: str
+    cell: str
+    seed: int
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.overrides["out"])
+
+    @property
+    def row(self) -> dict[str, Any]:
+        return {"candidate": self.candidate, "space": self.space, "cell": self.cell, "seed": self.seed}
+
+    def archived(self, report: str | Path) -> Path:
+        """Its place in a report's archive: ``cells/<candidate>/<space>-<cell>-s<seed>``."""
+        return Path(report) / ARCHIVE / self.folder.parent.name / self.folder.name
+
+
 def _job(spec: CalibrationSpec, cand: Candidate, space: str, cell: str, seed: int, data: str | None,
-         threads: int) -> dict[str, Any]:
+         threads: int) -> CalibrationJob:
     folder = Path(spec.out) / cand.name / f"{space}-{cell}-s{seed}"
     overrides = {**cand.overrides, "space": space, "genotype": reference_genotypes(space)[cell], "seed": seed,
                  "out": str(folder), "progress": False}
@@ -153,17 +178,16 @@ def _job(spec: CalibrationSpec, cand: Candidate, space: str, cell: str, seed: in
         overrides["data"] = data
     if threads:
         overrides["threads"] = threads
-    return {"protocol": spec.protocol, "overrides": overrides, "row": {"candidate": cand.name, "space": space,
-                                                                          "cell": cell, "seed": seed}}
+    return CalibrationJob(spec.protocol, overrides, cand.name, space, cell, seed)
 
 
-def run_job(job: dict[str, Any]) -> dict[str, Any]:
+def run_job(job: CalibrationJob) -> dict[str, Any]:
     """Train one reference cell (cached: a finished folder with the same config is read back)."""
     from nas.runs import jobs
 
-    cfg = config_mod.build_config("retrain", job["protocol"], job["overrides"])
+    cfg = config_mod.build_config("retrain", job.protocol, job.overrides)
     res, _ = jobs.cached(jobs.Job.of("retrain", cfg))
-    return {**job["row"], "genotype": cfg.genotype, "test_acc": 100.0 * float(res["test_acc"]),
+    return {**job.row, "genotype": cfg.genotype, "test_acc": 100.0 * float(res["test_acc"]),
             "params_m": res["params"] / 1e6, "retrain_minutes": res["seconds"] / 60}
 
 
@@ -179,12 +203,6 @@ def verdict(rows: list[dict[str, Any]], space: str) -> dict[str, Any]:
             "valid": gap > 3 * spread, "minutes": sum(r["retrain_minutes"] for r in rows if r["space"] == space)}
 
 
-def _archived(job: dict[str, Any], archive: Path) -> tuple[Path, Path]:
-    """A job's run folder and its place in the report's archive."""
-    folder = Path(job["overrides"]["out"])
-    return folder, archive / folder.parent.name / folder.name
-
-
 def run_candidate(spec: CalibrationSpec, cand: Candidate, data: str | None, workers: int = 1,
                   threads: int = 0, stop_early: bool = False, spaces: list[str] | None = None) -> list[dict[str, Any]]:
     """Train both reference cells of every space and seed under one candidate protocol, space by
@@ -193,7 +211,6 @@ def run_candidate(spec: CalibrationSpec, cand: Candidate, data: str | None, work
     from nas.runs import store
     from nas.runs.runner import run_jobs
 
-    archive = Path(spec.report) / ARCHIVE
     rows: list[dict[str, Any]] = []
     failures = store.Failures(f"calibration {spec.name}, candidate {cand.name}")
     spaces = [sp for sp in spec.spaces if not spaces or sp in spaces]
@@ -201,21 +218,19 @@ def run_candidate(spec: CalibrationSpec, cand: Candidate, data: str | None, work
 
     def collect(row: dict[str, Any]) -> None:
         rows.append(row)
-        store.archive(*_archived(_job(spec, cand, row["space"], row["cell"], row["seed"], data, threads), archive),
-                      "result.json")
+        job = _job(spec, cand, row["space"], row["cell"], row["seed"], data, threads)
+        store.archive(job.folder, job.archived(spec.report), "result.json")
         write_csv(Path(spec.report) / "runs.csv", [row])
         print(f"[calibrate {cand.name}] {row['space']} {row['cell']} seed {row['seed']}: {row['test_acc']:.2f}% "
               f"({len(rows)}/{total})", file=sys.stderr, flush=True)
 
-    def failed(job: dict[str, Any], exc: BaseException) -> None:
-        r = job["row"]
-        failures.add(f"{r['space']} {r['cell']} seed {r['seed']}", exc)
+    def failed(job: CalibrationJob, exc: BaseException) -> None:
+        failures.add(f"{job.space} {job.cell} seed {job.seed}", exc)
 
     for space in spaces:
         jobs = [_job(spec, cand, space, cell, s, data, threads) for cell in CELLS for s in spec.seeds]
         for job in jobs:
-            folder, src = _archived(job, archive)
-            store.restore(src, folder, "result.json")
+            store.restore(job.archived(spec.report), job.folder, "result.json")
         run_jobs(jobs, workers, run_job, collect, failed)
         failures.raise_if_any(len(jobs), "runs")
         v = verdict(rows, space)
