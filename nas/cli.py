@@ -495,12 +495,19 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_cluster(args: argparse.Namespace) -> int:
+    import math
+
     from nas.cluster import Cluster
 
-    cluster = Cluster(args.root)
-    if args.action == "up":
+    if not args.root.strip():
+        raise NasError("--root: expected a folder, got an empty string")
+    if args.action == "up":  # checked before anything starts: a refusal leaves no service behind
         if args.workers < 1 or args.workers > 64:
             raise NasError(f"--workers: expected 1 to 64, got {args.workers}")
+        if not math.isfinite(args.timeout) or not 1 <= args.timeout <= 3600:
+            raise NasError(f"--timeout: expected 1 to 3600 seconds, got {args.timeout}")
+    cluster = Cluster(args.root)
+    if args.action == "up":
         cluster.up(args.workers, args.prefect, args.timeout)
     elif args.action == "down":
         cluster.down()

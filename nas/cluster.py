@@ -21,8 +21,8 @@ On real hosts the same services run once each (see the docs, "Several machines")
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -113,6 +113,72 @@ def _start(cmd: list[str], log: Path, cwd: Path, env: dict[str, str]) -> subproc
                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
 
+def _started(pid: int) -> float | None:
+    """The start time of process ``pid`` (what, with the pid, names one process), or None when gone."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _same_process(pid: int, started: float | None) -> bool:
+    """Whether ``pid`` is still the process that was started at ``started``."""
+    now = _started(pid)
+    return now is not None and started is not None and abs(now - started) < 0.01
+
+
+WORKER_NAME = re.compile(r"worker-[1-9][0-9]{0,3}")
+SERVICES = ("postgres", "mlflow", "prefect", "dask-scheduler")
+
+
+def read_state(path: Path, root: Path) -> dict[str, Any]:
+    """``cluster.json``, checked: services by name, ports, process ids and start times, folders inside
+    the cluster's root (PostgreSQL's data: there or a ``nas-cluster-pg-`` folder of the system's
+    temporary folder).  The file names no program, command or environment: what runs is built in
+    code.  Anything else is refused in one line naming the file and the key."""
+    from nas.runs.files import read_json
+
+    doc = read_json(path)
+    if not isinstance(doc, dict):
+        raise NasError(f"{path}: not a cluster state (expected a JSON object)")
+    services = doc.get("services", [])
+    if not isinstance(services, list) or not all(isinstance(n, str) for n in services):
+        raise NasError(f"{path}: key 'services' expects a list of service names")
+    for key, value in doc.items():
+        if key in ("root", "services"):
+            continue
+        if key not in SERVICES and not WORKER_NAME.fullmatch(str(key)):
+            raise NasError(f"{path}: unknown key {str(key)[:40]!r} (expected a service: {', '.join(SERVICES)}, worker-N)")
+        _check_service(path, root, key, value)
+    unknown = [n for n in services if n not in doc]
+    if unknown:
+        raise NasError(f"{path}: service {unknown[0][:40]!r} is listed but has no entry")
+    return doc
+
+
+def _check_service(path: Path, root: Path, name: str, spec: Any) -> None:
+    import tempfile
+
+    allowed = {"port", "pid", "started", "data"} if name == "postgres" else {"port", "pid", "started"}
+    if not isinstance(spec, dict) or set(spec) - allowed:
+        extra = sorted(set(spec) - allowed)[0] if isinstance(spec, dict) else None
+        raise NasError(f"{path}: key {name!r}" + (f" has an unknown field {str(extra)[:40]!r}" if extra else
+                       " expects an object") + f" (a service holds only {', '.join(sorted(allowed))})")
+    for field, lo, hi in (("port", 1, 65535), ("pid", 1, 2**31)):
+        v = spec.get(field)
+        if v is not None and (type(v) is not int or not lo <= v <= hi):
+            raise NasError(f"{path}: {name}.{field} expects an integer in [{lo}, {hi}], got {str(v)[:40]!r}")
+    if spec.get("started") is not None and not isinstance(spec["started"], (int, float)):
+        raise NasError(f"{path}: {name}.started expects a number (a process start time)")
+    if "data" in spec:
+        data = Path(str(spec["data"])).resolve()
+        tmp = Path(tempfile.gettempdir()).resolve()
+        if not (data.is_relative_to(root) or (data.parent.parent == tmp and data.parent.name.startswith("nas-cluster-pg-"))):
+            raise NasError(f"{path}: postgres.data {str(spec['data'])[:80]!r} is outside the cluster's folder")
+
+
 def _bin(name: str) -> str:
     """A console script of this environment (beside the running Python), else from PATH."""
     here = Path(sys.executable).parent / name
@@ -125,7 +191,7 @@ class Cluster:
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
         self.state_path = self.root / STATE
-        self.state: dict[str, Any] = json.loads(self.state_path.read_text()) if self.state_path.is_file() else {}
+        self.state: dict[str, Any] = read_state(self.state_path, self.root) if self.state_path.is_file() else {}
 
     # ------------------------------------------------------------------ settings
     def pg_url(self, db: str, driver: str = "psycopg") -> str:
@@ -191,7 +257,7 @@ class Cluster:
         if init.returncode:
             last = (init.stderr or init.stdout).strip().splitlines()[-1:] or [""]
             raise NasError(f"cluster: initdb in {pg / 'data'} failed: {last[0][:200]}")
-        self.state["postgres"] = {"port": port, "data": str(pg / "data"), "bindir": str(bindir), "run_as": prefix}
+        self.state["postgres"] = {"port": port, "data": str(pg / "data")}
         self.start_postgres(timeout)
         import psycopg
 
@@ -206,7 +272,7 @@ class Cluster:
         """Start (or start again) the cluster's PostgreSQL; loopback TCP only, no Unix socket."""
         p = self.state["postgres"]
         opts = f"-p {p['port']} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
-        run = subprocess.run([*p["run_as"], str(Path(p["bindir"]) / "pg_ctl"), "-D", p["data"], "-l",
+        run = subprocess.run([*_run_as(), str(_pg_bindir() / "pg_ctl"), "-D", p["data"], "-l",
                               str(Path(p["data"]).parent / "postgres.log"), "-o", opts, "-w", "-t", str(int(timeout)),
                               "start"], capture_output=True, text=True, check=False)
         if run.returncode:
@@ -215,18 +281,14 @@ class Cluster:
 
     def stop_postgres(self, mode: str = "fast") -> None:
         p = self.state["postgres"]
-        subprocess.run([*p["run_as"], str(Path(p["bindir"]) / "pg_ctl"), "-D", p["data"], "-m", mode, "-w", "stop"],
+        subprocess.run([*_run_as(), str(_pg_bindir() / "pg_ctl"), "-D", p["data"], "-m", mode, "-w", "stop"],
                        capture_output=True, text=True, check=False)
 
     def _mlflow(self, timeout: float, say: Any) -> None:
         port = free_port()
         folder = self.root / "mlflow"
         folder.mkdir(parents=True, exist_ok=True)
-        cmd = [_bin("mlflow"), "server", "--backend-store-uri", self.pg_url("mlflow"), "--serve-artifacts",
-               "--artifacts-destination", (folder / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
-               "--workers", "1"]
-        self.state["mlflow"] = {"port": port, "cmd": cmd, "log": str(folder / "server.log"),
-                                "env": {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", **MLFLOW_SERVER_ENV}}
+        self.state["mlflow"] = {"port": port}
         self.start_service("mlflow", timeout)
         self.state["services"].append("mlflow")
         self._save()
@@ -236,11 +298,7 @@ class Cluster:
         port = free_port()
         folder = self.root / "prefect"
         folder.mkdir(parents=True, exist_ok=True)
-        cmd = [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--analytics-off"]
-        self.state["prefect"] = {"port": port, "cmd": cmd, "log": str(folder / "server.log"),
-                                 "env": {"PREFECT_HOME": str(folder / "home"),
-                                         "PREFECT_API_DATABASE_CONNECTION_URL": self.pg_url("prefect", "asyncpg"),
-                                         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}}
+        self.state["prefect"] = {"port": port}
         self.start_service("prefect", timeout)
         self.state["services"].append("prefect")
         self._save()
@@ -250,9 +308,7 @@ class Cluster:
         port = free_port()
         sched = self.root / "dask-scheduler"
         sched.mkdir(parents=True, exist_ok=True)
-        self.state["dask-scheduler"] = {"port": port, "log": str(sched / "scheduler.log"),
-                                        "cmd": [_bin("dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                                                "--no-dashboard"]}
+        self.state["dask-scheduler"] = {"port": port}
         self.start_service("dask-scheduler", timeout)
         self.state["services"].append("dask-scheduler")
         self._save()
@@ -264,13 +320,10 @@ class Cluster:
 
     def add_worker(self, name: str, timeout: float = 60.0) -> None:
         """Start a Dask worker in its own empty folder ``<root>/<name>``, one process, one thread."""
-        folder = self.root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        address = f"tcp://127.0.0.1:{self.state['dask-scheduler']['port']}"
-        env = {"PREFECT_API_URL": self.env().get("PREFECT_API_URL", "")} if "prefect" in self.state else {}
-        self.state[name] = {"cmd": [_bin("dask"), "worker", address, "--nworkers", "1", "--nthreads", "1",
-                                    "--no-dashboard", "--name", name, "--local-directory", str(folder / "dask")],
-                            "log": str(folder / "worker.log"), "cwd": str(folder), "env": env, "scrub": True}
+        if not WORKER_NAME.fullmatch(name):
+            raise NasError(f"cluster: worker name {name[:40]!r} (expected worker-N)")
+        (self.root / name).mkdir(parents=True, exist_ok=True)
+        self.state[name] = {}
         self.start_service(name, timeout)
         if name not in self.state["services"]:
             self.state["services"].append(name)
@@ -288,20 +341,44 @@ class Cluster:
         if name == "postgres":
             return self.start_postgres(timeout)
         spec = self.state[name]
-        env = dict(os.environ)
-        if spec.get("scrub"):
-            for key in WORKER_SCRUB:
-                env.pop(key, None)
-        env.update(spec.get("env", {}))
-        proc = _start(spec["cmd"], Path(spec["log"]), Path(spec.get("cwd", self.root)), env)
-        spec["pid"] = proc.pid
+        cmd, log, cwd, extra, scrub = self._launch(name)
+        env = {k: v for k, v in os.environ.items() if not (scrub and k in WORKER_SCRUB)}
+        env.update(extra)
+        proc = _start(cmd, log, cwd, env)
+        spec["pid"], spec["started"] = proc.pid, _started(proc.pid)
         self._save()
         health = {"mlflow": f"http://127.0.0.1:{spec.get('port')}/health",
                   "prefect": f"http://127.0.0.1:{spec.get('port')}/api/health"}.get(name)
         if health:
-            _wait_http(health, timeout, name, Path(spec["log"]))
+            _wait_http(health, timeout, name, log)
         elif name == "dask-scheduler":
-            self._wait_port(spec["port"], timeout, name, Path(spec["log"]))
+            self._wait_port(spec["port"], timeout, name, log)
+
+    def _launch(self, name: str) -> tuple[list[str], Path, Path, dict[str, str], bool]:
+        """A service's command, log, folder, environment and whether the shell's tracking settings are
+        scrubbed: built here from its name and port, never read from the state file."""
+        spec, folder = self.state[name], self.root / name
+        if name == "mlflow":
+            folder = self.root / "mlflow"
+            cmd = [_bin("mlflow"), "server", "--backend-store-uri", self.pg_url("mlflow"), "--serve-artifacts",
+                   "--artifacts-destination", (folder / "artifacts").as_uri(), "--host", "127.0.0.1", "--port",
+                   str(spec["port"]), "--workers", "1"]
+            return cmd, folder / "server.log", self.root, {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
+                                                          **MLFLOW_SERVER_ENV}, False
+        if name == "prefect":
+            cmd = [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(spec["port"]),
+                   "--analytics-off"]
+            return cmd, folder / "server.log", self.root, {
+                "PREFECT_HOME": str(folder / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+                "PREFECT_API_DATABASE_CONNECTION_URL": self.pg_url("prefect", "asyncpg")}, False
+        if name == "dask-scheduler":
+            cmd = [_bin("dask"), "scheduler", "--host", "127.0.0.1", "--port", str(spec["port"]), "--no-dashboard"]
+            return cmd, folder / "scheduler.log", self.root, {}, False
+        address = f"tcp://127.0.0.1:{self.state['dask-scheduler']['port']}"
+        cmd = [_bin("dask"), "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard", "--name", name,
+               "--local-directory", str(folder / "dask")]
+        env = {"PREFECT_API_URL": self.env().get("PREFECT_API_URL", "")} if "prefect" in self.state else {}
+        return cmd, folder / "worker.log", folder, env, True
 
     def _wait_port(self, port: int, timeout: float, what: str, log: Path) -> None:
         t0 = time.monotonic()
@@ -316,9 +393,10 @@ class Cluster:
         """Stop one service: its whole process group, SIGKILL after ``wait`` seconds."""
         if name == "postgres":
             return self.stop_postgres("immediate" if sig == signal.SIGKILL else "fast")
-        pid = self.state.get(name, {}).get("pid")
-        if not pid:
-            return
+        spec = self.state.get(name, {})
+        pid = spec.get("pid")
+        if not pid or not _same_process(pid, spec.get("started")):
+            return  # gone, or another process now has its number: never signalled
         try:
             os.killpg(pid, sig)
         except ProcessLookupError:

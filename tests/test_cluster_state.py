@@ -1,0 +1,78 @@
+"""``cluster.json`` names services, ports and processes, never something to execute; stopping a
+service signals only the process the cluster started."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nas.cluster import Cluster, _started
+from nas.utils import NasError
+
+
+def _write(root, doc):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "cluster.json").write_text(json.dumps(doc) if not isinstance(doc, bytes) else "")
+    if isinstance(doc, bytes):
+        (root / "cluster.json").write_bytes(doc)
+
+
+@pytest.mark.parametrize("doc,message", [
+    ({"services": ["postgres"], "postgres": {"port": 5432, "data": "X", "run_as": ["sh", "-c", "touch pwned"]}},
+     "key 'postgres' has an unknown field 'run_as'"),
+    ({"services": ["mlflow"], "mlflow": {"port": 5000, "cmd": ["sh", "-c", "touch pwned"]}},
+     "key 'mlflow' has an unknown field 'cmd'"),
+    ({"services": ["mlflow"], "mlflow": {"port": 99999}}, "mlflow.port expects an integer in [1, 65535]"),
+    ({"services": ["mlflow"], "mlflow": {"port": 5000, "pid": "1"}}, "mlflow.pid expects an integer"),
+    ({"services": ["evil"], "evil": {}}, "unknown key 'evil'"),
+    ({"services": ["mlflow"]}, "service 'mlflow' is listed but has no entry"),
+    ({"services": "mlflow"}, "key 'services' expects a list"),
+    ([1, 2], "not a cluster state (expected a JSON object)"),
+    ({"services": ["postgres"], "postgres": {"port": 5432, "data": "/etc"}}, "postgres.data '/etc' is outside"),
+    (b"\xff\xfe{", "not valid JSON (not UTF-8 text)"),
+])
+def test_a_damaged_or_hostile_state_file_is_refused_in_one_line(tmp_path, doc, message):
+    _write(tmp_path / "c", doc)
+    with pytest.raises(NasError) as info:
+        Cluster(tmp_path / "c")
+    text = str(info.value)
+    assert message in text and "cluster.json" in text and "\n" not in text
+    assert not (tmp_path / "c" / "pwned").exists()
+
+
+def test_down_never_signals_a_process_it_did_not_start(tmp_path):
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        # the recorded pid is another process's (its start time differs), or no start time at all
+        _write(tmp_path / "c", {"services": ["mlflow", "prefect"], "mlflow": {"port": 5000, "pid": other.pid,
+                                                                               "started": 1.0},
+                                "prefect": {"port": 5001, "pid": other.pid}})
+        Cluster(tmp_path / "c").down(quiet=True)
+        assert other.poll() is None  # still running
+        # the process the cluster did start is stopped
+        _write(tmp_path / "c", {"services": ["mlflow"], "mlflow": {"port": 5000, "pid": other.pid,
+                                                                   "started": _started(other.pid)}})
+        Cluster(tmp_path / "c").down(quiet=True)
+        assert other.wait(timeout=20) is not None
+    finally:
+        if other.poll() is None:
+            other.kill()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--timeout", "-1"], "--timeout: expected 1 to 3600 seconds, got -1.0"),
+    (["--timeout", "nan"], "--timeout: expected 1 to 3600 seconds, got nan"),
+    (["--workers", "0"], "--workers: expected 1 to 64, got 0"),
+    (["--root", " "], "--root: expected a folder, got an empty string"),
+])
+def test_cluster_up_checks_its_flags_before_starting_anything(tmp_path, capsys, flags, message):
+    from nas.cli import main
+
+    root = tmp_path / "c"
+    args = ["cluster", "up", "--root", str(root), *flags] if "--root" not in flags else ["cluster", "up", *flags]
+    assert main(args) != 0
+    assert message in capsys.readouterr().err
+    assert not root.exists()
