@@ -18,6 +18,7 @@ calibration file are tried cheapest first; the first one valid on every space is
 from __future__ import annotations
 
 import dataclasses
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -26,12 +27,13 @@ from typing import Any
 from nas import config as config_mod
 from nas.grid.spec import ARCHIVE
 from nas.spaces.darts import CELL_EDGES, CONCAT, N_CELL_EDGES, STEPS, DartsGenotype, format_genotype, space_edge_ops
-from nas.utils import NasError
+from nas.utils import NasError, clip
 
 CELLS = ("good", "degenerate")
 DEGENERATE_OP = {"s4": "noise"}  # every other space: skip_connect
 FIELDS = ["candidate", "space", "cell", "seed", "genotype", "test_acc", "params_m", "retrain_minutes"]
 SPACES = ("s1", "s2", "s3", "s4", "darts")
+CANDIDATE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 REPORT_FILE = "calibration.json"  # in a report: the calibration file its runs follow (a report may be a machine's share)
 
 
@@ -105,7 +107,10 @@ class CalibrationSpec:
 def _candidate(raw: Any, path: Path, i: int) -> Candidate:
     where = f"{path}: calibration.candidates[{i}]"
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str) or not raw["name"]:
-        raise NasError(f"{where} expects a mapping with a 'name' and retrain keys, got {raw!r}")
+        raise NasError(f"{where} expects a mapping with a 'name' and retrain keys, got {clip(raw, 80)}")
+    if not CANDIDATE_NAME.fullmatch(raw["name"]):  # it names a folder under --out and the report
+        raise NasError(f"{where}: name {clip(raw['name'], 60)} (expected letters, digits, '.', '_' or '-', "
+                       f"64 at most, not starting with '.')")
     overrides = {k: v for k, v in raw.items() if k != "name"}
     known = set(config_mod.RetrainConfig.model_fields)
     for key in overrides:
@@ -131,9 +136,9 @@ def load_calibration(protocol: str | Path, out: str | None = None, report: str |
         raise NasError(f"{path}: unknown key 'calibration.{sorted(unknown)[0]}' (known: candidates, seeds, spaces)")
     spaces, seeds, cands = cal.get("spaces"), cal.get("seeds"), cal.get("candidates")
     if not isinstance(spaces, list) or not spaces or any(s not in SPACES for s in spaces):
-        raise NasError(f"{path}: key 'calibration.spaces' expects a list of {', '.join(SPACES)}, got {spaces!r}")
+        raise NasError(f"{path}: key 'calibration.spaces' expects a list of {', '.join(SPACES)}, got {clip(spaces, 80)}")
     if not isinstance(seeds, list) or len(seeds) < 2 or not all(type(s) is int and s >= 0 for s in seeds):
-        raise NasError(f"{path}: key 'calibration.seeds' expects at least two seeds (a spread needs two), got {seeds!r}")
+        raise NasError(f"{path}: key 'calibration.seeds' expects at least two seeds (a spread needs two), got {clip(seeds, 80)}")
     if not isinstance(cands, list) or not cands:
         raise NasError(f"{path}: key 'calibration.candidates' expects a non-empty list")
     candidates = [_candidate(c, path, i) for i, c in enumerate(cands)]

@@ -442,9 +442,24 @@ def _cmd_strength(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_work(args: argparse.Namespace) -> None:
+    """Work sizes and pool sizes a user sets, bounded before any work: one line naming the flag."""
+    import math
+
+    bounds = {"workers": (1, 64), "threads": (0, 1024), "points": (2, 101), "batches": (1, 10_000)}
+    for flag, (lo, hi) in bounds.items():
+        value = getattr(args, flag, None)
+        if value is not None and not lo <= value <= hi:
+            raise NasError(f"--{flag}: expected {lo} to {hi}, got {value}")
+    radius = getattr(args, "radius", None)
+    if radius is not None and not (math.isfinite(radius) and 0 < radius <= 1e3):
+        raise NasError(f"--radius: expected a number in (0, 1000], got {radius}")
+
+
 def _cmd_landscape(args: argparse.Namespace) -> int:
     from nas import stages
 
+    _check_work(args)
     res = stages.landscape_stage(args.run, args.out, args.points, args.radius, args.batches, args.seed,
                                  args.device)
     _print({"landscapes": res["landscapes"], "figure": res["figure"]}, args.json,
@@ -455,6 +470,8 @@ def _cmd_landscape(args: argparse.Namespace) -> int:
 
 def _cmd_grid(args: argparse.Namespace) -> int:
     from nas import grid
+
+    _check_work(args)
 
     def split(v, cast=str):
         return [cast(x) for x in v.split(",") if x.strip()] if v else None
@@ -480,6 +497,8 @@ def _cmd_grid(args: argparse.Namespace) -> int:
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from nas import calibrate
+
+    _check_work(args)
 
     spec = calibrate.load_calibration(args.protocol, args.out, args.report)
     if args.references:

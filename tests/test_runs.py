@@ -12,6 +12,8 @@ from nas.runs import jobs, store
 from nas.runs.files import read_json, write_json
 from nas.utils import FolderBusy, NasError, ResumeMismatch, RunLock
 
+REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
 
 def test_a_job_resolves_the_space_and_method_defaults_once():
     cfg = config_mod.from_dict("search", {"space": "nb201", "method": "pc-darts", "channels": 8})
@@ -157,3 +159,40 @@ def test_a_grid_that_leaves_the_space_defaults_unset_searches_nothing_the_second
     assert grid.run_grid(spec) == first
     assert len(count_searches) == 2  # no search ran again
     assert [f.stat().st_mtime_ns for f in selections] == stamps  # nor a selection
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["grid", "--protocol", "params/cpu-proxy.yaml", "--threads", "1000000"], "--threads: expected 0 to 1024, got 1000000"),
+    (["grid", "--protocol", "params/cpu-proxy.yaml", "--workers", "0"], "--workers: expected 1 to 64, got 0"),
+    (["calibrate", "--protocol", "params/s-calibration.yaml", "--workers", "1000"], "--workers: expected 1 to 64"),
+    (["landscape", "--run", "nowhere", "--out", "x", "--points", "100000"], "--points: expected 2 to 101, got 100000"),
+    (["landscape", "--run", "nowhere", "--out", "x", "--radius", "nan"], "--radius: expected a number in (0, 1000], got nan"),
+])
+def test_work_and_pool_sizes_are_bounded_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
+    from nas.cli import main
+
+    monkeypatch.chdir(REPO_ROOT)
+    assert main(argv) != 0
+    assert message in capsys.readouterr().err
+
+
+def test_a_calibration_candidate_name_stays_inside_its_folders(tmp_path):
+    from nas.calibrate import load_calibration
+
+    for name in ("../../escaped", "/abs", ".hidden", "a/b"):
+        p = tmp_path / "cal.yaml"
+        p.write_text(yaml.safe_dump({"retrain": {"epochs": 1}, "calibration": {
+            "spaces": ["s1"], "seeds": [1, 2], "candidates": [{"name": name, "epochs": 1}]}}))
+        with pytest.raises(NasError, match=r"calibration.candidates\[0\]: name .* \(expected letters, digits"):
+            load_calibration(p, out=str(tmp_path / "out"), report=str(tmp_path / "rep"))
+    assert not (tmp_path / "escaped").exists()
+
+
+def test_an_alias_bomb_in_a_protocol_is_not_expanded_into_the_message(tmp_path):
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    p = tmp_path / "proto.yaml"
+    p.write_text(bomb + "search: {epochs: 1}\ngrid: {methods: [darts], seeds: *i, selections: [magnitude]}\n")
+    with pytest.raises(NasError) as info:
+        grid.load_grid(p, str(tmp_path / "g"), str(tmp_path / "r"))
+    assert len(str(info.value)) < 400 and "grid.seeds" in str(info.value)

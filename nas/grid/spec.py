@@ -8,7 +8,7 @@ from typing import Any
 
 from nas import config as config_mod
 from nas import methods as _methods
-from nas.utils import NasError
+from nas.utils import NasError, clip
 
 # What a finished cell leaves in the report folder (``<report>/cells/<cell>/``): its JSON results
 # (the search's result.json with the α history and Hessian spectrum, each selection, the epoch
@@ -85,7 +85,7 @@ def cell_dir(out: str | Path, space: str | None, method: str, seed: int) -> Path
 
 def _list(raw: Any, key: str, source: str, kind: type) -> list:
     if not isinstance(raw, list) or not raw or not all(isinstance(v, kind) and not isinstance(v, bool) for v in raw):
-        raise NasError(f"{source}: key 'grid.{key}' expects a non-empty list of {kind.__name__}, got {raw!r}")
+        raise NasError(f"{source}: key 'grid.{key}' expects a non-empty list of {kind.__name__}, got {clip(raw, 80)}")
     return raw
 
 
@@ -122,7 +122,7 @@ def load_grid(protocol: str | Path, out: str | None = None, report: str | None =
     looked_up = all(get_space(sp).benchmark is not None for sp in (spaces or [search_cfg.space]))
     retrain = grid.get("retrain", not looked_up)
     if not isinstance(retrain, bool):
-        raise NasError(f"{path}: key 'grid.retrain' expects bool, got {retrain!r}")
+        raise NasError(f"{path}: key 'grid.retrain' expects bool, got {clip(retrain, 80)}")
     if not retrain and not looked_up:
         raise NasError(f"{path}: key 'grid.retrain' is false, but a space of the grid has no lookup table "
                        f"(only nb201 has): its cells must be trained from scratch")
@@ -166,7 +166,7 @@ def _strength(value: Any, path: Path, methods: list[str], variants: dict[str, An
 def _flag(grid: dict[str, Any], key: str, path: Path) -> bool:
     value = grid.get(key, False)
     if not isinstance(value, bool):
-        raise NasError(f"{path}: key 'grid.{key}' expects bool, got {value!r}")
+        raise NasError(f"{path}: key 'grid.{key}' expects bool, got {clip(value, 80)}")
     return value
 
 
@@ -199,12 +199,12 @@ def _variants(raw: Any, path: Path) -> dict[str, dict[str, Any]]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise NasError(f"{path}: key 'grid.variants' expects a mapping of name -> settings, got {raw!r}")
+        raise NasError(f"{path}: key 'grid.variants' expects a mapping of name -> settings, got {clip(raw, 80)}")
     out = {}
     for name, settings in raw.items():
         if not isinstance(settings, dict) or settings.get("method") not in _methods.METHOD_NAMES:
             raise NasError(f"{path}: key 'grid.variants.{name}' expects a mapping with 'method' one of "
-                           f"{', '.join(_methods.METHOD_NAMES)}, got {settings!r}")
+                           f"{', '.join(_methods.METHOD_NAMES)}, got {clip(settings, 80)}")
         if name in _methods.METHOD_NAMES and settings["method"] != name:  # a method's own name: that method, other settings
             raise NasError(f"{path}: key 'grid.variants.{name}' names the method {name!r} but runs "
                            f"{settings['method']!r}; give the variant a name of its own")
@@ -223,10 +223,10 @@ def _curve(raw: Any, source: str, methods: list[str], seeds: list[int]) -> dict[
         return None
     if not isinstance(raw, dict) or set(raw) - {"methods", "seeds", "every"} or "every" not in raw:
         raise NasError(f"{source}: key 'grid.curve' expects a mapping with 'every' and optional 'methods', 'seeds', "
-                       f"got {raw!r}")
+                       f"got {clip(raw, 80)}")
     every = raw["every"]
     if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-        raise NasError(f"{source}: key 'grid.curve.every' expects a positive int, got {every!r}")
+        raise NasError(f"{source}: key 'grid.curve.every' expects a positive int, got {clip(every, 80)}")
     cm = _list(raw.get("methods", methods), "curve.methods", source, str)
     cs = _list(raw.get("seeds", seeds), "curve.seeds", source, int)
     for m in cm:
