@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nas import __version__, tracking_stages
+from nas import __version__
 from nas import config as config_mod
 from nas.utils import NasError, clip
 
@@ -61,7 +61,7 @@ EXAMPLES = {
 
 
 def _default(kind: str, key: str) -> str:
-    for name, _, default, _ in config_mod.key_help(kind):
+    for name, _, default, _ in config_mod.key_help(kind, shared_only=True):  # no method settings: no torch
         if name == key:
             return default
     return "?"
@@ -391,6 +391,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     with _tracked("search", cfg, tags) as (tracker, run_id):
         res = stages.search_stage(cfg, resume=args.resume, force=args.force,
                                   callback=_epoch_logger(tracker, run_id, cfg.space))
+        from nas import tracking_stages  # lazily: `nas --help` loads no torch
         tracking_stages.log_search(tracker, run_id, res, live=not parallel.starts_ranks(cfg.nproc))
     parallel.stop()
     look = _maybe_lookup(res["space"], res["genotype"])
@@ -417,6 +418,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     stages.preflight("selection", cfg, args.resume, args.force)
     with _tracked("select", cfg, {"selection": cfg.method, "seed": cfg.seed}, cfg.method) as (tracker, run_id):
         sel = stages.select_stage(cfg, resume=args.resume, force=args.force)
+        from nas import tracking_stages  # lazily: `nas --help` loads no torch
         tracking_stages.log_selection(tracker, run_id, config_mod.to_dict(cfg), sel)
     lines = [f"genotype: {sel['genotype']}"]
     if sel["selection"] == "pt":
@@ -573,6 +575,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         name = tracking.run_name("evaluate", m["method"], m["selection"], m["space"], m.get("seed"),
                                  m.get("config_digest"))
         with tracking.stage_run(name, tags) as (tracker, run_id):
+            from nas import tracking_stages  # lazily: `nas --help` loads no torch
             tracking_stages.log_summary(tracker, run_id, m)
     lines = [f"genotype: {m['genotype']}", f"test accuracy: {100 * m['test_acc']:.2f}%  params {m['params']:,}"]
     if "nb201" in m:
@@ -595,6 +598,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     stages.preflight("retrain", cfg, args.resume, args.force)
     with _tracked("retrain", cfg, tags) as (tracker, run_id):
         res = stages.retrain_stage(cfg, resume=args.resume, force=args.force)
+        from nas import tracking_stages  # lazily: `nas --help` loads no torch
         tracking_stages.log_retrain(tracker, run_id, res, f"{cfg.out}/model.pt")
     out = {k: res[k] for k in ("space", "genotype", "params", "test_acc", "test_loss", "epochs", "seconds")}
     out["result"] = f"{cfg.out}/result.json"
@@ -608,6 +612,7 @@ COMMANDS = {"prepare": _cmd_prepare, "search": _cmd_search, "select": _cmd_selec
 
 
 def _epoch_logger(tracker: Any, run_id: str | None, space: str) -> Any:
+    from nas import tracking_stages  # lazily: `nas --help` loads no torch
     log = tracking_stages.epoch_logger(tracker, run_id, space)
     return lambda st: log(st.history[-1])
 

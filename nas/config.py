@@ -470,9 +470,9 @@ def _build(cls: type, values: dict[str, Any], sources: dict[str, str]) -> Any:
         raise NasError(f"{source}: key {key!r} expects {_type_text(key)}, got {clip(value, 100)}") from None
 
 
-def _type_text(key: str) -> str:
+def _type_text(key: str, first: type | None = None) -> str:
     """``int``, ``float or null``, ...: the type a key takes, as an error message names it."""
-    for cls in CONFIGS.values():
+    for cls in [first] if first is not None and key in first.model_fields else CONFIGS.values():
         if key in cls.model_fields:
             annotation = cls.model_fields[key].annotation
             break
@@ -579,15 +579,17 @@ def validate(cfg: Any) -> None:
             get_space(cfg.space)
 
 
-def key_help(kind: str) -> list[tuple[str, str, str, str]]:
-    """(key, type, default, meaning) of every key of a stage, from the models' fields."""
+def key_help(kind: str, shared_only: bool = False) -> list[tuple[str, str, str, str]]:
+    """(key, type, default, meaning) of every key of a stage, from the models' fields
+    (``shared_only``: a search's shared keys only, without composing the methods' settings)."""
     rows = []
-    for name, f in CONFIGS[kind].model_fields.items():
+    cls = SearchCore if kind == "search" and shared_only else CONFIGS[kind]
+    for name, f in cls.model_fields.items():
         default = f.default
         shown = "auto" if default is None and name in _SPACE_DEFAULTS else \
             ("null" if default is None else str(default).lower() if isinstance(default, bool) else repr(default)
              if isinstance(default, str) else str(default))
-        rows.append((name, _type_text(name), shown, f.description or ""))
+        rows.append((name, _type_text(name, cls), shown, f.description or ""))
     return rows
 
 
