@@ -3,6 +3,8 @@ typed decisions."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -12,7 +14,7 @@ from nas.runs import jobs, store
 from nas.runs.files import read_json, write_json
 from nas.utils import FolderBusy, NasError, ResumeMismatch, RunLock
 
-REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_a_job_resolves_the_space_and_method_defaults_once():

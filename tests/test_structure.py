@@ -131,16 +131,22 @@ def test_only_the_spaces_test_a_space_name():
 MAX_FUNCTION_LINES = 60
 
 
+def _functions(files: list[Path]):
+    """``(path:line, function node)`` of every function or method in ``files``."""
+    for path in files:
+        where = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield f"{where}:{node.lineno}", node
+
+
 def long_functions(files: list[Path], limit: int = MAX_FUNCTION_LINES) -> list[str]:
     """``path:line name (n lines)`` of every function or method longer than ``limit`` lines."""
     out = []
-    for path in files:
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                n = node.end_lineno - node.lineno + 1
-                if n > limit:
-                    where = path.relative_to(REPO) if path.is_relative_to(REPO) else path
-                    out.append(f"{where}:{node.lineno} {node.name} ({n} lines)")
+    for where, node in _functions(files):
+        n = node.end_lineno - node.lineno + 1
+        if n > limit:
+            out.append(f"{where} {node.name} ({n} lines)")
     return out
 
 
@@ -165,16 +171,13 @@ def wide_functions(files: list[Path], limit: int = MAX_PARAMETERS) -> list[str]:
     parameters (``self`` and ``cls`` aside; ``*args`` and ``**kwargs`` count one each): pass a
     typed object instead."""
     out = []
-    for path in files:
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                a = node.args
-                names = [x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs]]
-                n = len(names) + (a.vararg is not None) + (a.kwarg is not None)
-                n -= bool(names) and names[0] in ("self", "cls")
-                if n > limit:
-                    where = path.relative_to(REPO) if path.is_relative_to(REPO) else path
-                    out.append(f"{where}:{node.lineno} {node.name} ({n} parameters)")
+    for where, node in _functions(files):
+        a = node.args
+        names = [x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs]]
+        n = len(names) + (a.vararg is not None) + (a.kwarg is not None)
+        n -= bool(names) and names[0] in ("self", "cls")
+        if n > limit:
+            out.append(f"{where} {node.name} ({n} parameters)")
     return out
 
 

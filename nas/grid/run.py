@@ -83,6 +83,11 @@ class CellJob:
     def tag(self) -> str:
         return f"[grid {Path(self.protocol).stem}] {self.label}"
 
+    @property
+    def archives(self) -> list[Path]:
+        """Where the cell's archived results may be: its report's archive, then each reuse report's."""
+        return [Path(src) / ARCHIVE / self.cell.name for src in [self.report, *self.reuse]] if self.report else []
+
     def search_overrides(self) -> dict[str, Any]:
         o: dict[str, Any] = {**self.variant, "seed": self.seed, "out": str(self.cell / "search"),
                              "progress": self.progress}
@@ -104,9 +109,9 @@ def run_cell(job: CellJob) -> list[dict[str, Any]]:
     cell = job.cell
     try:
         with RunLock(cell, wait=job.wait, what="grid cell"):
-            for source in [job.report, *job.reuse] if job.report else []:
-                if store.restore(Path(source) / ARCHIVE / cell.name, cell, SEARCH_ARCHIVED):
-                    _say(job, f"read back from {Path(source) / ARCHIVE}")
+            for archive in job.archives:
+                if store.restore(archive, cell, SEARCH_ARCHIVED):
+                    _say(job, f"read back from {archive.parent}")
                     break
             rows = _run_cell(job)
             if job.report:
@@ -286,8 +291,7 @@ def ship_cell(job: CellJob) -> ShippedCell:
     """The cell of ``job`` made self-contained, with its archived results from the job's report
     (or a ``reuse`` report) when it has some."""
     archived: dict[str, Any] = {}
-    for source in [job.report, *job.reuse] if job.report else []:
-        folder = Path(source) / ARCHIVE / job.cell.name
+    for folder in job.archives:
         if (folder / SEARCH_ARCHIVED).is_file():
             archived = store.read_archive(folder)
             break

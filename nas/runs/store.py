@@ -16,6 +16,7 @@ import csv
 import dataclasses
 import io
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,7 @@ class Failures:
 
         line = f"{label}: {type(exc).__name__}: {cut(str(exc), 300)}"
         self.items.append(line)
-        print(f"[{self.what}] FAILED {line}", flush=True, file=__import__("sys").stderr)
+        print(f"[{self.what}] FAILED {line}", file=sys.stderr, flush=True)
         return line
 
     def raise_if_any(self, total: int, noun: str = "jobs") -> None:
