@@ -271,7 +271,7 @@ def main() -> None:
             achieved = flops / (med[("project", "fp32")] / 1000)
             print(f"  fp32 search step: {flops / 1e9:.2f} GFLOP, {achieved / 1e9:.1f} GFLOP/s = "
                   f"{100 * achieved / rate:.0f}% of the dense-convolution rate; supernet/discrete in FLOPs "
-                  f"{flops / flops_discrete:.2f} (lecture bound K = 5)")
+                  f"{flops / flops_discrete:.2f} (the bound K = 5)")
 
 
 if __name__ == "__main__":

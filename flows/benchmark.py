@@ -3,7 +3,7 @@
 Each (method, seed) cell is a task on the chosen task runner: threads here, or a Dask cluster of
 processes or machines.  Cells are cached by the library (``nas.grid``): a finished search or
 selection is read back, an interrupted one resumes, so a long grid completes across invocations.
-The flow then writes the lecture-form table (markdown + CSV), the per-run CSV and the figures, and
+The flow then writes the table in the papers' form (markdown + CSV), the per-run CSV and the figures, and
 logs them to MLflow.
 
     prefect deployment run 'nas-benchmark/cpu-proxy' -p data=/path/to/cifar-10-python.tar.gz

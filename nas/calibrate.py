@@ -6,7 +6,7 @@ retrain protocol, several seeds each:
 
 - ``good``: the most parametric normal cell the space allows (every node reads the two edges whose
   best op has the most weights, that op on each);
-- ``degenerate``: the normal cell the lecture's failure modes end on (skip connections, noise on
+- ``degenerate``: the normal cell the papers' failure modes end on (skip connections, noise on
   S4), on the lowest-numbered edges that offer it.
 
 Both share the ``good`` reduction cell, so that the pair differs where Table 3 counts: in the

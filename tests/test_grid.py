@@ -272,7 +272,7 @@ def test_proxy_fidelity_quantities():
 
 def test_retraining_grid_over_the_robustdarts_spaces(tmp_path):
     """S2 and S4 as one grid: DARTS with magnitude, PT and PT on the fix-α supernet, every selected
-    cell trained from scratch; the lecture-form table, the cells figure, and a cached second call."""
+    cell trained from scratch; the table in the papers' form, the cells figure, and a cached second call."""
     cache = str(tmp_path / "prep")
     doc = {"search": {"space": "s2", "dataset": "digits", "cache_dir": cache, "epochs": 2, "channels": 4, "cells": 3,
                       "batch_size": 16, "eval_batch_size": 32, "steps_per_epoch": 2, "hessian_every": 1},
@@ -350,7 +350,7 @@ def test_retraining_grid_settings_are_checked(protocol, tmp_path):
 
 def test_the_darts_paper_grid_at_tiny_scale(tmp_path):
     """params/darts-paper.yaml's own grid (its rows, variants, PT and retrains), with the search and
-    evaluation scaled down to the embedded digits: every lecture row runs end to end."""
+    evaluation scaled down to the embedded digits: every row of the papers' table runs end to end."""
     from conftest import REPO
 
     doc = yaml.safe_load((REPO / "params" / "darts-paper.yaml").read_text())

@@ -116,7 +116,7 @@ def summarise_retrained(rows: Iterable[dict[str, Any]], spec: GridSpec) -> list[
 
 
 def retrained_markdown(summary: list[dict[str, Any]], title: str) -> str:
-    """The lecture's form (a row per space, a column per method and selection: test error %),
+    """The papers' form (a row per space, a column per method and selection: test error %),
     then the long table with the normal cells' parameter-free ops and the minutes."""
     cols = list(dict.fromkeys((r["method"], r["selection"]) for r in summary))
     spaces = list(dict.fromkeys(r["space"] for r in summary))

@@ -60,7 +60,7 @@ class SearchSpace:
     benchmark: str | None = None  # the lookup table that scores a genotype without training, if any
     # the evaluation network's auxiliary head: the smallest image side it works on (0 = it has none)
     auxiliary_min_side: int = 0
-    # the ops of the cell whose degeneration the lecture counts (DARTS spaces: the normal cell's
+    # the ops of the cell whose degeneration the papers count (DARTS spaces: the normal cell's
     # genes; NB201: every edge of its one cell)
     counted_ops: Callable[[Any], list[str]] = lambda geno: []
 
