@@ -22,7 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict
 
 from flows.common import Where, add_runner_flags, flow_main, task_runner, where_from
-from nas import grid, tracking, tracking_stages
+from nas import grid, stopping, tracking, tracking_stages
 from nas.runs.store import Failures
 
 
@@ -37,14 +37,15 @@ def cell_task(shipped: grid.ShippedCell) -> dict[str, Any]:
 def _cells(jobs: list[grid.CellJob], report: str, what: str) -> tuple[list[dict[str, Any]], list[str]]:
     futures = [cell_task.submit(grid.ship_cell(job)) for job in jobs]
     out, failures = [], Failures(what)
-    for job, fut in zip(jobs, futures):
-        try:
-            res = fut.result()
-        except Exception as exc:  # the other cells go on; rerun the flow to retry this one
-            failures.add(job.label, exc)
-            continue
-        grid.store_shipped_cell(report, res)  # the results come home: no shared folder needed
-        out.append(res)
+    with stopping.others_stop_on_abort():  # SIGTERM / SIGINT: cells in threads stop too
+        for job, fut in zip(jobs, futures):
+            try:
+                res = fut.result()
+            except Exception as exc:  # the other cells go on; rerun the flow to retry this one
+                failures.add(job.label, exc)
+                continue
+            grid.store_shipped_cell(report, res)  # the results come home: no shared folder needed
+            out.append(res)
     return out, failures.items
 
 
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(res["report"]["markdown"])
         print(json.dumps({"figures": res["report"]["figures"], "runs_csv": res["report"]["runs_csv"]}, indent=2))
 
-    return flow_main("python -m flows.benchmark", check, run)
+    return flow_main("python -m flows.benchmark", check, run, "rerun the same command: finished cells are kept")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect.cache_policies import CachePolicy
+from prefect.exceptions import TerminationSignal
 from pydantic import BaseModel, ConfigDict, Field
 
+from nas import stopping
 from nas.runs import jobs
 from nas.tracking import disable_telemetry
 from nas.utils import NasError, code_version, sha256_file
@@ -100,18 +102,29 @@ def ready_local_prefect() -> None:
         marker.touch()
 
 
-def flow_main(prog: str, check: Callable[[], object], run: Callable[[], None]) -> int:
+def flow_main(prog: str, check: Callable[[], object], run: Callable[[], None],
+              resume: str = "rerun the same command: finished work is cached") -> int:
     """A flow's command line: ``check`` refuses bad settings in one line before any flow (or
     temporary Prefect server) starts; then ``run`` runs the flow, and a failure under it (all its
-    work failed, a server went away) ends in one line after Prefect's own log.  Exit status 0 or 1."""
+    work failed, a server went away) ends in one line after Prefect's own log.  SIGTERM and SIGINT
+    stop it within seconds (its trials' threads at their next batch), with one line saying how to
+    go on (``resume``).  Exit status 0, 1, or 130 when stopped."""
+    stopping.install()
     try:
         check()
     except NasError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
-    ready_local_prefect()
+    except KeyboardInterrupt as exc:
+        print(f"{prog}: {stopping.stopped_line(exc, resume)}", file=sys.stderr)
+        return 130
     try:
+        ready_local_prefect()
         run()
+    except (KeyboardInterrupt, TerminationSignal) as exc:  # TerminationSignal: Prefect's SIGTERM, in a flow
+        stopping.ask()  # threads still computing stop at their next batch
+        print(f"{prog}: {stopping.stopped_line(exc, resume)}", file=sys.stderr)
+        return 130
     except NasError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
@@ -188,4 +201,18 @@ def task_runner(where: Where, workers: int | None = None):
     if where.address:
         return DaskTaskRunner(address=where.address)
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": max(where.threads, 1),
-                                          "processes": True, "dashboard_address": None})
+                                          "processes": True, "dashboard_address": None, "env": _workers_env()})
+
+
+def _workers_env() -> dict[str, str]:
+    """A local cluster's workers report to this flow's Prefect server.  Without ``PREFECT_API_URL``
+    the flow runs on a temporary server that only this process knows; a worker that is not told
+    its address would start a temporary server of its own, and leave it running when the worker
+    is stopped."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():  # the workers read the same setting
+        return {}
+    server = SubprocessASGIServer()  # the temporary server of this process (one per process)
+    return {"PREFECT_API_URL": server.api_url} if server.running else {}

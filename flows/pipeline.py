@@ -24,7 +24,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 
 from flows.common import StageFiles, add_set_flag, cache_options, flow_main, not_a_config_error
 from nas import config as config_mod
-from nas import stages, tracking, tracking_stages
+from nas import stages, stopping, tracking, tracking_stages
 from nas.runs import jobs
 
 TASK_OPTS: dict[str, Any] = dict(cache_policy=StageFiles(), persist_result=True, result_serializer="json")
@@ -151,8 +151,8 @@ def pipeline(method: str | None = None, selection: str | None = None, seed: int 
         metrics = evaluate_task.with_options(**cache_options(outs["evaluate"], refresh))(
             str(root / "search"), sel["selection"], str(root / "retrain"), str(root / "evaluate"),
             inputs=[srch["result"], sel["selection"], rt["result"]], outputs=outs["evaluate"])
-    except BaseException:
-        tracker.end(parent, ok=False)
+    except BaseException as exc:
+        tracker.end(parent, stopping.status(exc))
         raise
     ui = os.environ.get("NAS_MLFLOW_UI", "http://127.0.0.1:5000")
     tracking_stages.log_summary(tracker, parent, metrics)
@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         res = pipeline(a.method, a.selection, a.seed, a.params, a.sets, a.out, a.track, a.refresh)
         print(json.dumps({k: res[k] for k in ("genotype", "test_acc", "out", "mlflow_run")}, indent=2))
 
-    return flow_main("python -m flows.pipeline", check, run)
+    return flow_main("python -m flows.pipeline", check, run,
+                     "rerun the same command: finished stages are cached, a stopped stage resumes from its checkpoint")
 
 
 if __name__ == "__main__":

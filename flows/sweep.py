@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +24,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.common import Where, add_runner_flags, add_set_flag, flow_main, task_runner, where_from
-from nas import sweep, tracking, tracking_stages
+from nas import stopping, sweep, tracking, tracking_stages
 
 
 @task(name="trial")
@@ -36,6 +37,12 @@ def trial_task(job: sweep.TrialJob) -> dict[str, Any] | None:
 def _trials(jobs: list[sweep.TrialJob]) -> list[dict[str, Any]]:
     futures = [trial_task.submit(job) for job in jobs]
     rows = []
+    with stopping.others_stop_on_abort():  # SIGTERM / SIGINT: the trials' threads stop too
+        _collect(futures, rows)
+    return rows
+
+
+def _collect(futures: list[Any], rows: list[dict[str, Any]]) -> None:
     for fut in futures:
         try:
             row = fut.result()
@@ -45,7 +52,6 @@ def _trials(jobs: list[sweep.TrialJob]) -> list[dict[str, Any]]:
             msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             print(f"trial failed: {msg}")
             rows.append({"state": "FAILED", "error": msg})
-    return rows
 
 
 def client_settings(params: str, storage: str | None, out: str, track: bool, remote: bool) -> dict[str, Any]:
@@ -116,11 +122,13 @@ def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrai
         "stage": "sweep", "method": method, "objective": mode, "selection": "magnitude"})
     job = sweep.TrialJob(name=name, method=method, mode=mode, sets=tuple(sets or ()), pruner=study.pruner,
                          seed=study.seed, parent_run=parent, threads=where.threads, max_trials=study.max_trials,
-                         **settings)
+                         client=uuid.uuid4().hex, **settings)
     try:
         new = _add_trials(job, n_trials, where)
-    except BaseException:
-        tracker.end(parent, ok=False)
+    except BaseException as exc:
+        # trials on workers that were stopped with the flow could not end their own runs
+        tracking_stages.end_running(tracker, job.client, stopping.status(exc))
+        tracker.end(parent, stopping.status(exc))
         raise
     st = sweep.open_study(name, storage, method, mode, study.pruner, study.seed)
     rep = sweep.study_report(st, name, method, mode, out)
@@ -231,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                          a.track)
         print(json.dumps({"study": res["study"], "best": res["best"], "csv": res["csv"]}, indent=2))
 
-    return flow_main("python -m flows.sweep", check, run)
+    return flow_main("python -m flows.sweep", check, run,
+                     "finished trials stay in the study, stopped ones end FAIL; run it again to add trials")
 
 
 if __name__ == "__main__":

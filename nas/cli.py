@@ -27,6 +27,7 @@ from typing import Any
 
 from nas import __version__
 from nas import config as config_mod
+from nas import stopping
 from nas.utils import NasError, clip
 
 EXAMPLES = {
@@ -311,6 +312,14 @@ def _maybe_lookup(space: str, genotype: str) -> dict[str, Any] | None:
     return nb201_lookup(space, genotype)
 
 
+# how a stopped command goes on where it stopped
+RESUME = {"search": "rerun it with --resume to go on from the last checkpoint",
+          "select": "rerun it with --resume to go on from the last decision",
+          "retrain": "rerun it with --resume to go on from the last checkpoint",
+          "grid": "rerun the same command: finished cells are kept, a stopped search resumes",
+          "calibrate": "rerun the same command: finished runs are kept"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -322,13 +331,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BrokenPipeError:  # `nas search --list-keys | head`
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    stopping.install()
     try:
         return _run(args)
     except NasError as exc:
         print(f"nas {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"nas {args.command}: interrupted (resume with --resume)", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # SIGINT or SIGTERM (stopping.Stopped)
+        print(f"nas {args.command}: {stopping.stopped_line(exc, RESUME.get(args.command, 'rerun the same command'))}",
+              file=sys.stderr)
         return 130
     except BrokenPipeError:  # `nas ... | head`: the reader has gone, nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from nas import config as config_mod
+from nas import stopping
 from nas.methods import tuned_strengths
 from nas.spaces import get_space
 from nas.utils import NasError, write_csv
@@ -354,7 +355,8 @@ class TrialJob:
     database ``storage``, ``pruner``, sampler ``seed`` and ``max_trials`` cap), the method and
     objective ``mode``, the params file (``params`` names it in messages, ``params_text`` is its
     content, written into the trial's folder), the ``--set`` items, the trials' folder ``out``,
-    tracking (``track``, ``tracking_uri``, the study's ``parent_run``) and torch ``threads``."""
+    tracking (``track``, ``tracking_uri``, the study's ``parent_run``, the sweep call's ``client``
+    id) and torch ``threads``."""
 
     name: str
     storage: str | None
@@ -371,6 +373,7 @@ class TrialJob:
     max_trials: int | None = None
     params_text: str | None = None
     tracking_uri: str | None = None
+    client: str | None = None  # the sweep call that made the job: its trials' runs carry it (tags.sweep_client)
 
 
 def run_trial(job: TrialJob) -> dict[str, Any] | None:
@@ -427,8 +430,8 @@ def _run_trial(study: Any, trial: Any, job: TrialJob) -> dict[str, Any]:
     tracker = tracking.tracker(job.track, uri=job.tracking_uri)
     run_id = tracker.start(f"trial-{trial.number}-{method}-{key}={value:.3g}", {
         "stage": "trial", "method": method, "space": scfg.space, "dataset": scfg.dataset, "seed": scfg.seed,
-        "objective": mode, "selection": sel_cfg.method, "study": study.study_name, "trial": trial.number},
-        parent=job.parent_run)
+        "objective": mode, "selection": sel_cfg.method, "study": study.study_name, "trial": trial.number,
+        **({"sweep_client": job.client} if job.client else {})}, parent=job.parent_run)
     tracker.log_params(run_id, {key: value, "objective": mode, "study": study.study_name, "trial": trial.number})
 
     reported: list[float | None] = [None]  # the last supernet accuracy reported (the pruning signal)
@@ -456,12 +459,12 @@ def _run_trial(study: Any, trial: Any, job: TrialJob) -> dict[str, Any]:
         tracker.set_tags(run_id, {"state": "PRUNED"})
         tracker.end(run_id)
         return {**row, "state": "PRUNED", "value": None, "supernet_val_acc": reported[0]}
-    except BaseException:
+    except BaseException as exc:
         tell(study, trial, storage_url, state=optuna.trial.TrialState.FAIL, quiet=True)
-        tracker.end(run_id, ok=False)
+        tracker.end(run_id, stopping.status(exc))
         raise
     if not with_db_retry(f"trial {trial.number}", tell, study, trial, storage_url, objective):  # reaped meanwhile
-        tracker.end(run_id, ok=False)
+        tracker.end(run_id, "FAILED")
         return {**row, "state": "FAIL", "value": None, "supernet_val_acc": reported[0]}
     print(f"trial {trial.number}: {key}={value:.4g} -> {objective:.2f} ({mode}) {row['genotype']}",
           file=sys.stderr, flush=True)

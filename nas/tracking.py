@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from nas import stopping
 from nas.drawings import (  # noqa: F401  (part of this module's API)
     OP_COLOURS,
     alpha_heatmap_png,
@@ -46,6 +47,25 @@ def disable_telemetry() -> None:
                        ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DVC_NO_ANALYTICS", "1"),
                        ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")):
         os.environ.setdefault(key, value)
+
+
+# Retries of a request to a tracking server that does not answer: MLflow's own back-off doubles
+# from 2 s up to 120 s between tries, so a run whose server came back could sit out another minute.
+# Here the pause doubles from 1 s to at most MAX_BACKOFF seconds, over RETRIES tries: about three
+# minutes of outage are ridden out, and at most about 10 s are lost once the server is back.
+RETRIES, MAX_BACKOFF = 20, 10.0
+
+
+def bound_retries() -> None:
+    """Set the retry policy above for MLflow's HTTP requests in this process (the environment
+    variables ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` and ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` still
+    win when set)."""
+    from urllib3.util.retry import Retry
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(RETRIES))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    # MLflow's retry class caps each pause at urllib3's class-wide default
+    Retry.DEFAULT_BACKOFF_MAX = MAX_BACKOFF
 
 
 def enabled() -> bool:
@@ -102,13 +122,13 @@ def local_store(uri: str) -> bool:
 @contextmanager
 def stage_run(name: str, tags: dict[str, Any], parent: str | None = None, track: bool = True):
     """``(tracker, run_id)`` of a run for one stage (``(NullTracker, None)`` when tracking is off).
-    Whatever happens inside, the run ends FINISHED or FAILED, never RUNNING."""
+    Whatever happens inside, the run ends FINISHED, FAILED or KILLED (stopped), never RUNNING."""
     t = tracker(track)
     run_id = t.start(name, tags, parent=parent)
     try:
         yield t, run_id
-    except BaseException:
-        t.end(run_id, ok=False)
+    except BaseException as exc:
+        t.end(run_id, stopping.status(exc))
         raise
     t.end(run_id)
 
@@ -120,6 +140,7 @@ class Tracker:
 
     def __init__(self, uri: str | None = None, experiment: str | None = None):
         disable_telemetry()
+        bound_retries()
         from mlflow.tracking import MlflowClient
 
         self.uri = uri or tracking_uri()
@@ -173,8 +194,9 @@ class Tracker:
         return self.start(run_name("sweep", study, tags.get("selection"), digest=config_digest({"storage": storage})),
                           {**tags, "study": study, "study_storage": storage})
 
-    def end(self, run_id: str, ok: bool = True) -> None:
-        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+    def end(self, run_id: str, status: str = "FINISHED") -> None:
+        """End a run FINISHED, FAILED or KILLED (``stopping.status`` of how it ended)."""
+        self.client.set_terminated(run_id, status)
 
     def url(self, run_id: str) -> str:
         return f"#/experiments/{self.experiment_id}/runs/{run_id}?{UI_QUERY}"
@@ -325,7 +347,7 @@ class NullTracker(Tracker):
     def study_run(self, study: str, storage: str, tags: dict[str, Any]) -> str | None:
         return None
 
-    def end(self, run_id: str, ok: bool = True) -> None:
+    def end(self, run_id: str, status: str = "FINISHED") -> None:
         return None
 
     def url(self, run_id: str) -> str:

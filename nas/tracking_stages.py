@@ -253,3 +253,16 @@ def _torch_version() -> str:
     import torch
 
     return torch.__version__.split("+")[0]
+
+
+def end_running(tracker: Tracker, client: str, status: str) -> int:
+    """End with ``status`` every run still RUNNING that the sweep call ``client`` started (its
+    trials on workers that were stopped or killed before they could end their own runs);
+    the number ended.  Runs of other clients of the same study are left alone."""
+    if not tracker.active or not client:
+        return 0
+    found = tracker.client.search_runs([tracker.experiment_id], f"attributes.status = 'RUNNING' and "
+                                       f"tags.sweep_client = '{client}'")
+    for run in found:
+        tracker.client.set_terminated(run.info.run_id, status)
+    return len(found)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from nas import stopping
 from nas.data.cache import Prepared, load_prepared, prepare
 from nas.data.formats import available_memory
 from nas.rng import rng_stream
@@ -145,6 +146,7 @@ class BatchStream:
         if shuffle and gen is not None:
             order = order[torch.randperm(len(order), device=self.device, generator=gen)]
         for i in range(len(self)):
+            stopping.check()  # SIGTERM / SIGINT: the next batch raises Stopped, in any thread
             yield self.batch(order[i * self.batch_size:(i + 1) * self.batch_size], gen)
 
 

@@ -41,10 +41,34 @@ def run_jobs(jobs: list[Any], workers: int, fn: Callable[[Any], Any], collect: C
     # spawn: workers start clean (no CUDA context or thread pool inherited from this process);
     # each leaves when this process dies (a killed campaign leaves no worker computing on)
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                             initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
+                             initializer=_worker_start, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(fn, job): job for job in jobs}
-        for fut in as_completed(futures):
-            try:
-                collect(fut.result())
-            except Exception as exc:
-                failed(futures[fut], exc)
+        try:
+            for fut in as_completed(futures):
+                try:
+                    collect(fut.result())
+                except Exception as exc:
+                    failed(futures[fut], exc)
+        except KeyboardInterrupt:  # stopped (SIGTERM, SIGINT): the workers stop too, then this returns
+            _stop_workers(pool)
+            raise
+
+
+def _worker_start(parent: int) -> None:
+    """A worker process: it stops cleanly on SIGTERM (its tracking runs end KILLED) and ends when
+    its parent is gone."""
+    from nas import stopping
+
+    stopping.install()
+    exit_with_parent(parent)
+
+
+def _stop_workers(pool: Any) -> None:
+    """SIGTERM to every worker of ``pool`` (each stops at once, keeping its last checkpoint) and no
+    job started after it."""
+    import signal
+
+    for proc in list(getattr(pool, "_processes", {}).values()):  # the executor keeps no public list
+        if proc.is_alive():
+            os.kill(proc.pid, signal.SIGTERM)
+    pool.shutdown(wait=True, cancel_futures=True)
