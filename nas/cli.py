@@ -25,9 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nas import __version__
+from nas import __version__, stopping
 from nas import config as config_mod
-from nas import stopping
 from nas.utils import NasError, clip
 
 EXAMPLES = {

@@ -188,19 +188,6 @@ def test_mlflow_server_down_for_20_seconds_loses_no_metric(cluster, tmp_path):
     assert sorted(m.step for m in history) == list(range(1, 31))
 
 
-def test_a_remote_cluster_refuses_stores_that_are_files_on_the_client(tmp_path):
-    _params(tmp_path)
-    env = {k: v for k, v in os.environ.items() if k not in CLIENT_SCRUB}
-    env.update(PYTHONPATH=str(REPO), PREFECT_HOME=str(tmp_path / "ph"))
-    cmd = [sys.executable, "-m", "flows.sweep", "--method", "drnas", "--params", "tiny.yaml", "--runner", "dask",
-           "--address", "tcp://127.0.0.1:9", "--storage", f"sqlite:///{tmp_path / 'o.db'}"]
-    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 1
-    assert p.stderr.strip().splitlines()[-1] == (
-        f"python -m flows.sweep: error: storage: sqlite:///{tmp_path / 'o.db'} is a file on this machine; the workers "
-        f"of a Dask cluster need a database server they all reach (--storage postgresql://USER@HOST:PORT/DB)")
-
-
 def _grid_protocol(folder: Path, epochs: int = 3) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "tinygrid.yaml"

@@ -4,10 +4,13 @@ service signals only the process the cluster started."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
+import yaml
+from conftest import REPO, TINY_PIPELINE
 
 from nas.cluster import Cluster, _started
 from nas.utils import NasError
@@ -76,3 +79,20 @@ def test_cluster_up_checks_its_flags_before_starting_anything(tmp_path, capsys, 
     assert main(args) != 0
     assert message in capsys.readouterr().err
     assert not root.exists()
+
+
+@pytest.mark.slow
+def test_a_remote_cluster_refuses_stores_that_are_files_on_the_client(tmp_path):
+    """Checked on the client before anything starts (no cluster needed: the address is never reached)."""
+    doc = {k: dict(v) for k, v in TINY_PIPELINE.items()}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(doc))
+    scrub = ("MLFLOW_TRACKING_URI", "NAS_OPTUNA_STORAGE", "PREFECT_API_URL", "PREFECT_HOME")
+    env = {k: v for k, v in os.environ.items() if k not in scrub}
+    env.update(PYTHONPATH=str(REPO), PREFECT_HOME=str(tmp_path / "ph"))
+    cmd = [sys.executable, "-m", "flows.sweep", "--method", "drnas", "--params", "tiny.yaml", "--runner", "dask",
+           "--address", "tcp://127.0.0.1:9", "--storage", f"sqlite:///{tmp_path / 'o.db'}"]
+    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines()[-1] == (
+        f"python -m flows.sweep: error: storage: sqlite:///{tmp_path / 'o.db'} is a file on this machine; the workers "
+        f"of a Dask cluster need a database server they all reach (--storage postgresql://USER@HOST:PORT/DB)")

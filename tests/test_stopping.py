@@ -83,7 +83,6 @@ def _runs(db: str) -> list:
 def _alive(pids: list[int], within: float = 10.0) -> list[str]:
     """The processes of ``pids`` still running ``within`` seconds from now (zombies excepted), as
     their command lines."""
-    import psutil
 
     deadline = time.monotonic() + within
     while time.monotonic() < deadline and _running(pids):
