@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> None:
         res = pipeline(a.method, a.selection, a.seed, a.params, a.sets, a.out, a.track, a.refresh)
-        print(json.dumps({k: res[k] for k in ("genotype", "test_acc", "out", "mlflow_run")}, indent=2))
+        print(json.dumps({"genotype": res["genotype"], "test_acc_percent": round(100 * res["test_acc"], 2),
+                          "out": res["out"], "mlflow_run": res["mlflow_run"]}, indent=2))
 
     return flow_main("python -m flows.pipeline", check, run,
                      "rerun the same command: finished stages are cached, a stopped stage resumes from its checkpoint")

@@ -75,6 +75,15 @@ def client_settings(params: str, storage: str | None, out: str, track: bool, rem
             "out": str(Path(out).resolve()), "track": uri is not None, "tracking_uri": uri}
 
 
+def check_trial_configs(method: str, mode: str, params: str, sets: list[str] | None) -> None:
+    """Resolve every stage config as a trial will (a clash between sections, a misspelt or
+    out-of-range ``--set``): one line here, on the client, instead of a failed trial per worker."""
+    from nas import config as config_mod
+
+    key, lo, _ = sweep.check(method, mode)
+    config_mod.pipeline_configs(params, "runs/sweep/check", [*(sets or []), f"search.{key}={lo}"], method=method)
+
+
 class Study(BaseModel):
     """The study a sweep adds to: its ``name`` (default ``<method>-<mode>``), database ``storage``
     (default ``$NAS_OPTUNA_STORAGE``, else ``sqlite:///runs/optuna.db``), ``pruner``, sampler
@@ -111,6 +120,7 @@ def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrai
     name = study.name or f"{method}-{mode}"
     settings = client_settings(params, study.storage, study.out or f"runs/sweep/{name}", track,
                                remote=where.runner == "dask" and bool(where.address))
+    check_trial_configs(method, mode, params, sets)
     storage, out, track = settings["storage"], settings["out"], settings["track"]
     st = sweep.open_study(name, storage, method, mode, study.pruner, study.seed)
     sweep.fail_stale(st, storage)
@@ -233,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         where_from(a, a.parallel)
         client_settings(a.params, a.storage, a.out or "runs/sweep", a.track,
                         remote=a.runner == "dask" and bool(a.address))
+        check_trial_configs(a.method, a.mode, a.params, a.sets)
 
     def run() -> None:
         res = sweep_flow(a.method, a.n_trials, a.mode, a.params, a.sets, study_from(a), where_from(a, a.parallel),

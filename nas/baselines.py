@@ -44,7 +44,7 @@ def random_search(search: Any, resume: bool = False) -> dict[str, Any]:
             rec = train_briefly(search, (bundle, w_stream, eval_stream), genotypes[c], cfg.random_epochs,
                                 init_seed=cfg.seed * 1000 + c, batches=("random-batches", c), bar=bar)
             candidates.append({"candidate": c + 1, **rec})
-            log_line(bar, f"candidate {c + 1}/{cfg.random_samples}  val acc {rec['val_acc']:.3f}  {rec['genotype']}")
+            log_line(bar, f"candidate {c + 1}/{cfg.random_samples}  val acc {100 * rec['val_acc']:.1f}%  {rec['genotype']}")
             torch_save(ck_path, {"format": CHECKPOINT_FORMAT, "config": cfg.model_dump(),
                                  "data_sha256": search.data_sha256, "epoch": c + 1, "history": candidates})
     finally:

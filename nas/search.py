@@ -303,7 +303,7 @@ class Search:
                     log_line(bar, epoch_line(record, cfg.epochs, self.space), run_label(self.out))
                 if bar is not None:
                     bar.set_description(f"search epoch {min(st.epoch + 1, cfg.epochs)}/{cfg.epochs}", refresh=False)
-                    bar.set_postfix_str(f"val acc {record['val_acc']:.3f}")
+                    bar.set_postfix_str(f"val acc {100 * record['val_acc']:.1f}%")
                 rollback = self.files.early_stop(st)
                 if rollback is not None:
                     log_line(bar, f"early stop at epoch {st.epoch}: the top eigenvalue grew by more than "
@@ -577,10 +577,10 @@ def _cycle(stream, gen):
 
 
 def epoch_line(record: dict[str, Any], epochs: int, space: Any) -> str:
-    """One search epoch in under 100 characters: losses, accuracies, eigenvalue, skip edges."""
+    """One search epoch in under 100 characters: losses, accuracies (%), eigenvalue, skip edges."""
     skips = str(record.get("genotype", "")).count("skip_connect")
-    line = (f"epoch {record['epoch']}/{epochs}  train {record['train_loss']:.3f} / {record['train_acc']:.3f}  "
-            f"val {record['val_loss']:.3f} / {record['val_acc']:.3f}")
+    line = (f"epoch {record['epoch']}/{epochs}  train {record['train_loss']:.3f} / {100 * record['train_acc']:.1f}%  "
+            f"val {record['val_loss']:.3f} / {100 * record['val_acc']:.1f}%")
     if isinstance(record.get("hessian_eig"), (int, float)):
         line += f"  eig {record['hessian_eig']:.3g}"
     return line + f"  skip {skips}/{len(space.edge_ops)}  {record['seconds']:.1f}s"

@@ -80,15 +80,20 @@ def others_stop_on_abort() -> Iterator[None]:
     stop at their next batch instead of being waited for to the end."""
     try:
         yield
-    except Exception:
-        raise
     except BaseException as exc:
-        ask(signal_name(exc))
+        if is_stop(exc):
+            ask(signal_name(exc))
         raise
+
+
+def is_stop(exc: BaseException) -> bool:
+    """A stop asked from outside: SIGINT (``KeyboardInterrupt``, ``Stopped``) or a library's signal
+    exception that carries the signal's number (Prefect's ``TerminationSignal``)."""
+    return isinstance(exc, KeyboardInterrupt) or isinstance(getattr(exc, "signal", None), int)
 
 
 def status(exc: BaseException | None) -> str:
     """The final state of a tracking run that ended with ``exc`` (None: it ended normally)."""
     if exc is None:
         return "FINISHED"
-    return "KILLED" if isinstance(exc, KeyboardInterrupt) or asked() else "FAILED"
+    return "KILLED" if is_stop(exc) else "FAILED"

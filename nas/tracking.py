@@ -51,9 +51,10 @@ def disable_telemetry() -> None:
 
 # Retries of a request to a tracking server that does not answer: MLflow's own back-off doubles
 # from 2 s up to 120 s between tries, so a run whose server came back could sit out another minute.
-# Here the pause doubles from 1 s to at most MAX_BACKOFF seconds, over RETRIES tries: about three
-# minutes of outage are ridden out, and at most about 10 s are lost once the server is back.
-RETRIES, MAX_BACKOFF = 20, 10.0
+# Here the pause doubles from 2 s to at most MAX_BACKOFF seconds over RETRIES tries (MLflow allows
+# at most 10): about 100 s of outage are ridden out, and at most about 15 s are lost once the
+# server is back.
+RETRIES, MAX_BACKOFF = 10, 15.0
 
 
 def bound_retries() -> None:

@@ -84,14 +84,14 @@ def _check_auxiliary(cfg: config_mod.RetrainConfig, space: Any, side: int) -> No
 
 def _show(rec: dict[str, Any], epochs: int, bar: Any, label: str | None) -> None:
     """One line per epoch: above the progress bar on a terminal, else on stderr after ``[label]``."""
-    msg = f"epoch {rec['epoch']}/{epochs}  train loss {rec['train_loss']:.3f} acc {rec['train_acc']:.3f}"
+    msg = f"epoch {rec['epoch']}/{epochs}  train loss {rec['train_loss']:.3f} acc {100 * rec['train_acc']:.1f}%"
     if "test_acc" in rec:
-        msg += f"  test acc {rec['test_acc']:.4f}"
+        msg += f"  test acc {100 * rec['test_acc']:.2f}%"
     log_line(bar, msg + f"  {rec['seconds']:.1f}s", label)
     if bar is not None and not bar.disable:
         bar.set_description(f"retrain epoch {min(rec['epoch'] + 1, epochs)}/{epochs}", refresh=False)
-        bar.set_postfix_str(f"train acc {rec['train_acc']:.3f}"
-                            + (f" test acc {rec['test_acc']:.3f}" if "test_acc" in rec else ""))
+        bar.set_postfix_str(f"train acc {100 * rec['train_acc']:.1f}%"
+                            + (f" test acc {100 * rec['test_acc']:.2f}%" if "test_acc" in rec else ""))
 
 
 class _Trainer:

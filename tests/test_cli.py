@@ -131,8 +131,8 @@ def test_pipeline_stages_from_the_command_line(cli, tmp_path, tiny_params):
     # a retrain of another genotype is refused by evaluate
     r = cli("retrain", "--config", params, "--genotype", BEST, "--out", str(tmp_path / "rt2"), "--no-progress")
     assert r.returncode == 0, r.stderr
-    assert re.search(rf"^\[{tmp_path.name}/rt2\] epoch 1/\d+  train loss \d\.\d{{3}} acc \d\.\d{{3}}.*  \d+\.\ds$",
-                     r.stderr, re.M), r.stderr  # the run, the epoch, its loss and accuracy, its seconds
+    assert re.search(rf"^\[{tmp_path.name}/rt2\] epoch 1/\d+  train loss \d\.\d{{3}} acc \d+\.\d%.*  \d+\.\ds$",
+                     r.stderr, re.M), r.stderr  # the run, the epoch, its loss and accuracy (%), its seconds
     r = cli("evaluate", "--search", str(tmp_path / "s"), "--selection", str(tmp_path / "sel"), "--retrain",
             str(tmp_path / "rt2"), "--out", str(tmp_path / "ev2"))
     assert r.returncode == 2 and "is not the selected" in r.stderr

@@ -299,6 +299,9 @@ def test_bad_pipeline_params_are_named(tmp_path, tiny_params):
     ("flows.pipeline", ["--params", "{params}", "--set", "search.epochz=2"], "epochz"),
     ("flows.benchmark", ["--protocol", "{tmp}/nope.yaml"], "nope.yaml"),
     ("flows.sweep", ["--params", "{tmp}/nope.yaml"], "nope.yaml"),
+    # the whole trial config, as a worker would resolve it, is checked on the client before dispatch
+    ("flows.sweep", ["--params", "{params}", "--set", "search.cache_dir={tmp}/elsewhere"], "search.cache_dir"),
+    ("flows.sweep", ["--params", "{params}", "--set", "search.epochz=2"], "epochz"),
 ])
 def test_a_flow_command_refuses_bad_settings_in_one_line_before_prefect_starts(module, args, named, tmp_path,
                                                                                 tiny_params, monkeypatch, capsys):

@@ -162,7 +162,9 @@ def test_a_sweep_stops_within_seconds_with_its_trials_killed_in_mlflow(runner, s
     _wait_for(proc, lambda: len(list((tmp_path / "out").rglob("checkpoint.pt"))) == 2, "two trials' checkpoints")
     children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
     seconds, err = _stop(proc, sig)
-    assert proc.returncode == 130 and seconds < 10, (proc.returncode, seconds, err[-3000:])
+    # threads stop at their next batch (about 5 s here, the temporary Prefect server's shutdown
+    # included); a Dask worker is given 4 s by its nanny before it is killed (about 9 s unloaded)
+    assert proc.returncode == 130 and seconds < (10 if runner == "thread" else 20), (seconds, err[-3000:])
     assert f"python -m flows.sweep: stopped by {signal.Signals(sig).name}; finished trials stay in the study" in err
     assert "Traceback" not in err and "terminate called" not in err
     assert _alive(children) == []
