@@ -259,23 +259,52 @@ def stage_run_name(stage: str, cfg: dict[str, Any], method: str | None = None, s
     return run_name(stage, method, selection, cfg.get("space"), cfg.get("seed"), config_digest(cfg))
 
 
-def html_table(title: str, columns: list[str], rows: list[dict[str, Any]]) -> str:
-    """A self-contained HTML page with one table (numbers to two decimals, text escaped)."""
+def html_table(title: str, columns: list[str], rows: list[dict[str, Any]], best: tuple[str, bool] | None = None,
+               units: dict[str, str] | None = None) -> str:
+    """A self-contained HTML page with one table, text escaped.  Each column's numbers have one
+    rounding (two decimals, more when its smallest number needs them for three significant
+    digits); a header carries its unit (``units``).  With ``best`` (a column, and whether higher
+    is better) a first column marks the best row, or every row tied with it as displayed."""
     import html
 
-    def cell(v: Any) -> str:
-        if isinstance(v, float):  # two decimals, or four significant digits for small strengths
-            return "" if math.isnan(v) else f"{v:.2f}" if v == 0 or abs(v) >= 0.1 else f"{v:.4g}"
-        return html.escape("" if v is None else str(v))
+    fmt = {c: _column_format([r.get(c) for r in rows]) for c in columns}
 
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    def cell(c: str, v: Any) -> str:
+        return html.escape("" if v is None else fmt[c](v) if isinstance(v, float) else str(v))
+
+    marks = _best_marks(rows, best, fmt[best[0]]) if best else [None] * len(rows)
+    names = ([""] if best else []) + [c + (f" ({units[c]})" if units and c in units else "") for c in columns]
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    body = "".join(("<tr class=\"best\">" if m else "<tr>") + ("" if m is None else f"<td>{m}</td>")
+                   + "".join(f"<td>{cell(c, r.get(c))}</td>" for c in columns) + "</tr>"
+                   for r, m in zip(rows, marks))
     style = ("body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}"
-             "td{font-family:monospace}")
+             "td{font-family:monospace}tr.best td{font-weight:bold;background:#eef7ee}")
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body><h3>{html.escape(title)}</h3><p>{html.escape(UNITS)}</p>"
             f"<table><tr>{head}</tr>{body}</table></body></html>")
+
+
+def _column_format(values: list[Any]) -> Any:
+    """One rounding for a column's floats: two decimals, or as many (up to 6) as its smallest
+    nonzero number needs for three significant digits; NaN shows empty."""
+    small = [abs(v) for v in values if isinstance(v, float) and math.isfinite(v) and v != 0]
+    digits = max(2, min(6, 2 - math.floor(math.log10(min(small))))) if small else 2
+    return lambda v: "" if math.isnan(v) else f"{v:.{digits}f}"
+
+
+def _best_marks(rows: list[dict[str, Any]], best: tuple[str, bool], fmt: Any) -> list[str]:
+    """``best`` / ``tied best`` for the rows whose value (as displayed) is the column's best."""
+    col, higher = best
+    shown = [fmt(r[col]) if isinstance(r.get(col), float) and math.isfinite(r[col]) else None for r in rows]
+    numbers = [float(s) for s in shown if s]
+    if not numbers:
+        return [""] * len(rows)
+    top = f"{(max if higher else min)(numbers):.12g}"
+    winners = [s is not None and f"{float(s):.12g}" == top for s in shown]
+    mark = "tied best" if sum(winners) > 1 else "best"
+    return [mark if w else "" for w in winners]
 
 
 def metric_label(edge_name: str) -> str:

@@ -107,7 +107,7 @@ def log_study(tracker: Tracker, run_id: str, rep: dict[str, Any], params: dict[s
     table, best, key = rep["table"], rep["best"], rep["key"]
     cols = ["number", "state", key, "value", "genotype"]
     log_comparison(tracker, run_id, f"Study {params.get('study')}, objective in percent: {rep['objective']}", cols,
-                        sorted(table, key=lambda r: -(r["value"] if r["value"] is not None else -1e9)))
+                   sorted(table, key=lambda r: -(r["value"] if r["value"] is not None else -1e9)), ("value", True))
     counts = {s_: sum(r["state"] == s_ for r in table) for s_ in ("COMPLETE", "PRUNED", "FAIL")}
     tracker.log_metrics(run_id, {"trials_complete": counts["COMPLETE"], "trials_pruned": counts["PRUNED"],
                               "trials_failed": counts["FAIL"]})
@@ -146,7 +146,8 @@ def log_benchmark(tracker: Tracker, spec: Any, protocol: str, rep: dict[str, Any
              "test_error_std" if spec.retrain else "cifar10_std", "search_minutes", "select_minutes"])
     log_comparison(tracker, run_id, f"Protocol {spec.name}: " + ("test error (%), lowest first" if spec.retrain else
                                                              "NAS-Bench-201 CIFAR-10 test accuracy (%), best first"),
-                        cols, sorted(rep["summary"], key=lambda r: r[key] * (1 if spec.retrain else -1)))
+                   cols, sorted(rep["summary"], key=lambda r: r[key] * (1 if spec.retrain else -1)),
+                   (key, not spec.retrain))
     for path in rep["figures"]:
         tracker.log_file(run_id, path, "figures")
     by_cell = {(res["rows"][0].get("space"), res["rows"][0]["method"], int(res["rows"][0]["seed"])): res
@@ -178,12 +179,21 @@ def _log_grid_row(tracker: Tracker, parent: str, spec: Any, r: dict[str, Any], c
     tracker.end(child)
 
 
-def log_comparison(tracker: Tracker, run_id: str, title: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
+# the unit of each column a comparison page may show
+UNITS_OF = {"value": "%", "test_error_mean": "%", "test_error_std": "%", "cifar10_mean": "%", "cifar10_std": "%",
+            "search_minutes": "min", "select_minutes": "min"}
+
+
+def log_comparison(tracker: Tracker, run_id: str, title: str, columns: list[str], rows: list[dict[str, Any]],
+                   best: tuple[str, bool]) -> None:
     """``comparison.html`` on a parent run: its children side by side in one table, best first,
-    with every column a user compares (MLflow's artifact view renders it as a page)."""
+    with every column a user compares and its unit, the best row (or the rows tied with it)
+    marked; ``best`` is the deciding column and whether higher is better.  MLflow's artifact view
+    renders it as a page."""
     if not tracker.active:
         return
-    tracker.log_bytes(run_id, html_table(title, columns, rows).encode(), "comparison.html")
+    page = html_table(title, columns, rows, best=best, units={c: UNITS_OF[c] for c in columns if c in UNITS_OF})
+    tracker.log_bytes(run_id, page.encode(), "comparison.html")
 
 
 def log_genotype(tracker: Tracker, run_id: str, space: str, genotype: str, folder: str = "genotype") -> None:

@@ -161,8 +161,17 @@ def test_the_comparison_page_is_one_escaped_table():
                                [{"method": "darts", "value": 93.456, "genotype": "|x~0|<script>|", "lam": 0.003542},
                                 {"method": "snas", "value": float("nan")}])
     assert page.count("<tr>") == 3 and "<td>93.46</td>" in page and "<script>" not in page
-    assert tracking.html_table("t", ["lam"], [{"lam": 0.003542}]).count("<td>0.003542</td>") == 1
+    assert tracking.html_table("t", ["lam"], [{"lam": 0.003542}]).count("<td>0.00354</td>") == 1
     assert "&lt;script&gt;" in page and "<h3>a &lt;b&gt;</h3>" in page and "<td></td>" in page
+    # one rounding per column, the unit in the header, the best row marked and ties told apart
+    rows = [{"lam": 0.21, "value": 91.96}, {"lam": 0.206, "value": 91.961}, {"lam": 0.2055, "value": None},
+            {"lam": 0.0035, "value": 80.1}]
+    page = tracking.html_table("s", ["lam", "value"], rows, best=("value", True), units={"value": "%"})
+    assert "<th></th><th>lam</th><th>value (%)</th>" in page
+    assert [c.split("</td>")[0] for c in page.split("<td>")[1:]] == [
+        "tied best", "0.21000", "91.96", "tied best", "0.20600", "91.96", "", "0.20550", "", "", "0.00350", "80.10"]
+    page = tracking.html_table("s", ["err"], [{"err": 5.0}, {"err": 4.0}], best=("err", False))
+    assert page.count('<tr class="best"><td>best</td><td>4.00</td>') == 1 and page.count("best</td>") == 1
 
 
 def test_tracking_writes_nothing_under_the_home_folder(tmp_path):
