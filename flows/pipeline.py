@@ -154,7 +154,7 @@ def pipeline(method: str | None = None, selection: str | None = None, seed: int 
     except BaseException as exc:
         tracker.end(parent, stopping.status(exc))
         raise
-    ui = os.environ.get("NAS_MLFLOW_UI", "http://127.0.0.1:5000")
+    ui = mlflow_ui(tracker)
     tracking_stages.log_summary(tracker, parent, metrics)
     tracker.set_tags(parent, {"search_run": srch["mlflow_run"], "retrain_run": rt["mlflow_run"]})
     tracker.end(parent)
@@ -163,6 +163,14 @@ def pipeline(method: str | None = None, selection: str | None = None, seed: int 
     create_markdown_artifact(key="nas-pipeline-summary", markdown=summary_markdown(metrics, links, ui),
                              description="genotype, NB201 lookup, test accuracy, MLflow links")
     return {**metrics, "out": str(root), "mlflow_run": parent}
+
+
+def mlflow_ui(tracker: Any) -> str:
+    """Where the summary's MLflow links point: ``NAS_MLFLOW_UI``, else the tracking server itself
+    (an http(s) tracking URI serves the UI too), else the ``mlflow ui`` of the docs on port 5000."""
+    uri = getattr(tracker, "uri", "") or ""
+    default = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return os.environ.get("NAS_MLFLOW_UI", default)
 
 
 def main(argv: list[str] | None = None) -> int:

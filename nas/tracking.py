@@ -320,8 +320,8 @@ HEADLINE = ("train_loss", "train_acc", "val_loss", "val_acc", "hessian_eig", "sk
 # and the sweep objective beside them: one unit on every row of the runs table.
 PERCENT = ("train_acc", "val_acc", "test_acc")
 UNITS = ("Units: every accuracy (train_acc, val_acc, test_acc, nb201_*, objective, supernet_val_acc) is a "
-         "percentage, 0-100; test_error is 100 - test_acc; losses are cross-entropy; *_seconds and *_minutes are "
-         "wall-clock; alpha/* are mean mixing weights (0-1; the figure alpha/alpha_per_op.png draws them on one axis).")
+         "percentage, 0-100; test_error is 100 - test_acc; losses are cross-entropy; `*_seconds` and `*_minutes` are "
+         "wall-clock; `alpha/*` are mean mixing weights (0-1; the figure alpha/alpha_per_op.png draws them on one axis).")
 
 
 def percent(metrics: dict[str, float]) -> dict[str, float]:

@@ -389,3 +389,17 @@ def test_quickstart_script_as_the_readme_runs_it(tmp_path):
     assert f"genotype: {summary['genotype']}" in p.stdout
     assert "params:" in p.stdout and "cifar10 test accuracy:" in p.stdout and "oracle 94.37" in p.stdout
     assert summary["retrain_epochs"] == 2  # the arguments reached the flow
+
+
+def test_summary_links_point_at_the_tracking_server(monkeypatch):
+    from flows.pipeline import mlflow_ui
+
+    class Client:
+        uri = "http://tracking:5000/"
+
+    monkeypatch.delenv("NAS_MLFLOW_UI", raising=False)
+    assert mlflow_ui(Client()) == "http://tracking:5000"
+    Client.uri = "sqlite:///runs/mlflow.db"  # a local store: the docs' `mlflow ui --port 5000`
+    assert mlflow_ui(Client()) == "http://127.0.0.1:5000"
+    monkeypatch.setenv("NAS_MLFLOW_UI", "https://mlflow.example.org")
+    assert mlflow_ui(Client()) == "https://mlflow.example.org"
