@@ -419,7 +419,7 @@ def _trial_configs(trial: Any, job: TrialJob, key: str, value: float) -> tuple[P
 def _run_trial(study: Any, trial: Any, job: TrialJob) -> dict[str, Any]:
     import optuna
 
-    from nas import tracking
+    from nas import tracking, tracking_stages
     from nas.runs import jobs
 
     key, lo, hi = check(job.method, job.mode)
@@ -447,7 +447,8 @@ def _run_trial(study: Any, trial: Any, job: TrialJob) -> dict[str, Any]:
 
     row: dict[str, Any] = {"number": trial.number, key: value, "method": method, "mode": mode}
     try:
-        jobs.run(jobs.Job.of("search", scfg), callback=on_epoch)
+        searched = jobs.run(jobs.Job.of("search", scfg), callback=on_epoch)
+        tracking_stages.log_search(tracker, run_id, searched)  # α history and charts, cell, eigenvalues
         sel = jobs.run(jobs.Job.selection(sel_cfg))
         row["genotype"] = sel["genotype"]
         for attr in ("genotype", "space"):

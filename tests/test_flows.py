@@ -192,10 +192,19 @@ def test_sweep_grows_every_run_prunes_and_keeps_one_parent(prefect_server, tiny_
     trials = client.search_runs([parents[0].info.experiment_id],
                                 f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
     assert len(trials) == 6
+    # a trial's search carries what every search run carries: α history and charts, cell, eigenvalue
+    done = [r for r in trials if r.data.tags.get("state") == "COMPLETE"]
+    assert done
+    for r in done:
+        assert {a.path for a in client.list_artifacts(r.info.run_id, "alpha")} == {
+            "alpha/alpha_history.npz", "alpha/alpha_heatmap.png", "alpha/alpha_per_op.png"}
+        assert "genotype/cell.png" in {a.path for a in client.list_artifacts(r.info.run_id, "genotype")}
+        assert "final_eigenvalue" in r.data.metrics and "val_acc" in r.data.metrics
     # the parent's comparison page: every trial in one table, best first
     (tmp_path / "dl").mkdir()
     page = pathlib.Path(client.download_artifacts(parents[0].info.run_id, "comparison.html", str(tmp_path / "dl"))).read_text()
-    assert page.count("<tr>") == 1 + 6 and "<th>drnas_lambda</th>" in page and "percentage" in page
+    assert page.count("<tr") == 1 + 6 and "<th>drnas_lambda</th>" in page and "percentage" in page
+    assert "<th>value (%)</th>" in page and page.count("best</td>") >= 1  # the winner (or the tied) marked
     # the benchmark objective is refused for a study made for the retrain objective
     with pytest.raises(Exception, match="was made for method 'drnas' mode 'retrain'"):
         sweep.open_study("t", storage, "drnas", "benchmark")
