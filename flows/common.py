@@ -122,7 +122,7 @@ def flow_main(prog: str, check: Callable[[], object], run: Callable[[], None],
         ready_local_prefect()
         run()
     except (KeyboardInterrupt, TerminationSignal) as exc:  # TerminationSignal: Prefect's SIGTERM, in a flow
-        stopping.ask()  # threads still computing stop at their next batch
+        stopping.ask(stopping.signal_name(exc))  # threads still computing stop at their next batch
         print(f"{prog}: {stopping.stopped_line(exc, resume)}", file=sys.stderr)
         return 130
     except NasError as exc:

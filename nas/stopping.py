@@ -29,10 +29,6 @@ def check() -> None:
         raise Stopped(_BY[0])
 
 
-def asked() -> bool:
-    return _ASKED.is_set()
-
-
 def ask(by: str = "a request") -> None:
     """Ask every thread of this process to stop at its next batch."""
     _BY[0] = by

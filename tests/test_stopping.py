@@ -3,6 +3,7 @@ intact, tracking runs KILLED, one line saying how to go on."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -88,7 +89,6 @@ def _runs(db: str) -> list:
 def _alive(pids: list[int], within: float = 10.0) -> list[str]:
     """The processes of ``pids`` still running ``within`` seconds from now (zombies excepted), as
     their command lines."""
-
     deadline = time.monotonic() + within
     while time.monotonic() < deadline and _running(pids):
         time.sleep(0.2)
@@ -100,12 +100,10 @@ def _running(pids: list[int]) -> list[str]:
 
     alive = []
     for pid in pids:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):  # gone meanwhile
             proc = psutil.Process(pid)
             if proc.status() != psutil.STATUS_ZOMBIE:
                 alive.append(" ".join(proc.cmdline()))
-        except psutil.NoSuchProcess:
-            pass
     return alive
 
 
