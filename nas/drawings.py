@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from typing import Any
 
@@ -145,6 +146,7 @@ OP_COLOURS = {"skip_connect": "#dd8452", "none": "#999999", "noise": "#c44e52", 
               "dil_conv_3x3": "#55a868", "dil_conv_5x5": "#2d6e3e"}
 
 
+@functools.lru_cache(maxsize=64)  # a grid's report draws the same cells each time it is rewritten
 def cell_png(space: str, genotype: str) -> bytes:
     """The cell(s) as graphs: nodes in a row, each edge an arc coloured by its op with the op's
     name at the middle of the arc, a legend of the colours."""

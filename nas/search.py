@@ -105,11 +105,7 @@ class SearchState:
         """The inverse of ``train_state`` (``where`` names the file in errors)."""
         self.model.load_state_dict(ck["model"])
         if "arch" in ck:
-            # buffers added later (PT's decided/removed) keep their defaults on older checkpoints
-            missing, unexpected = self.arch.load_state_dict(ck["arch"], strict=False)
-            bad = [k for k in missing if k not in ("decided", "removed")] + list(unexpected)
-            if bad:
-                raise NasError(f"{where}: architecture state does not match (key {bad[0]!r})")
+            self.load_arch_state(ck["arch"], where)
         else:  # checkpoints written before the architecture held more than α
             with torch.no_grad():
                 self.arch.alpha.copy_(ck["alpha"].to(self.arch.alpha.device))
@@ -120,6 +116,14 @@ class SearchState:
             scaler = getattr(self, name)
             if name in ck and scaler is not None:
                 scaler.load_state_dict(ck[name])
+
+    def load_arch_state(self, arch: dict[str, Any], where: Any) -> None:
+        """The architecture's part of ``train_state`` (α, β, PT's decided/removed edges)."""
+        # buffers added later (PT's decided/removed) keep their defaults on older checkpoints
+        missing, unexpected = self.arch.load_state_dict(arch, strict=False)
+        bad = [k for k in missing if k not in ("decided", "removed")] + list(unexpected)
+        if bad:
+            raise NasError(f"{where}: architecture state does not match (key {bad[0]!r})")
 
     @property
     def forward(self) -> Runner:

@@ -13,7 +13,7 @@ from torch import nn
 from nas import hessian as hessian_mod
 from nas.data import BatchStream
 from nas.mix import Mix
-from nas.utils import NasError
+from nas.utils import NasError, set_training
 
 SearchState = Any
 
@@ -56,14 +56,13 @@ class SearchMeasure:
         if bn not in ("running", "batch"):
             raise NasError(f"measure: bn must be 'running' or 'batch', not {bn!r}")
         mix = s.expected_mix(st) if mix is None else mix
-        norms = [m for m in st.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        # training mode without tracking with bn="batch": batch statistics, running ones not updated
+        modules = set_training(st.model, bn == "batch")
+        norms = [m for m in modules if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         tracked = [m.track_running_stats for m in norms]
-        if bn == "batch":  # training mode without tracking: batch statistics, running ones not updated
-            st.model.train()
+        if bn == "batch":
             for m in norms:
                 m.track_running_stats = False
-        else:
-            st.model.eval()
         loss, correct, n = 0.0, 0.0, 0
         sh = s.shards
         try:
@@ -79,7 +78,7 @@ class SearchMeasure:
         finally:
             for m, t in zip(norms, tracked):
                 m.track_running_stats = t
-            st.model.train()
+            set_training(st.model, True)
         if sh.world > 1:
             totals = torch.tensor([loss, correct, float(n)], dtype=torch.float64, device=s.device)
             sh.sum_([totals])

@@ -146,7 +146,7 @@ def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: co
     plan: list[tuple[str, Any]] = [("edge", e) for e in order] + [("node", g) for g in groups]
     t_start = time.perf_counter()
     if resume_from is not None:
-        st.load_train_state(resume_from, checkpoint)  # the search's checkpoint code
+        _resume_pt_state(st, resume_from, checkpoint)
         decisions = list(resume_from["decisions"])
         tune_epoch = int(resume_from["tune_epoch"])
 
@@ -180,10 +180,29 @@ def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: co
             seconds = float((resume_from or {}).get("seconds", 0.0)) + time.perf_counter() - t_start
             if search.shards.main:  # rank 0 owns the selection's files
                 torch_save(checkpoint, {**(header or {}), "format": "nas-pt-checkpoint-v1", "seconds": seconds,
-                                        **st.train_state(), "decisions": decisions, "tune_epoch": tune_epoch})
+                                        **_pt_train_state(st, tune_epoch), "decisions": decisions,
+                                        "tune_epoch": tune_epoch})
         if on_step is not None:
             on_step(k)
     return decisions, order
+
+
+def _pt_train_state(st: SearchState, tune_epoch: int) -> dict[str, Any]:
+    """What a PT checkpoint stores of the training state.  Until the first tuning epoch the supernet
+    and its optimisers are still those of the search checkpoint (which the header's digest pins),
+    so the architecture with its decisions is all that changed: a checkpoint of a few kilobytes."""
+    return st.train_state() if tune_epoch else {"arch": st.arch.state_dict()}
+
+
+def _resume_pt_state(st: SearchState, resume_from: dict[str, Any], checkpoint: Any) -> None:
+    """The inverse of ``_pt_train_state`` on the supernet loaded from the search checkpoint."""
+    if "model" in resume_from:
+        st.load_train_state(resume_from, checkpoint)  # the search's checkpoint code
+    elif resume_from.get("tune_epoch") == 0 and isinstance(resume_from.get("arch"), dict):
+        st.load_arch_state(resume_from["arch"], checkpoint)
+    else:
+        raise NasError(f"{checkpoint}: a PT checkpoint without the supernet must be from before any tuning "
+                       "(tune_epoch 0) and hold the architecture ('arch')")
 
 
 def _decide_edge(search: Search, st: SearchState, val: Any, cfg: config_mod.SelectConfig, base_mix: Any,

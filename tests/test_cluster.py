@@ -194,7 +194,7 @@ def _grid_protocol(folder: Path, epochs: int = 3) -> Path:
     path.write_text(yaml.safe_dump({
         "search": {"dataset": "digits", "epochs": epochs, "channels": 4, "cells": 1, "batch_size": 32,
                    "steps_per_epoch": 3, "hessian_every": 1},
-        "grid": {"methods": ["darts", "gdas"], "seeds": [1, 2], "selections": ["magnitude"]}}))
+        "grid": {"methods": ["darts", "gdas"], "seeds": [1], "selections": ["magnitude"]}}))
     return path
 
 
@@ -223,7 +223,7 @@ def test_grid_through_dask_matches_one_process_and_comes_home_without_a_shared_f
     code, out, err = _flow(cluster, client_dir, "flows.benchmark", "--protocol", "tinygrid.yaml", "--runner", "dask")
     assert code == 0, err[-3000:]
     report = client_dir / "data" / "results" / "tinygrid"
-    assert {p.name for p in (report / "cells").iterdir()} == {"darts-s1", "darts-s2", "gdas-s1", "gdas-s2"}
+    assert {p.name for p in (report / "cells").iterdir()} == {"darts-s1", "gdas-s1"}
     # the cells ran on the workers: their results came back with the rows, nothing was written in
     # the workers' folders, and the runs table holds one nested run per row with the cell's results
     for name in ("worker-1", "worker-2"):
@@ -231,7 +231,7 @@ def test_grid_through_dask_matches_one_process_and_comes_home_without_a_shared_f
     mc = _client(cluster)
     exp = mc.get_experiment_by_name("nas")
     rows = mc.search_runs([exp.experiment_id], "tags.stage = 'grid' and tags.protocol = 'tinygrid'")
-    assert len(rows) == 4 and all(mc.list_artifacts(r.info.run_id, "cell") for r in rows)
+    assert len(rows) == 2 and all(mc.list_artifacts(r.info.run_id, "cell") for r in rows)
     # the same grid in one process, in another folder: the same rows
     one = tmp_path / "one"
     _grid_protocol(one)

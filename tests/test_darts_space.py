@@ -222,6 +222,9 @@ def test_pt_topology_keeps_the_edge_that_matters(tmp_path):
     for c in range(2):
         genes = (geno.normal, geno.reduce)[c]
         assert len(genes) == 8
+    # PT never keeps the zero op on the DARTS space: its cells are valid genotypes
+    assert all(d["chosen"] != "none" and "none" not in d["acc_without"] for d in decisions if "chosen" in d)
+    assert all(op != "none" for op, _ in geno.normal + geno.reduce)
 
 
 def test_retrain_darts_network_with_auxiliary_head_drop_path_and_cutout(tmp_path):

@@ -170,6 +170,16 @@ def test_pt_checks_its_output_before_working_and_resumes_per_edge(tiny_search, t
     assert resumed["genotype"] == full["genotype"]
     assert resumed["decisions"] == full["decisions"]
     assert resumed["final_val_acc"] == full["final_val_acc"]
+    # untuned, the supernet stays the search's: the checkpoint holds the decisions, not the weights,
+    # and resumes to the same selection
+    untuned = {**base, "pt_tune_epochs": 0}
+    full0 = select(build_config("select", overrides={**untuned, "out": str(tmp_path / "pt0-full")}))
+    cfg0 = build_config("select", overrides={**untuned, "out": str(tmp_path / "pt0")})
+    with pytest.raises(KeyboardInterrupt):
+        select(cfg0, on_step=stop_after_three)
+    ck0 = torch_load(tmp_path / "pt0" / PT_CHECKPOINT)
+    assert "model" not in ck0 and ck0["tune_epoch"] == 0 and len(ck0["decisions"]) == 3
+    assert select(cfg0, resume=True)["decisions"] == full0["decisions"]
     # a changed PT setting is not resumed
     changed = build_config("select", overrides={**base, "out": str(tmp_path / "pt"), "pt_tune_epochs": 2})
     with pytest.raises(NasError, match="cannot resume, config key 'pt_tune_epochs' was 1, now 2"):
