@@ -140,15 +140,10 @@ def pt_project(search: Search, st: SearchState, val, w_stream, a_stream, cfg: co
     for group in st.w_opt.param_groups:
         group["lr"] = search.cfg.w_lr * cfg.pt_lr_factor
     steps = search.steps_per_epoch(w_stream)
-    decisions: list[dict[str, Any]] = []
-    tune_epoch = 0
     groups = [g for g in space.edge_groups if len(g) > space.keep_edges_per_node] if space.keep_edges_per_node else []
     plan: list[tuple[str, Any]] = [("edge", e) for e in order] + [("node", g) for g in groups]
     t_start = time.perf_counter()
-    if resume_from is not None:
-        _resume_pt_state(st, resume_from, checkpoint)
-        decisions = list(resume_from["decisions"])
-        tune_epoch = int(resume_from["tune_epoch"])
+    decisions, tune_epoch = ([], 0) if resume_from is None else _resume_pt_state(st, resume_from, checkpoint)
 
     def tune() -> None:
         nonlocal tune_epoch
@@ -194,8 +189,9 @@ def _pt_train_state(st: SearchState, tune_epoch: int) -> dict[str, Any]:
     return st.train_state() if tune_epoch else {"arch": st.arch.state_dict()}
 
 
-def _resume_pt_state(st: SearchState, resume_from: dict[str, Any], checkpoint: Any) -> None:
-    """The inverse of ``_pt_train_state`` on the supernet loaded from the search checkpoint."""
+def _resume_pt_state(st: SearchState, resume_from: dict[str, Any], checkpoint: Any) -> tuple[list[dict[str, Any]], int]:
+    """The inverse of ``_pt_train_state`` on the supernet loaded from the search checkpoint; the
+    decisions so far and the tuning epochs done."""
     if "model" in resume_from:
         st.load_train_state(resume_from, checkpoint)  # the search's checkpoint code
     elif resume_from.get("tune_epoch") == 0 and isinstance(resume_from.get("arch"), dict):
@@ -203,6 +199,7 @@ def _resume_pt_state(st: SearchState, resume_from: dict[str, Any], checkpoint: A
     else:
         raise NasError(f"{checkpoint}: a PT checkpoint without the supernet must be from before any tuning "
                        "(tune_epoch 0) and hold the architecture ('arch')")
+    return list(resume_from["decisions"]), int(resume_from["tune_epoch"])
 
 
 def _decide_edge(search: Search, st: SearchState, val: Any, cfg: config_mod.SelectConfig, base_mix: Any,

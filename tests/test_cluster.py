@@ -165,7 +165,7 @@ def test_postgres_restarted_during_a_sweep_loses_no_finished_trial(cluster, tmp_
 
 
 def test_mlflow_server_down_for_20_seconds_loses_no_metric(cluster, tmp_path):
-    _params(tmp_path / "c", epochs=30)
+    _params(tmp_path / "c", epochs=20)
     proc = _sweep(cluster, tmp_path / "c", "--study", "mlflow-down", "--n-trials", "1", wait=False)
     mc = _client(cluster)
     exp_id = None
@@ -185,7 +185,7 @@ def test_mlflow_server_down_for_20_seconds_loses_no_metric(cluster, tmp_path):
     runs = mc.search_runs([exp_id], "tags.stage = 'trial' and tags.study = 'mlflow-down'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     history = mc.get_metric_history(runs[0].info.run_id, "supernet_val_acc")
-    assert sorted(m.step for m in history) == list(range(1, 31))
+    assert sorted(m.step for m in history) == list(range(1, 21))
 
 
 def _grid_protocol(folder: Path, epochs: int = 3) -> Path:
