@@ -191,7 +191,7 @@ def test_tracking_writes_nothing_under_the_home_folder(tmp_path):
     env.update(HOME=str(home), PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}",
                NAS_MLFLOW="1")
     cmd = [sys.executable, "-m", "nas.cli", "search", "--epochs", "1", "--out", str(tmp_path / "r"), "--set",
-           "steps_per_epoch=2", "--set", f"cache_dir={tmp_path / 'c'}"]
+           "steps_per_epoch=2", "--set", "channels=4", "--set", "cells=1", "--set", f"cache_dir={tmp_path / 'c'}"]
     subprocess.run(cmd, check=True, env=env, cwd=tmp_path, capture_output=True, timeout=300)
     assert (tmp_path / "r" / "result.json").is_file()
     assert not [p for p in home.rglob("*") if "mlflow" in p.name], [str(p) for p in home.rglob("*")]
