@@ -36,6 +36,7 @@ from nas.utils import (
     ResumeMismatch,
     atomic_write,
     check_output_dir,
+    clip,
     generator_for,
     sha256_file,
     write_csv,
@@ -192,14 +193,19 @@ def _pt_train_state(st: SearchState, tune_epoch: int) -> dict[str, Any]:
 def _resume_pt_state(st: SearchState, resume_from: dict[str, Any], checkpoint: Any) -> tuple[list[dict[str, Any]], int]:
     """The inverse of ``_pt_train_state`` on the supernet loaded from the search checkpoint; the
     decisions so far and the tuning epochs done."""
+    decisions, tune_epoch = resume_from.get("decisions"), resume_from.get("tune_epoch")
+    if not (isinstance(decisions, list) and all(isinstance(d, dict) for d in decisions)
+            and type(tune_epoch) is int and tune_epoch >= 0):
+        raise NasError(f"{checkpoint}: expected 'decisions' (a list of PT decisions) and 'tune_epoch' (a count "
+                       f"of epochs), got {clip(decisions, 60)} and {clip(tune_epoch, 40)}")
     if "model" in resume_from:
         st.load_train_state(resume_from, checkpoint)  # the search's checkpoint code
-    elif resume_from.get("tune_epoch") == 0 and isinstance(resume_from.get("arch"), dict):
+    elif tune_epoch == 0 and isinstance(resume_from.get("arch"), dict):
         st.load_arch_state(resume_from["arch"], checkpoint)
     else:
         raise NasError(f"{checkpoint}: a PT checkpoint without the supernet must be from before any tuning "
                        "(tune_epoch 0) and hold the architecture ('arch')")
-    return list(resume_from["decisions"]), int(resume_from["tune_epoch"])
+    return list(decisions), tune_epoch
 
 
 def _decide_edge(search: Search, st: SearchState, val: Any, cfg: config_mod.SelectConfig, base_mix: Any,

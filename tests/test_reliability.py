@@ -17,7 +17,7 @@ from conftest import one_line, scfg
 
 from nas.cli import main
 from nas.config import build_config
-from nas.runs.files import torch_load
+from nas.runs.files import torch_load, torch_save
 from nas.search import search
 from nas.select import PT_CHECKPOINT, select
 from nas.train import retrain
@@ -179,6 +179,12 @@ def test_pt_checks_its_output_before_working_and_resumes_per_edge(tiny_search, t
         select(cfg0, on_step=stop_after_three)
     ck0 = torch_load(tmp_path / "pt0" / PT_CHECKPOINT)
     assert "model" not in ck0 and ck0["tune_epoch"] == 0 and len(ck0["decisions"]) == 3
+    for damage in ({"decisions": "x"}, {"tune_epoch": 2}, {"tune_epoch": -1}):  # read back, validated
+        torch_save(tmp_path / "pt0" / PT_CHECKPOINT, {**ck0, **damage})
+        with pytest.raises(NasError, match="pt-checkpoint.pt: ") as exc:
+            select(cfg0, resume=True)
+        one_line(exc.value)
+    torch_save(tmp_path / "pt0" / PT_CHECKPOINT, ck0)
     assert select(cfg0, resume=True)["decisions"] == full0["decisions"]
     # a changed PT setting is not resumed
     changed = build_config("select", overrides={**base, "out": str(tmp_path / "pt"), "pt_tune_epochs": 2})
