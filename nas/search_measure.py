@@ -78,7 +78,7 @@ class SearchMeasure:
         finally:
             for m, t in zip(norms, tracked):
                 m.track_running_stats = t
-            set_training(st.model, True)
+            set_training(st.model, True, modules)
         if sh.world > 1:
             totals = torch.tensor([loss, correct, float(n)], dtype=torch.float64, device=s.device)
             sh.sum_([totals])

@@ -29,13 +29,15 @@ class FolderBusy(NasError):
     """Another process holds the folder's lock (``RunLock``)."""
 
 
-def set_training(model: torch.nn.Module, mode: bool) -> list[torch.nn.Module]:
+def set_training(model: torch.nn.Module, mode: bool,
+                 modules: list[torch.nn.Module] | None = None) -> list[torch.nn.Module]:
     """``model.train(mode)`` in one flat pass, returning the model's modules: the same flags at a
     fraction of the recursive walk's cost (a DARTS-space supernet has hundreds of modules, and PT
-    switches modes around every measurement).  A module that overrides ``train`` gets its own call."""
+    switches modes around every measurement).  A module that overrides ``train`` gets its own call;
+    ``modules``, the list an earlier call returned for the same model, saves the walk."""
     from torch import nn
 
-    modules = list(model.modules())
+    modules = list(model.modules()) if modules is None else modules
     for m in modules:
         if type(m).train is nn.Module.train:
             object.__setattr__(m, "training", mode)  # a plain bool: Module.__setattr__'s checks are moot
