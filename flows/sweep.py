@@ -75,13 +75,35 @@ def client_settings(params: str, storage: str | None, out: str, track: bool, rem
             "out": str(Path(out).resolve()), "track": uri is not None, "tracking_uri": uri}
 
 
-def check_trial_configs(method: str, mode: str, params: str, sets: list[str] | None) -> None:
+def check_trial_configs(method: str, mode: str, params: str, sets: list[str] | None) -> list[str]:
     """Resolve every stage config as a trial will (a clash between sections, a misspelt or
-    out-of-range ``--set``): one line here, on the client, instead of a failed trial per worker."""
+    out-of-range ``--set``): one line here, on the client, instead of a failed trial per worker.
+    Returns ``sets`` with each relative ``data`` path made absolute against this (the client's)
+    folder, so a worker in another folder reads the same file; one that is not there is refused."""
     from nas import config as config_mod
+    from nas.utils import NasError, clip
 
     key, lo, _ = sweep.check(method, mode)
-    config_mod.pipeline_configs(params, "runs/sweep/check", [*(sets or []), f"search.{key}={lo}"], method=method)
+    configs = config_mod.pipeline_configs(params, "runs/sweep/check", [*(sets or []), f"search.{key}={lo}"],
+                                          method=method)
+    resolved = list(sets or [])
+    for section in ("prepare", "search", "retrain"):
+        data = configs[section].data
+        if data is None or Path(data).is_absolute():
+            continue
+        path = Path(data).resolve()
+        if not path.exists():
+            raise NasError(f"{section}.data: {clip(data, 80)} is not under the client's folder {Path.cwd()}; give a "
+                           f"path that exists there, or an absolute path that every worker reads")
+        resolved.append(f"{section}.data={json.dumps(str(path))}")
+    return resolved
+
+
+def study_parent(tracker: Any, name: str, storage: str, tags: dict[str, Any]) -> str | None:
+    """The study's one MLflow parent run, found or created under the study's lock: clients that
+    start sweeps of one study at once (on any machines that share its database) open one parent."""
+    with sweep.storage_lock(storage):
+        return tracker.study_run(name, storage, tags)
 
 
 class Study(BaseModel):
@@ -120,7 +142,7 @@ def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrai
     name = study.name or f"{method}-{mode}"
     settings = client_settings(params, study.storage, study.out or f"runs/sweep/{name}", track,
                                remote=where.runner == "dask" and bool(where.address))
-    check_trial_configs(method, mode, params, sets)
+    sets = check_trial_configs(method, mode, params, sets)
     storage, out, track = settings["storage"], settings["out"], settings["track"]
     st = sweep.open_study(name, storage, method, mode, study.pruner, study.seed)
     sweep.fail_stale(st, storage)
@@ -128,7 +150,7 @@ def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrai
     cap = "" if study.max_trials is None else f" (study capped at {study.max_trials})"
     print(f"study {name}: {before} finished trials, adding {n_trials}{cap}; objective {sweep.METRIC_NAMES[mode]}")
     tracker = tracking.tracker(track, uri=settings["tracking_uri"])
-    parent = tracker.study_run(name, storage, {
+    parent = study_parent(tracker, name, storage, {
         "stage": "sweep", "method": method, "objective": mode, "selection": "magnitude"})
     job = sweep.TrialJob(name=name, method=method, mode=mode, sets=tuple(sets or ()), pruner=study.pruner,
                          seed=study.seed, parent_run=parent, threads=where.threads, max_trials=study.max_trials,

@@ -555,7 +555,7 @@ def validate(cfg: Any) -> None:
         n_alpha = space.alpha_shape[0] * space.alpha_shape[1]
         need(cfg.hessian_topk <= n_alpha, "hessian_topk", f"must be <= the {n_alpha} entries of alpha in space {space.name}")
         fewest = min(len(ops) for ops in space.edge_ops)
-        need(not cfg.progressive or cfg.progressive_keep <= fewest, "progressive_keep",
+        need(not cfg.progressive or cfg.progressive_keep is None or cfg.progressive_keep <= fewest, "progressive_keep",
              f"must be <= the {fewest} candidate ops of an edge in space {space.name}")
         stage = cfg.epochs // 2 if cfg.progressive else cfg.epochs  # the warm-up opens each progressive stage
         need(cfg.arch_warmup is None or cfg.arch_warmup < stage, "arch_warmup",
@@ -596,7 +596,7 @@ def key_help(kind: str, shared_only: bool = False) -> list[tuple[str, str, str, 
 # Keys whose None means "the space's or the method's default".
 _SPACE_DEFAULTS = {"channels", "cells", "epochs", "batch_size", "lr", "nesterov", "weight_decay", "grad_clip",
                    "auxiliary_weight", "drop_path", "cutout", "a_weight_decay", "edge_norm", "tau_max", "tau_min",
-                   "arch_warmup", "flip"}
+                   "arch_warmup", "flip", "progressive_keep"}
 
 
 def format_key_help(kind: str) -> str:

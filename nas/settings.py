@@ -33,3 +33,9 @@ class Settings(BaseModel):
         if field.annotation is str or field.annotation == (str | None):
             return _number_as_text(value)
         return value
+
+    @classmethod
+    def resolved(cls, cfg: Any, space: Any) -> dict[str, Any]:
+        """The values this group gives its ``None`` (auto) keys in ``cfg`` on ``space``: a method's
+        defaults that depend on the space (``nas.runs.resolve`` applies them once, before keying)."""
+        return {}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,6 +225,8 @@ def open_study(name: str, storage: str | None, method: str, mode: str, pruner: s
         if not attrs:
             study.set_user_attr("method", method)
             study.set_user_attr("mode", mode)
+        if "token" not in attrs:  # the study's identity in its trials' folders: a fresh database, a new token
+            study.set_user_attr("token", uuid.uuid4().hex[:8])
     if attrs and (attrs.get("method") != method or attrs.get("mode") != mode):
         raise NasError(f"study {name!r} in {storage} was made for method {attrs.get('method')!r} mode "
                        f"{attrs.get('mode')!r}, not {method!r} {mode!r}: pick another study name")
@@ -401,11 +404,25 @@ def run_trial(job: TrialJob) -> dict[str, Any] | None:
             raise
 
 
+def study_token(trial: Any) -> str:
+    """The token ``open_study`` gave the trial's study (its identity beyond its name and number)."""
+    token = trial.study.user_attrs.get("token") if hasattr(trial, "study") else None
+    if not isinstance(token, str) or not token.isalnum():
+        raise NasError(f"study {trial.study.study_name!r}: no token (open it with nas.sweep.open_study)")
+    return token
+
+
+def trial_folder(out: str | Path, token: str, number: int) -> Path:
+    """A trial's run folder: ``<out>/trial-<number>-<token>``, so a study started afresh (a new
+    database, the same name and folder) never meets the folders of an earlier one."""
+    return Path(out) / f"trial-{number:04d}-{token}"
+
+
 def _trial_configs(trial: Any, job: TrialJob, key: str, value: float) -> tuple[Path, dict[str, Any]]:
     """The trial's folder and its stage configs, the sampled strength set."""
     from nas.utils import atomic_write
 
-    root = Path(job.out) / f"trial-{trial.number:04d}"
+    root = trial_folder(job.out, study_token(trial), trial.number)
     params = job.params
     if job.params_text is not None:  # the client's params file, as it was when the sweep started
         root.mkdir(parents=True, exist_ok=True)

@@ -123,7 +123,7 @@ def _refusal(sets: list[str]) -> str:
 
 
 @pytest.mark.parametrize("sets,message", [
-    (["space=s2", "method=drnas", "progressive=true"], "'progressive_keep' must be <= the 2 candidate ops of an edge"),
+    (["space=s2", "method=drnas", "progressive=true", "progressive_keep=3"], "'progressive_keep' must be <= the 2 candidate ops of an edge"),
     (["arch_warmup=5", "epochs=5"], "'arch_warmup' must be < epochs (5)"),
     (["keep_every=9", "epochs=5"], "'keep_every' must be <= epochs (5)"),
     (["tau_min=5", "tau_max=1"], "'tau_min' must be <= tau_max"),

@@ -96,3 +96,27 @@ def test_a_remote_cluster_refuses_stores_that_are_files_on_the_client(tmp_path):
     assert p.stderr.strip().splitlines()[-1] == (
         f"python -m flows.sweep: error: storage: sqlite:///{tmp_path / 'o.db'} is a file on this machine; the workers "
         f"of a Dask cluster need a database server they all reach (--storage postgresql://USER@HOST:PORT/DB)")
+
+
+def test_a_relative_data_path_is_resolved_on_the_client_before_any_trial(tmp_path, monkeypatch):
+    """``--set search.data=mydata`` names a file under the client's folder: every trial gets its
+    absolute path (a worker in another folder reads the same file); one not there is refused."""
+    from flows.sweep import check_trial_configs
+
+    doc = {k: dict(v) for k, v in TINY_PIPELINE.items()}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(doc))
+    (tmp_path / "my data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    sets = ["search.data=my data", "prepare.data=my data"]
+    resolved = check_trial_configs("drnas", "benchmark", "tiny.yaml", sets)
+    want = json.dumps(str(tmp_path / "my data"))
+    assert resolved == [*sets, f"prepare.data={want}", f"search.data={want}"]
+    from nas import config as config_mod
+
+    configs = config_mod.pipeline_configs("tiny.yaml", "o", resolved, method="drnas")
+    assert configs["search"].data == configs["prepare"].data == str(tmp_path / "my data")
+    assert check_trial_configs("drnas", "benchmark", "tiny.yaml", None) == []  # no data path: nothing added
+    with pytest.raises(NasError) as exc:
+        check_trial_configs("drnas", "benchmark", "tiny.yaml", ["search.data=gone", "prepare.data=gone"])
+    assert str(exc.value) == (f"prepare.data: 'gone' is not under the client's folder {tmp_path}; give a path that "
+                              f"exists there, or an absolute path that every worker reads")

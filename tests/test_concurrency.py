@@ -163,6 +163,21 @@ def test_a_late_result_for_a_reaped_trial_is_dropped_not_written_over_its_fail(t
     assert optuna.load_study(study_name="s", storage=storage).trials[-1].value == 90.0
 
 
+def test_a_study_started_afresh_never_meets_the_folders_of_an_earlier_one(tmp_path):
+    """The same study name and folder on a fresh database (a cluster brought down and up): its
+    trial 0 gets a folder of its own; reopening a study keeps its token."""
+    from nas import sweep
+
+    dbs = [f"sqlite:///{tmp_path / name}" for name in ("a.db", "b.db")]
+    first, fresh = (sweep.open_study("s", db, "drnas", "benchmark") for db in dbs)
+    again = sweep.open_study("s", dbs[0], "drnas", "benchmark")
+    a, b = (sweep.claim_trial(st, db, max_trials=None) for st, db in zip((first, fresh), dbs))
+    assert a.number == b.number == 0
+    assert sweep.study_token(a) == again.user_attrs["token"] != sweep.study_token(b)
+    assert sweep.trial_folder("out", sweep.study_token(a), 0) != sweep.trial_folder("out", sweep.study_token(b), 0)
+    assert sweep.trial_folder("out", "ab12cd34", 3) == Path("out") / "trial-0003-ab12cd34"
+
+
 @pytest.mark.slow
 def test_flows_started_together_on_an_empty_prefect_home_migrate_once(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}

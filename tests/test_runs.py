@@ -28,6 +28,22 @@ def test_a_job_resolves_the_space_and_method_defaults_once():
     assert (rt.config.channels, rt.config.cells, rt.config.epochs) == (36, 20, 600)
 
 
+@pytest.mark.parametrize("space,progressive,keep", [("s2", True, 2), ("s4", True, 2), ("s3", True, 3),
+                                                     ("darts", True, 3), ("s2", False, 3)])
+def test_the_auto_progressive_keep_fits_the_space(space, progressive, keep):
+    """DrNAS's progressive keep left to auto: the paper's 3, or all ops of an edge where it has fewer;
+    3 with the schedule off, the value configs saved before the key was auto hold (same keys)."""
+    cfg = config_mod.from_dict("search", {"space": space, "method": "drnas", "progressive": progressive,
+                                          "channels": 16})
+    job = jobs.Job.of("search", cfg)
+    assert cfg.progressive_keep is None and job.config.progressive_keep == keep
+    assert job.key == jobs.Job.of("search", cfg.model_copy(update={"progressive_keep": keep})).key
+    from nas.methods import build_method
+
+    if progressive:  # the second stage prunes to the resolved keep, whether or not the config was resolved
+        assert build_method(cfg).stages[1].keep_ops == build_method(job.config).stages[1].keep_ops == keep
+
+
 def test_the_key_ignores_free_keys_and_counts_newer_keys_as_their_default():
     cfg = config_mod.from_dict("search", {"space": "nb201", "method": "darts"})
     job = jobs.Job.of("search", cfg)

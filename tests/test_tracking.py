@@ -215,3 +215,27 @@ def test_the_null_tracker_has_the_clients_signatures_so_a_wrong_call_fails_with_
     with pytest.raises(TypeError):
         tracking_stages.log_search(off, None)  # the stage functions bind their arguments too
     tracking_stages.log_search(off, None, {"genotype": "g"})  # and then log nothing
+
+
+def test_clients_that_start_one_study_together_open_one_parent(store, tmp_path):
+    """Without the study's lock, four clients started together made four parents."""
+    import threading
+
+    from flows.sweep import study_parent
+    from nas import tracking
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    trackers = [tracking.Tracker() for _ in range(4)]
+    gate, ids = threading.Barrier(len(trackers)), []
+
+    def client(tr):
+        gate.wait()
+        tags = {"stage": "sweep", "method": "drnas"}
+        ids.append(study_parent(tr, "s", storage, tags))
+
+    threads = [threading.Thread(target=client, args=(tr,)) for tr in trackers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ids) == 4 and len(set(ids)) == 1

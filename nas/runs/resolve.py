@@ -18,9 +18,14 @@ def resolve(stage: str, cfg: Any) -> Any:
     from nas.spaces import get_space
 
     if stage == "search":
-        from nas.methods import build_method
+        from nas.methods import build_method, settings_models
 
-        cfg = config_mod.resolve_defaults(cfg, get_space(cfg.space).search_defaults)
+        space = get_space(cfg.space)
+        cfg = config_mod.resolve_defaults(cfg, space.search_defaults)
+        owned = {k: v for model in settings_models() if set(model.model_fields) <= set(type(cfg).model_fields)
+                 for k, v in model.resolved(cfg, space).items()}
+        if owned:
+            cfg = cfg.model_copy(update=owned)
         if cfg.channels_last and cfg.channels // build_method(cfg).partial_channels < 4:
             # torch's CPU convolution backward in channels-last format corrupts memory for convolutions
             # with one output channel (seen with torch 2.13): such tiny supernets run in the plain format
