@@ -445,11 +445,7 @@ def _run_trial(study: Any, trial: Any, job: TrialJob) -> dict[str, Any]:
     root, per = _trial_configs(trial, job, key, value)
     scfg, sel_cfg = per["search"], per["select"]
     tracker = tracking.tracker(job.track, uri=job.tracking_uri)
-    run_id = tracker.start(f"trial-{trial.number}-{method}-{key}={value:.3g}", {
-        "stage": "trial", "method": method, "space": scfg.space, "dataset": scfg.dataset, "seed": scfg.seed,
-        "objective": mode, "selection": sel_cfg.method, "study": study.study_name, "trial": trial.number,
-        **({"sweep_client": job.client} if job.client else {})}, parent=job.parent_run)
-    tracker.log_params(run_id, {key: value, "objective": mode, "study": study.study_name, "trial": trial.number})
+    run_id = _start_trial_run(tracker, trial, job, (key, value), per)
 
     reported: list[float | None] = [None]  # the last supernet accuracy reported (the pruning signal)
 
@@ -475,11 +471,15 @@ def _run_trial(study: Any, trial: Any, job: TrialJob) -> dict[str, Any]:
         with_db_retry(f"trial {trial.number}", tell, study, trial, storage_url, state=optuna.trial.TrialState.PRUNED)
         print(f"trial {trial.number}: {key}={value:.4g} pruned ({exc})", file=sys.stderr, flush=True)
         tracker.set_tags(run_id, {"state": "PRUNED"})
+        tracker.log_run_folder(run_id, root)  # its search so far: α history, checkpoint, config
         tracker.end(run_id)
         return {**row, "state": "PRUNED", "value": None, "supernet_val_acc": reported[0]}
     except BaseException as exc:
         tell(study, trial, storage_url, state=optuna.trial.TrialState.FAIL, quiet=True)
-        tracker.end(run_id, stopping.status(exc))
+        status = stopping.status(exc)
+        if status == "FAILED":  # a failed trial keeps what it wrote; a stopped one ends at once
+            _log_files_if_possible(tracker, run_id, root)
+        tracker.end(run_id, status)
         raise
     if not with_db_retry(f"trial {trial.number}", tell, study, trial, storage_url, objective):  # reaped meanwhile
         tracker.end(run_id, "FAILED")
@@ -488,6 +488,33 @@ def _run_trial(study: Any, trial: Any, job: TrialJob) -> dict[str, Any]:
           file=sys.stderr, flush=True)
     _log_finished(tracker, run_id, objective, scfg.space, row["genotype"], root)
     return {**row, "state": "COMPLETE", "value": objective, "supernet_val_acc": reported[0]}
+
+
+def _start_trial_run(tracker: Any, trial: Any, job: TrialJob, strength: tuple[str, float], per: dict[str, Any]) -> Any:
+    """The trial's MLflow run, nested in the study's parent; a retry ends the run of the trial it
+    stands in for (its worker died, so that run could not end itself)."""
+    from nas import tracking_stages
+
+    (key, value), scfg, name, token = strength, per["search"], trial.study.study_name, study_token(trial)
+    run_id = tracker.start(f"trial-{trial.number}-{job.method}-{key}={value:.3g}", {
+        "stage": "trial", "method": job.method, "space": scfg.space, "dataset": scfg.dataset, "seed": scfg.seed,
+        "objective": job.mode, "selection": per["select"].method, "study": name, "trial": trial.number,
+        "study_token": token, **({"sweep_client": job.client} if job.client else {})}, parent=job.parent_run)
+    tracker.log_params(run_id, {key: value, "objective": job.mode, "study": name, "trial": trial.number})
+    store, trial_id = _stored(trial.study, trial, job.storage)
+    stale = retried_from(store.get_trial(trial_id))
+    if stale is not None:
+        tracking_stages.end_reaped(tracker, name, token, stale)
+    return run_id
+
+
+def _log_files_if_possible(tracker: Any, run_id: str, root: Path) -> None:
+    """A failed trial's run folder as artifacts; a tracking store that fails too is named in one
+    line, and the trial's own error is the one raised."""
+    try:
+        tracker.log_run_folder(run_id, root)
+    except Exception as err:
+        print(f"trial run {run_id}: files not logged ({type(err).__name__})", file=sys.stderr, flush=True)
 
 
 def _objective(mode: str, genotype: str, rcfg: Any) -> float:

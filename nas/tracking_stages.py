@@ -276,3 +276,21 @@ def end_running(tracker: Tracker, client: str, status: str) -> int:
     for run in found:
         tracker.client.set_terminated(run.info.run_id, status)
     return len(found)
+
+
+def end_reaped(tracker: Tracker, study: str, token: str, trial: int, status: str = "KILLED") -> int:
+    """End with ``status`` the run of trial number ``trial`` of the study (``study``, ``token``)
+    that is still RUNNING: the trial was reaped as stale (its worker died) and its retry started;
+    the number ended (0 or 1)."""
+    if not tracker.active:
+        return 0
+    found = tracker.client.search_runs([tracker.experiment_id], f"attributes.status = 'RUNNING' and "
+                                       f"tags.stage = 'trial' and tags.study = '{_quote(study)}' and "
+                                       f"tags.study_token = '{_quote(token)}' and tags.trial = '{int(trial)}'")
+    for run in found:
+        tracker.client.set_terminated(run.info.run_id, status)
+    return len(found)
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")

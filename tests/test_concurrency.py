@@ -117,7 +117,7 @@ def test_concurrent_sweep_workers_finish_exactly_the_requested_trials(tmp_path, 
     deadline = time.time() + 300
     while time.time() < deadline:
         running = [t for t in optuna.load_study(study_name="s", storage=storage).trials
-                   if t.state == optuna.trial.TrialState.RUNNING and t.params]  # mid-search, strength drawn
+                   if t.state == optuna.trial.TrialState.RUNNING and t.intermediate_values]  # mid-search
         if running:
             break
         time.sleep(0.2)
@@ -140,6 +140,13 @@ def test_concurrent_sweep_workers_finish_exactly_the_requested_trials(tmp_path, 
     retried = [t for t in trials if retried_from(t) is not None]
     assert len(retried) == 1 and retried_from(retried[0]) == failed.number
     assert retried[0].params == failed.params and retried[0].state == optuna.trial.TrialState.COMPLETE
+    # the victim could not end its MLflow run: the retry ended it KILLED; every other trial's run FINISHED
+    from mlflow.tracking import MlflowClient
+
+    mc = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    runs = mc.search_runs([mc.get_experiment_by_name("nas").experiment_id], "tags.stage = 'trial'")
+    status = {int(r.data.tags["trial"]): r.info.status for r in runs}
+    assert status == {t.number: "KILLED" if t.number == failed.number else "FINISHED" for t in trials}, status
 
 
 def test_a_late_result_for_a_reaped_trial_is_dropped_not_written_over_its_fail(tmp_path, capsys):

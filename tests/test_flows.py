@@ -225,11 +225,20 @@ def test_sweep_pruner_stops_a_bad_trial(tmp_path, tiny_params):
         for step in range(1, 6):
             t.report(100.0, step)
         study.tell(t, 94.0)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     row = sweep.run_trial(sweep.TrialJob("p", storage, "drnas", "benchmark", str(tiny_params(search={"epochs": 5})),
-                                         out=str(tmp_path / "o"), track=False))
+                                         out=str(tmp_path / "o"), track=True, tracking_uri=uri))
     assert row["state"] == "PRUNED" and row["value"] is None and row["supernet_val_acc"] is not None
     trial = optuna.load_study(study_name="p", storage=storage).trials[2]
     assert trial.state == optuna.trial.TrialState.PRUNED and max(trial.intermediate_values) == 2
+    # the pruned trial's run ends FINISHED, tagged PRUNED, with its search so far as artifacts
+    from mlflow.tracking import MlflowClient
+
+    mc = MlflowClient(tracking_uri=uri)
+    (run,) = mc.search_runs([mc.get_experiment_by_name("nas").experiment_id], "tags.stage = 'trial'")
+    assert run.info.status == "FINISHED" and run.data.tags["state"] == "PRUNED"
+    files = {f.path for f in mc.list_artifacts(run.info.run_id, "run/search")}
+    assert "run/search/checkpoint.pt" in files, files  # α history, weights and config: the search can go on
 
 
 def test_benchmark_flow_on_two_dask_processes(prefect_server, tmp_path):
