@@ -16,8 +16,9 @@ from nas.utils import atomic_write
 PLOTS = {
     "alpha.csv": ("mean mixing weight per op during search", "mean mixing weight", False),
     "eigenvalue.csv": ("top Hessian eigenvalue of L_val w.r.t. alpha", "top eigenvalue", False),
-    "search_accuracy.csv": ("supernet accuracy during search", "accuracy", False),
-    "retrain_accuracy.csv": ("training during retraining", "accuracy / loss", False),
+    "search_accuracy.csv": ("supernet accuracy during search", "accuracy (%)", False),
+    "retrain_accuracy.csv": ("training accuracy during retraining", "training accuracy (%)", False),
+    "retrain_loss.csv": ("training loss during retraining", "training loss (cross-entropy)", False),
 }
 
 
@@ -35,6 +36,7 @@ def pipeline_plots(folder: str | Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     folder = Path(folder)
     written = []
@@ -43,12 +45,14 @@ def pipeline_plots(folder: str | Path) -> list[Path]:
         if not path.is_file():
             continue
         header, rows = _read(path)
-        fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+        fig, ax = plt.subplots(figsize=(7.2, 3.6), dpi=100)
         if rows:
             xs = [r[0] for r in rows]
             for k, col in enumerate(header[1:], start=1):
                 ax.plot(xs, [r[k] for r in rows], marker="o" if len(rows) < 25 else None, ms=3, label=col)
-            ax.legend(fontsize=7, ncol=2)
+            if len(header) > 2:  # beside the axes, never over the curves
+                ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
         else:
             ax.text(0.5, 0.5, "no data (not computed in this run)", ha="center", va="center", transform=ax.transAxes)
         if log:

@@ -154,8 +154,8 @@ def evaluate_stage(search_dir: str | Path, selection: str | Path, retrain_dir: s
     """Collect a pipeline run: ``metrics.json`` (numbers only: test accuracy, NB201 lookups, size,
     search cost, sharpness, skip edges), ``summary.json`` (the same with method, selection, space,
     seed, genotype), the plot tables ``plots/alpha.csv`` (mean mixing weight per op and epoch),
-    ``plots/eigenvalue.csv``, ``plots/search_accuracy.csv``, ``plots/retrain_accuracy.csv``, and
-    the same four as pictures (``plots/*.png``, which render without a network)."""
+    ``plots/eigenvalue.csv``, ``plots/search_accuracy.csv``, ``plots/retrain_accuracy.csv`` (in
+    percent), ``plots/retrain_loss.csv``, and the same five as pictures (``plots/*.png``, which render without a network)."""
     from nas.schemas import validate_history
 
     search_res, sel, rt = _pipeline_results(search_dir, selection, retrain_dir)
@@ -217,7 +217,8 @@ def _pipeline_results(search_dir: str | Path, selection: str | Path,
 
 
 def _plot_tables(plots: Path, search_res: dict[str, Any], history: list[dict[str, Any]], rt: dict[str, Any]) -> None:
-    """The four tables ``dvc plots`` draws: α per op, the eigenvalue, the search and retrain accuracy."""
+    """The tables ``dvc plots`` draws: α per op, the eigenvalue, the search and retrain accuracy (in
+    percent) and the retrain loss."""
     def table(name: str, header: list[str], rows: list[list[Any]]) -> None:
         write_csv(plots / name, [dict(zip(header, r)) for r in rows], header, "{:.6g}", lineterminator="\n")
 
@@ -229,7 +230,9 @@ def _plot_tables(plots: Path, search_res: dict[str, Any], history: list[dict[str
                for h in history])
     table("eigenvalue.csv", ["epoch", "top_eigenvalue"],
           [[e, v] for e, v in zip(search_res.get("hessian", {}).get("epochs", []), eig)])
+    # accuracies in percent, as MLflow and the command lines show them
     table("search_accuracy.csv", ["epoch", "train_acc", "val_acc"],
-          [[h["epoch"], h["train_acc"], h["val_acc"]] for h in history])
-    table("retrain_accuracy.csv", ["epoch", "train_acc", "train_loss"],
-          [[h["epoch"], h["train_acc"], h["train_loss"]] for h in rt.get("history", [])])
+          [[h["epoch"], 100 * h["train_acc"], 100 * h["val_acc"]] for h in history])
+    table("retrain_accuracy.csv", ["epoch", "train_acc"],
+          [[h["epoch"], 100 * h["train_acc"]] for h in rt.get("history", [])])
+    table("retrain_loss.csv", ["epoch", "train_loss"], [[h["epoch"], h["train_loss"]] for h in rt.get("history", [])])

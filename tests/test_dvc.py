@@ -17,12 +17,17 @@ pytestmark = pytest.mark.slow
 
 
 def _run(cmd: list[str], cwd: Path, **extra: str) -> str:
+    p = _proc(cmd, cwd, **extra)
+    return p.stdout + p.stderr
+
+
+def _proc(cmd: list[str], cwd: Path, **extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, **extra, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t", "OMP_NUM_THREADS": "1"}
     p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, f"{' '.join(cmd)}\n{p.stdout}\n{p.stderr}"
-    return p.stdout + p.stderr
+    return p
 
 
 def test_dvc_repro_metrics_params_plots(tmp_path):
@@ -63,11 +68,16 @@ def test_dvc_repro_metrics_params_plots(tmp_path):
     assert all(isinstance(v, (int, float, dict)) for v in metrics.values())  # numbers only: no strings
     summary = json.loads((repo / "reports" / "pipeline" / "summary.json").read_text())
     assert summary["method"] == "darts" and summary["test_acc"] == metrics["test_acc"]
-    for name in ("alpha", "eigenvalue", "search_accuracy", "retrain_accuracy"):  # pictures that render offline
+    for name in ("alpha", "eigenvalue", "search_accuracy", "retrain_accuracy", "retrain_loss"):  # render offline
         assert (repo / "reports" / "pipeline" / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     alpha = (repo / "reports" / "pipeline" / "plots" / "alpha.csv").read_text().splitlines()
     assert alpha[0].startswith("epoch,none,skip_connect") and len(alpha) == 1 + 3
     assert len((repo / "reports" / "pipeline" / "plots" / "eigenvalue.csv").read_text().splitlines()) == 1 + 3
+    # accuracies in percent, as MLflow and the command lines show them (10 digit classes: above 1 %)
+    acc = (repo / "reports" / "pipeline" / "plots" / "search_accuracy.csv").read_text().splitlines()
+    assert acc[0] == "epoch,train_acc,val_acc" and len(acc) == 1 + 3
+    values = [float(v) for row in acc[1:] for v in row.split(",")[1:]]
+    assert all(1 < v <= 100 for v in values) and abs(100 * summary["search_val_acc"] - values[-1]) < 1e-3
 
     assert "Data and pipelines are up to date" in _run(["dvc", "repro"], repo)
     # the seconds live beside the outputs (timings.json, out of their hashes), not in them
@@ -93,8 +103,16 @@ def test_dvc_repro_metrics_params_plots(tmp_path):
     assert "Running stage 'retrain'" in exp and "Running stage 'search'" not in exp
     diff = _run(["dvc", "params", "diff"], repo)
     assert "retrain.epochs" in diff and "2" in diff and "1" in diff
-    plots = _run(["dvc", "plots", "show", "--json"], repo)
-    assert "reports/pipeline/plots/alpha.csv" in plots and "reports/pipeline/plots/alpha.png" in plots
+    plots = json.loads(_proc(["dvc", "plots", "show", "--json"], repo).stdout)["data"]
+    assert "reports/pipeline/plots/alpha.png" in plots
+    # one colour per op in the α plot, and every axis says what it shows
+    alpha_spec = plots["reports/pipeline/plots/alpha.csv"][0]["content"]
+    assert alpha_spec["encoding"]["color"]["field"] == "field"
+    assert alpha_spec["encoding"]["y"]["title"] == "mean mixing weight (softmax of alpha)"
+    assert {r["field"] for r in alpha_spec["data"]["values"]} == {"none", "skip_connect", "nor_conv_1x1",
+                                                                  "nor_conv_3x3", "avg_pool_3x3"}
+    eig_spec = json.dumps(plots["reports/pipeline/plots/eigenvalue.csv"][0]["content"])
+    assert '"title": "top eigenvalue of the Hessian of L_val in alpha"' in eig_spec
 
 
 def test_prepare_gives_the_committed_lock_entry_in_a_fresh_clone(tmp_path):
