@@ -223,14 +223,17 @@ def nb201_table(tmp_path: Path) -> Path:
 
 
 def pytest_runtest_logreport(report):
-    """With NAS_TEST_TIMELINE=FILE, one JSON line per test phase (worker, test, phase, start, stop):
-    where each worker's time goes, for balancing the suite across the cores."""
+    """With NAS_TEST_TIMELINE=FILE, one JSON line per test phase (worker, test, phase, start, stop,
+    and the worker's CPU seconds so far, its own and its ended subprocesses'): where each worker's
+    time and the machine's CPU go, for balancing the suite across the cores."""
     path = os.environ.get("NAS_TEST_TIMELINE")
     if path and not hasattr(report, "node"):  # written where the test ran, not again by xdist's controller
         import json
 
+        t = os.times()
         line = {"worker": os.environ.get("PYTEST_XDIST_WORKER", "main"), "test": report.nodeid,
-                "phase": report.when, "start": report.start, "stop": report.stop}
+                "phase": report.when, "start": report.start, "stop": report.stop,
+                "cpu": t.user + t.system, "child_cpu": t.children_user + t.children_system}
         with open(path, "a") as f:
             f.write(json.dumps(line) + "\n")
 
