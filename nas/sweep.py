@@ -486,7 +486,8 @@ def _run_trial(study: Any, trial: Any, job: TrialJob) -> dict[str, Any]:
         return {**row, "state": "FAIL", "value": None, "supernet_val_acc": reported[0]}
     print(f"trial {trial.number}: {key}={value:.4g} -> {objective:.2f} ({mode}) {row['genotype']}",
           file=sys.stderr, flush=True)
-    _log_finished(tracker, run_id, objective, scfg.space, row["genotype"], root)
+    _log_finished(tracker, run_id, objective, scfg.space, row["genotype"], root,
+                  trial_run_name(trial.number, method, key, value, objective))
     return {**row, "state": "COMPLETE", "value": objective, "supernet_val_acc": reported[0]}
 
 
@@ -496,7 +497,7 @@ def _start_trial_run(tracker: Any, trial: Any, job: TrialJob, strength: tuple[st
     from nas import tracking_stages
 
     (key, value), scfg, name, token = strength, per["search"], trial.study.study_name, study_token(trial)
-    run_id = tracker.start(f"trial-{trial.number}-{job.method}-{key}={value:.3g}", {
+    run_id = tracker.start(trial_run_name(trial.number, job.method, key, value), {
         "stage": "trial", "method": job.method, "space": scfg.space, "dataset": scfg.dataset, "seed": scfg.seed,
         "objective": job.mode, "selection": per["select"].method, "study": name, "trial": trial.number,
         "study_token": token, **({"sweep_client": job.client} if job.client else {})}, parent=job.parent_run)
@@ -506,6 +507,13 @@ def _start_trial_run(tracker: Any, trial: Any, job: TrialJob, strength: tuple[st
     if stale is not None:
         tracking_stages.end_reaped(tracker, name, token, stale)
     return run_id
+
+
+def trial_run_name(number: int, method: str, key: str, value: float, objective: float | None = None) -> str:
+    """A trial's MLflow run name, what the runs table shows first: its objective (once known, in
+    percent), then its strength, then the trial: ``93.28%-drnas_lambda=0.0123-trial-4-drnas``."""
+    head = f"{objective:.2f}%-" if objective is not None else ""
+    return f"{head}{key}={value:.3g}-trial-{number}-{method}"
 
 
 def _log_files_if_possible(tracker: Any, run_id: str, root: Path) -> None:
@@ -532,10 +540,12 @@ def _objective(mode: str, genotype: str, rcfg: Any) -> float:
     return 100.0 * jobs.run(jobs.Job.of("retrain", rcfg))["val_acc"]
 
 
-def _log_finished(tracker: Any, run_id: str, objective: float, space: str, genotype: str, root: Path) -> None:
+def _log_finished(tracker: Any, run_id: str, objective: float, space: str, genotype: str, root: Path,
+                  name: str) -> None:
     from nas import tracking
 
     tracker.log_metrics(run_id, {"objective": objective})
+    tracker.rename(run_id, name)
     look = tracking.nb201_lookup(space, genotype) if tracker.active else None
     if look:  # the trial's cell in the NAS-Bench-201 table, comparable with pipeline and grid runs
         tracker.log_metrics(run_id, {f"nb201_{d}": v for d, v in look["all_datasets"].items()})

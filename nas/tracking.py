@@ -223,6 +223,10 @@ class Tracker:
             if v is not None:
                 self.client.set_tag(run_id, k, str(v))
 
+    def rename(self, run_id: str, name: str) -> None:
+        """The run's name, once its result is known: the runs table's first column shows it."""
+        self.client.update_run(run_id, name=name)
+
     def log_json(self, run_id: str, obj: Any, name: str, folder: str | None = None) -> None:
         self.log_bytes(run_id, (json.dumps(obj, indent=2) + "\n").encode(), name, folder)
 
@@ -390,6 +394,9 @@ class NullTracker(Tracker):
         return None
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        return None
+
+    def rename(self, run_id: str, name: str) -> None:
         return None
 
     def log_json(self, run_id: str, obj: Any, name: str, folder: str | None = None) -> None:

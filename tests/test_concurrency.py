@@ -147,6 +147,11 @@ def test_concurrent_sweep_workers_finish_exactly_the_requested_trials(tmp_path, 
     runs = mc.search_runs([mc.get_experiment_by_name("nas").experiment_id], "tags.stage = 'trial'")
     status = {int(r.data.tags["trial"]): r.info.status for r in runs}
     assert status == {t.number: "KILLED" if t.number == failed.number else "FINISHED" for t in trials}, status
+    # a finished trial's name opens with its objective, then its strength: what the runs table shows first
+    for r in runs:
+        if r.info.status == "FINISHED":
+            t = trials[int(r.data.tags["trial"])]
+            assert r.info.run_name == f"{t.value:.2f}%-drnas_lambda={t.params['drnas_lambda']:.3g}-trial-{t.number}-drnas"
 
 
 def test_a_late_result_for_a_reaped_trial_is_dropped_not_written_over_its_fail(tmp_path, capsys):
