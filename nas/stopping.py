@@ -37,12 +37,37 @@ def ask(by: str = "a request") -> None:
 
 def reset() -> None:
     _ASKED.clear()
+    _PENDING[0] = False
+
+
+_SHIELD_DEPTH = [0]  # > 0: the main thread is inside ``shielded()``
+_PENDING = [False]  # a signal arrived inside ``shielded()``: raise when it ends
 
 
 def _handler(signum: int, frame: object) -> None:  # noqa: ARG001
     first = not _ASKED.is_set()
     if first:  # a second signal during the clean-up does not interrupt it
         ask(signal.Signals(signum).name)
+        if _SHIELD_DEPTH[0] == 0:
+            raise Stopped(_BY[0])
+        _PENDING[0] = True
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """A call that must not be cut in the middle (a write to a local tracking database, whose
+    transaction a ``Stopped`` raised inside would leave holding the database's lock): a signal
+    that arrives meanwhile raises ``Stopped`` when the call has returned, not inside it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _SHIELD_DEPTH[0] += 1
+    try:
+        yield
+    finally:
+        _SHIELD_DEPTH[0] -= 1
+    if _SHIELD_DEPTH[0] == 0 and _PENDING[0]:
+        _PENDING[0] = False
         raise Stopped(_BY[0])
 
 

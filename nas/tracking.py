@@ -14,6 +14,7 @@ A retrain run holds its metrics per epoch and the trained model.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -134,6 +135,26 @@ def stage_run(name: str, tags: dict[str, Any], parent: str | None = None, track:
     t.end(run_id)
 
 
+class _ShieldedClient:
+    """An ``MlflowClient`` whose calls a SIGTERM or SIGINT does not cut in the middle
+    (``stopping.shielded``): a ``Stopped`` raised inside a SQLite write would leave its transaction
+    holding the database's lock, and the run could then not be ended KILLED."""
+
+    def __init__(self, client: Any):
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with stopping.shielded():
+                return attr(*args, **kwargs)
+        return call
+
+
 class Tracker:
     """A thin wrapper of ``MlflowClient`` with the project's run layout and tags."""
 
@@ -153,6 +174,8 @@ class Tracker:
 
     def _open(self, client_cls: Any, experiment: str | None) -> None:
         self.client = client_cls(tracking_uri=self.uri)
+        if local_store(self.uri):  # a stop never cuts a write to a local database in the middle
+            self.client = _ShieldedClient(self.client)
         name = experiment or os.environ.get("NAS_MLFLOW_EXPERIMENT", EXPERIMENT)
         exp = self.client.get_experiment_by_name(name)
         if exp is None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nas.drawings import alpha_heatmap_png, alpha_history_npz, alpha_lines_png, cell_png
+from nas.rundir import SEARCH_RESULT
 from nas.tracking import Tracker, epoch_metrics, html_table, nb201_lookup, percent, run_name
 
 
@@ -52,6 +53,19 @@ def log_search(tracker: Tracker, run_id: str, result: dict[str, Any], live: bool
         spent = tracker.log_seconds.pop(run_id)
         tracker.set_tags(run_id, {"mlflow_log_seconds": f"{spent:.3f}",
                                "mlflow_log_fraction": f"{spent / max(result.get('seconds', 0.0), 1e-9):.4f}"})
+    log_search_charts(tracker, run_id, result, result["genotype"])
+    look = nb201_lookup(result["space"], result["genotype"])
+    if look:
+        tracker.log_json(run_id, look, "nb201_lookup.json", "genotype")
+        tracker.log_metrics(run_id, {f"nb201_{d}": v for d, v in look["all_datasets"].items()})
+
+
+def log_search_charts(tracker: Tracker, run_id: str, result: dict[str, Any], genotype: str) -> None:
+    """The pictures every search carries wherever it ran (a pipeline, a sweep trial, a grid row):
+    α history (``alpha_history.npz``, heatmap, ``alpha_per_op.png``), the Hessian spectra when
+    computed, and ``genotype``'s cell (the selected one, which PT may have changed)."""
+    if not tracker.active:
+        return
     hist = result.get("history", [])
     if hist and "weights" in hist[0]:
         tracker.log_bytes(run_id, alpha_history_npz(hist), "alpha_history.npz", "alpha")
@@ -59,11 +73,7 @@ def log_search(tracker: Tracker, run_id: str, result: dict[str, Any], live: bool
         tracker.log_bytes(run_id, alpha_lines_png(result), "alpha_per_op.png", "alpha")
     if "hessian" in result:
         tracker.log_json(run_id, result["hessian"], "hessian_spectra.json", "hessian")
-    log_genotype(tracker, run_id, result["space"], result["genotype"], folder="genotype")
-    look = nb201_lookup(result["space"], result["genotype"])
-    if look:
-        tracker.log_json(run_id, look, "nb201_lookup.json", "genotype")
-        tracker.log_metrics(run_id, {f"nb201_{d}": v for d, v in look["all_datasets"].items()})
+    log_genotype(tracker, run_id, result["space"], genotype, folder="genotype")
 
 
 def log_summary(tracker: Tracker, run_id: str, metrics: dict[str, Any]) -> None:
@@ -176,7 +186,18 @@ def _log_grid_row(tracker: Tracker, parent: str, spec: Any, r: dict[str, Any], c
                              **({"final_eigenvalue": eig} if eig is not None and not math.isnan(eig) else {})})
     if cell is not None:  # the row and the cell's results: a report can be rebuilt from the server
         tracker.log_json(child, {"row": r, "cell": cell["cell"], "files": cell["files"]}, "cell.json", "cell")
+        _log_grid_search(tracker, child, cell["files"].get(f"search/{SEARCH_RESULT}"), r["genotype"])
     tracker.end(child)
+
+
+def _log_grid_search(tracker: Tracker, run_id: str, search: Any, genotype: str) -> None:
+    """A grid row's search as a pipeline search shows it: per-epoch metrics (α, accuracy,
+    eigenvalue) and the search's charts, with the row's selected cell."""
+    if not isinstance(search, dict) or not isinstance(search.get("history"), list) or "space" not in search:
+        return
+    for rec in search["history"]:
+        tracker.log_metrics(run_id, epoch_metrics(rec, search["space"]), step=int(rec["epoch"]))
+    log_search_charts(tracker, run_id, search, genotype)
 
 
 # the unit of each column a comparison page may show

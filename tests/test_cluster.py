@@ -232,6 +232,10 @@ def test_grid_through_dask_matches_one_process_and_comes_home_without_a_shared_f
     exp = mc.get_experiment_by_name("nas")
     rows = mc.search_runs([exp.experiment_id], "tags.stage = 'grid' and tags.protocol = 'tinygrid'")
     assert len(rows) == 2 and all(mc.list_artifacts(r.info.run_id, "cell") for r in rows)
+    for r in rows:  # each row carries its search's charts and its cell, as a pipeline search does
+        charts = {f.path for folder in ("alpha", "genotype") for f in mc.list_artifacts(r.info.run_id, folder)}
+        assert {"alpha/alpha_per_op.png", "alpha/alpha_heatmap.png", "genotype/cell.png"} <= charts, charts
+        assert [m.step for m in mc.get_metric_history(r.info.run_id, "val_acc")] == [1, 2, 3]  # 3 epochs
     # the same grid in one process, in another folder: the same rows
     one = tmp_path / "one"
     _grid_protocol(one)

@@ -44,6 +44,30 @@ def test_a_stop_reaches_other_threads_at_their_next_batch():
     assert stopping.status(KeyboardInterrupt()) == "KILLED" and stopping.status(ValueError()) == "FAILED"
 
 
+def test_a_signal_inside_a_shielded_call_stops_when_the_call_returns():
+    """A SIGTERM during a write to a local tracking database is raised after the write, never inside
+    it; the clean-up that follows (ending the run KILLED, shielded too) is not interrupted again."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stopping.reset()
+    stopping.install()
+    try:
+        done = []
+        with pytest.raises(stopping.Stopped, match="SIGTERM"):
+            with stopping.shielded():
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(100):  # the handler runs between two bytecodes of this loop
+                    time.sleep(0.001)
+                done.append("the call ran to its end")
+        assert done == ["the call ran to its end"]
+        with stopping.shielded():
+            done.append("clean-up")
+        assert done[-1] == "clean-up"
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        stopping.reset()
+
+
 def _start(cmd: list[str], tmp_path: Path, **env: str) -> subprocess.Popen:
     full = {**os.environ, "PYTHONPATH": str(REPO), "NAS_NB201_TABLE": str(nb201_table(tmp_path)),
             "OMP_NUM_THREADS": "1", **env}
