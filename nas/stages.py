@@ -20,7 +20,7 @@ from nas.search import search
 from nas.select import op_strength, select
 from nas.spaces import get_space
 from nas.train import retrain
-from nas.utils import NasError, config_digest, cut, write_csv
+from nas.utils import NasError, config_digest, cut, resolve_device, write_csv
 
 
 def prepare_stage(cfg: config_mod.PrepareConfig) -> dict[str, Any]:
@@ -45,11 +45,13 @@ def search_stage(cfg: config_mod.SearchConfig, resume: bool = False, callback: A
 
 def preflight(kind: str, cfg: Any, resume: bool = False, force: bool = False) -> None:
     """What a stage would refuse, checked before any work and before a tracking run starts: its
-    output folder (a run of its own or of another stage already there) and its data source.  A
-    command refused here leaves nothing behind, not even a FAILED run in MLflow."""
+    output folder (a run of its own or of another stage already there), its data source, its
+    device, the search it selects from and the genotype it retrains.  A command refused here
+    leaves nothing behind, not even a FAILED run in MLflow."""
     from nas.data import check_source
     from nas.rundir import SEARCH_RUN_FILES, check_claim
     from nas.select import PT_CHECKPOINT
+    from nas.spaces import get_space
     from nas.train import RUN_FILES
     from nas.verify import VERIFY_CHECKPOINT
 
@@ -58,6 +60,12 @@ def preflight(kind: str, cfg: Any, resume: bool = False, force: bool = False) ->
         check_claim(cfg.out, resume, force, owned[kind], kind)
     if hasattr(cfg, "dataset"):
         check_source(cfg.dataset, cfg.data)
+    if isinstance(getattr(cfg, "device", None), str):
+        resolve_device(cfg.device)
+    if kind == "selection" and getattr(cfg, "run", None):
+        read_search_result(cfg.run)
+    if kind == "retrain" and getattr(cfg, "space", None) and getattr(cfg, "genotype", None):
+        get_space(cfg.space).parse_genotype(cfg.genotype)
 
 
 def read_genotype(path: str | Path) -> dict[str, Any]:

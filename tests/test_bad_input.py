@@ -163,11 +163,15 @@ def test_a_command_refused_before_work_leaves_no_tracking_run(tmp_path, tiny_sea
     for argv in (["search", "--dataset", "cifar10", "--data", str(tmp_path / "missing.tar.gz"), "--out",
                   str(tmp_path / "s")],
                  ["search", "--epochs", "1", "--out", str(busy)],
-                 ["retrain", "--genotype", G, "--dataset", "cifar10", "--out", str(tmp_path / "r")]):
+                 ["retrain", "--genotype", G, "--dataset", "cifar10", "--out", str(tmp_path / "r")],
+                 ["search", "--epochs", "1", "--device", "bogus", "--out", str(tmp_path / "d")],
+                 ["retrain", "--genotype", "|bad|", "--out", str(tmp_path / "g")],
+                 ["select", "--run", str(tmp_path / "nowhere"), "--out", str(tmp_path / "sel")]):
         _refused(argv, capsys)
     client = MlflowClient(tracking_uri=db)
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     assert runs == []
+    assert not any((tmp_path / name).exists() for name in ("s", "r", "d", "g", "sel"))  # no folder either
 
 
 @pytest.mark.parametrize("sets,message", [
