@@ -50,7 +50,7 @@ def check_claim(out: str | Path, resume: bool, force: bool, owned: Iterable[str]
     folder's lock; the command line calls it before any work (and before any tracking run)."""
     present = [name for name in owned if (Path(out) / name).exists()]
     if present and not resume and not force:
-        other = _run_kind(Path(out))
+        other = run_kind(Path(out))
         if other is not None and other != what:
             raise NasError(f"{out}: holds a {other} run ({', '.join(present)}), not a {what}; choose another "
                            f"folder (or pass --force to replace the {other})")
@@ -58,10 +58,13 @@ def check_claim(out: str | Path, resume: bool, force: bool, owned: Iterable[str]
     return present
 
 
-def _run_kind(folder: Path) -> str | None:
+def run_kind(folder: Path) -> str | None:
     """What wrote ``folder/result.json``: a search (it records α or a search method's selection), a
-    retrain (a test accuracy and no α), or None when it cannot tell."""
+    retrain (a test accuracy and no α); else a selection when ``selection.json`` is there; None
+    when it cannot tell."""
     path = folder / "result.json"
+    if not path.is_file() and (folder / "selection.json").is_file():
+        return "selection"
     try:
         res = read_json(path) if path.is_file() else None
     except NasError:

@@ -64,8 +64,22 @@ def preflight(kind: str, cfg: Any, resume: bool = False, force: bool = False) ->
         resolve_device(cfg.device)
     if kind == "selection" and getattr(cfg, "run", None):
         read_search_result(cfg.run)
+    if kind == "selection" and getattr(cfg, "out", None) and not force:
+        _check_other_selection(Path(cfg.out), cfg.method)
     if kind == "retrain" and getattr(cfg, "space", None) and getattr(cfg, "genotype", None):
         get_space(cfg.space).parse_genotype(cfg.genotype)
+
+
+def _check_other_selection(out: Path, method: str) -> None:
+    """A selection of another method already in ``out`` is not replaced without ``--force``."""
+    path = out / "selection.json"
+    if not path.is_file():
+        return
+    held = read_json(path)
+    other = held.get("selection") if isinstance(held, dict) else None
+    if other != method:
+        raise NasError(f"{path}: holds a {other if isinstance(other, str) else 'foreign'} selection, not a "
+                       f"{method} one; choose another folder or pass --force to replace it")
 
 
 def read_genotype(path: str | Path) -> dict[str, Any]:
@@ -163,9 +177,14 @@ def evaluate_stage(search_dir: str | Path, selection: str | Path, retrain_dir: s
     search cost, sharpness, skip edges), ``summary.json`` (the same with method, selection, space,
     seed, genotype), the plot tables ``plots/alpha.csv`` (mean mixing weight per op and epoch),
     ``plots/eigenvalue.csv``, ``plots/search_accuracy.csv``, ``plots/retrain_accuracy.csv`` (in
-    percent), ``plots/retrain_loss.csv``, and the same five as pictures (``plots/*.png``, which render without a network)."""
+    percent), ``plots/retrain_loss.csv``, and the same five as pictures (``plots/*.png``, which
+    render without a network).  An ``out`` that holds another stage's run is refused."""
+    from nas.rundir import run_kind
     from nas.schemas import validate_history
 
+    held = run_kind(Path(out))
+    if held is not None:  # an evaluation never writes into another stage's run
+        raise NasError(f"{out}: holds a {held} run, not an evaluation; choose another folder")
     search_res, sel, rt = _pipeline_results(search_dir, selection, retrain_dir)
     history = validate_history(search_res.get("history", []), f"{search_dir}/result.json history")
     out = Path(out)

@@ -5,9 +5,11 @@ before any work, or accepted with a sane value."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -143,6 +145,20 @@ def test_select_and_retrain_say_what_is_in_the_folder(tmp_path, tiny_search, cap
     assert f"{run}: holds a search run" in err and "not a retrain" in err
     err = _refused(["select", "--method", "pt", "--run", run, "--out", run], capsys)
     assert "is the search's own folder" in err
+    # a selection of another method is not replaced without --force; an evaluation never writes into a run
+    sel = tmp_path / "sel"
+    sel.mkdir()
+    (sel / "selection.json").write_text(json.dumps({"space": "nb201", "selection": "pt", "genotype": G}))
+    before = (sel / "selection.json").read_bytes()
+    err = _refused(["select", "--run", run, "--out", str(sel)], capsys)
+    assert err.endswith(f"{sel}/selection.json: holds a pt selection, not a magnitude one; choose another "
+                        f"folder or pass --force to replace it") and (sel / "selection.json").read_bytes() == before
+    for target in (run, str(sel)):
+        err = _refused(["evaluate", "--search", run, "--selection", str(sel), "--retrain", run, "--out", target],
+                       capsys)
+        kind = "search" if target == run else "selection"
+        assert err.endswith(f"{target}: holds a {kind} run, not an evaluation; choose another folder"), err
+    assert not (Path(run) / "metrics.json").exists() and not (sel / "metrics.json").exists()
     nw = config_mod.build_config("search", overrides={**tiny_search(epochs=1), "method": "naswot",
                                                       "naswot_samples": 3, "out": str(tmp_path / "nw")})
     search(nw)
