@@ -418,11 +418,12 @@ def trial_folder(out: str | Path, token: str, number: int) -> Path:
     return Path(out) / f"trial-{number:04d}-{token}"
 
 
-def _trial_configs(trial: Any, job: TrialJob, key: str, value: float) -> tuple[Path, dict[str, Any]]:
-    """The trial's folder and its stage configs, the sampled strength set."""
+def _trial_configs(trial: Any, job: TrialJob, token: str, strength: tuple[str, float]) -> tuple[Path, dict[str, Any]]:
+    """The trial's folder (its study's ``token`` in the name) and its stage configs, the sampled
+    strength (key, value) set."""
     from nas.utils import atomic_write
 
-    root = trial_folder(job.out, study_token(trial), trial.number)
+    (key, value), root = strength, trial_folder(job.out, token, trial.number)
     params = job.params
     if job.params_text is not None:  # the client's params file, as it was when the sweep started
         root.mkdir(parents=True, exist_ok=True)
@@ -441,11 +442,11 @@ def _run_trial(study: Any, trial: Any, job: TrialJob) -> dict[str, Any]:
 
     key, lo, hi = check(job.method, job.mode)
     method, mode, storage_url = job.method, job.mode, job.storage
-    value = trial.suggest_float(key, lo, hi, log=True)
-    root, per = _trial_configs(trial, job, key, value)
+    value, token = trial.suggest_float(key, lo, hi, log=True), study_token(trial)
+    root, per = _trial_configs(trial, job, token, (key, value))
     scfg, sel_cfg = per["search"], per["select"]
     tracker = tracking.tracker(job.track, uri=job.tracking_uri)
-    run_id = _start_trial_run(tracker, trial, job, (key, value), per)
+    run_id = _start_trial_run(tracker, trial, job, (key, value, token), per)
 
     reported: list[float | None] = [None]  # the last supernet accuracy reported (the pruning signal)
 
@@ -491,12 +492,14 @@ def _run_trial(study: Any, trial: Any, job: TrialJob) -> dict[str, Any]:
     return {**row, "state": "COMPLETE", "value": objective, "supernet_val_acc": reported[0]}
 
 
-def _start_trial_run(tracker: Any, trial: Any, job: TrialJob, strength: tuple[str, float], per: dict[str, Any]) -> Any:
-    """The trial's MLflow run, nested in the study's parent; a retry ends the run of the trial it
-    stands in for (its worker died, so that run could not end itself)."""
+def _start_trial_run(tracker: Any, trial: Any, job: TrialJob, strength: tuple[str, float, str],
+                     per: dict[str, Any]) -> Any:
+    """The trial's MLflow run (``strength``: the sampled key and value, the study's token), nested
+    in the study's parent; a retry ends the run of the trial it stands in for (its worker died, so
+    that run could not end itself)."""
     from nas import tracking_stages
 
-    (key, value), scfg, name, token = strength, per["search"], trial.study.study_name, study_token(trial)
+    (key, value, token), scfg, name = strength, per["search"], trial.study.study_name
     run_id = tracker.start(trial_run_name(trial.number, job.method, key, value), {
         "stage": "trial", "method": job.method, "space": scfg.space, "dataset": scfg.dataset, "seed": scfg.seed,
         "objective": job.mode, "selection": per["select"].method, "study": name, "trial": trial.number,

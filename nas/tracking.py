@@ -205,11 +205,8 @@ class Tracker:
         """The one parent run of an Optuna study (found by its ``study`` and ``study_storage`` tags),
         reopened; created on the study's first sweep.  Every sweep of the study nests its trials
         under it, so the runs table shows one row per study however many nights it ran."""
-        def quote(v: str) -> str:
-            return v.replace("\\", "\\\\").replace("'", "\\'")
-
-        found = self.client.search_runs([self.experiment_id], f"tags.stage = 'sweep' and tags.study = '{quote(study)}' "
-                                        f"and tags.study_storage = '{quote(storage)}'", max_results=1,
+        found = self.client.search_runs([self.experiment_id], f"tags.stage = 'sweep' and tags.study = '{quoted(study)}' "
+                                        f"and tags.study_storage = '{quoted(storage)}'", max_results=1,
                                         order_by=["attributes.start_time ASC"])
         if found:
             run_id = found[0].info.run_id
@@ -274,6 +271,11 @@ class Tracker:
 
 
 # ------------------------------------------------------------------------------------- helpers
+def quoted(value: str) -> str:
+    """``value`` as a string literal inside an MLflow search filter (``tags.study = '<here>'``)."""
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
 def run_name(stage: str, method: str | None = None, selection: str | None = None, space: str | None = None,
              seed: Any = None, digest: str | None = None) -> str:
     """``pipeline-darts-pt-nb201-s1-3fa2c0``: what tells runs apart in the runs table."""

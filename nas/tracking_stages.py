@@ -17,7 +17,7 @@ from typing import Any
 
 from nas.drawings import alpha_heatmap_png, alpha_history_npz, alpha_lines_png, cell_png
 from nas.rundir import SEARCH_RESULT
-from nas.tracking import Tracker, epoch_metrics, html_table, nb201_lookup, percent, run_name
+from nas.tracking import Tracker, epoch_metrics, html_table, nb201_lookup, percent, quoted, run_name
 
 
 def epoch_logger(tracker: Tracker, run_id: str, space: str | None = None) -> Callable[[dict[str, Any]], None]:
@@ -306,12 +306,8 @@ def end_reaped(tracker: Tracker, study: str, token: str, trial: int, status: str
     if not tracker.active:
         return 0
     found = tracker.client.search_runs([tracker.experiment_id], f"attributes.status = 'RUNNING' and "
-                                       f"tags.stage = 'trial' and tags.study = '{_quote(study)}' and "
-                                       f"tags.study_token = '{_quote(token)}' and tags.trial = '{int(trial)}'")
+                                       f"tags.stage = 'trial' and tags.study = '{quoted(study)}' and "
+                                       f"tags.study_token = '{quoted(token)}' and tags.trial = '{int(trial)}'")
     for run in found:
         tracker.client.set_terminated(run.info.run_id, status)
     return len(found)
-
-
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
