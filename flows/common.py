@@ -200,6 +200,9 @@ def task_runner(where: Where, workers: int | None = None):
 
     if where.address:
         return DaskTaskRunner(address=where.address)
+    from nas.cluster import quiet_dask
+
+    quiet_dask()
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": max(where.threads, 1),
                                           "processes": True, "dashboard_address": None, "env": _workers_env()})
 

@@ -125,7 +125,7 @@ def _load(path: str, mtime_ns: int) -> NB201Table:
     df = validate_nb201(df, str(p))
     rows: dict[str, dict[str, float]] = {}
     for rec in df.itertuples(index=False):
-        key = nb201.format_genotype(nb201.parse_genotype(rec.arch))
+        key = nb201.canonical_genotype(rec.arch)
         rows[key] = {"cifar10_test": float(rec.cifar10_test), "cifar100_test": float(rec.cifar100_test),
                      "imagenet16_120_test": float(rec.imagenet16_120_test)}
     return NB201Table(p, rows)

@@ -87,6 +87,12 @@ def test_cluster_env_names_every_service_and_workers_have_none_of_the_settings(c
         environ = Path(f"/proc/{cluster.state[name]['pid']}/environ").read_bytes().split(b"\0")
         keys = {e.split(b"=", 1)[0].decode() for e in environ if e}
         assert not keys & {"MLFLOW_TRACKING_URI", "NAS_OPTUNA_STORAGE"}
+    # the workers run without Dask's dashboard diagnostics (its sampling profiler above all)
+    from distributed import Client
+
+    with Client(env["NAS_DASK_ADDRESS"], timeout=60) as client:
+        profiling = client.run(lambda: __import__("dask").config.get("distributed.worker.profile.enabled"))
+    assert len(profiling) == 2 and set(profiling.values()) == {False}
     # the CLI prints the same settings
     out = subprocess.run([sys.executable, "-m", "nas.cli", "cluster", "env", "--root", str(cluster.root), "--json"],
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)

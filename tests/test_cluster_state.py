@@ -120,3 +120,21 @@ def test_a_relative_data_path_is_resolved_on_the_client_before_any_trial(tmp_pat
         check_trial_configs("drnas", "benchmark", "tiny.yaml", ["search.data=gone", "prepare.data=gone"])
     assert str(exc.value) == (f"prepare.data: 'gone' is not under the client's folder {tmp_path}; give a path that "
                               f"exists there, or an absolute path that every worker reads")
+
+
+def test_local_dask_clusters_start_without_the_dashboard_diagnostics_unless_the_user_sets_them(monkeypatch):
+    import dask
+
+    from nas.cluster import quiet_dask
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    monkeypatch.setattr(os, "environ", {**env, "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "40ms"})
+    try:
+        quiet_dask()
+        assert dask.config.get("distributed.worker.profile.enabled") is False
+        assert dask.config.get("distributed.admin.system-monitor.interval") == "2s"
+        assert dask.config.get("distributed.admin.tick.interval") == "40ms"  # the user's own setting wins
+    finally:
+        monkeypatch.undo()
+        dask.config.refresh()
+    assert dask.config.get("distributed.worker.profile.enabled") is True

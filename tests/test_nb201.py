@@ -59,14 +59,31 @@ def test_every_table_genotype_round_trips():
         assert nb201.format_genotype(nb201.parse_genotype(arch)) == arch
 
 
-@pytest.mark.parametrize("text,token", [
+def test_the_fast_canonical_form_agrees_with_parsing_on_every_cell_and_refuses_alike():
+    import itertools
+
+    for geno in itertools.product(nb201.OPS, repeat=len(nb201.EDGES)):
+        text = nb201.format_genotype(geno)
+        assert nb201.canonical_genotype(f" {text}\n") == text
+    for text, token in BAD:
+        with pytest.raises(NasError, match=token):
+            nb201.canonical_genotype(text)
+    with pytest.raises(NasError, match="expected a string"):
+        nb201.canonical_genotype(None)
+
+
+BAD = [
     ("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|", "expected 3 '\\+'-separated"),
     ("|conv_7x7~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|", "'conv_7x7'"),
     ("|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|", "'nor_conv_3x3~1'"),
     ("|nor_conv_3x3~0|+|nor_conv_3x3~0|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|", "needs 2 edges"),
     ("|nor_conv_3x3-0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|", "'nor_conv_3x3-0'"),
     ("nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|", "must start and end"),
-])
+    ("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~1|", "'nor_conv_1x1~1'"),
+]
+
+
+@pytest.mark.parametrize("text,token", BAD)
 def test_bad_genotypes_are_rejected_naming_the_token(text, token):
     with pytest.raises(NasError, match=token):
         nb201.parse_genotype(text)

@@ -6,6 +6,7 @@ keys them ``'{i}<-{j}'``): 1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3<-2.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import torch
@@ -59,6 +60,18 @@ def format_genotype(geno: Genotype) -> str:
     for i in range(1, NUM_NODES):
         groups.append("|" + "|".join(f"{geno[EDGE_INDEX[(i, j)]]}~{j}" for j in range(i)) + "|")
     return "+".join(groups)
+
+
+_OP = "(?:" + "|".join(re.escape(op) for op in OPS) + ")"
+_VALID = re.compile(r"\+".join(r"\|" + r"\|".join(f"{_OP}~{j}" for j in range(i)) + r"\|" for i in range(1, NUM_NODES)))
+
+
+def canonical_genotype(text: str) -> str:
+    """``text`` in the benchmark's canonical form (``format_genotype(parse_genotype(text))``), with
+    a fast path for a string already in that form: the table's 15,625 keys load in milliseconds."""
+    if isinstance(text, str) and _VALID.fullmatch(text.strip()):
+        return text.strip()
+    return format_genotype(parse_genotype(text))
 
 
 def genotype_from_indices(indices: list[int] | torch.Tensor) -> Genotype:
