@@ -56,9 +56,12 @@ def _collect(futures: list[Any], rows: list[dict[str, Any]]) -> None:
 
 def client_settings(params: str, storage: str | None, out: str, track: bool, remote: bool) -> dict[str, Any]:
     """What every trial needs, resolved here on the client so that a worker on another machine
-    (or in another folder) uses exactly this: the params file's content, the absolute output
-    folder, the study's database URL and the tracking store.  With ``remote`` (a Dask cluster at
-    an address), a store that is a file on this machine is refused."""
+    (or in another folder) uses exactly this: the params file's content, the output folder, the
+    study's database URL and the tracking store.  With ``remote`` (a Dask cluster at an address), a
+    store that is a file on this machine is refused, and a relative output folder stays relative:
+    each trial runs in that folder under its worker's own folder (the client's folders may be
+    read-only there, or absent), and its results come home through the study and the tracking
+    server."""
     from nas import config as config_mod
     from nas.utils import NasError
 
@@ -72,7 +75,8 @@ def client_settings(params: str, storage: str | None, out: str, track: bool, rem
         raise NasError(f"MLFLOW_TRACKING_URI: {uri} is a file on this machine; the workers of a Dask cluster need "
                        f"a tracking server (MLFLOW_TRACKING_URI=http://HOST:5000) or --no-track")
     return {"params": str(Path(params)), "params_text": Path(params).read_text(), "storage": storage,
-            "out": str(Path(out).resolve()), "track": uri is not None, "tracking_uri": uri}
+            "out": out if remote and not Path(out).is_absolute() else str(Path(out).resolve()),
+            "track": uri is not None, "tracking_uri": uri}
 
 
 def check_trial_configs(method: str, mode: str, params: str, sets: list[str] | None) -> list[str]:
@@ -163,7 +167,7 @@ def sweep_flow(method: str = "sdarts-rs", n_trials: int = 8, mode: str = "retrai
         tracker.end(parent, stopping.status(exc))
         raise
     st = sweep.open_study(name, storage, method, mode, study.pruner, study.seed)
-    rep = sweep.study_report(st, name, method, mode, out)
+    rep = sweep.study_report(st, name, method, mode, Path(out).resolve())  # on the client
     create_markdown_artifact(key=f"nas-sweep-{name}".lower().replace("_", "-"), markdown=rep["markdown"],
                              description="Optuna trials of the regularisation strength")
     tracking_stages.log_study(tracker, parent, rep, {"study": name, "storage": storage, "objective": mode, "pruner": study.pruner})

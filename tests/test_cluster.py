@@ -108,9 +108,10 @@ def test_sweep_across_two_dask_workers_lands_in_postgres_and_the_tracking_server
     study = _study(cluster, "four")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
     assert len({t.params["drnas_lambda"] for t in study.trials}) == 4  # four different strengths
-    # the trials ran on the workers, in their own folders' caches, yet wrote nothing relative there
-    for name in ("worker-1", "worker-2"):
-        assert not (cluster.root / name / "runs").exists()
+    # the trials ran in the workers' own folders (the client's may be read-only there: see
+    # test_workers_that_see_the_client_folder_read_only_...); the client wrote only the trials table
+    ran = [t.name for name in ("worker-1", "worker-2") for t in (cluster.root / name / "runs" / "sweep" / "four").glob("trial-*")]
+    assert len(ran) == 4 and not list((client_dir / "runs" / "sweep" / "four").glob("trial-*"))
     assert (client_dir / "runs" / "sweep" / "four" / "trials.csv").is_file()
     # one parent in the tracking server with the 4 trials nested under it, each with its run folder
     mc = _client(cluster)
@@ -230,10 +231,14 @@ def test_grid_through_dask_matches_one_process_and_comes_home_without_a_shared_f
     assert code == 0, err[-3000:]
     report = client_dir / "data" / "results" / "tinygrid"
     assert {p.name for p in (report / "cells").iterdir()} == {"darts-s1", "gdas-s1"}
-    # the cells ran on the workers: their results came back with the rows, nothing was written in
-    # the workers' folders, and the runs table holds one nested run per row with the cell's results
+    # the cells ran on the workers, in run folders of their own: their results came back with the
+    # rows, no report was written in the workers' folders, no run folder in the client's, and the
+    # runs table holds one nested run per row with the cell's results
     for name in ("worker-1", "worker-2"):
         assert not (cluster.root / name / "data" / "results").exists()
+    ran = {c.name for name in ("worker-1", "worker-2") for c in (cluster.root / name / "runs" / "grid" / "tinygrid").glob("*")
+           if c.is_dir()}
+    assert ran == {"darts-s1", "gdas-s1"} and not (client_dir / "runs").exists()
     mc = _client(cluster)
     exp = mc.get_experiment_by_name("nas")
     rows = mc.search_runs([exp.experiment_id], "tags.stage = 'grid' and tags.protocol = 'tinygrid'")
@@ -291,3 +296,53 @@ def test_a_worker_killed_during_a_cell_leaves_it_to_the_other_worker(cluster, tm
         assert len(rows) == 1 and rows[0]["method"] == "darts" and rows[0]["seed"] == "7"
     finally:
         cluster.start_service(victim, 120)
+
+
+def _read_only_worker(cluster, client_dir: Path, folder: Path) -> subprocess.Popen:
+    """A Dask worker in a mount namespace of its own, where ``client_dir`` is bound read-only: a
+    host that sees the client's folders (or an NFS export of them) read-only."""
+    from nas.cluster import DASK_QUIET_ENV
+
+    folder.mkdir(parents=True)
+    c = str(client_dir)
+    script = f'mount --bind "{c}" "{c}" && mount -o remount,bind,ro "{c}" "{c}" && exec "$@"'
+    env = {**DASK_QUIET_ENV, **{k: v for k, v in os.environ.items() if k not in CLIENT_SCRUB},
+           "PREFECT_API_URL": cluster.env()["PREFECT_API_URL"]}
+    cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh",
+           str(Path(sys.executable).parent / "dask"), "worker", cluster.env()["NAS_DASK_ADDRESS"], "--nworkers", "1",
+           "--nthreads", "1", "--no-dashboard", "--name", "read-only"]
+    with open(folder / "worker.log", "wb") as log:
+        return subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_workers_that_see_the_client_folder_read_only_finish_a_sweep_and_a_grid(cluster, tmp_path):
+    import signal
+
+    from distributed import Client
+
+    client_dir, folder = tmp_path / "client", tmp_path / "worker-ro"
+    _params(client_dir)
+    _grid_protocol(client_dir)
+    for name in ("worker-1", "worker-2"):  # the read-only worker alone takes the jobs
+        cluster.stop_service(name)
+    worker = _read_only_worker(cluster, client_dir, folder)
+    try:
+        with Client(cluster.env()["NAS_DASK_ADDRESS"], timeout=60) as client:
+            client.wait_for_workers(1, timeout=120)
+            [writable] = client.run(os.access, str(client_dir), os.W_OK).values()
+        assert writable is False  # the worker cannot write the client's folder
+        code, out, err = _sweep(cluster, client_dir, "--study", "read-only", "--n-trials", "2", "--parallel", "1",
+                                "--runner", "dask", "--address", cluster.env()["NAS_DASK_ADDRESS"])
+        assert code == 0, err[-3000:]
+        assert [t.state.name for t in _study(cluster, "read-only").trials] == ["COMPLETE"] * 2
+        assert len(list((folder / "runs" / "sweep" / "read-only").glob("trial-*/search/result.json"))) == 2
+        code, out, err = _flow(cluster, client_dir, "flows.benchmark", "--protocol", "tinygrid.yaml", "--runner", "dask")
+        assert code == 0, err[-3000:]
+        assert len(_rows(client_dir / "data" / "results" / "tinygrid" / "runs.csv")) == 2
+        assert {c.name for c in (folder / "runs" / "grid" / "tinygrid").iterdir() if c.is_dir()} == {"darts-s1", "gdas-s1"}
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+        for name in ("worker-1", "worker-2"):
+            cluster.start_service(name, 120)

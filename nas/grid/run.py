@@ -289,7 +289,10 @@ class ShippedCell:
 
 def ship_cell(job: CellJob) -> ShippedCell:
     """The cell of ``job`` made self-contained, with its archived results from the job's report
-    (or a ``reuse`` report) when it has some."""
+    (or a ``reuse`` report) when it has some.  The data path is made absolute here, on the
+    client; a relative run folder stays relative, so the cell runs in that folder under its
+    worker's own folder (the client's folders may be read-only there) and only its results come
+    home."""
     archived: dict[str, Any] = {}
     for folder in job.archives:
         if (folder / SEARCH_ARCHIVED).is_file():
@@ -297,8 +300,7 @@ def ship_cell(job: CellJob) -> ShippedCell:
             break
     protocol = Path(job.protocol)
     text = config_mod.load_yaml_text(protocol)
-    job = dataclasses.replace(job, out=str(Path(job.out).resolve()),
-                              data=str(Path(job.data).resolve()) if job.data else None, report=None, reuse=[])
+    job = dataclasses.replace(job, data=str(Path(job.data).resolve()) if job.data else None, report=None, reuse=[])
     return ShippedCell(job, protocol.name, text, archived)
 
 
