@@ -346,3 +346,21 @@ def test_workers_that_see_the_client_folder_read_only_finish_a_sweep_and_a_grid(
         worker.wait(timeout=30)
         for name in ("worker-1", "worker-2"):
             cluster.start_service(name, 120)
+
+
+def test_the_same_sweep_after_the_cluster_went_down_and_up_again_meets_no_earlier_folder(cluster, tmp_path):
+    """`nas cluster up`, a sweep, `down`, `up` (a fresh database), the same sweep: each study gets a
+    token of its own, so its trials never land in the folders of the earlier study's."""
+    client_dir = tmp_path / "client"
+    _params(client_dir)
+    args = ("--study", "again", "--n-trials", "2", "--parallel", "2", "--pruner", "median", "--runner", "dask",
+            "--address")
+    for attempt in range(2):
+        code, out, err = _sweep(cluster, client_dir, *args, cluster.env()["NAS_DASK_ADDRESS"])
+        assert code == 0, (attempt, err[-3000:])
+        assert [t.state.name for t in _study(cluster, "again").trials] == ["COMPLETE"] * 2  # the fresh study's
+        if attempt == 0:
+            cluster.down(quiet=True)
+            cluster.up(workers=2, prefect=True, timeout=300)
+    folders = [t.name for name in ("worker-1", "worker-2") for t in (cluster.root / name / "runs" / "sweep" / "again").glob("trial-*")]
+    assert len(folders) == 4 and len({f.rsplit("-", 1)[1] for f in folders}) == 2, folders  # two studies' tokens
