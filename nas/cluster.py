@@ -41,8 +41,8 @@ STATE = "cluster.json"
 MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 # Dask's diagnostics for its dashboard, which these services never start: the statistical profiler
 # samples every thread each 10 ms, the system monitor and the event-loop tick run every 0.5 s and
-# 20 ms.  Idle, a scheduler and two workers spent about 13 CPU-seconds a minute on them; with these
-# settings, under 1.  A setting of the user's own environment wins.
+# 20 ms.  Idle, a scheduler and two workers (with their nannies) spent about 11 CPU-seconds a
+# minute, 2.5 with these settings.  A setting of the user's own environment wins.
 DASK_QUIET_ENV = {"DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
                   "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL": "2s",
                   "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s"}
