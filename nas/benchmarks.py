@@ -54,7 +54,7 @@ class NB201Table:
         return self._row(genotype)[_column(dataset)]
 
     def _row(self, genotype: str) -> dict[str, float]:
-        key = nb201.format_genotype(nb201.parse_genotype(genotype))
+        key = nb201.canonical_genotype(genotype)
         if key not in self.rows:
             raise NasError(f"genotype {clip(genotype)} is not in the NAS-Bench-201 table {self.path}")
         return self.rows[key]
@@ -62,13 +62,13 @@ class NB201Table:
     def lookup(self, genotype: str, dataset: str = "cifar10") -> dict[str, Any]:
         """Accuracy on ``dataset`` beside the oracle, the rank among all architectures, and the
         accuracies on every dataset of the table."""
-        col = _column(dataset)
-        row = self._row(genotype)
+        col, key = _column(dataset), nb201.canonical_genotype(genotype)
+        row = self._row(key)
         acc = row[col]
         best_arch, best = self.oracle(dataset)
         rank = 1 + sum(1 for r in self.rows.values() if r[col] > acc)
         return {
-            "genotype": nb201.format_genotype(nb201.parse_genotype(genotype)),
+            "genotype": key,
             "dataset": dataset,
             "test_accuracy": acc,
             "oracle_accuracy": best,
