@@ -99,39 +99,6 @@ def test_cluster_env_names_every_service_and_workers_have_none_of_the_settings(c
     assert json.loads(out.stdout) == env
 
 
-def test_sweep_across_two_dask_workers_lands_in_postgres_and_the_tracking_server(cluster, tmp_path):
-    client_dir = tmp_path / "client"
-    _params(client_dir)
-    code, out, err = _sweep(cluster, client_dir, "--study", "four", "--n-trials", "4", "--parallel", "2",
-                            "--runner", "dask", "--address", cluster.env()["NAS_DASK_ADDRESS"])
-    assert code == 0, err[-3000:]
-    study = _study(cluster, "four")
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
-    assert len({t.params["drnas_lambda"] for t in study.trials}) == 4  # four different strengths
-    # the trials ran in the workers' own folders (the client's may be read-only there: see
-    # test_workers_that_see_the_client_folder_read_only_...); the client wrote only the trials table
-    ran = [t.name for name in ("worker-1", "worker-2") for t in (cluster.root / name / "runs" / "sweep" / "four").glob("trial-*")]
-    assert len(ran) == 4 and not list((client_dir / "runs" / "sweep" / "four").glob("trial-*"))
-    assert (client_dir / "runs" / "sweep" / "four" / "trials.csv").is_file()
-    # one parent in the tracking server with the 4 trials nested under it, each with its run folder
-    mc = _client(cluster)
-    exp = mc.get_experiment_by_name("nas")
-    parents = mc.search_runs([exp.experiment_id], "tags.stage = 'sweep' and tags.study = 'four'")
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert parents[0].data.metrics["trials_complete"] == 4
-    trials = mc.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
-    assert len(trials) == 4 and {r.info.status for r in trials} == {"FINISHED"}
-    uri = cluster.env()["MLFLOW_TRACKING_URI"]
-    for r in trials:
-        names = {a.path for a in mc.list_artifacts(r.info.run_id, "run")}
-        assert "run/params.yaml" in names and "run/search" in names
-        # downloadable over HTTP from the server's artifact proxy
-        url = (f"{uri}/get-artifact?path=run/search/result.json&run_uuid={r.info.run_id}")
-        with urllib.request.urlopen(url, timeout=30) as resp:
-            result = json.loads(resp.read())
-        assert result["genotype"] == r.data.tags["genotype"]
-
-
 def test_two_sweeps_from_two_folders_share_only_the_database_and_stop_at_max_trials(cluster, tmp_path):
     procs = []
     for host in ("host-a", "host-b"):
@@ -224,21 +191,16 @@ def _rows(path: Path) -> list[dict]:
         return [{k: v for k, v in r.items() if not k.endswith("_minutes")} for r in csv.DictReader(f)]
 
 
-def test_grid_through_dask_matches_one_process_and_comes_home_without_a_shared_folder(cluster, tmp_path):
-    client_dir = tmp_path / "client"
-    _grid_protocol(client_dir)
-    code, out, err = _flow(cluster, client_dir, "flows.benchmark", "--protocol", "tinygrid.yaml", "--runner", "dask")
-    assert code == 0, err[-3000:]
-    report = client_dir / "data" / "results" / "tinygrid"
+def _grid_came_home(cluster, tmp_path: Path, report: Path, ran_in: Path) -> None:
+    """The grid of ``report`` ran on the cluster's workers, in run folders of their own under
+    ``ran_in``: its results came back with the rows, no report was written in the workers' folders,
+    no run folder in the client's, and the runs table holds one nested run per row with the cell's
+    results; the same grid in one process gives the same rows, and a folder with nothing but the
+    protocol rebuilds the same report from the tracking server."""
     assert {p.name for p in (report / "cells").iterdir()} == {"darts-s1", "gdas-s1"}
-    # the cells ran on the workers, in run folders of their own: their results came back with the
-    # rows, no report was written in the workers' folders, no run folder in the client's, and the
-    # runs table holds one nested run per row with the cell's results
-    for name in ("worker-1", "worker-2"):
-        assert not (cluster.root / name / "data" / "results").exists()
-    ran = {c.name for name in ("worker-1", "worker-2") for c in (cluster.root / name / "runs" / "grid" / "tinygrid").glob("*")
-           if c.is_dir()}
-    assert ran == {"darts-s1", "gdas-s1"} and not (client_dir / "runs").exists()
+    assert not (ran_in / "data" / "results").exists()
+    assert {c.name for c in (ran_in / "runs" / "grid" / "tinygrid").iterdir() if c.is_dir()} == {"darts-s1", "gdas-s1"}
+    assert not (report.parents[2] / "runs").exists()
     mc = _client(cluster)
     exp = mc.get_experiment_by_name("nas")
     rows = mc.search_runs([exp.experiment_id], "tags.stage = 'grid' and tags.protocol = 'tinygrid'")
@@ -247,7 +209,6 @@ def test_grid_through_dask_matches_one_process_and_comes_home_without_a_shared_f
         charts = {f.path for folder in ("alpha", "genotype") for f in mc.list_artifacts(r.info.run_id, folder)}
         assert {"alpha/alpha_per_op.png", "alpha/alpha_heatmap.png", "genotype/cell.png"} <= charts, charts
         assert [m.step for m in mc.get_metric_history(r.info.run_id, "val_acc")] == [1, 2, 3]  # 3 epochs
-    # the same grid in one process, in another folder: the same rows
     one = tmp_path / "one"
     _grid_protocol(one)
     p = subprocess.run([sys.executable, "-m", "nas.cli", "grid", "--protocol", "tinygrid.yaml", "--workers", "1",
@@ -256,7 +217,6 @@ def test_grid_through_dask_matches_one_process_and_comes_home_without_a_shared_f
                        timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     assert _rows(one / "data" / "results" / "tinygrid" / "runs.csv") == _rows(report / "runs.csv")
-    # a third folder with nothing but the protocol rebuilds the same report from the tracking server
     third = tmp_path / "third"
     _grid_protocol(third)
     env = {k: v for k, v in os.environ.items() if k not in CLIENT_SCRUB}
@@ -267,6 +227,57 @@ def test_grid_through_dask_matches_one_process_and_comes_home_without_a_shared_f
     rebuilt = third / "data" / "results" / "tinygrid"
     for rel in sorted(q.relative_to(report) for q in report.rglob("*") if q.is_file() and not q.name.endswith(".lock")):
         assert (rebuilt / rel).read_bytes() == (report / rel).read_bytes(), rel
+
+
+def _read_only_worker(cluster, client_dir: Path, folder: Path) -> subprocess.Popen:
+    """A Dask worker in a mount namespace of its own, where ``client_dir`` is bound read-only: a
+    host that sees the client's folders (or an NFS export of them) read-only."""
+    from nas.cluster import DASK_QUIET_ENV
+
+    folder.mkdir(parents=True)
+    c = str(client_dir)
+    script = f'mount --bind "{c}" "{c}" && mount -o remount,bind,ro "{c}" "{c}" && exec "$@"'
+    env = {**DASK_QUIET_ENV, **{k: v for k, v in os.environ.items() if k not in CLIENT_SCRUB},
+           "PREFECT_API_URL": cluster.env()["PREFECT_API_URL"]}
+    cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh",
+           str(Path(sys.executable).parent / "dask"), "worker", cluster.env()["NAS_DASK_ADDRESS"], "--nworkers", "1",
+           "--nthreads", "1", "--no-dashboard", "--name", "read-only"]
+    with open(folder / "worker.log", "wb") as log:
+        return subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_workers_that_see_the_client_folder_read_only_finish_a_sweep_and_a_grid(cluster, tmp_path):
+    """A worker host that sees the client's folder read-only: a sweep and a grid (which then matches
+    the same grid in one process, and comes home without a shared folder) finish there."""
+    import signal
+
+    from distributed import Client
+
+    client_dir, folder = tmp_path / "client", tmp_path / "worker-ro"
+    _params(client_dir)
+    _grid_protocol(client_dir)
+    for name in ("worker-1", "worker-2"):  # the read-only worker alone takes the jobs
+        cluster.stop_service(name)
+    worker = _read_only_worker(cluster, client_dir, folder)
+    try:
+        with Client(cluster.env()["NAS_DASK_ADDRESS"], timeout=60) as client:
+            client.wait_for_workers(1, timeout=120)
+            [writable] = client.run(os.access, str(client_dir), os.W_OK).values()
+        assert writable is False  # the worker cannot write the client's folder
+        code, out, err = _sweep(cluster, client_dir, "--study", "read-only", "--n-trials", "2", "--parallel", "1",
+                                "--runner", "dask", "--address", cluster.env()["NAS_DASK_ADDRESS"])
+        assert code == 0, err[-3000:]
+        assert [t.state.name for t in _study(cluster, "read-only").trials] == ["COMPLETE"] * 2
+        assert len(list((folder / "runs" / "sweep" / "read-only").glob("trial-*/search/result.json"))) == 2
+        code, out, err = _flow(cluster, client_dir, "flows.benchmark", "--protocol", "tinygrid.yaml", "--runner", "dask")
+        assert code == 0, err[-3000:]
+        _grid_came_home(cluster, tmp_path, client_dir / "data" / "results" / "tinygrid", folder)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+        for name in ("worker-1", "worker-2"):
+            cluster.start_service(name, 120)
 
 
 def test_a_worker_killed_during_a_cell_leaves_it_to_the_other_worker(cluster, tmp_path):
@@ -298,59 +309,40 @@ def test_a_worker_killed_during_a_cell_leaves_it_to_the_other_worker(cluster, tm
         cluster.start_service(victim, 120)
 
 
-def _read_only_worker(cluster, client_dir: Path, folder: Path) -> subprocess.Popen:
-    """A Dask worker in a mount namespace of its own, where ``client_dir`` is bound read-only: a
-    host that sees the client's folders (or an NFS export of them) read-only."""
-    from nas.cluster import DASK_QUIET_ENV
-
-    folder.mkdir(parents=True)
-    c = str(client_dir)
-    script = f'mount --bind "{c}" "{c}" && mount -o remount,bind,ro "{c}" "{c}" && exec "$@"'
-    env = {**DASK_QUIET_ENV, **{k: v for k, v in os.environ.items() if k not in CLIENT_SCRUB},
-           "PREFECT_API_URL": cluster.env()["PREFECT_API_URL"]}
-    cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh",
-           str(Path(sys.executable).parent / "dask"), "worker", cluster.env()["NAS_DASK_ADDRESS"], "--nworkers", "1",
-           "--nthreads", "1", "--no-dashboard", "--name", "read-only"]
-    with open(folder / "worker.log", "wb") as log:
-        return subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def test_workers_that_see_the_client_folder_read_only_finish_a_sweep_and_a_grid(cluster, tmp_path):
-    import signal
-
-    from distributed import Client
-
-    client_dir, folder = tmp_path / "client", tmp_path / "worker-ro"
-    _params(client_dir)
-    _grid_protocol(client_dir)
-    for name in ("worker-1", "worker-2"):  # the read-only worker alone takes the jobs
-        cluster.stop_service(name)
-    worker = _read_only_worker(cluster, client_dir, folder)
-    try:
-        with Client(cluster.env()["NAS_DASK_ADDRESS"], timeout=60) as client:
-            client.wait_for_workers(1, timeout=120)
-            [writable] = client.run(os.access, str(client_dir), os.W_OK).values()
-        assert writable is False  # the worker cannot write the client's folder
-        code, out, err = _sweep(cluster, client_dir, "--study", "read-only", "--n-trials", "2", "--parallel", "1",
-                                "--runner", "dask", "--address", cluster.env()["NAS_DASK_ADDRESS"])
-        assert code == 0, err[-3000:]
-        assert [t.state.name for t in _study(cluster, "read-only").trials] == ["COMPLETE"] * 2
-        assert len(list((folder / "runs" / "sweep" / "read-only").glob("trial-*/search/result.json"))) == 2
-        code, out, err = _flow(cluster, client_dir, "flows.benchmark", "--protocol", "tinygrid.yaml", "--runner", "dask")
-        assert code == 0, err[-3000:]
-        assert len(_rows(client_dir / "data" / "results" / "tinygrid" / "runs.csv")) == 2
-        assert {c.name for c in (folder / "runs" / "grid" / "tinygrid").iterdir() if c.is_dir()} == {"darts-s1", "gdas-s1"}
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(timeout=30)
-        for name in ("worker-1", "worker-2"):
-            cluster.start_service(name, 120)
+def _sweep_landed(cluster, client_dir: Path, study: str, n: int) -> None:
+    """A finished sweep of ``n`` trials on the cluster: in PostgreSQL, in the workers' folders and in
+    the tracking server, under one parent, each trial with its run folder."""
+    trials = _study(cluster, study).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * n
+    assert len({t.params["drnas_lambda"] for t in trials}) == n  # n different strengths
+    # the trials ran in the workers' own folders (the client's may be read-only there: see
+    # test_workers_that_see_the_client_folder_read_only_...); the client wrote only the trials table
+    ran = [t.name for name in ("worker-1", "worker-2") for t in (cluster.root / name / "runs" / "sweep" / study).glob("trial-*")]
+    assert len(ran) == n and not list((client_dir / "runs" / "sweep" / study).glob("trial-*"))
+    assert (client_dir / "runs" / "sweep" / study / "trials.csv").is_file()
+    mc = _client(cluster)
+    exp = mc.get_experiment_by_name("nas")
+    parents = mc.search_runs([exp.experiment_id], f"tags.stage = 'sweep' and tags.study = '{study}'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.metrics["trials_complete"] == n
+    runs = mc.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
+    assert len(runs) == n and {r.info.status for r in runs} == {"FINISHED"}
+    uri = cluster.env()["MLFLOW_TRACKING_URI"]
+    for r in runs:
+        names = {a.path for a in mc.list_artifacts(r.info.run_id, "run")}
+        assert "run/params.yaml" in names and "run/search" in names
+        # downloadable over HTTP from the server's artifact proxy
+        url = (f"{uri}/get-artifact?path=run/search/result.json&run_uuid={r.info.run_id}")
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            result = json.loads(resp.read())
+        assert result["genotype"] == r.data.tags["genotype"]
 
 
-def test_the_same_sweep_after_the_cluster_went_down_and_up_again_meets_no_earlier_folder(cluster, tmp_path):
-    """`nas cluster up`, a sweep, `down`, `up` (a fresh database), the same sweep: each study gets a
-    token of its own, so its trials never land in the folders of the earlier study's."""
+def test_a_sweep_across_two_dask_workers_lands_in_postgres_and_the_tracking_server_and_again_after_down_and_up(
+        cluster, tmp_path):
+    """A sweep on the two workers, then `nas cluster down`, `up` (a fresh database) and the same
+    sweep: each study gets a token of its own, so its trials never land in the folders of the earlier
+    study's."""
     client_dir = tmp_path / "client"
     _params(client_dir)
     args = ("--study", "again", "--n-trials", "2", "--parallel", "2", "--pruner", "median", "--runner", "dask",
@@ -360,6 +352,7 @@ def test_the_same_sweep_after_the_cluster_went_down_and_up_again_meets_no_earlie
         assert code == 0, (attempt, err[-3000:])
         assert [t.state.name for t in _study(cluster, "again").trials] == ["COMPLETE"] * 2  # the fresh study's
         if attempt == 0:
+            _sweep_landed(cluster, client_dir, "again", 2)
             cluster.down(quiet=True)
             cluster.up(workers=2, prefect=True, timeout=300)
     folders = [t.name for name in ("worker-1", "worker-2") for t in (cluster.root / name / "runs" / "sweep" / "again").glob("trial-*")]

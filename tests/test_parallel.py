@@ -32,6 +32,15 @@ def _search_cmd(out: Path, cache: Path, *extra: str, epochs: int = 2, steps: int
             "--set", "batch_size=32", "--set", f"steps_per_epoch={steps}", "--set", f"cache_dir={cache}", *extra]
 
 
+def _search_here(out: Path, cache: Path, epochs: int = 2, steps: int = 4, **over) -> dict:
+    """The search of ``_search_cmd`` in this process, on one thread (not bit for bit the command's:
+    for comparisons that need no equality)."""
+    cfg = build_config("search", overrides=dict(dataset="digits", epochs=epochs, device="cpu", seed=3, out=str(out),
+                                                progress=False, channels=4, cells=1, batch_size=32,
+                                                steps_per_epoch=steps, cache_dir=str(cache), threads=1, **over))
+    return Search(cfg).run()
+
+
 def _said(out: Path) -> list[dict]:
     """What the ranks of tests/dp_searches.py wrote, rank 0's lines first."""
     return [json.loads(line) for r in (0, 1) if (out / f"rank-{r}.jsonl").is_file()
@@ -63,8 +72,7 @@ def test_two_ranks_equal_one_process_with_two_micro_batches_and_pt_decides_alike
     assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
     assert torch_load(tmp_path / "ranks" / "checkpoint.pt")["world"] == 2
     # and they differ from the plain one-process search of whole batches: the micro-batches count
-    plain = subprocess.run(_search_cmd(tmp_path / "plain", cache), env=ENV, capture_output=True, text=True, timeout=600)
-    assert plain.returncode == 0 and json.loads((tmp_path / "plain" / "result.json").read_text())["alpha"] != a["alpha"]
+    assert _search_here(tmp_path / "plain", cache)["alpha"] != a["alpha"]
     assert a["config"]["nproc"] == 2 and b["config"]["accumulate"] == 2
 
     # PT on the 2-rank supernet: in 2 processes (evaluations split, tuning data-parallel) and in 1
@@ -84,9 +92,18 @@ def test_two_ranks_equal_one_process_with_two_micro_batches_and_pt_decides_alike
 
 
 @pytest.mark.slow
-def test_sampling_methods_keep_every_rank_on_one_alpha_and_repeat_bitwise(tmp_path):
-    proc = subprocess.run([*TORCHRUN, str(REPO / "tests" / "dp_searches.py"), "methods", str(tmp_path),
-                           str(tmp_path / "cache")], env=ENV, capture_output=True, text=True, timeout=600)
+def test_sampling_methods_keep_every_rank_on_one_alpha_and_ranks_that_disagree_are_refused_in_one_line(tmp_path):
+    """One launch of tests/dp_searches.py: sampling methods repeat bitwise with every rank on one α;
+    batch-norm statistics per rank or synchronised; a rank asking for another seed, and a search
+    started by one process continued by two, refused in one line on every rank."""
+    cache = tmp_path / "cache"
+    # a search started by one process, which the two ranks will refuse to continue
+    cfg = build_config("search", overrides=dict(dataset="digits", epochs=2, channels=4, cells=1, batch_size=32,
+                                                steps_per_epoch=3, device="cpu", progress=False, seed=5,
+                                                dist_check=True, cache_dir=str(cache), out=str(tmp_path / "single")))
+    Search(cfg).run()
+    proc = subprocess.run([*TORCHRUN, str(REPO / "tests" / "dp_searches.py"), str(tmp_path), str(cache)],
+                          env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]  # dist_check: α gathered and compared after every step
     lines = _said(tmp_path)
     bn = {(d["rank"], d["run"]): d["running_mean"] for d in lines if d["run"].startswith("bn-")}
@@ -100,30 +117,13 @@ def test_sampling_methods_keep_every_rank_on_one_alpha_and_repeat_bitwise(tmp_pa
         assert [h["val_loss"] for h in first["history"]] == [h["val_loss"] for h in second["history"]]
         pa, pb = _params(tmp_path / f"{method}-1"), _params(tmp_path / f"{method}-2")
         assert all(torch.equal(pa[k], pb[k]) for k in pa)
-
-
-@pytest.mark.slow
-def test_ranks_that_disagree_are_refused_in_one_line_on_every_rank(tmp_path):
-    cache = tmp_path / "cache"
-    proc = subprocess.run([*TORCHRUN, str(REPO / "tests" / "dp_searches.py"), "mismatch", str(tmp_path), str(cache)],
-                          env=ENV, capture_output=True, text=True, timeout=600)
-    errors = {d["rank"]: d["error"] for d in _said(tmp_path)}
-    assert errors == {r: "rank 1's search config differs from rank 0's: seed is 6 there, 5 on rank 0" for r in (0, 1)}
-    assert not (tmp_path / "single").exists()  # refused before any work
-    for r in (0, 1):
-        (tmp_path / f"rank-{r}.jsonl").unlink()
-    # a search started by one process cannot be resumed by two
-    cfg = build_config("search", overrides=dict(dataset="digits", epochs=2, channels=4, cells=1, batch_size=32,
-                                                steps_per_epoch=3, device="cpu", progress=False, seed=5,
-                                                dist_check=True, cache_dir=str(cache), out=str(tmp_path / "single")))
-    Search(cfg).run()
-    proc = subprocess.run([*TORCHRUN, str(REPO / "tests" / "dp_searches.py"), "resume", str(tmp_path), str(cache)],
-                          env=ENV, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]  # both ranks refused it, and said so
-    errors = {d["rank"]: d["error"] for d in _said(tmp_path)}
+    errors = {(d["run"], d["rank"]): d["error"] for d in lines if "error" in d}
+    assert {r: errors[("mismatch", r)] for r in (0, 1)} == {
+        r: "rank 1's search config differs from rank 0's: seed is 6 there, 5 on rank 0" for r in (0, 1)}
+    assert not (tmp_path / "mismatch").exists()  # refused before any work
     want = (f"{tmp_path / 'single' / 'checkpoint.pt'}: cannot resume with 2 rank(s): the checkpoint was written by 1 "
             "(resume with the world size the search started with)")
-    assert errors == {0: want, 1: f"rank 0, reading the checkpoint: {want}"}
+    assert {r: errors[("single", r)] for r in (0, 1)} == {0: want, 1: f"rank 0, reading the checkpoint: {want}"}
 
 
 @pytest.mark.slow
@@ -172,8 +172,10 @@ def _rank_pid(root: int, rank: int) -> int | None:
 @pytest.mark.slow
 def test_a_rank_killed_mid_search_restarts_from_the_checkpoint_and_ends_as_if_uninterrupted(tmp_path):
     cache, epochs = tmp_path / "cache", 6
-    whole = subprocess.run(_search_cmd(tmp_path / "whole", cache, "--nproc", "2", epochs=epochs, steps=8), env=ENV,
-                           capture_output=True, text=True, timeout=600)
+    # uninterrupted: one process accumulating the 2 ranks' micro-batches, which gives the 2 ranks'
+    # numbers bit for bit (test_two_ranks_equal_one_process_...)
+    whole = subprocess.run(_search_cmd(tmp_path / "whole", cache, "--set", "accumulate=2", epochs=epochs, steps=8),
+                           env=ENV, capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-3000:]
     run = tmp_path / "killed"
     proc = subprocess.Popen(_search_cmd(run, cache, "--nproc", "2", "--max-restarts", "1", epochs=epochs, steps=8),
