@@ -200,7 +200,7 @@ def _grid_came_home(cluster, tmp_path: Path, report: Path, ran_in: Path) -> None
     assert {p.name for p in (report / "cells").iterdir()} == {"darts-s1", "gdas-s1"}
     assert not (ran_in / "data" / "results").exists()
     assert {c.name for c in (ran_in / "runs" / "grid" / "tinygrid").iterdir() if c.is_dir()} == {"darts-s1", "gdas-s1"}
-    assert not (report.parents[2] / "runs").exists()
+    assert not (report.parents[2] / "runs" / "grid").exists()  # no grid run folder in the client's
     mc = _client(cluster)
     exp = mc.get_experiment_by_name("nas")
     rows = mc.search_runs([exp.experiment_id], "tags.stage = 'grid' and tags.protocol = 'tinygrid'")
