@@ -34,8 +34,9 @@ def cell_task(shipped: grid.ShippedCell) -> dict[str, Any]:
 
 
 @flow(name="nas-benchmark-cells")
-def _cells(jobs: list[grid.CellJob], report: str, what: str) -> tuple[list[dict[str, Any]], list[str]]:
-    futures = [cell_task.submit(grid.ship_cell(job)) for job in jobs]
+def _cells(jobs: list[grid.CellJob], report: str, what: str,
+           tracking_uri: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    futures = [cell_task.submit(grid.ship_cell(job, tracking_uri)) for job in jobs]
     out, failures = [], Failures(what)
     with stopping.others_stop_on_abort():  # SIGTERM / SIGINT: cells in threads stop too
         for job, fut in zip(jobs, futures):
@@ -72,7 +73,9 @@ def benchmark(protocol: str = "params/cpu-proxy.yaml", data: str | None = None, 
     check_output_dir(spec.report, "report")
     jobs = grid.cell_jobs(spec, data, where.threads)
     failures = Failures(f"grid {spec.name}")
-    results, failures.items = _cells.with_options(task_runner=task_runner(where))(jobs, spec.report, failures.what)
+    # with a tracking server, each cell keeps its progress there: another worker continues a dead one's
+    results, failures.items = _cells.with_options(task_runner=task_runner(where))(
+        jobs, spec.report, failures.what, tracking.client_tracking_uri(track))
     rows = [r for res in results for r in res["rows"]]
     if not rows:
         failures.raise_if_any(len(jobs), "cells")
@@ -101,10 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     def check() -> None:  # a bad protocol or report folder: one line, before any flow or server starts
+        from nas.runs.progress import interval_from_env
         from nas.utils import check_output_dir
 
         where_from(a, a.workers)
         check_output_dir(grid.load_grid(a.protocol, a.out, a.report).report, "report")
+        interval_from_env()
 
     def run() -> None:
         res = benchmark(a.protocol, a.data, a.out, a.report, where_from(a, a.workers), a.track)

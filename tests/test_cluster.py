@@ -172,10 +172,10 @@ def _grid_protocol(folder: Path, epochs: int = 3) -> Path:
     return path
 
 
-def _flow(cluster, cwd: Path, module: str, *args: str, wait: bool = True):
-    env = {k: v for k, v in os.environ.items() if k not in CLIENT_SCRUB}
-    env.update({"PYTHONPATH": str(REPO), "NAS_MLFLOW": "1", "PREFECT_HOME": str(cwd / "prefect-home"),
-                **cluster.env()})
+def _flow(cluster, cwd: Path, module: str, *args: str, wait: bool = True, env: dict | None = None):
+    base = {k: v for k, v in os.environ.items() if k not in CLIENT_SCRUB}
+    env = {**base, "PYTHONPATH": str(REPO), "NAS_MLFLOW": "1", "PREFECT_HOME": str(cwd / "prefect-home"),
+           **cluster.env(), **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if not wait:
@@ -280,7 +280,9 @@ def test_workers_that_see_the_client_folder_read_only_finish_a_sweep_and_a_grid(
             cluster.start_service(name, 120)
 
 
-def test_a_worker_killed_during_a_cell_leaves_it_to_the_other_worker(cluster, tmp_path):
+def test_a_worker_killed_during_a_cell_leaves_it_to_the_other_worker_from_the_stored_checkpoint(cluster, tmp_path):
+    """No shared folder: the cell's progress (its checkpoint above all) goes to the tracking server
+    every second here (NAS_PROGRESS_EVERY), and the other worker continues from it, not from epoch 0."""
     import signal
 
     client_dir = tmp_path / "client"
@@ -289,7 +291,7 @@ def test_a_worker_killed_during_a_cell_leaves_it_to_the_other_worker(cluster, tm
     doc["grid"].update(methods=["darts"], seeds=[7])
     proto.write_text(yaml.safe_dump(doc))
     proc = _flow(cluster, client_dir, "flows.benchmark", "--protocol", "tinygrid.yaml", "--runner", "dask",
-                 wait=False)
+                 wait=False, env={"NAS_PROGRESS_EVERY": "1"})
     victim = None
     deadline = time.monotonic() + 300
     while victim is None and time.monotonic() < deadline and proc.poll() is None:
@@ -298,13 +300,26 @@ def test_a_worker_killed_during_a_cell_leaves_it_to_the_other_worker(cluster, tm
                 victim = name
         time.sleep(0.5)
     assert victim is not None, proc.communicate()[1][-2000:]
-    time.sleep(2)
+    mc = _client(cluster)
+
+    def stored() -> list:  # the cell's progress run, once its checkpoint is stored there
+        exp = mc.get_experiment_by_name("nas-progress")
+        runs = mc.search_runs([exp.experiment_id], "tags.job = 'tinygrid/darts-s7'") if exp else []
+        return [r for r in runs if any(a.path == "search/checkpoint.pt" for a in mc.list_artifacts(r.info.run_id,
+                                                                                                   "search"))]
+
+    while not stored() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
     cluster.stop_service(victim, signal.SIGKILL, wait=5)
     out, err = proc.communicate(timeout=900)
     try:
         assert proc.returncode == 0, err[-3000:]
         rows = _rows(client_dir / "data" / "results" / "tinygrid" / "runs.csv")
         assert len(rows) == 1 and rows[0]["method"] == "darts" and rows[0]["seed"] == "7"
+        # the other worker took the stored files (the checkpoint among them) into its empty folder,
+        # and the search resumed from that checkpoint (a checkpoint that did not match would fail the cell)
+        [run] = stored()
+        assert run.info.status == "FINISHED" and run.data.tags["restored"] == "1", run.data.tags
     finally:
         cluster.start_service(victim, 120)
 

@@ -214,3 +214,54 @@ def test_an_alias_bomb_in_a_protocol_is_not_expanded_into_the_message(tmp_path):
     with pytest.raises(NasError) as info:
         grid.load_grid(p, str(tmp_path / "g"), str(tmp_path / "r"))
     assert len(str(info.value)) < 400 and "grid.seeds" in str(info.value)
+
+
+@pytest.mark.slow
+def test_stored_progress_goes_up_while_a_job_runs_and_comes_back_into_an_empty_folder(tmp_path, capsys):
+    """nas.runs.progress against a tracking store: changed files uploaded while the body runs (not the
+    unchanged ones again), once more when it fails; another folder with nothing in it gets them back
+    under the same identity, and a folder of its own keeps its files."""
+    from nas.runs import progress
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store_ = progress.ProgressStore(uri, progress.progress_key("proto", "darts-s1", ""), "proto/darts-s1", every=0.5)
+    first = tmp_path / "worker-a" / "darts-s1"
+    (first / "search").mkdir(parents=True)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        with progress.kept(store_, first, "cell") as prog:
+            write_json(first / "search" / "checkpoint.json", {"epoch": 3})
+            (first / "search" / ".checkpoint.pt.tmp").write_bytes(b"half")  # temporary: never sent
+            prog.upload()
+            assert prog.upload() == 0  # nothing changed since
+            (first / "search" / "checkpoint.pt").write_bytes(b"epoch 4")
+            raise RuntimeError("worker lost")
+    other = tmp_path / "worker-b" / "darts-s1"
+    with progress.kept(store_, other, "cell"):
+        assert read_json(other / "search" / "checkpoint.json") == {"epoch": 3}
+        assert (other / "search" / "checkpoint.pt").read_bytes() == b"epoch 4"  # sent by the failure's upload
+        assert not (other / "search" / ".checkpoint.pt.tmp").exists()
+    assert "cell: continuing from its stored progress (2 files from run" in capsys.readouterr().err
+    own = tmp_path / "worker-c" / "darts-s1"
+    (own / "search").mkdir(parents=True)
+    write_json(own / "search" / "checkpoint.json", {"epoch": 9})
+    with progress.kept(store_, own, "cell"):
+        assert read_json(own / "search" / "checkpoint.json") == {"epoch": 9}  # this machine's own folder wins
+        assert not (own / "search" / "checkpoint.pt").exists()
+    from mlflow.tracking import MlflowClient
+
+    mc = MlflowClient(tracking_uri=uri)
+    runs = mc.search_runs([mc.get_experiment_by_name(progress.EXPERIMENT).experiment_id])
+    assert len(runs) == 1 and runs[0].data.tags["progress_key"] == store_.key and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["restored"] == "1"  # once: the third folder kept its own files
+    # a client that logs to a file or SQLite store ships no progress: a worker could not reach it
+    assert progress.store_for(uri, "x", "p") is None and progress.store_for(None, "x", "p") is None
+    assert progress.store_for("http://tracking:5000", "x", "p").uri == "http://tracking:5000"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "soon", "1e9"])
+def test_the_progress_interval_is_bounded(value, monkeypatch):
+    from nas.runs import progress
+
+    monkeypatch.setenv(progress.EVERY_ENV, value)
+    with pytest.raises(NasError, match=r"NAS_PROGRESS_EVERY=.*expected seconds between 0.5 and 86400"):
+        progress.interval_from_env()

@@ -19,6 +19,7 @@ from nas.landscape import landscape as loss_landscape
 from nas.methods import trains_alpha
 from nas.rundir import SEARCH_RESULT, kept_epochs
 from nas.runs import jobs, store
+from nas.runs import progress as progress_mod
 from nas.runs.files import read_json, write_json
 from nas.runs.runner import run_jobs
 from nas.select import PT_LEGACY, op_strength
@@ -285,14 +286,17 @@ class ShippedCell:
     protocol_name: str
     protocol_text: str
     archived: dict[str, Any]
+    progress: progress_mod.ProgressStore | None = None
 
 
-def ship_cell(job: CellJob) -> ShippedCell:
+def ship_cell(job: CellJob, tracking_uri: str | None = None) -> ShippedCell:
     """The cell of ``job`` made self-contained, with its archived results from the job's report
     (or a ``reuse`` report) when it has some.  The data path is made absolute here, on the
     client; a relative run folder stays relative, so the cell runs in that folder under its
     worker's own folder (the client's folders may be read-only there) and only its results come
-    home."""
+    home.  With the client's ``tracking_uri`` (a server), the cell keeps its progress there while it
+    runs (``nas.runs.progress``): a cell whose worker died continues on another from its last
+    stored checkpoint."""
     archived: dict[str, Any] = {}
     for folder in job.archives:
         if (folder / SEARCH_ARCHIVED).is_file():
@@ -301,7 +305,9 @@ def ship_cell(job: CellJob) -> ShippedCell:
     protocol = Path(job.protocol)
     text = config_mod.load_yaml_text(protocol)
     job = dataclasses.replace(job, data=str(Path(job.data).resolve()) if job.data else None, report=None, reuse=[])
-    return ShippedCell(job, protocol.name, text, archived)
+    label = f"{protocol.stem}/{job.cell.name}"
+    kept = progress_mod.store_for(tracking_uri, label, text, job.cell.name, job.data or "")
+    return ShippedCell(job, protocol.name, text, archived, kept)
 
 
 def run_shipped_cell(shipped: ShippedCell) -> dict[str, Any]:
@@ -316,7 +322,9 @@ def run_shipped_cell(shipped: ShippedCell) -> dict[str, Any]:
         report = Path(scratch) / "report"
         name = shipped.job.cell.name
         store.write_archive(report / ARCHIVE / name, shipped.archived, SEARCH_ARCHIVED)
-        rows = run_cell(dataclasses.replace(shipped.job, protocol=str(protocol), report=str(report)))
+        kept = None if shipped.archived else shipped.progress  # an archived cell is read back, not computed
+        with progress_mod.kept(kept, shipped.job.cell, shipped.job.tag):
+            rows = run_cell(dataclasses.replace(shipped.job, protocol=str(protocol), report=str(report)))
         files = store.read_archive(report / ARCHIVE / name)
     return {"rows": rows, "files": files, "cell": name, "host": os.uname().nodename, "pid": os.getpid()}
 
