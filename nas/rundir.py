@@ -78,6 +78,15 @@ def run_kind(folder: Path) -> str | None:
     return None
 
 
+def check_selection_folder(out: str | Path, method: str) -> None:
+    """A selection never writes into a retrain's folder, nor (PT, verify: their checkpoints) into a
+    search's; a magnitude selection may sit beside its search's result."""
+    other = run_kind(Path(out))
+    if other == "retrain" or (other == "search" and method != "magnitude"):
+        raise NasError(f"select: out {out} holds a {other} run (result.json); give the {method} selection a folder "
+                       f"of its own (or pass --force to write there all the same)")
+
+
 def config_difference(saved: dict[str, Any], now: dict[str, Any], defaults: dict[str, Any],
                       free: Iterable[str]) -> str | None:
     """The first key (sorted) whose value differs between a checkpoint's config and the current one,

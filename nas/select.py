@@ -27,7 +27,15 @@ from nas import config as config_mod
 from nas import parallel
 from nas.arch import without_edge, without_op
 from nas.rng import rng_stream
-from nas.rundir import SEARCH_CHECKPOINT, check_resume, claim, kept_checkpoint, kept_epochs, read_search_result
+from nas.rundir import (
+    SEARCH_CHECKPOINT,
+    check_resume,
+    check_selection_folder,
+    claim,
+    kept_checkpoint,
+    kept_epochs,
+    read_search_result,
+)
 from nas.runs.files import torch_load, torch_save, write_json
 from nas.search import Search, SearchState
 from nas.spaces import get_space
@@ -381,6 +389,8 @@ def select(cfg: config_mod.SelectConfig, resume: bool = False, force: bool = Fal
         raise NasError(f"select: out {cfg.out} is the search's own folder; give the {cfg.method} selection a folder "
                        f"of its own (its checkpoints would sit among the search's files)")
 
+    if cfg.out and not force:
+        check_selection_folder(cfg.out, cfg.method)
     main = parallel.env_rank() == 0  # rank 0 owns the selection's folder and files
     if parallel.launched_world() > 1 and cfg.method != "pt":
         raise NasError(f"select: {cfg.method} runs in one process; several processes spread PT only")

@@ -71,7 +71,11 @@ def preflight(kind: str, cfg: Any, resume: bool = False, force: bool = False) ->
 
 
 def _check_other_selection(out: Path, method: str) -> None:
-    """A selection of another method already in ``out`` is not replaced without ``--force``."""
+    """A selection of another method, or a search or retrain run (``rundir.check_selection_folder``),
+    already in ``out`` is not replaced without ``--force``."""
+    from nas.rundir import check_selection_folder
+
+    check_selection_folder(out, method)
     path = out / "selection.json"
     if not path.is_file():
         return

@@ -144,7 +144,17 @@ def test_select_and_retrain_say_what_is_in_the_folder(tmp_path, tiny_search, cap
     err = _refused(["retrain", "--genotype", G, "--epochs", "1", "--out", run], capsys)
     assert f"{run}: holds a search run" in err and "not a retrain" in err
     err = _refused(["select", "--method", "pt", "--run", run, "--out", run], capsys)
-    assert "is the search's own folder" in err
+    assert err.endswith(f"select: out {run} holds a search run (result.json); give the pt selection a folder of its "
+                        "own (or pass --force to write there all the same)"), err
+    # nor into a retrain's folder, whatever the method: nothing is written there
+    rt = tmp_path / "rt"
+    rt.mkdir()
+    (rt / "result.json").write_text(json.dumps({"genotype": G, "test_acc": 0.5, "test_loss": 1.0, "config": {}}))
+    for method in ("magnitude", "pt"):
+        err = _refused(["select", "--method", method, "--run", run, "--out", str(rt)], capsys)
+        assert err.endswith(f"select: out {rt} holds a retrain run (result.json); give the {method} selection a "
+                            "folder of its own (or pass --force to write there all the same)"), err
+    assert sorted(p.name for p in rt.iterdir()) == ["result.json"]
     # a selection of another method is not replaced without --force; an evaluation never writes into a run
     sel = tmp_path / "sel"
     sel.mkdir()
